@@ -1,0 +1,31 @@
+"""lmtune: choose LoRA configs, base models and decoding settings with as few expensive runs as possible.
+
+The public API is imported lazily so that ``lmtune --help`` does not load torch.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "tune_lora": "lmtune.lora",
+    "LoraRunConfig": "lmtune.config",
+    "SearchSpace": "lmtune.space",
+    "load_space": "lmtune.space",
+    "open_study": "lmtune.study",
+    "make_sampler": "lmtune.study",
+    "LoraObjective": "lmtune.finetune.objective",
+    "LoraHyperparams": "lmtune.finetune.hparams",
+    "load_dataset": "lmtune.finetune.data",
+    "InputError": "lmtune.errors",
+    "TrialFailed": "lmtune.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lmtune' has no attribute {name!r}")

@@ -1,0 +1,93 @@
+"""The ``lmtune`` command: parses flags, builds a config, calls the library. Nothing else."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from lmtune.config import LoraRunConfig, build_config
+from lmtune.errors import InputError
+from lmtune.study import Interrupted
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="Choose LoRA configs, base models and decoding settings with few expensive runs.")
+lora_app = typer.Typer(help="Search LoRA fine-tuning hyperparameters (rank, alpha, learning rate, batch, dropout).")
+app.add_typer(lora_app, name="lora")
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+@lora_app.callback(invoke_without_command=True)
+def lora(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any of these fields; flags override it.")] = None,
+    model: Annotated[str | None, typer.Option(help="HF model id or folder (default: offline MiniLM encoder).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="bbc-news (default), CSV/JSONL file or folder, or HF id.")] = None,
+    task: Annotated[str | None, typer.Option(help="classification or causal (default: from the data).")] = None,
+    space: Annotated[str | None, typer.Option(help="Preset (lora-small, lora-paper) or YAML file.")] = None,
+    variant: Annotated[str | None, typer.Option(help="lora, rslora, dora, pissa, or 'search' for all four.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Finished trials the study should hold (default 10).")] = None,
+    proxy_fraction: Annotated[float | None, typer.Option(help="Fraction of the training split per trial.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="random, tpe (default), gp or botorch.")] = None,
+    startup_trials: Annotated[int | None, typer.Option(help="Random trials before the sampler's model.")] = None,
+    pruner: Annotated[str | None, typer.Option(help="none (default), median or hyperband.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for data splits, subsets, sampler and training.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///lmtune.db).")] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name; an existing study resumes.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Where results and the adapter go.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per example (default 128).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs per trial (default 1).")] = None,
+    target_modules: Annotated[str | None, typer.Option(help="Comma-separated module names to adapt.")] = None,
+    final_train: Annotated[bool | None, typer.Option("--final-train/--no-final-train",
+                                                     help="Retrain the best config on all data and test it.")] = None,
+) -> None:
+    """Search LoRA configs on a proxy subset, then retrain the best on the full training split and test it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _quiet_libraries()
+    from lmtune.lora import tune_lora
+
+    cfg = build_config(
+        LoraRunConfig, config,
+        model=model, dataset=dataset, task=task, space=space, variant=variant, trials=trials,
+        proxy_fraction=proxy_fraction, sampler=sampler, startup_trials=startup_trials, pruner=pruner, seed=seed,
+        storage=storage, study_name=study_name, output_dir=output_dir, max_length=max_length, epochs=epochs,
+        target_modules=target_modules.split(",") if target_modules else None, final_train=final_train,
+    )
+    results = tune_lora(cfg, console=console)
+    best = results["best"]
+    print(f"best config: {best['hyperparams']}")
+    print(f"proxy validation {results['metric_name']}: {best['proxy_metric']:.4f}")
+    if "final" in results:
+        print(f"test {results['metric_name']}: {results['final']['test_metric']:.4f}")
+    print(f"results: {cfg.out_dir / 'results.json'}")
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for lmtune's progress: no per-trial weight-loading bars or load reports."""
+    import optuna
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def main() -> None:
+    """Entry point: one-line errors with exit code 2 for bad input, 130 for an interrupt."""
+    try:
+        app()
+    except InputError as exc:
+        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

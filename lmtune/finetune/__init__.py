@@ -1,0 +1,29 @@
+"""LoRA fine-tuning: data loading, PEFT model building, the training loop and the Optuna objective.
+
+Names are imported on first use so that ``lmtune.finetune.hparams`` and the CLI start without loading
+torch and transformers.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "DatasetSplits": "data",
+    "load_dataset": "data",
+    "proxy_subset": "data",
+    "LoraHyperparams": "hparams",
+    "build_peft_model": "peft_model",
+    "default_encoder_path": "peft_model",
+    "save_adapter": "peft_model",
+    "TrainResult": "train",
+    "TrainSettings": "train",
+    "train_and_evaluate": "train",
+    "LoraObjective": "objective",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

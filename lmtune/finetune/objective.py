@@ -1,0 +1,85 @@
+"""The Optuna objective: one trial = one LoRA fine-tune on a proxy subset, scored on validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import optuna
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lmtune.errors import TrialFailed
+from lmtune.finetune.data import DatasetSplits, proxy_subset
+from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
+
+
+class SpaceLike(Protocol):
+    """Anything that samples a LoRA parameter dict (``alpha_ratio`` allowed) from a trial."""
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]: ...
+
+
+class LoraObjective:
+    """Callable Optuna objective: trial -> validation metric.
+
+    Every trial trains on the same seeded ``proxy_fraction`` of the training split, so trials differ only in
+    their hyperparameters. ``seed`` drives the proxy sample, shuffling and initialisation (it replaces
+    ``settings.seed``). Each evaluation is reported to the trial so a pruner can stop it early; a run that
+    cannot produce a score raises ``TrialFailed`` with the reason in the ``fail_reason`` user attribute, so
+    optimise with ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step; it
+    may be set after construction.
+    """
+
+    def __init__(
+        self,
+        space: SpaceLike,
+        splits: DatasetSplits,
+        *,
+        model: str | PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        proxy_fraction: float = 0.1,
+        settings: TrainSettings | None = None,
+        seed: int = 0,
+        target_modules: list[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ):
+        self.space = space
+        self.splits = splits
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = dataclasses.replace(settings or TrainSettings(), seed=seed)
+        self.train_rows = proxy_subset(splits.train, proxy_fraction, seed)
+        self.target_modules = target_modules
+        self.progress = progress
+        self.metric_name = metric_name(splits.task, self.settings)
+        self.direction = metric_direction(self.metric_name)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        hp = LoraHyperparams.from_params(self.space.suggest(trial))
+        trial.set_user_attr("hyperparams", hp.to_dict())
+        trial.set_user_attr("metric_name", self.metric_name)
+        trajectory: list[dict] = []
+
+        def on_eval(step: int, record: dict) -> None:
+            trajectory.append(record)
+            trial.set_user_attr("trajectory", trajectory)
+            trial.report(record[self.metric_name], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} with {self.metric_name} "
+                                         f"{record[self.metric_name]:.4g}")
+
+        try:
+            result = train_and_evaluate(
+                hp, self.train_rows, self.splits.validation, task=self.splits.task, model=self.model,
+                tokenizer=self.tokenizer, label_names=self.splits.label_names, settings=self.settings,
+                target_modules=self.target_modules, on_eval=on_eval, on_step=self.progress,
+            )
+        except TrialFailed as error:
+            trial.set_user_attr("fail_reason", str(error))
+            raise
+        trial.set_user_attr("eval_loss", result.eval_loss)
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr("train_examples", result.train_examples)
+        return result.metric

@@ -1,0 +1,336 @@
+"""Train one LoRA adapter with a plain PyTorch loop, evaluating at a few points along the way.
+
+A plain loop (rather than ``transformers.Trainer``) keeps each trial cheap to start, lets the Optuna objective
+see every evaluation as it happens (for pruning), and makes failure explicit: a run that diverges raises
+:class:`~lmtune.errors.TrialFailed` instead of returning a score.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_cosine_schedule_with_warmup,
+)
+
+from lmtune.errors import InputError, TrialFailed
+from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.peft_model import build_peft_model, save_adapter, save_initial_adapter
+
+IGNORE_INDEX = -100  # label value that cross-entropy skips: prompt and padding tokens
+DIVERGENCE_WINDOW = 3  # training steps averaged before comparing with the initial loss
+LOSS_FLOOR = 1.0  # keeps a near-zero first loss from turning ordinary noise into "divergence"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one run trains and evaluates; the searched hyperparameters live in ``LoraHyperparams``.
+
+    ``eval_points`` evaluations are spread evenly over training, the last at the final step.
+    ``exact_match`` scores causal runs by greedy generation against the reference responses; turn it off
+    to score by eval loss alone, which is much faster. ``threads`` sets torch's CPU thread count.
+    """
+
+    max_length: int = 128
+    epochs: float = 1.0
+    warmup_ratio: float = 0.03
+    eval_points: int = 4
+    eval_batch_size: int = 64
+    divergence_factor: float = 4.0
+    seed: int = 0
+    max_new_tokens: int = 32
+    exact_match: bool = True
+    threads: int | None = None
+
+    def __post_init__(self):
+        checks = {
+            "max_length": self.max_length >= 2,
+            "epochs": self.epochs > 0,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "eval_points": self.eval_points >= 1,
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "divergence_factor": self.divergence_factor > 1,
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "threads": self.threads is None or self.threads >= 1,
+        }
+        for field, ok in checks.items():
+            if not ok:
+                raise InputError(field, f"invalid value {getattr(self, field)!r}")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one run; ``metric`` and ``eval_loss`` come from the evaluation at the final step.
+
+    ``train_seconds`` is the wall time of the whole run: model build, training and every evaluation.
+    """
+
+    metric_name: str
+    metric: float
+    eval_loss: float
+    trajectory: list[dict]
+    train_seconds: float
+    steps: int
+    train_examples: int
+
+
+def metric_name(task: str, settings: TrainSettings) -> str:
+    """The score a run reports: accuracy, exact match of generated responses, or eval loss."""
+    if task == "classification":
+        return "accuracy"
+    return "exact_match" if settings.exact_match else "eval_loss"
+
+
+def metric_direction(name: str) -> str:
+    """Optuna study direction for a metric name."""
+    return "minimize" if name == "eval_loss" else "maximize"
+
+
+def train_and_evaluate(
+    hp: LoraHyperparams,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    *,
+    task: str,
+    model: str | PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    label_names: list[str] | None = None,
+    settings: TrainSettings | None = None,
+    target_modules: list[str] | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    save_adapter_to: Path | None = None,
+) -> TrainResult:
+    """Fine-tune a fresh LoRA adapter on ``train_rows`` and score it on ``eval_rows``.
+
+    ``model`` is a path or hub id, ``None`` for the bundled MiniLM encoder, or a built model with its
+    ``tokenizer``. ``on_eval(step, record)`` sees each trajectory record as it is made (exceptions it raises,
+    such as ``optuna.TrialPruned``, stop the run); ``on_step(step, total)`` is for progress bars. Raises
+    ``TrialFailed`` when the loss is not finite or diverges, or when the device runs out of memory.
+    """
+    started = time.perf_counter()
+    settings = settings or TrainSettings()
+    if not train_rows or not eval_rows:
+        raise InputError("dataset", "training and evaluation both need at least one row")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    metric = metric_name(task, settings)
+    num_labels = None
+    if task == "classification":
+        num_labels = len(label_names) if label_names else 1 + max(r["label"] for r in train_rows + eval_rows)
+    try:
+        peft_model, tokenizer = build_peft_model(model, hp, task=task, tokenizer=tokenizer,
+                                                 num_labels=num_labels, target_modules=target_modules,
+                                                 seed=settings.seed)
+        peft_model.to("cuda" if torch.cuda.is_available() else "cpu")
+        run = _Run(peft_model, tokenizer, task, metric, settings)
+        train, evaluation = run.encode(train_rows), run.encode(eval_rows)
+        with tempfile.TemporaryDirectory(prefix="lmtune-") as scratch:
+            initial = None
+            if save_adapter_to is not None and hp.variant == "pissa":
+                initial = Path(scratch) / "initial"
+                save_initial_adapter(peft_model, initial)
+            trajectory = run.fit(train, evaluation, hp, on_eval, on_step)
+            if save_adapter_to is not None:
+                save_adapter(peft_model, tokenizer, Path(save_adapter_to), initial_adapter=initial,
+                             label_names=label_names)
+    except TrialFailed:
+        raise
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError too
+        if "out of memory" in str(error).lower():
+            raise TrialFailed(f"out of memory: {str(error).splitlines()[0]}") from error
+        raise
+    final = trajectory[-1]
+    return TrainResult(metric_name=metric, metric=final[metric], eval_loss=final["eval_loss"],
+                       trajectory=trajectory, train_seconds=time.perf_counter() - started,
+                       steps=final["step"], train_examples=len(train_rows))
+
+
+class _Run:
+    """Encoding, batching, the training loop and evaluation for one model and task."""
+
+    def __init__(self, model, tokenizer, task: str, metric: str, settings: TrainSettings):
+        self.model, self.tokenizer, self.task, self.metric = model, tokenizer, task, metric
+        self.settings = settings
+        self.device = next(model.parameters()).device
+
+    def encode(self, rows: list[dict]) -> list[tuple[list[int], int | list[int]]]:
+        """Tokenize once per run: (text ids, label) or (prompt ids, response ids + eos), within max_length."""
+        max_length = self.settings.max_length
+        if self.task == "classification":
+            ids = self.tokenizer([row["text"] for row in rows], truncation=True, max_length=max_length,
+                                 return_token_type_ids=False)["input_ids"]
+            return [(text, row["label"]) for text, row in zip(ids, rows, strict=True)]
+        prompts = self.tokenizer([row["prompt"] for row in rows], return_token_type_ids=False)["input_ids"]
+        responses = self.tokenizer([row["response"] for row in rows], add_special_tokens=False,
+                                   return_token_type_ids=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        return [_fit(prompt, response + [eos], max_length)
+                for prompt, response in zip(prompts, responses, strict=True)]
+
+    def fit(self, train, evaluation, hp: LoraHyperparams, on_eval, on_step) -> list[dict]:
+        """AdamW with cosine decay after linear warmup over ``epochs`` passes of seeded shuffles."""
+        settings = self.settings
+        steps_per_epoch = math.ceil(len(train) / hp.batch_size)
+        total = max(1, math.ceil(steps_per_epoch * settings.epochs))
+        eval_at = {math.ceil(total * k / settings.eval_points) for k in range(1, settings.eval_points + 1)}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # weight_decay=0 as in transformers.Trainer's default: decay would pull LoRA updates back to zero
+        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0)
+        warmup = math.ceil(settings.warmup_ratio * total)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        guard = _DivergenceGuard(settings.divergence_factor)
+        batches = _shuffled_batches(len(train), hp.batch_size, settings.seed)
+        trajectory: list[dict] = []
+        losses: list[float] = []
+        self.model.train()
+        for step in range(1, total + 1):
+            loss_sum, count, _ = self._forward([train[i] for i in next(batches)])
+            loss = loss_sum / count
+            losses.append(loss.item())
+            guard.check(losses[-1], step)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step(step, total)
+            if step in eval_at:
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                          "train_loss": sum(losses) / len(losses), **self.evaluate(evaluation)}
+                losses = []
+                if not math.isfinite(record["eval_loss"]):
+                    raise TrialFailed(f"diverged: eval loss {record['eval_loss']} at step {step}")
+                trajectory.append(record)
+                if on_eval is not None:
+                    on_eval(step, record)
+                self.model.train()
+        return trajectory
+
+    @torch.no_grad()
+    def evaluate(self, examples) -> dict:
+        """Mean eval loss (per example, or per response token) plus accuracy or exact match."""
+        self.model.eval()
+        loss_total, count, correct = 0.0, 0, 0
+        for chunk in _chunks(examples, self.settings.eval_batch_size):
+            loss_sum, n, logits = self._forward(chunk)
+            loss_total, count = loss_total + loss_sum.item(), count + n
+            if self.task == "classification":
+                predicted = logits.argmax(-1).tolist()
+                correct += sum(p == label for p, (_, label) in zip(predicted, chunk, strict=True))
+        result = {"eval_loss": loss_total / count}
+        if self.metric == "accuracy":
+            result["accuracy"] = correct / len(examples)
+        elif self.metric == "exact_match":
+            result["exact_match"] = self._exact_match(examples)
+        return result
+
+    def _forward(self, examples) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Summed loss over a right-padded batch, the number of scored targets, and the logits."""
+        pad = self.tokenizer.pad_token_id
+        if self.task == "classification":
+            input_ids, mask = _pad([ids for ids, _ in examples], pad, self.device)
+            labels = torch.tensor([label for _, label in examples], device=self.device)
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+            return F.cross_entropy(logits, labels, reduction="sum"), len(examples), logits
+        input_ids, mask = _pad([p + r for p, r in examples], pad, self.device)
+        labels, _ = _pad([[IGNORE_INDEX] * len(p) + r for p, r in examples], IGNORE_INDEX, self.device)
+        logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+        targets = labels[:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss, int((targets != IGNORE_INDEX).sum()), logits
+
+    def _exact_match(self, examples) -> float:
+        """Share of greedy generations equal to the reference after whitespace normalisation.
+
+        Both sides are decoded by the tokenizer, so its normalisation (e.g. lower-casing) is not a miss.
+        """
+        tokenizer = self.tokenizer
+        config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        hits = 0
+        for chunk in _chunks(examples, self.settings.eval_batch_size):
+            input_ids, mask = _pad([p for p, _ in chunk], tokenizer.pad_token_id, self.device, left=True)
+            output = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            for generated, (_, reference) in zip(output[:, input_ids.size(1):], chunk, strict=True):
+                hits += _normalise(tokenizer.decode(generated, skip_special_tokens=True)) == _normalise(
+                    tokenizer.decode(reference, skip_special_tokens=True))
+        return hits / len(examples)
+
+
+class _DivergenceGuard:
+    """Fails a run when a training loss is not finite, or when the mean of the last ``DIVERGENCE_WINDOW``
+    losses exceeds ``factor`` x the first step's loss (floored at ``LOSS_FLOOR``).
+
+    The first step's loss is the untrained model's, measured before any update; averaging a short window
+    keeps one hard batch from failing a healthy run, while a blow-up still fails within a few steps.
+    """
+
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.initial: float | None = None
+        self.recent: deque[float] = deque(maxlen=DIVERGENCE_WINDOW)
+
+    def check(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            raise TrialFailed(f"diverged: loss {loss} at step {step}")
+        if self.initial is None:
+            self.initial = loss
+        self.recent.append(loss)
+        mean = sum(self.recent) / len(self.recent)
+        if mean > self.factor * max(self.initial, LOSS_FLOOR):
+            raise TrialFailed(f"diverged: loss {mean:.4g} > {self.factor:g} x initial {self.initial:.4g} "
+                              f"at step {step}")
+
+
+def _fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Trim a prompt/response pair to ``max_length`` tokens, keeping the end of the prompt (up to half the
+    budget when the response is long) and the start of the response, so some response is always scored."""
+    if len(prompt) + len(response) <= max_length:
+        return prompt, response
+    keep = min(len(prompt), max(max_length - len(response), max_length // 2))
+    return prompt[len(prompt) - keep:], response[: max_length - keep]
+
+
+def _pad(sequences: list[list[int]], value: int, device, left: bool = False):
+    """(ids, attention mask) padded to the longest sequence (dynamic padding); left-padded for generation."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless index batches, reshuffled (seeded) at every epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())

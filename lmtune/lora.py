@@ -1,0 +1,155 @@
+"""``tune_lora``: search LoRA configs on a proxy subset, retrain the best on all data, test it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lmtune.config import LoraRunConfig, build_config
+from lmtune.errors import InputError
+from lmtune.finetune.data import DatasetSplits, load_dataset, proxy_subset
+from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
+from lmtune.finetune.objective import LoraObjective
+from lmtune.finetune.peft_model import check_model, default_encoder_path
+from lmtune.finetune.train import TrainSettings, train_and_evaluate
+from lmtune.report import best_trial, trial_rows, write_results
+from lmtune.space import Categorical, SearchSpace, load_space
+from lmtune.study import counted_trials, make_pruner, make_sampler, open_study, run_trials
+
+
+def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
+    """The configured space with the variant fixed or searched, checked against LoRA's parameters."""
+    space = load_space(cfg.space)
+    if cfg.variant == "search":
+        space = space.with_param(Categorical("variant", VARIANTS))
+    elif cfg.variant is not None:
+        if cfg.variant not in VARIANTS:
+            raise InputError("variant", f"{cfg.variant!r} is not allowed; allowed: {', '.join(VARIANTS)}, search")
+        space = space.with_fixed(variant=cfg.variant)
+    unknown = sorted(set(space.names) - set(PARAM_NAMES))
+    if unknown:
+        raise InputError(unknown[0], f"is not a LoRA hyperparameter; allowed: {', '.join(PARAM_NAMES)}")
+    if {"alpha", "alpha_ratio"} <= set(space.names):
+        raise InputError("alpha_ratio", "a space may set alpha or alpha_ratio, not both")
+    LoraHyperparams.from_params(space.fixed)
+    for param in space.params:  # every value a sampler may propose must make a valid config
+        edges = param.values() if isinstance(param, Categorical) else (param.low, param.high)
+        for value in edges:
+            LoraHyperparams.from_params({param.name: value})
+    return space
+
+
+def tune_lora(config: LoraRunConfig | None = None, *, console: Console | None = None, **fields: Any) -> dict[str, Any]:
+    """Run ``lmtune lora``: the study (resuming it if it exists), then the final retrain and test.
+
+    Takes a :class:`LoraRunConfig` or its fields as keyword arguments. Every input is checked
+    before the study is opened, so bad input leaves nothing in storage. Returns the dict that is
+    also written to ``results.json``.
+    """
+    cfg = config or build_config(LoraRunConfig, **fields)
+    console = console or Console(stderr=True, soft_wrap=True)
+    started = time.perf_counter()
+
+    space = resolve_space(cfg)
+    splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
+    model = cfg.model or default_encoder_path()
+    check_model(model)
+    settings = TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
+    objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
+                              settings=settings, seed=cfg.seed, target_modules=cfg.target_modules)
+    study = open_study(
+        cfg.study_name,
+        storage=cfg.storage,
+        sampler=make_sampler(cfg.sampler, seed=cfg.seed, n_startup_trials=cfg.startup_trials),
+        pruner=make_pruner(cfg.pruner),
+        direction=objective.direction,
+        attrs={"space": space.to_dict(), "model": str(cfg.model or "minilm"), "dataset": splits.name,
+               "proxy_fraction": cfg.proxy_fraction, "max_length": cfg.max_length, "seed": cfg.seed},
+    )
+
+    already = len(counted_trials(study))
+    if already:
+        console.print(f"Resuming study [bold]{cfg.study_name}[/]: {already} of {cfg.trials} trials already finished.")
+    with _TrialProgress(console, cfg.trials, already) as progress:
+        objective.progress = progress.step
+        run_trials(study, objective, cfg.trials, callbacks=[progress.trial_done])
+
+    best = best_trial(study)
+    if best is None:
+        reasons = {t.user_attrs.get("fail_reason", t.state.name) for t in counted_trials(study)}
+        raise RuntimeError(f"no trial of study {cfg.study_name!r} completed: {'; '.join(sorted(map(str, reasons)))}")
+    hp = LoraHyperparams.from_params({**best.params, **space.fixed})
+    console.print(f"Best trial {best.number}: {objective.metric_name} {best.value:.4f} with {hp.to_dict()}")
+
+    results: dict[str, Any] = {
+        "study_name": cfg.study_name, "storage": cfg.storage or "sqlite:///lmtune.db", "sampler": cfg.sampler,
+        "space": space.name, "model": cfg.model or f"MiniLM ({model})", "dataset": splits.name, "task": splits.task,
+        "metric_name": objective.metric_name, "direction": objective.direction,
+        "proxy_fraction": cfg.proxy_fraction,
+        "proxy_examples": len(proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed)),
+        "best": {"trial": best.number, "params": best.params, "hyperparams": hp.to_dict(), "proxy_metric": best.value},
+        "trials": trial_rows(study),
+    }
+    if cfg.final_train:
+        results["final"] = _final_train(hp, splits, model, settings, cfg, console)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    json_path, md_path = write_results(cfg.out_dir, results)
+    console.print(f"Wrote {json_path} and {md_path}")
+    return results
+
+
+def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, settings: TrainSettings,
+                 cfg: LoraRunConfig, console: Console) -> dict[str, Any]:
+    """Retrain the chosen config on the whole training split, test it, save the adapter."""
+    adapter_dir = cfg.out_dir / "adapter"
+    console.print(f"Retraining the best config on the full training split ({len(splits.train)} examples)...")
+    with _TrialProgress(console, None, 0) as progress:
+        result = train_and_evaluate(hp, splits.train, splits.test, task=splits.task, model=model,
+                                    settings=settings, label_names=splits.label_names,
+                                    target_modules=cfg.target_modules, on_step=progress.step,
+                                    save_adapter_to=adapter_dir)
+    console.print(f"Test {result.metric_name}: {result.metric:.4f} (loss {result.eval_loss:.4f})")
+    return {"test_metric": result.metric, "test_loss": result.eval_loss, "metric_name": result.metric_name,
+            "train_seconds": round(result.train_seconds, 1), "train_examples": result.train_examples,
+            "adapter_dir": str(adapter_dir)}
+
+
+class _TrialProgress:
+    """Two rich bars (trials overall, steps of the current run) plus one plain line per finished trial."""
+
+    def __init__(self, console: Console, total_trials: int | None, done: int):
+        self.console = console
+        self.total_trials = total_trials
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.trials_task = None
+        if total_trials is not None:
+            self.trials_task = self.progress.add_task("trials", total=total_trials, completed=done)
+        self.steps_task = self.progress.add_task("steps", total=None)
+
+    def __enter__(self) -> _TrialProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def step(self, step: int, total: int) -> None:
+        self.progress.update(self.steps_task, completed=step, total=total)
+
+    def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        finished = len(counted_trials(study))
+        if self.trials_task is not None:
+            self.progress.update(self.trials_task, completed=finished)
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"{trial.value:.4f}"
+        else:
+            outcome = f"{trial.state.name} ({trial.user_attrs.get('fail_reason', 'pruned')})"
+        self.console.print(f"trial {trial.number} [{finished}/{self.total_trials}] {outcome} in {seconds:.1f} s "
+                           f"{trial.params}")

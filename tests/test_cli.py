@@ -1,0 +1,96 @@
+"""The ``lmtune`` command end to end: bad input, interrupt and resume, a full small run."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--space", "lora-small", "--sampler", "random"]
+
+
+def lmtune(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "lmtune.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def stored_trials(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+        return conn.execute("select count(*) from trials").fetchone()[0] if "trials" in tables else 0
+
+
+@pytest.mark.parametrize(
+    ("args", "files", "field"),
+    [
+        (["--space", "space.yaml"], {"space.yaml": "params: {rank: [4], momentum: [0.9]}\n"}, "momentum"),
+        (["--space", "space.yaml"], {"space.yaml": "params: {rank: {type: int, low: 0, high: 4}}\n"}, "rank"),
+        (["--variant", "qlora"], {}, "variant"),
+        (["--proxy-fraction", "1.5"], {}, "proxy_fraction"),
+        (["--config", "run.yaml"], {"run.yaml": "trials: [3\n"}, "config"),
+        (["--config", "run.yaml"], {"run.yaml": "trials: 3\nlearning_rate: 0.1\n"}, "learning_rate"),
+        (["--dataset", "missing.csv"], {}, "dataset"),
+        (["--sampler", "simulated-annealing"], {}, "sampler"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_naming_the_field_and_stores_nothing(tmp_path, args, files, field):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = lmtune("lora", *args, "--trials", "2", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(f"error: {field}:"), message
+    assert stored_trials(tmp_path / "lmtune.db") == 0
+
+
+def test_interrupted_run_resumes_keeps_finished_trials_and_reaches_the_count(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "lmtune.cli", "lora", *FAST, "--trials", "4", "--no-final-train"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while stored_trials(tmp_path / "lmtune.db") < 2 and time.time() < deadline:  # one finished, one running
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+
+    with sqlite3.connect(tmp_path / "lmtune.db") as conn:
+        before = conn.execute("select number, state from trials order by number").fetchall()
+    assert ("COMPLETE" in {s for _, s in before}) and ("FAIL" in {s for _, s in before})
+
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "Resuming study" in result.stderr
+    with sqlite3.connect(tmp_path / "lmtune.db") as conn:
+        after = conn.execute("select number, state from trials order by number").fetchall()
+        retried = conn.execute("select value_json from trial_user_attributes where key='retry_of'").fetchall()
+    finished_before = [(n, s) for n, s in before if s in ("COMPLETE", "FAIL")]
+    assert [row for row in after if row in finished_before] == finished_before  # kept as they were
+    assert len(retried) == 1
+    done = [n for n, s in after if s == "COMPLETE"]
+    assert len(done) == 4 and len(after) == 5  # 4 counted + the interrupted one, replaced by its retry
+
+
+def test_full_small_run_writes_results_summary_and_adapter(tmp_path):
+    rows = [f"{'good' if i % 2 else 'bad'} review number {i},{'pos' if i % 2 else 'neg'}" for i in range(120)]
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    result = lmtune("lora", *FAST, "--dataset", "reviews.csv", "--proxy-fraction", "0.5", "--trials", "2",
+                    "--study-name", "small", "--output-dir", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "best config:" in result.stdout and "test accuracy:" in result.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results["trials"]) == 2
+    assert 0.0 <= results["final"]["test_metric"] <= 1.0
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Best config" in summary and "## Trials" in summary
