@@ -68,13 +68,17 @@ def lora(
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for lmtune's progress: no per-trial weight-loading bars or load reports."""
+    """Keep the terminal for lmtune's progress: no per-trial weight-loading bars, load reports or tracebacks."""
+    import warnings
+
     import optuna
     from transformers.utils import logging as hf_logging
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune prints its own line per trial, failures included
 
 
 def main() -> None:

@@ -96,7 +96,13 @@ def tune_lora(config: LoraRunConfig | None = None, *, console: Console | None = 
         "trials": trial_rows(study),
     }
     if cfg.final_train:
-        results["final"] = _final_train(hp, splits, model, settings, cfg, console)
+        final = results["final"] = _final_train(hp, splits, model, settings, cfg, console)
+        worse = final["test_metric"] < best.value if objective.direction == "maximize" else (
+            final["test_metric"] > best.value)
+        if worse:
+            final["warning"] = (f"the full-data run scored {final['test_metric']:.4f} on test, worse than its proxy "
+                                f"trial ({best.value:.4f}): the proxy did not predict full training for this config")
+            console.print(f"[yellow]warning:[/] {final['warning']}")
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     json_path, md_path = write_results(cfg.out_dir, results)
     console.print(f"Wrote {json_path} and {md_path}")

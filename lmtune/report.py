@@ -67,6 +67,8 @@ def markdown_summary(results: dict[str, Any]) -> str:
                      f"{final['test_metric']:.4f}, test loss {final['test_loss']:.4f}, "
                      f"{final['train_seconds']:.1f} s training")
         lines.append(f"- adapter: `{final['adapter_dir']}`")
+        if final.get("warning"):
+            lines.append(f"- **warning**: {final['warning']}")
     seconds = [r["seconds"] for r in results["trials"] if r["seconds"] is not None]
     if seconds:
         lines.append(f"- time per trial: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")

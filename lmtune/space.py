@@ -356,7 +356,7 @@ def _lora_small() -> SearchSpace:
             Categorical("rank", (4, 8, 16, 32)),
             Categorical("alpha_ratio", (0.5, 1.0, 2.0, 4.0)),
             Categorical("batch_size", (8, 16)),
-            Categorical("learning_rate", (3e-4, 1e-3, 3e-3, 1e-2, 2e-2)),
+            Categorical("learning_rate", (3e-4, 1e-3, 2e-3, 3e-3, 5e-3)),
             Categorical("dropout", (0.0, 0.1)),
         ),
         {"variant": "lora"},
