@@ -32,9 +32,16 @@ def lora(
     variant: Annotated[str | None, typer.Option(help="lora, rslora, dora, pissa, or 'search' for all four.")] = None,
     trials: Annotated[int | None, typer.Option(help="Finished trials the study should hold (default 10).")] = None,
     proxy_fraction: Annotated[float | None, typer.Option(help="Fraction of the training split per trial.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="random, tpe (default), gp or botorch.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="random, tpe (default), gp, botorch or language-bo.")] = None,
     startup_trials: Annotated[int | None, typer.Option(help="Random trials before the sampler's model.")] = None,
     pruner: Annotated[str | None, typer.Option(help="none (default), median or hyperband.")] = None,
+    template: Annotated[str | None, typer.Option(help="language-bo: domain (default), plain, or a file.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="language-bo: embedding model id or folder.")] = None,
+    projection: Annotated[bool | None, typer.Option("--projection/--no-projection",
+                                                    help="language-bo: learnable projection layer.")] = None,
+    learnable_token: Annotated[bool | None, typer.Option("--learnable-token/--no-learnable-token",
+                                                         help="language-bo: learnable soft token.")] = None,
+    shortlist_k: Annotated[int | None, typer.Option(help="language-bo: exact re-scoring shortlist size.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data splits, subsets, sampler and training.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///lmtune.db).")] = None,
     study_name: Annotated[str | None, typer.Option(help="Study name; an existing study resumes.")] = None,
@@ -45,19 +52,25 @@ def lora(
     final_train: Annotated[bool | None, typer.Option("--final-train/--no-final-train",
                                                      help="Retrain the best config on all data and test it.")] = None,
 ) -> None:
-    """Search LoRA configs on a proxy subset, then retrain the best on the full training split and test it."""
-    if ctx.invoked_subcommand is not None:
-        return
-    _quiet_libraries()
-    from lmtune.lora import tune_lora
+    """Search LoRA configs on a proxy subset, then retrain the best on the full training split and test it.
 
+    Options given before a subcommand (``lmtune lora --dataset d.csv proxy-check``) configure it too.
+    """
     cfg = build_config(
         LoraRunConfig, config,
         model=model, dataset=dataset, task=task, space=space, variant=variant, trials=trials,
         proxy_fraction=proxy_fraction, sampler=sampler, startup_trials=startup_trials, pruner=pruner, seed=seed,
+        template=template, encoder=encoder, projection=projection, learnable_token=learnable_token,
+        shortlist_k=shortlist_k,
         storage=storage, study_name=study_name, output_dir=output_dir, max_length=max_length, epochs=epochs,
         target_modules=target_modules.split(",") if target_modules else None, final_train=final_train,
     )
+    _quiet_libraries()
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = cfg
+        return
+    from lmtune.lora import tune_lora
+
     results = tune_lora(cfg, console=console)
     best = results["best"]
     print(f"best config: {best['hyperparams']}")
@@ -65,6 +78,21 @@ def lora(
     if "final" in results:
         print(f"test {results['metric_name']}: {results['final']['test_metric']:.4f}")
     print(f"results: {cfg.out_dir / 'results.json'}")
+
+
+@lora_app.command("proxy-check")
+def proxy_check_command(
+    ctx: typer.Context,
+    configs: Annotated[int, typer.Option(help="Random configs to train on the proxy and on all data.")] = 8,
+) -> None:
+    """Train random configs on the proxy subset and on the full training split; print their Pearson correlation."""
+    from lmtune.proxy_check import proxy_check
+
+    result = proxy_check(ctx.obj, configs, console=console)
+    pearson = "undefined (fewer than 3 paired results or no spread)" if result["pearson"] is None else (
+        f"{result['pearson']:.3f}")
+    print(f"proxy ({result['proxy_fraction']:.0%}, {result['proxy_examples']} examples) vs full "
+          f"({result['full_examples']} examples) over {result['paired']} configs: Pearson {pearson}")
 
 
 def _quiet_libraries() -> None:

@@ -23,9 +23,14 @@ class LoraRunConfig(BaseModel):
     variant: str | None = Field(None, description="lora, rslora, dora, pissa, or 'search' for all")
     trials: int = Field(10, ge=1, description="number of finished trials the study should hold")
     proxy_fraction: float = Field(0.1, gt=0.0, le=1.0, description="fraction of the training split used per trial")
-    sampler: str = Field("tpe", description="random, tpe, gp or botorch")
+    sampler: str = Field("tpe", description="random, tpe, gp, botorch or language-bo")
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
     pruner: str = Field("none", description="none, median or hyperband")
+    template: str = Field("domain", description="language-bo: domain, plain, or a template file")
+    encoder: str | None = Field(None, description="language-bo: HF model id or folder; default the offline MiniLM")
+    projection: bool = Field(True, description="language-bo: learnable projection (off = Table 6 ablation)")
+    learnable_token: bool = Field(True, description="language-bo: learnable soft token (off = Table 6 ablation)")
+    shortlist_k: int = Field(16, ge=1, description="language-bo: candidates re-embedded exactly per suggestion")
     seed: int = 0
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///lmtune.db")
     study_name: str = "lmtune-lora"
@@ -34,6 +39,11 @@ class LoraRunConfig(BaseModel):
     epochs: float = Field(1.0, gt=0.0)
     target_modules: list[str] | None = Field(None, description="modules to adapt; default: PEFT's for the model type")
     final_train: bool = Field(True, description="retrain the best config on the full training split and test it")
+
+    @property
+    def language_bo_options(self) -> dict[str, Any]:
+        return {"template": self.template, "encoder": self.encoder, "use_projection": self.projection,
+                "use_learnable_token": self.learnable_token, "shortlist_k": self.shortlist_k}
 
     @property
     def out_dir(self) -> Path:

@@ -59,13 +59,15 @@ def tune_lora(config: LoraRunConfig | None = None, *, console: Console | None = 
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
     model = cfg.model or default_encoder_path()
     check_model(model)
+    sampler = make_sampler(cfg.sampler, seed=cfg.seed, n_startup_trials=cfg.startup_trials, space=space,
+                           **(cfg.language_bo_options if cfg.sampler == "language-bo" else {}))
     settings = TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                               settings=settings, seed=cfg.seed, target_modules=cfg.target_modules)
     study = open_study(
         cfg.study_name,
         storage=cfg.storage,
-        sampler=make_sampler(cfg.sampler, seed=cfg.seed, n_startup_trials=cfg.startup_trials),
+        sampler=sampler,
         pruner=make_pruner(cfg.pruner),
         direction=objective.direction,
         attrs={"space": space.to_dict(), "model": str(cfg.model or "minilm"), "dataset": splits.name,

@@ -20,9 +20,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune.errors import InputError, TrialFailed
+from lmtune.space import SearchSpace
 
 DEFAULT_STORAGE = "sqlite:///lmtune.db"
-SAMPLERS = ("random", "tpe", "gp", "botorch")
+SAMPLERS = ("random", "tpe", "gp", "botorch", "language-bo")
 PRUNERS = ("none", "median", "hyperband")
 INTERRUPTED = "interrupted"
 RETRY_OF = "retry_of"
@@ -35,8 +36,13 @@ HEARTBEAT_INTERVAL = 30
 GRACE_PERIOD = 120
 
 
-def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 5) -> BaseSampler:
-    """An Optuna sampler by name; ``n_startup_trials`` random trials precede model-based ones."""
+def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 5, space: SearchSpace | None = None,
+                 **language_bo: Any) -> BaseSampler:
+    """An Optuna sampler by name; ``n_startup_trials`` random trials precede model-based ones.
+
+    ``language-bo`` searches the discrete pool of ``space``; ``language_bo`` holds its options
+    (template, encoder, use_projection, use_learnable_token, shortlist_k, ...).
+    """
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -47,6 +53,12 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         from optuna_integration import BoTorchSampler
 
         return BoTorchSampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "language-bo":
+        if space is None:
+            raise InputError("sampler", "language-bo needs the search space whose pool it ranks")
+        from lmtune.samplers import LanguageBOSampler
+
+        return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **language_bo)
     raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 

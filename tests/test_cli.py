@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--space", "lora-small
 
 
 def lmtune(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMTUNE_CACHE_DIR": str(cwd / "cache")}
     return subprocess.run([sys.executable, "-m", "lmtune.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600, **kwargs)
 
@@ -81,9 +82,14 @@ def test_interrupted_run_resumes_keeps_finished_trials_and_reaches_the_count(tmp
     assert len(done) == 4 and len(after) == 5  # 4 counted + the interrupted one, replaced by its retry
 
 
+def write_reviews(folder: Path, count: int = 120) -> str:
+    rows = [f"{'good' if i % 2 else 'bad'} review number {i},{'pos' if i % 2 else 'neg'}" for i in range(count)]
+    (folder / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    return "reviews.csv"
+
+
 def test_full_small_run_writes_results_summary_and_adapter(tmp_path):
-    rows = [f"{'good' if i % 2 else 'bad'} review number {i},{'pos' if i % 2 else 'neg'}" for i in range(120)]
-    (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    write_reviews(tmp_path)
     result = lmtune("lora", *FAST, "--dataset", "reviews.csv", "--proxy-fraction", "0.5", "--trials", "2",
                     "--study-name", "small", "--output-dir", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -94,3 +100,32 @@ def test_full_small_run_writes_results_summary_and_adapter(tmp_path):
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "## Best config" in summary and "## Trials" in summary
+
+
+def test_language_bo_sampler_runs_end_to_end_on_lora_small(tmp_path):
+    data = write_reviews(tmp_path)
+    result = lmtune("lora", *FAST, "--dataset", data, "--proxy-fraction", "0.5", "--sampler", "language-bo",
+                    "--startup-trials", "2", "--trials", "4", "--no-final-train", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "lmtune.db") as conn:
+        params = conn.execute("select trial_id, param_name, param_value from trial_params").fetchall()
+        states = [s for (s,) in conn.execute("select state from trials")]
+    assert states == ["COMPLETE"] * 4
+    configs = {tid: tuple(sorted((n, v) for t, n, v in params if t == tid)) for tid, _, _ in params}
+    assert len(set(configs.values())) == 4  # no config proposed twice
+    assert list((tmp_path / "cache").rglob("*"))  # the pool's embeddings were cached on disk
+
+
+def test_proxy_check_prints_a_correlation(tmp_path):
+    data = write_reviews(tmp_path, 80)
+    result = lmtune("lora", "--dataset", data, "--max-length", "16", "--proxy-fraction", "0.25",
+                    "proxy-check", "--configs", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("config ") == 3
+    line = result.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"proxy \(25%, 14 examples\) vs full \(56 examples\) over (\d) configs: Pearson (.+)", line)
+    assert match, line
+    if match[2].startswith("undefined"):
+        assert int(match[1]) < 3 or "no spread" in match[2]
+    else:
+        assert int(match[1]) == 3 and -1.0 <= float(match[2]) <= 1.0

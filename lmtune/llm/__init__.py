@@ -1,0 +1,1 @@
+"""Talking to language models: frozen encoders for embeddings (``lmtune.llm.embeddings``)."""

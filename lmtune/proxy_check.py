@@ -1,0 +1,75 @@
+"""Can the proxy subset be trusted? Train a few configs on the proxy and on all data, correlate (seed 003 Table 7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+from rich.console import Console
+
+from lmtune.config import LoraRunConfig
+from lmtune.errors import InputError, TrialFailed
+from lmtune.finetune.data import load_dataset, proxy_subset
+from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.peft_model import check_model, default_encoder_path
+from lmtune.finetune.train import TrainSettings, train_and_evaluate
+from lmtune.lora import resolve_space
+
+
+def sample_configs(cfg: LoraRunConfig, count: int) -> list[dict[str, Any]]:
+    """``count`` distinct seeded random configs of the run's space (all of a smaller pool)."""
+    space = resolve_space(cfg)
+    sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+    study = optuna.create_study(sampler=sampler)
+    limit = space.pool_size if space.is_discrete else count
+    configs: list[dict[str, Any]] = []
+    while len(configs) < min(count, limit):
+        params = study.ask(space.distributions()).params
+        study.tell(study.trials[-1].number, 0.0)
+        config = {**params, **space.fixed}
+        if config not in configs:
+            configs.append(config)
+    return configs
+
+
+def proxy_check(cfg: LoraRunConfig, configs: int = 8, *, console: Console | None = None) -> dict[str, Any]:
+    """Train ``configs`` random configs on the proxy subset and on the full training split.
+
+    Both are scored on the validation split. Returns each pair and the Pearson correlation
+    between proxy and full scores over the configs that finished both runs.
+    """
+    if configs < 3:
+        raise InputError("configs", f"need at least 3 configs for a correlation, got {configs}")
+    console = console or Console(stderr=True, soft_wrap=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    chosen = sample_configs(cfg, configs)
+    splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
+    model = cfg.model or default_encoder_path()
+    check_model(model)
+    settings = TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
+    proxy_rows = proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed)
+    rows = []
+    for i, params in enumerate(chosen, 1):
+        hp = LoraHyperparams.from_params(params)
+        row: dict[str, Any] = {"params": params}
+        for name, train_rows in (("proxy", proxy_rows), ("full", splits.train)):
+            try:
+                result = train_and_evaluate(hp, train_rows, splits.validation, task=splits.task, model=model,
+                                            label_names=splits.label_names, settings=settings,
+                                            target_modules=cfg.target_modules)
+                row[name], row["metric_name"] = result.metric, result.metric_name
+            except TrialFailed as error:
+                row[name], row[f"{name}_fail_reason"] = None, str(error)
+        console.print(f"config {i}/{len(chosen)}: proxy {_fmt(row['proxy'])}  full {_fmt(row['full'])}  {params}")
+        rows.append(row)
+    paired = [(r["proxy"], r["full"]) for r in rows if r["proxy"] is not None and r["full"] is not None]
+    pearson = None
+    if len(paired) >= 3 and np.ptp([p for p, _ in paired]) > 0 and np.ptp([f for _, f in paired]) > 0:
+        pearson = float(np.corrcoef(np.array(paired).T)[0, 1])
+    return {"proxy_fraction": cfg.proxy_fraction, "proxy_examples": len(proxy_rows),
+            "full_examples": len(splits.train), "configs": rows, "paired": len(paired), "pearson": pearson}
+
+
+def _fmt(value: float | None) -> str:
+    return "FAIL" if value is None else f"{value:.4f}"
