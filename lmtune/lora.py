@@ -15,8 +15,9 @@ from lmtune.errors import InputError
 from lmtune.finetune.data import DatasetSplits, load_dataset, proxy_subset
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
-from lmtune.finetune.peft_model import check_model, default_encoder_path
+from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
+from lmtune.llm import default_encoder_path
 from lmtune.report import best_trial, trial_rows, write_results
 from lmtune.space import Categorical, SearchSpace, load_space
 from lmtune.study import counted_trials, make_pruner, make_sampler, open_study, run_trials

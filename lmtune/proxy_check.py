@@ -12,8 +12,9 @@ from lmtune.config import LoraRunConfig
 from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import load_dataset, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.peft_model import check_model, default_encoder_path
+from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
+from lmtune.llm import default_encoder_path
 from lmtune.lora import resolve_space
 
 

@@ -14,7 +14,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from lmtune.finetune.peft_model import default_encoder_path
+from lmtune.llm import default_encoder_path
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 

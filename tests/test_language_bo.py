@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from lmtune.errors import InputError
-from lmtune.llm.embeddings import FrozenEncoder, TextPool, default_encoder, shared_prefix
+from lmtune.llm import default_encoder_path
+from lmtune.llm.embeddings import FrozenEncoder, TextPool, shared_prefix
 from lmtune.samplers import LanguageBOSampler
 from lmtune.samplers.language_bo import _Pool
 from lmtune.samplers.templates import Template, format_value
@@ -48,7 +49,7 @@ def objective(trial: optuna.Trial) -> float:
 def encoders(tmp_path_factory):
     """Folders holding a tiny bidirectional and a tiny causal model, saved as a user would."""
     root = tmp_path_factory.mktemp("encoders")
-    tokenizer = AutoTokenizer.from_pretrained(default_encoder())
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
     torch.manual_seed(0)
     bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                                 num_attention_heads=4, intermediate_size=64, max_position_embeddings=512))
@@ -308,5 +309,5 @@ def test_real_minilm_on_lora_small(tmp_path):
     study.optimize(lora, n_trials=9)
     params = [tuple(t.params.values()) for t in study.trials]
     assert len(set(params)) == 9
-    assert sampler.encoder.name == default_encoder() and not sampler.encoder.causal
+    assert sampler.encoder.name == default_encoder_path() and not sampler.encoder.causal
     assert sampler.last_timings["total_s"] < 30

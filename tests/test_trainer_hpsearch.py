@@ -16,7 +16,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from lmtune.llm.embeddings import default_encoder
+from lmtune.llm import default_encoder_path
 from lmtune.samplers import LanguageBOSampler
 from lmtune.space import Categorical, SearchSpace
 
@@ -51,7 +51,7 @@ def model_init(trial=None):
 
 
 def test_trainer_hyperparameter_search_with_language_bo(tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(default_encoder())
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
     encoder = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                          num_attention_heads=4, intermediate_size=64)
     BertModel(encoder).save_pretrained(tmp_path / "encoder")

