@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import optuna
+from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -45,10 +46,12 @@ def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
     return space
 
 
-def tune_lora(config: LoraRunConfig | None = None, *, console: Console | None = None, **fields: Any) -> dict[str, Any]:
+def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | None = None,
+              console: Console | None = None, **fields: Any) -> dict[str, Any]:
     """Run ``lmtune lora``: the study (resuming it if it exists), then the final retrain and test.
 
-    Takes a :class:`LoraRunConfig` or its fields as keyword arguments. Every input is checked
+    Takes a :class:`LoraRunConfig` or its fields as keyword arguments; ``sampler`` may be any Optuna
+    sampler object, which then replaces the one named in the config. Every input is checked
     before the study is opened, so bad input leaves nothing in storage. Returns the dict that is
     also written to ``results.json``.
     """
@@ -60,8 +63,8 @@ def tune_lora(config: LoraRunConfig | None = None, *, console: Console | None = 
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
     model = cfg.model or default_encoder_path()
     check_model(model)
-    sampler = make_sampler(cfg.sampler, seed=cfg.seed, n_startup_trials=cfg.startup_trials, space=space,
-                           **(cfg.language_bo_options if cfg.sampler == "language-bo" else {}))
+    sampler = sampler or make_sampler(cfg.sampler, seed=cfg.seed, n_startup_trials=cfg.startup_trials, space=space,
+                                      **(cfg.language_bo_options if cfg.sampler == "language-bo" else {}))
     settings = TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                               settings=settings, seed=cfg.seed, target_modules=cfg.target_modules)
@@ -90,7 +93,8 @@ def tune_lora(config: LoraRunConfig | None = None, *, console: Console | None = 
     console.print(f"Best trial {best.number}: {objective.metric_name} {best.value:.4f} with {hp.to_dict()}")
 
     results: dict[str, Any] = {
-        "study_name": cfg.study_name, "storage": cfg.storage or "sqlite:///lmtune.db", "sampler": cfg.sampler,
+        "study_name": cfg.study_name, "storage": cfg.storage or "sqlite:///lmtune.db",
+        "sampler": type(sampler).__name__,
         "space": space.name, "model": cfg.model or f"MiniLM ({model})", "dataset": splits.name, "task": splits.task,
         "metric_name": objective.metric_name, "direction": objective.direction,
         "proxy_fraction": cfg.proxy_fraction,
