@@ -26,9 +26,9 @@ def sample_configs(cfg: LoraRunConfig, count: int) -> list[dict[str, Any]]:
     limit = space.pool_size if space.is_discrete else count
     configs: list[dict[str, Any]] = []
     while len(configs) < min(count, limit):
-        params = study.ask(space.distributions()).params
-        study.tell(study.trials[-1].number, 0.0)
-        config = {**params, **space.fixed}
+        trial = study.ask(space.distributions())
+        study.tell(trial, 0.0)  # the value is unused; telling lets the next ask draw afresh
+        config = {**trial.params, **space.fixed}
         if config not in configs:
             configs.append(config)
     return configs
@@ -43,7 +43,6 @@ def proxy_check(cfg: LoraRunConfig, configs: int = 8, *, console: Console | None
     if configs < 3:
         raise InputError("configs", f"need at least 3 configs for a correlation, got {configs}")
     console = console or Console(stderr=True, soft_wrap=True)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     chosen = sample_configs(cfg, configs)
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
     model = cfg.model or default_encoder_path()
