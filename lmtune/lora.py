@@ -46,6 +46,18 @@ def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
     return space
 
 
+def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, TrainSettings]:
+    """Check and load what every LoRA command needs: space, data splits, model path, training settings.
+
+    Raises ``InputError`` for bad input before anything is trained or stored.
+    """
+    space = resolve_space(cfg)
+    splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
+    model = cfg.model or default_encoder_path()
+    check_model(model)
+    return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
+
+
 def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | None = None,
               console: Console | None = None, **fields: Any) -> dict[str, Any]:
     """Run ``lmtune lora``: the study (resuming it if it exists), then the final retrain and test.
@@ -59,13 +71,9 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     console = console or Console(stderr=True, soft_wrap=True)
     started = time.perf_counter()
 
-    space = resolve_space(cfg)
-    splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
-    model = cfg.model or default_encoder_path()
-    check_model(model)
+    space, splits, model, settings = prepare_run(cfg)
     sampler = sampler or make_sampler(cfg.sampler, seed=cfg.seed, n_startup_trials=cfg.startup_trials, space=space,
                                       **(cfg.language_bo_options if cfg.sampler == "language-bo" else {}))
-    settings = TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                               settings=settings, seed=cfg.seed, target_modules=cfg.target_modules)
     study = open_study(

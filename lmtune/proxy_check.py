@@ -10,18 +10,16 @@ from rich.console import Console
 
 from lmtune.config import LoraRunConfig
 from lmtune.errors import InputError, TrialFailed
-from lmtune.finetune.data import load_dataset, proxy_subset
+from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.peft_model import check_model
-from lmtune.finetune.train import TrainSettings, train_and_evaluate
-from lmtune.llm import default_encoder_path
-from lmtune.lora import resolve_space
+from lmtune.finetune.train import train_and_evaluate
+from lmtune.lora import prepare_run
+from lmtune.space import SearchSpace
 
 
-def sample_configs(cfg: LoraRunConfig, count: int) -> list[dict[str, Any]]:
-    """``count`` distinct seeded random configs of the run's space (all of a smaller pool)."""
-    space = resolve_space(cfg)
-    sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+def sample_configs(space: SearchSpace, count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` distinct seeded random configs of ``space`` (all of a smaller pool)."""
+    sampler = optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(sampler=sampler)
     limit = space.pool_size if space.is_discrete else count
     configs: list[dict[str, Any]] = []
@@ -43,11 +41,8 @@ def proxy_check(cfg: LoraRunConfig, configs: int = 8, *, console: Console | None
     if configs < 3:
         raise InputError("configs", f"need at least 3 configs for a correlation, got {configs}")
     console = console or Console(stderr=True, soft_wrap=True)
-    chosen = sample_configs(cfg, configs)
-    splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
-    model = cfg.model or default_encoder_path()
-    check_model(model)
-    settings = TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
+    space, splits, model, settings = prepare_run(cfg)
+    chosen = sample_configs(space, configs, cfg.seed)
     proxy_rows = proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed)
     rows = []
     for i, params in enumerate(chosen, 1):
