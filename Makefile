@@ -19,7 +19,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/lmtune lora --trials 10 --max-length 64 --study-name demo --output-dir lmtune-out/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check lmtune tests benchmarks
+	$(BIN)/ruff check lmtune tests benchmarks scripts
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -17,6 +17,8 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
                   help="Choose LoRA configs, base models and decoding settings with few expensive runs.")
 lora_app = typer.Typer(help="Search LoRA fine-tuning hyperparameters (rank, alpha, learning rate, batch, dropout).")
 app.add_typer(lora_app, name="lora")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmark search methods on real, replayable result tables.")
+app.add_typer(bench_app, name="bench")
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -93,6 +95,68 @@ def proxy_check_command(
         f"{result['pearson']:.3f}")
     print(f"proxy ({result['proxy_fraction']:.0%}, {result['proxy_examples']} examples) vs full "
           f"({result['full_examples']} examples) over {result['paired']} configs: Pearson {pearson}")
+
+
+@bench_app.command("build-table")
+def build_table_command(
+    table: Annotated[str, typer.Option(help="Which table to build: bbc-minilm or arith-sft.")] = "bbc-minilm",
+    output: Annotated[Path | None, typer.Option(help="Table file (.json.gz); default benchmarks/data/<table>.json.gz. "
+                                                "Rows already in it are not trained again.")] = None,
+    storage: Annotated[str, typer.Option(help="Optuna storage of the build study; share it between "
+                                         "processes or machines to build together.")] = "sqlite:///lmtune-bench.db",
+    study_name: Annotated[str | None, typer.Option(help="Build study name (default: the table name).")] = None,
+    max_trials: Annotated[int | None, typer.Option(help="Stop after this many configs (default: the whole grid).")
+                          ] = None,
+    full_runs: Annotated[int, typer.Option(help="Then train this many configs, spread over the quality range, on "
+                                           "the whole training split (needs the whole grid).")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads per process.")] = 1,
+) -> None:
+    """Train every config of a benchmark table's grid through one resumable Optuna study; write the table file."""
+    from lmtune.bench.build import build_full_runs, build_table
+    from lmtune.bench.table import Table
+    from lmtune.bench.tables import load_table_spec
+
+    _quiet_libraries()
+    spec = load_table_spec(table)
+    output = output or Path("benchmarks/data") / f"{spec.name}.json.gz"
+    seed_from = Table.load(output) if output.exists() else None
+    result = build_table(spec, storage=storage, study_name=study_name, threads=threads, max_trials=max_trials,
+                         seed_from=seed_from, output=output, console=console)
+    if full_runs and result.complete:
+        result = build_full_runs(result, spec, full_runs, storage=storage, threads=threads, console=console)
+    elif full_runs:
+        console.print(f"[yellow]Full runs wait for the whole grid ({len(result.rows)} of "
+                      f"{result.grid.pool_size} built).[/]")
+    result.save(output)
+    summary = result.summary()
+    print(f"{output}: {summary['configs']} of {summary['grid']} configs, {summary['failed']} failed, "
+          f"{summary['metric']} best {summary['best']:.4f} worst {summary['worst']:.4f}")
+
+
+@bench_app.command("samplers")
+def samplers_command(
+    table: Annotated[list[Path], typer.Option(help="Table file(s) to replay against; repeat for several.")],
+    samplers: Annotated[str, typer.Option(help="Comma-separated methods: random, tpe, gp, botorch, nomad, "
+                                          "language-bo, language-bo-no-token, language-bo-plain, "
+                                          "language-bo-none.")] = "random,tpe,gp,botorch,nomad,language-bo",
+    budget: Annotated[int, typer.Option(help="Trials per search.")] = 30,
+    seeds: Annotated[int, typer.Option(help="Searches per method (seeds 0..N-1).")] = 20,
+    output: Annotated[Path, typer.Option(help="Folder for runs.jsonl, samplers.md/.json/.png.")
+                      ] = Path("benchmarks/results/samplers"),
+    threads: Annotated[int, typer.Option(help="Torch CPU threads for the model-based samplers.")] = 1,
+) -> None:
+    """Replay search methods against real result tables (lookups, no training) and compare their regret."""
+    from lmtune.bench.compare import compare_samplers
+    from lmtune.bench.table import Table
+
+    if budget < 1 or seeds < 1:
+        raise InputError("budget" if budget < 1 else "seeds", "must be at least 1")
+    _quiet_libraries()
+    tables = [Table.load(path) for path in table]
+    methods = [m.strip() for m in samplers.split(",") if m.strip()]
+    report = compare_samplers(tables, methods, seeds, budget, output, threads=threads, console=console)
+    print(report)
+    print(f"written: {output / 'samplers.md'}, {output / 'samplers.json'}, {output / 'samplers.png'}")
 
 
 def _quiet_libraries() -> None:

@@ -18,7 +18,7 @@ from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
-from lmtune.llm import default_encoder_path
+from lmtune.llm import resolve_model
 from lmtune.report import best_trial, trial_rows, write_results
 from lmtune.space import Categorical, SearchSpace, load_space
 from lmtune.study import counted_trials, make_pruner, make_sampler, open_study, run_trials
@@ -53,7 +53,7 @@ def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, Tr
     """
     space = resolve_space(cfg)
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
-    model = cfg.model or default_encoder_path()
+    model = resolve_model(cfg.model)
     check_model(model)
     return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
 

@@ -101,6 +101,7 @@ def open_study(
 ) -> optuna.Study:
     """Create the study, or load it if it exists (same name = resume).
 
+    No pruner means no pruning (Optuna's own default would be a median pruner).
     ``attrs`` describe what the study searches (space, model, data). They are stored on creation
     and compared on resume, so a study is never silently continued with a different setup.
     """
@@ -116,9 +117,10 @@ def open_study(
             if stored is not None and stored != value:
                 raise InputError(key, f"study {study_name!r} was created with a different {key}; "
                                  "rerun with the same settings or pick another study name")
-        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                direction=direction)
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                 pruner=pruner or optuna.pruners.NopPruner())
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                pruner=pruner or optuna.pruners.NopPruner(), direction=direction)
     for key, value in (attrs or {}).items():
         study.set_user_attr(key, value)
     return study

@@ -19,6 +19,9 @@ from lmtune.errors import InputError
 
 TASKS: tuple[str, ...] = ("classification", "causal")
 BBC_NEWS = "bbc-news"
+#: Built-in synthetic SFT set for lmtune's small arithmetic model: 3-digit subtraction, which its
+#: pretraining (addition up to 3 digits, subtraction up to 2) never showed it.
+ARITH_SUB3 = "arith-sub3"
 FILE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".json")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation", "test": "test"}
@@ -64,7 +67,8 @@ def load_dataset(
 ) -> DatasetSplits:
     """Load ``source`` and split it.
 
-    ``source`` is ``None``/``"bbc-news"`` (offline BBC News, 2,127 distinct articles in 5 classes), a ``.csv``,
+    ``source`` is ``None``/``"bbc-news"`` (offline BBC News, 2,127 distinct articles in 5 classes),
+    ``"arith-sub3"`` (2,500 seeded 3-digit subtraction problems for the small arithmetic model), a ``.csv``,
     ``.jsonl`` or ``.json`` file, a directory of ``train``/``validation``/``test`` files, or else a Hugging
     Face dataset id. A file's ``split`` column (train/validation/test) is used when present. Splits the
     source lacks are carved out of its training rows, seeded and stratified by label for classification:
@@ -83,6 +87,13 @@ def load_dataset(
         if task == "causal":
             raise InputError("task", "bbc-news is a classification dataset")
         return _finish({"train": _bbc_news_rows()}, "classification", _Fields(), BBC_NEWS, seed, fractions)
+    if source == ARITH_SUB3:
+        if task == "classification":
+            raise InputError("task", "arith-sub3 is a causal (prompt/response) dataset")
+        from lmtune.arithmetic import make_problems
+
+        rows = make_problems(2500, op="-", digits=3, min_digits=3, seed=seed)
+        return _finish({"train": rows}, "causal", _Fields(), ARITH_SUB3, seed, fractions)
     path = Path(source)
     if path.is_dir():
         parts = _read_directory(path)

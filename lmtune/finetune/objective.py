@@ -82,4 +82,5 @@ class LoraObjective:
         trial.set_user_attr("eval_loss", result.eval_loss)
         trial.set_user_attr("train_seconds", result.train_seconds)
         trial.set_user_attr("train_examples", result.train_examples)
+        trial.set_user_attr("step_losses", [round(loss, 5) for loss in result.step_losses])
         return result.metric

@@ -84,6 +84,7 @@ class TrainResult:
     train_seconds: float
     steps: int
     train_examples: int
+    step_losses: list[float]
 
 
 def metric_name(task: str, settings: TrainSettings) -> str:
@@ -142,7 +143,7 @@ def train_and_evaluate(
             if save_adapter_to is not None and hp.variant == "pissa":
                 initial = Path(scratch) / "initial"
                 save_initial_adapter(peft_model, initial)
-            trajectory = run.fit(train, evaluation, hp, on_eval, on_step)
+            trajectory, step_losses = run.fit(train, evaluation, hp, on_eval, on_step)
             if save_adapter_to is not None:
                 save_adapter(peft_model, tokenizer, Path(save_adapter_to), initial_adapter=initial,
                              label_names=label_names)
@@ -155,7 +156,7 @@ def train_and_evaluate(
     final = trajectory[-1]
     return TrainResult(metric_name=metric, metric=final[metric], eval_loss=final["eval_loss"],
                        trajectory=trajectory, train_seconds=time.perf_counter() - started,
-                       steps=final["step"], train_examples=len(train_rows))
+                       steps=final["step"], train_examples=len(train_rows), step_losses=step_losses)
 
 
 class _Run:
@@ -180,8 +181,11 @@ class _Run:
         return [_fit(prompt, response + [eos], max_length)
                 for prompt, response in zip(prompts, responses, strict=True)]
 
-    def fit(self, train, evaluation, hp: LoraHyperparams, on_eval, on_step) -> list[dict]:
-        """AdamW with cosine decay after linear warmup over ``epochs`` passes of seeded shuffles."""
+    def fit(self, train, evaluation, hp: LoraHyperparams, on_eval, on_step) -> tuple[list[dict], list[float]]:
+        """AdamW with cosine decay after linear warmup over ``epochs`` passes of seeded shuffles.
+
+        Returns the evaluation records and the training loss of every step.
+        """
         settings = self.settings
         steps_per_epoch = math.ceil(len(train) / hp.batch_size)
         total = max(1, math.ceil(steps_per_epoch * settings.epochs))
@@ -195,11 +199,13 @@ class _Run:
         batches = _shuffled_batches(len(train), hp.batch_size, settings.seed)
         trajectory: list[dict] = []
         losses: list[float] = []
+        step_losses: list[float] = []
         self.model.train()
         for step in range(1, total + 1):
             loss_sum, count, _ = self._forward([train[i] for i in next(batches)])
             loss = loss_sum / count
             losses.append(loss.item())
+            step_losses.append(losses[-1])
             guard.check(losses[-1], step)
             loss.backward()
             optimizer.step()
@@ -217,7 +223,7 @@ class _Run:
                 if on_eval is not None:
                     on_eval(step, record)
                 self.model.train()
-        return trajectory
+        return trajectory, step_losses
 
     @torch.no_grad()
     def evaluate(self, examples) -> dict:

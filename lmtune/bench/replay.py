@@ -1,0 +1,182 @@
+"""Replay search methods against a table: each proposed config is looked up, never trained.
+
+Every method sees exactly what it would see in a live study: the table's grid as its search space,
+one result per trial (a failed config fails the trial), and a budget counted in trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+
+from lmtune.bench.table import Table
+from lmtune.errors import InputError, TrialFailed
+
+#: Language-BO and its cumulative ablations (seed 003 Table 6: none, +projection, +domain prompt, +token).
+LANGUAGE_BO_VARIANTS = {
+    "language-bo": {"template": "domain", "use_projection": True, "use_learnable_token": True},
+    "language-bo-no-token": {"template": "domain", "use_projection": True, "use_learnable_token": False},
+    "language-bo-plain": {"template": "plain", "use_projection": True, "use_learnable_token": False},
+    "language-bo-none": {"template": "plain", "use_projection": False, "use_learnable_token": False},
+}
+OPTUNA_METHODS = ("random", "tpe", "gp", "botorch")
+METHODS = (*OPTUNA_METHODS, "nomad", *LANGUAGE_BO_VARIANTS)
+STARTUP_TRIALS = 5  # random trials before every model-based method, the same for all
+
+
+@dataclass
+class Run:
+    """One method, one seed: the metric of each trial in order (``None`` for a failed config)."""
+
+    method: str
+    seed: int
+    values: list[float | None]
+    seconds: float
+
+
+def check_methods(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError("samplers", f"unknown method {unknown[0]!r}; allowed: {', '.join(METHODS)}")
+    return names
+
+
+def replay(table: Table, method: str, seed: int, budget: int, *, threads: int = 1) -> Run:
+    """Run ``method`` for ``budget`` trials against ``table`` with ``seed``."""
+    if not table.complete:
+        raise InputError("table", f"table {table.name} holds {len(table.rows)} of its {table.grid.pool_size} "
+                         "configs; replay needs every config of the grid")
+    check_methods([method])
+    started = time.perf_counter()
+    values = _replay_nomad(table, seed, budget) if method == "nomad" else _replay_optuna(table, method, seed, budget,
+                                                                                       threads)
+    return Run(method, seed, values, time.perf_counter() - started)
+
+
+def _lookup_value(table: Table, params: dict[str, Any]) -> float | None:
+    return table.lookup(params)["metric"]
+
+
+def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: int) -> list[float | None]:
+    sampler = _sampler(table, method, seed, threads)
+    study = optuna.create_study(sampler=sampler, direction=table.direction, pruner=optuna.pruners.NopPruner())
+    values: list[float | None] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        value = _lookup_value(table, table.grid.suggest(trial))
+        values.append(value)
+        if value is None:
+            raise TrialFailed("this config failed when the table was built")
+        return value
+
+    study.optimize(objective, n_trials=budget, catch=(TrialFailed,))
+    return values
+
+
+def _sampler(table: Table, method: str, seed: int, threads: int) -> optuna.samplers.BaseSampler:
+    from lmtune.study import make_sampler
+
+    if method in LANGUAGE_BO_VARIANTS:
+        return make_sampler("language-bo", seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
+                            fit_threads=threads, **LANGUAGE_BO_VARIANTS[method])
+    return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS)
+
+
+def _replay_nomad(table: Table, seed: int, budget: int) -> list[float | None]:
+    """NOMAD's mesh-adaptive direct search over integer-coded values (index into each parameter's list).
+
+    NOMAD minimizes and caches the points it has evaluated. When its mesh converges before the budget
+    is spent it is restarted from a new random point with what is left, as a user would.
+    """
+    import PyNomad
+
+    params = table.grid.params
+    upper = [len(p.values()) - 1 for p in params]
+    sign = -1.0 if table.direction == "maximize" else 1.0
+    rng = np.random.default_rng(seed)
+    values: list[float | None] = []
+
+    def blackbox(point) -> int:
+        if len(values) >= budget:
+            return 0
+        config = {p.name: p.values()[int(round(point.get_coord(i)))] for i, p in enumerate(params)}
+        value = _lookup_value(table, config)
+        values.append(value)
+        if value is None:
+            return 0  # a failed evaluation: NOMAD records it as such
+        point.setBBO(str(sign * value).encode("UTF-8"))
+        return 1
+
+    restarts = 0
+    while len(values) < budget and restarts < budget:
+        start = [int(rng.integers(0, u + 1)) for u in upper]
+        options = ["BB_OUTPUT_TYPE OBJ", f"MAX_BB_EVAL {budget - len(values)}",
+                   f"BB_INPUT_TYPE ({' '.join('I' for _ in params)})", f"SEED {seed + 1000 * restarts}",
+                   "DISPLAY_DEGREE 0"]
+        before = len(values)
+        PyNomad.resetRandomNumberGenerator()  # NOMAD's generator is global: reset it so a seed means one run
+        PyNomad.setSeed(seed + 1000 * restarts)
+        with _stdout_silenced():  # NOMAD's C++ core prints notes straight to file descriptor 1
+            PyNomad.optimize(blackbox, start, [0] * len(params), upper, options)
+        restarts += 1
+        if len(values) == before:  # nothing new was evaluated: the grid around every start is exhausted
+            break
+    return values[:budget]
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+def regret_curve(table: Table, values: list[float | None], budget: int) -> np.ndarray:
+    """Normalized regret of the best config found after each of ``budget`` trials (1 until one succeeds)."""
+    best: float | None = None
+    curve = np.ones(budget)
+    better = max if table.direction == "maximize" else min
+    for i in range(budget):
+        value = values[i] if i < len(values) else None
+        if value is not None and math.isfinite(value):
+            best = value if best is None else better(best, value)
+        curve[i] = table.regret(best)
+    return curve
+
+
+def trials_to_reach(table: Table, values: list[float | None], threshold: float) -> float:
+    """1-based trial at which a config at least as good as ``threshold`` was first found (inf if never)."""
+    for i, value in enumerate(values, 1):
+        if value is not None and (value >= threshold if table.direction == "maximize" else value <= threshold):
+            return float(i)
+    return math.inf
+
+
+def run_all(table: Table, methods: list[str], seeds: int, budget: int, *, threads: int = 1,
+            on_run: Callable[[Run], None] | None = None) -> list[Run]:
+    """Every method with seeds 0..seeds-1."""
+    runs = []
+    for method in check_methods(methods):
+        for seed in range(seeds):
+            run = replay(table, method, seed, budget, threads=threads)
+            runs.append(run)
+            if on_run is not None:
+                on_run(run)
+    return runs

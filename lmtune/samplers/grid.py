@@ -1,0 +1,89 @@
+"""Evaluate every config of a list once, in a seeded random order, across any number of workers.
+
+Optuna's ``GridSampler`` walks its grid in product order for the first trials, so a table that is
+half built covers half of one parameter's values. This sampler draws each next config uniformly from
+the configs that no trial has taken yet, so a partial table is a uniform random sample of the grid,
+and workers on other processes or machines (sharing the study's storage) spread over it by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+GRID_INDEX = "grid_index"
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A stable key of a config: canonical JSON, numbers as floats so 8 and 8.0 agree."""
+    def norm(value: Any) -> Any:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    return json.dumps({k: norm(v) for k, v in sorted(config.items())})
+
+
+class ShuffledGridSampler(BaseSampler):
+    """Sample each config of ``configs`` exactly once, picking uniformly among those not yet taken.
+
+    A config counts as taken once a trial holds it, whatever that trial's state (running trials of
+    other workers included). A trial queued with fixed parameters (a retry) keeps its parameters.
+    When every config is taken the study is stopped; use :meth:`untaken` to check before starting.
+    """
+
+    def __init__(self, configs: Sequence[Mapping[str, Any]], seed: int | None = None):
+        if not configs:
+            raise ValueError("ShuffledGridSampler needs at least one config")
+        self._configs = [dict(c) for c in configs]
+        self._index = {config_key(c): i for i, c in enumerate(self._configs)}
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+    def untaken(self, study: Study) -> list[int]:
+        """Grid indices that no trial of the study holds yet (queued retries hold theirs)."""
+        taken = set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if t.state == TrialState.WAITING and "fixed_params" in t.system_attrs:
+                taken.add(self._index.get(config_key(t.system_attrs["fixed_params"])))
+            else:
+                taken.add(t.system_attrs.get(GRID_INDEX))
+        return [i for i in range(len(self._configs)) if i not in taken]
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed is not None:  # a retry or an enqueued config: record which grid point it is
+            index = self._index.get(config_key(fixed))
+        else:
+            free = self.untaken(study)
+            # nothing free means other workers hold the rest: repeat one rather than invent a config
+            index = int(self._rng.choice(free if free else len(self._configs)))
+        if index is not None:
+            study._storage.set_trial_system_attr(trial._trial_id, GRID_INDEX, index)
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+                        ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        index = trial.system_attrs.get(GRID_INDEX)
+        if index is None or param_name not in self._configs[index]:
+            raise ValueError(f"parameter {param_name!r} is not part of the grid's configs")
+        return self._configs[index][param_name]
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+                    ) -> None:
+        if not self.untaken(study):
+            study.stop()
+

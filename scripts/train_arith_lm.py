@@ -1,0 +1,119 @@
+"""Train lmtune's small arithmetic causal LM from scratch on CPU and save it to lmtune/models/arith-lm.
+
+    .venv/bin/python scripts/train_arith_lm.py --steps 2500 --output lmtune/models/arith-lm
+
+The model (a 4-layer Llama, about 0.8M parameters, character tokens) learns addition of numbers up to
+three digits and subtraction up to two. It is deliberately imperfect: greedy decoding solves most but not
+all 3-digit additions, so sampling temperature, the number of samples n and max_tokens really change the
+success rate and cost of decoding, and LoRA fine-tuning on harder problems has something to learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+
+from lmtune.arithmetic import is_correct, make_problems, make_tokenizer
+
+IGNORE = -100
+
+
+def training_rows(count: int, seed: int) -> list[dict[str, str]]:
+    """Addition with 1-3 digit operands (70%) and subtraction with 1-2 digits (30%), shuffled."""
+    rows = make_problems(int(count * 0.7), op="+", digits=3, seed=seed)
+    rows += make_problems(count - len(rows), op="-", digits=2, seed=seed + 1)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def encode(rows, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input ids and labels that score only the answer and its end token."""
+    ids, labels = [], []
+    for row in rows:
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        answer = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids.append(prompt + answer)
+        labels.append([IGNORE] * len(prompt) + answer)
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    return (torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
+            torch.tensor([y + [IGNORE] * (width - len(y)) for y in labels]))
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, rows, max_new_tokens: int = 6) -> float:
+    model.eval()
+    tokenizer.padding_side = "left"
+    batch = tokenizer([r["prompt"] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False,
+                      return_token_type_ids=False)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    model.train()
+    return sum(is_correct(r["prompt"], t) for r, t in zip(rows, texts, strict=True)) / len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=Path("lmtune/models/arith-lm"))
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    tokenizer = make_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config)
+    rows = training_rows(args.steps * args.batch_size, args.seed)
+    held_out = make_problems(500, op="+", digits=3, min_digits=3, seed=10_000 + args.seed)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.steps // 20, args.steps)
+    started = time.perf_counter()
+    model.train()
+    for step in range(1, args.steps + 1):
+        ids, labels = encode(rows[(step - 1) * args.batch_size: step * args.batch_size], tokenizer)
+        logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id)).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                               ignore_index=IGNORE)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 250 == 0 or step == args.steps:
+            accuracy = greedy_accuracy(model, tokenizer, held_out[:200])
+            print(f"step {step}/{args.steps} loss {loss.item():.4f} greedy 3-digit addition {accuracy:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    seconds = time.perf_counter() - started
+    accuracy = greedy_accuracy(model, tokenizer, held_out)
+    tokenizer.padding_side = "right"
+    args.output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.output)
+    tokenizer.save_pretrained(args.output)
+    report = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "train_seconds": round(seconds, 1), "threads": args.threads,
+              "parameters": sum(p.numel() for p in model.parameters()),
+              "greedy_accuracy_3digit_addition": accuracy, "held_out": len(held_out),
+              "final_loss": round(loss.item(), 4), "ppl": round(math.exp(loss.item()), 3)}
+    (args.output / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
