@@ -96,14 +96,11 @@ def proxy_check_command(
 
 
 # --- lmtune select (seed 004) ---------------------------------------------------------------------------------
-select_app = typer.Typer(help="Choose the model to fine-tune from cheap small-subset runs (scaling laws, AtS).",
-                         context_settings={"allow_extra_args": True})
-app.add_typer(select_app, name="select")
 bench_app = typer.Typer(help="Side-by-side comparisons with the published protocols.")
 app.add_typer(bench_app, name="bench")
 
 
-@select_app.callback(invoke_without_command=True)
+@app.command("select", context_settings={"allow_extra_args": True})
 def select_command(
     ctx: typer.Context,
     curves: Annotated[Path | None, typer.Option(help="Curves CSV (config name, 0, 200, ..., size).")] = None,
@@ -122,22 +119,21 @@ def select_command(
     learning_rate: Annotated[float | None, typer.Option(help="With --models (default 2e-4 lora, 5e-5 full).")] = None,
     batch_size: Annotated[int, typer.Option(help="With --models: training batch size.")] = 16,
     max_length: Annotated[int, typer.Option(help="With --models: tokens per example.")] = 128,
+    epochs: Annotated[float, typer.Option(help="With --models: epochs over each subset.")] = 1.0,
     ntk_examples: Annotated[int, typer.Option(help="With --models: examples for LENSLLM's NTK term (0: skip).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the nested subsets and of training.")] = 0,
 ) -> None:
-    """Rank candidate models with ZeroShot, SubTuning, ModelSize, AtS, ats-median and fitted scaling laws."""
-    from lmtune.errors import InputError as _InputError
+    """Choose the model to fine-tune: rank candidates with ZeroShot, SubTuning, ModelSize, AtS, ats-median and
+    fitted scaling laws, from a curves file or from curves measured here (--models A B C --dataset --sizes)."""
     from lmtune.selection.cli_select import run_select
 
-    if ctx.invoked_subcommand is not None:
-        return
     extra = list(ctx.args)
     if extra and not models:
-        raise _InputError("models", f"unexpected arguments {' '.join(extra)}")
+        raise InputError("models", f"unexpected arguments {' '.join(extra)}")
     text = run_select(curves=curves, models=(models or []) + extra, dataset=dataset, sizes=sizes,
                       target_size=target_size, budget_ratio=budget_ratio, plot=plot,
                       tokens_per_sample=tokens_per_sample, out=out, mode=mode, learning_rate=learning_rate,
-                      batch_size=batch_size, max_length=max_length, ntk_examples=ntk_examples, seed=seed,
+                      batch_size=batch_size, max_length=max_length, epochs=epochs, ntk_examples=ntk_examples, seed=seed,
                       console=console)
     print(text, end="")
 

@@ -21,7 +21,8 @@ def parse_ints(text: str, field: str) -> list[int]:
 def run_select(*, curves: Path | None, models: list[str], dataset: str | None, sizes: str | None,
                target_size: int | None, budget_ratio: float | None, plot: Path | None,
                tokens_per_sample: float | None, out: Path, mode: str, learning_rate: float | None,
-               batch_size: int, max_length: int, ntk_examples: int, seed: int, console=None) -> str:
+               batch_size: int, max_length: int, ntk_examples: int, seed: int, epochs: float = 1.0,
+               console=None) -> str:
     """Rank from ``--curves`` or from curves measured for ``--models``; returns the text to print."""
     from lmtune.selection.curves import load_curves
     from lmtune.selection.evaluate import tokens_for
@@ -40,7 +41,7 @@ def run_select(*, curves: Path | None, models: list[str], dataset: str | None, s
     else:
         table, target, ratio, tokens, note = _measure(models, dataset, sizes, target_size, budget_ratio,
                                                       tokens_per_sample, out, mode, learning_rate, batch_size,
-                                                      max_length, ntk_examples, seed, console)
+                                                      max_length, epochs, ntk_examples, seed, console)
         source = out
     plot_path = plot or source.with_name(source.stem + "-select.png")
     selection = select_models(table, target, ratio, tokens_per_sample=tokens, plot_path=plot_path)
@@ -51,7 +52,7 @@ def run_select(*, curves: Path | None, models: list[str], dataset: str | None, s
 
 
 def _measure(models, dataset, sizes, target_size, budget_ratio, tokens_per_sample, out, mode, learning_rate,
-             batch_size, max_length, ntk_examples, seed, console):
+             batch_size, max_length, epochs, ntk_examples, seed, console):
     from lmtune.finetune.data import load_dataset
     from lmtune.finetune.hparams import LoraHyperparams
     from lmtune.finetune.train import TrainSettings
@@ -65,7 +66,7 @@ def _measure(models, dataset, sizes, target_size, budget_ratio, tokens_per_sampl
         raise InputError("ntk_examples", f"must be >= 0, got {ntk_examples}")
     splits = load_dataset(dataset, seed=seed)
     hp = LoraHyperparams(learning_rate=learning_rate or (2e-4 if mode == "lora" else 5e-5), batch_size=batch_size)
-    settings = TrainSettings(max_length=max_length)
+    settings = TrainSettings(max_length=max_length, epochs=epochs)
     say = (lambda message: console.print(message)) if console is not None else None
     table, meta = measure_curves(models, splits, parse_ints(sizes, "sizes"), out, mode=mode, hp=hp,
                                  settings=settings, seed=seed, ntk_examples=ntk_examples, progress=say)

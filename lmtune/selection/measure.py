@@ -93,7 +93,8 @@ def measure_curves(models: list[str], splits: DatasetSplits, sizes: list[int], o
                 say(f"{name} at {size}: failed ({error}); the cell stays empty")
                 continue
             curves.losses[i, j], curves.params[i] = loss, count
-            tokens.append(mean_tokens)
+            if size:
+                tokens.append(mean_tokens)
             save_curves(curves, out)
         if ntk_examples > 0 and math.isnan(curves.ntk_f[i]):
             steps = math.ceil(math.ceil(sizes[-1] / hp.batch_size) * settings.epochs)
