@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
                   help="Choose LoRA configs, base models and decoding settings with few expensive runs.")
 lora_app = typer.Typer(help="Search LoRA fine-tuning hyperparameters (rank, alpha, learning rate, batch, dropout).")
 app.add_typer(lora_app, name="lora")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmark search methods on real, replayable result tables.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: search methods on replayable result tables, model selection.")
 app.add_typer(bench_app, name="bench")
 
 console = Console(stderr=True, soft_wrap=True)
@@ -157,6 +157,59 @@ def samplers_command(
     report = compare_samplers(tables, methods, seeds, budget, output, threads=threads, console=console)
     print(report)
     print(f"written: {output / 'samplers.md'}, {output / 'samplers.json'}, {output / 'samplers.png'}")
+
+# --- lmtune select (seed 004) ---------------------------------------------------------------------------------
+
+@app.command("select", context_settings={"allow_extra_args": True})
+def select_command(
+    ctx: typer.Context,
+    curves: Annotated[Path | None, typer.Option(help="Curves CSV (config name, 0, 200, ..., size).")] = None,
+    models: Annotated[list[str] | None, typer.Option(help="Candidates to measure: --models A B C.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="With --models: bbc-news (default), CSV/JSONL, HF id.")] = None,
+    sizes: Annotated[str | None, typer.Option(help="With --models: subset sizes, e.g. 0,50,100,200.")] = None,
+    target_size: Annotated[int | None, typer.Option(help="Training size to predict (default: largest in the file; "
+                                                         "with --models, the whole training split).")] = None,
+    budget_ratio: Annotated[float | None, typer.Option(help="Methods see sizes <= target/ratio (default 8 for "
+                                                            "--curves; every measured size for --models).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of points and fitted curves (default: by the CSV).")] = None,
+    tokens_per_sample: Annotated[float | None, typer.Option(help="Mean tokens per example, for FLOPs.")] = None,
+    out: Annotated[Path, typer.Option(help="With --models: the curves CSV to fill (resumable).")] = Path(
+        "lmtune-out/select/curves.csv"),
+    mode: Annotated[str, typer.Option(help="With --models: lora or full fine-tuning.")] = "lora",
+    learning_rate: Annotated[float | None, typer.Option(help="With --models (default 2e-4 lora, 5e-5 full).")] = None,
+    batch_size: Annotated[int, typer.Option(help="With --models: training batch size.")] = 16,
+    max_length: Annotated[int, typer.Option(help="With --models: tokens per example.")] = 128,
+    epochs: Annotated[float, typer.Option(help="With --models: epochs over each subset.")] = 1.0,
+    ntk_examples: Annotated[int, typer.Option(help="With --models: examples for LENSLLM's NTK term (0: skip).")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the nested subsets and of training.")] = 0,
+) -> None:
+    """Choose the model to fine-tune: rank candidates with ZeroShot, SubTuning, ModelSize, AtS, ats-median and
+    fitted scaling laws, from a curves file or from curves measured here (--models A B C --dataset --sizes)."""
+    from lmtune.selection.cli_select import run_select
+
+    extra = list(ctx.args)
+    if extra and not models:
+        raise InputError("models", f"unexpected arguments {' '.join(extra)}")
+    text = run_select(curves=curves, models=(models or []) + extra, dataset=dataset, sizes=sizes,
+                      target_size=target_size, budget_ratio=budget_ratio, plot=plot,
+                      tokens_per_sample=tokens_per_sample, out=out, mode=mode, learning_rate=learning_rate,
+                      batch_size=batch_size, max_length=max_length, epochs=epochs, ntk_examples=ntk_examples, seed=seed,
+                      console=console)
+    print(text, end="")
+
+
+@bench_app.command("select")
+def select_bench_command(
+    curves: Annotated[Path, typer.Option(help="Curves CSV with the true losses at the target size.")],
+    ratios: Annotated[str, typer.Option(help="Budget ratios, comma-separated.")] = "8,16,32,64,128,256,512",
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object instead of Markdown.")] = False,
+    tokens_per_sample: Annotated[float | None, typer.Option(help="Mean tokens per example, for FLOPs.")] = None,
+) -> None:
+    """The seed-004 table: PearCorr, RelAcc and compute of every selection method at every budget ratio."""
+    from lmtune.selection.bench import bench_select
+    from lmtune.selection.cli_select import parse_ints
+
+    print(bench_select(curves, parse_ints(ratios, "ratios"), json_output, tokens_per_sample=tokens_per_sample))
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,28 @@
+"""Choosing which model to fine-tune from cheap small-subset runs (seed 004): laws, AtS, NTK term, ranking.
+
+Names are imported on first use so the CLI starts without scipy, torch or matplotlib.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "Curves": "curves", "load_curves": "curves", "save_curves": "curves",
+    "FitError": "laws", "PowerLaw": "laws", "VanillaLaw": "laws", "RectifiedLaw": "laws", "NTKLaw": "laws",
+    "transition_index": "ats", "ats_predict": "ats", "tail_median_predict": "ats",
+    "all_predictors": "predictors", "PROPOSED": "predictors",
+    "pearcorr": "metrics", "relacc": "metrics", "finetune_flops": "metrics",
+    "run_selection": "evaluate", "sweep": "evaluate",
+    "bench_select": "bench",
+    "select_models": "select",
+    "ntk_term": "ntk",
+    "measure_curves": "measure",
+    "plot_curves": "plot",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
