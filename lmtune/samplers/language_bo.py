@@ -26,6 +26,8 @@ always maximizes). FAIL and PRUNED trials, and COMPLETE ones with a non-finite v
 with the worst observed value - they tell the model "bad here" without a fake good score - and
 leave the pool like evaluated ones. RUNNING and WAITING configs are never proposed; they enter the
 acquisition as constant-liar points (value = the worst observed), so parallel workers spread out.
+A chosen config is written to the trial at once and settled against workers that chose at the same
+moment (``_claim``), so no two trials of a study hold one config.
 """
 
 from __future__ import annotations
@@ -51,9 +53,14 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune.errors import InputError
 from lmtune.samplers.templates import Template
 from lmtune.space import SearchSpace
+from lmtune.study import BUDGET_REACHED
 
 #: Rows per chunk when scoring the pool (bounds the memory of the cross-covariance).
 SCORE_CHUNK = 8192
+#: Configs a trial tries before it keeps one that another worker chose at the same moment.
+CLAIM_ATTEMPTS = 8
+#: Seconds a trial waits for lower-numbered running trials to write their configs (see ``_claim``).
+CLAIM_WAIT = 60.0
 
 
 @contextlib.contextmanager
@@ -424,9 +431,41 @@ class LanguageBOSampler(BaseSampler):
         if not search_space:
             return {}
         self._raise_error_if_multi_objective(study)
-        with self._lock:
-            index = self._suggest(study, trial)
-        return self._pool.config(index)
+        if set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
+            return {}  # a queued trial (a retry): its parameters are given
+        excluded: set[int] = set()
+        while True:
+            with self._lock:
+                index, fresh = self._suggest(study, trial, excluded)
+            if not fresh or len(excluded) >= CLAIM_ATTEMPTS or self._claim(study, trial, index, search_space):
+                return self._pool.config(index)
+            excluded.add(index)
+
+    def _claim(self, study: Study, trial: FrozenTrial, index: int, search_space: dict[str, BaseDistribution]) -> bool:
+        """Write the config to the trial at once, so other workers see it, and keep it unless an earlier trial
+        holds it.
+
+        Two workers that fit on the same data choose the same config. To settle who keeps it without a
+        lock, a trial decides only after every lower-numbered running trial has written its config
+        (trial numbers are assigned in order by the storage): the earlier trial keeps it, the later one
+        chooses again. The wait is bounded by ``CLAIM_WAIT`` seconds, in case an earlier worker died.
+        """
+        config = self._pool.config(index)
+        for name, distribution in search_space.items():
+            study._storage.set_trial_param(trial._trial_id, name, distribution.to_internal_repr(config[name]),
+                                           distribution)
+        deadline = time.monotonic() + CLAIM_WAIT
+        while True:
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
+                       and not t.user_attrs.get(BUDGET_REACHED)]
+            undecided = [t for t in earlier if t.state == TrialState.RUNNING and self._holds(t) is None]
+            if not undecided or time.monotonic() > deadline:
+                return all(self._holds(t) != index for t in earlier)
+            time.sleep(0.05)
+
+    def _holds(self, trial: FrozenTrial) -> int | None:
+        """The pool index of a trial's config (queued trials: their fixed parameters), None while incomplete."""
+        return self._pool.index(trial.params or trial.system_attrs.get("fixed_params", {}))
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -438,18 +477,19 @@ class LanguageBOSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     # -- one suggestion -------------------------------------------------------------------------
-    def _suggest(self, study: Study, trial: FrozenTrial) -> int:
+    def _suggest(self, study: Study, trial: FrozenTrial, excluded: set[int] = frozenset()) -> tuple[int, bool]:
+        """The next config's pool index, and whether it is free (False: the pool is used up, one repeats)."""
         observed, failed, busy = self._read_trials(study, trial)
         free = np.ones(self._pool.size, dtype=bool)
-        free[list(observed) + failed + busy] = False
-        rng = np.random.default_rng([self._seed, trial.number])
+        free[list(observed) + failed + busy + list(excluded)] = False
+        rng = np.random.default_rng([self._seed, trial.number, *([len(excluded)] if excluded else [])])
         if not free.any():
             warnings.warn("language-BO: every config of the pool was evaluated or is running; repeating one",
                           stacklevel=3)
-            return int(rng.integers(self._pool.size))
+            return int(rng.integers(self._pool.size)), False
         if len(observed) < max(self.n_startup_trials, 2):
-            return int(rng.choice(np.flatnonzero(free)))
-        return self._model_based(observed, failed, busy, free, trial.number, rng)
+            return int(rng.choice(np.flatnonzero(free))), True
+        return self._model_based(observed, failed, busy, free, trial.number, rng), True
 
     def _read_trials(self, study: Study, trial: FrozenTrial) -> tuple[dict[int, float], list[int], list[int]]:
         """Pool indices of observed (value, maximized), failed and running/waiting trials."""
@@ -458,8 +498,8 @@ class LanguageBOSampler(BaseSampler):
         failed, busy = [], []
         for t in study.get_trials(deepcopy=False):
             # WAITING (enqueued) trials keep their parameters in this system attr until they start.
-            index = self._pool.index(t.params or t.system_attrs.get("fixed_params", {}))
-            if index is None or t.number == trial.number:
+            index = self._holds(t)
+            if index is None or t.number == trial.number or t.user_attrs.get(BUDGET_REACHED):
                 continue
             if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
                 observed.setdefault(index, sign * t.value)
