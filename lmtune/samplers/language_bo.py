@@ -26,7 +26,7 @@ always maximizes). FAIL and PRUNED trials, and COMPLETE ones with a non-finite v
 with the worst observed value - they tell the model "bad here" without a fake good score - and
 leave the pool like evaluated ones. RUNNING and WAITING configs are never proposed; they enter the
 acquisition as constant-liar points (value = the worst observed), so parallel workers spread out.
-A chosen config is written to the trial at once and settled against workers that chose at the same
+A chosen config is marked on the trial at once and settled against workers that chose at the same
 moment (``_claim``), so no two trials of a study hold one config.
 """
 
@@ -59,8 +59,10 @@ from lmtune.study import BUDGET_REACHED
 SCORE_CHUNK = 8192
 #: Configs a trial tries before it keeps one that another worker chose at the same moment.
 CLAIM_ATTEMPTS = 8
-#: Seconds a trial waits for lower-numbered running trials to write their configs (see ``_claim``).
+#: Seconds a trial waits for lower-numbered running trials to mark their configs (see ``_claim``).
 CLAIM_WAIT = 60.0
+#: Trial system attribute marking the config a trial chose, before its parameters are written.
+CLAIM = "lmtune:language_bo_config"
 
 
 @contextlib.contextmanager
@@ -437,35 +439,50 @@ class LanguageBOSampler(BaseSampler):
         while True:
             with self._lock:
                 index, fresh = self._suggest(study, trial, excluded)
-            if not fresh or len(excluded) >= CLAIM_ATTEMPTS or self._claim(study, trial, index, search_space):
+            if not fresh or len(excluded) >= CLAIM_ATTEMPTS or self._claim(study, trial, index):
                 return self._pool.config(index)
             excluded.add(index)
 
-    def _claim(self, study: Study, trial: FrozenTrial, index: int, search_space: dict[str, BaseDistribution]) -> bool:
-        """Write the config to the trial at once, so other workers see it, and keep it unless an earlier trial
-        holds it.
+    def _claim(self, study: Study, trial: FrozenTrial, index: int) -> bool:
+        """Mark the trial as holding this config at once, so other workers see it, and keep the config
+        unless an earlier trial holds it.
 
         Two workers that fit on the same data choose the same config. To settle who keeps it without a
-        lock, a trial decides only after every lower-numbered running trial has written its config
-        (trial numbers are assigned in order by the storage): the earlier trial keeps it, the later one
-        chooses again. The wait is bounded by ``CLAIM_WAIT`` seconds, in case an earlier worker died.
+        lock, a trial decides only after every lower-numbered running trial has decided (trial numbers are
+        assigned in order by the storage): the earlier trial keeps the config, the later one chooses again.
+        The wait is bounded by ``CLAIM_WAIT`` seconds, in case an earlier worker died mid-choice. The mark is
+        a system attribute: parameters can be written only once per trial.
         """
-        config = self._pool.config(index)
-        for name, distribution in search_space.items():
-            study._storage.set_trial_param(trial._trial_id, name, distribution.to_internal_repr(config[name]),
-                                           distribution)
+        storage, config = study._storage, self._pool.config(index)
+        storage.set_trial_system_attr(trial._trial_id, CLAIM, {"config": config, "final": False})
         deadline = time.monotonic() + CLAIM_WAIT
         while True:
             earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
                        and not t.user_attrs.get(BUDGET_REACHED)]
-            undecided = [t for t in earlier if t.state == TrialState.RUNNING and self._holds(t) is None]
+            undecided = [t for t in earlier if t.state == TrialState.RUNNING and not self._decided(t)]
             if not undecided or time.monotonic() > deadline:
-                return all(self._holds(t) != index for t in earlier)
+                break
             time.sleep(0.05)
+        keep = all(self._holds(t) != index for t in earlier)
+        if keep:
+            storage.set_trial_system_attr(trial._trial_id, CLAIM, {"config": config, "final": True})
+        return keep
+
+    def _decided(self, trial: FrozenTrial) -> bool:
+        claim = trial.system_attrs.get(CLAIM) or {}
+        return claim.get("final", False) or any(
+            self._pool.index(c) is not None for c in (trial.params, trial.system_attrs.get("fixed_params")) if c)
 
     def _holds(self, trial: FrozenTrial) -> int | None:
-        """The pool index of a trial's config (queued trials: their fixed parameters), None while incomplete."""
-        return self._pool.index(trial.params or trial.system_attrs.get("fixed_params", {}))
+        """The pool index of a trial's config: its parameters, else its (possibly tentative) claim, else
+        (queued trials) its fixed parameters; None while it has none of them complete."""
+        claim = (trial.system_attrs.get(CLAIM) or {}).get("config")
+        for config in (trial.params, claim, trial.system_attrs.get("fixed_params")):
+            if config:
+                index = self._pool.index(config)
+                if index is not None:
+                    return index
+        return None
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
