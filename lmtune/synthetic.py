@@ -2,7 +2,8 @@
 
 ``lmtune worker --objective lmtune.synthetic:sleepy_quadratic`` runs one instead of LoRA training,
 so storage, samplers, heartbeats, retries and the trial budget are exercised as in a real study
-at a known, small cost per trial. ``LMTUNE_SYNTHETIC_SECONDS`` (default 0.5) sets the sleep.
+at a known, small cost per trial. ``LMTUNE_SYNTHETIC_SECONDS`` (default 0.5) sets the sleep; the
+time the sampler took is stored in the trial's ``suggest_seconds`` attribute.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def sleepy_quadratic(space: SearchSpace) -> Callable[[optuna.Trial], float]:
         raise InputError(SECONDS_ENV, f"must be in [0, 3600) seconds, got {seconds}")
 
     def objective(trial: optuna.Trial) -> float:
-        config = space.suggest(trial)
+        started = time.perf_counter()
+        config = space.suggest(trial)  # the sampler runs here (Optuna samples lazily)
+        trial.set_user_attr("suggest_seconds", time.perf_counter() - started)
         time.sleep(seconds)
         return -sum((position(p, config[p.name]) - 0.3) ** 2 for p in space.params)
 
