@@ -101,11 +101,15 @@ def run_worker(study_name: str, storage: str | None = None, *, objective: str | 
 
 
 def _lora_objective(cfg: LoraRunConfig):
-    """The study's LoRA objective, rebuilt here; its space/model/data must match what the study stored."""
+    """The study's LoRA objective, rebuilt here from the stored job; space, proxy fraction, length and seed
+    must match what the study stored. Model and data come from the job's absolute paths (or hub ids),
+    which name the same files on every machine by the user's setup, so their names are not compared:
+    the study stored them as typed on the machine that created it."""
     from lmtune.finetune.objective import LoraObjective
     from lmtune.lora import prepare_run, study_attrs
 
     space, splits, model, settings = prepare_run(cfg)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction, settings=settings,
                               seed=cfg.seed, target_modules=cfg.target_modules)
-    return objective, space, study_attrs(cfg, space, splits)
+    attrs = {k: v for k, v in study_attrs(cfg, space, splits).items() if k not in ("dataset", "model")}
+    return objective, space, attrs

@@ -206,3 +206,16 @@ def test_wrong_password_unknown_study_and_bad_objective_are_named(pg_url, tmp_pa
     assert result.returncode == 2 and result.stderr.startswith("error: objective: cannot import"), result.stderr
     assert postgres.password not in result.stderr
     assert len(counted_trials(optuna.load_study(study_name="s", storage=pg_url))) == 0
+
+
+def test_worker_runs_the_studys_own_lora_objective_from_another_folder(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lora.db'}"
+    create_study(url, "real", tmp_path, "--proxy-fraction", "0.5", sampler="random", trials=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = lmtune("worker", "--storage", url, "--study", "real", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert "ran 2 trials here; study real: 2 of 2 finished" in result.stdout
+    study = optuna.load_study(study_name="real", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(t.user_attrs["metric_name"] == "accuracy" and t.user_attrs["trajectory"] for t in study.trials)
