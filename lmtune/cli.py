@@ -17,10 +17,16 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
                   help="Choose LoRA configs, base models and decoding settings with few expensive runs.")
 lora_app = typer.Typer(help="Search LoRA fine-tuning hyperparameters (rank, alpha, learning rate, batch, dropout).")
 app.add_typer(lora_app, name="lora")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: search methods on replayable result tables, model selection.")
+bench_app = typer.Typer(no_args_is_help=True,
+                        help="Benchmarks: search methods on replayable result tables, model selection.")
 app.add_typer(bench_app, name="bench")
 
 console = Console(stderr=True, soft_wrap=True)
+
+STORAGE_HELP = ("sqlite:///FILE (default sqlite:///lmtune.db), postgresql+psycopg://USER:PASSWORD@HOST/DB, "
+                "or journal:///FILE on a shared file system.")
+HEARTBEAT_HELP = "Seconds between heartbeats of a running trial (SQLite/PostgreSQL; default 30)."
+GRACE_HELP = "Seconds without a heartbeat before a trial is failed and retried once (default 120)."
 
 
 @lora_app.callback(invoke_without_command=True)
@@ -45,8 +51,12 @@ def lora(
                                                          help="language-bo: learnable soft token.")] = None,
     shortlist_k: Annotated[int | None, typer.Option(help="language-bo: exact re-scoring shortlist size.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data splits, subsets, sampler and training.")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///lmtune.db).")] = None,
+    storage: Annotated[str | None, typer.Option(help=STORAGE_HELP)] = None,
     study_name: Annotated[str | None, typer.Option(help="Study name; an existing study resumes.")] = None,
+    run: Annotated[bool | None, typer.Option("--run/--no-run",
+                                             help="Run trials here; --no-run only creates the study.")] = None,
+    heartbeat_interval: Annotated[int | None, typer.Option(help=HEARTBEAT_HELP)] = None,
+    grace_period: Annotated[int | None, typer.Option(help=GRACE_HELP)] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Where results and the adapter go.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per example (default 128).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Training epochs per trial (default 1).")] = None,
@@ -64,7 +74,8 @@ def lora(
         proxy_fraction=proxy_fraction, sampler=sampler, startup_trials=startup_trials, pruner=pruner, seed=seed,
         template=template, encoder=encoder, projection=projection, learnable_token=learnable_token,
         shortlist_k=shortlist_k,
-        storage=storage, study_name=study_name, output_dir=output_dir, max_length=max_length, epochs=epochs,
+        storage=storage, study_name=study_name, run=run, heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period, output_dir=output_dir, max_length=max_length, epochs=epochs,
         target_modules=target_modules.split(",") if target_modules else None, final_train=final_train,
     )
     _quiet_libraries()
@@ -74,6 +85,9 @@ def lora(
     from lmtune.lora import tune_lora
 
     results = tune_lora(cfg, console=console)
+    if not cfg.run:
+        print(f"study {results['study_name']}: {results['finished']} of {results['budget']} trials finished")
+        return
     best = results["best"]
     print(f"best config: {best['hyperparams']}")
     print(f"proxy validation {results['metric_name']}: {best['proxy_metric']:.4f}")
@@ -212,18 +226,58 @@ def select_bench_command(
     print(bench_select(curves, parse_ints(ratios, "ratios"), json_output, tokens_per_sample=tokens_per_sample))
 
 
-def _quiet_libraries() -> None:
+@app.command("worker")
+def worker_command(
+    study: Annotated[str, typer.Option("--study", "--study-name", help="Name of the study to join.")],
+    storage: Annotated[str | None, typer.Option(help=STORAGE_HELP)] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="module:function returning an objective for the study's space, run instead of LoRA training "
+             "(e.g. lmtune.synthetic:sleepy_quadratic).")] = None,
+    heartbeat_interval: Annotated[int, typer.Option(help=HEARTBEAT_HELP)] = 30,
+    grace_period: Annotated[int, typer.Option(help=GRACE_HELP)] = 120,
+) -> None:
+    """Join a study (from `lmtune lora --no-run` or any lmtune lora run) and run trials until its budget is reached.
+
+    Start as many as you like, on as many machines as share the storage.
+    """
+    from lmtune.worker import run_worker
+
+    _quiet_libraries(transformers=objective is None)
+    result = run_worker(study, storage, objective=objective, heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period, console=console)
+    print(f"ran {result['ran']} trials here; study {study}: {result['finished']} of {result['budget']} finished")
+
+
+@app.command("status")
+def status_command(
+    study: Annotated[str, typer.Option("--study", "--study-name", help="Name of the study.")],
+    storage: Annotated[str | None, typer.Option(help=STORAGE_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Trials by state, best so far, workers seen recently and compute used by a study."""
+    import json
+
+    from lmtune.status import format_status, study_status
+
+    _quiet_libraries(transformers=False)
+    result = study_status(study, storage)
+    print(json.dumps(result, indent=2, default=str) if as_json else format_status(result))
+
+
+def _quiet_libraries(transformers: bool = True) -> None:
     """Keep the terminal for lmtune's progress: no per-trial weight-loading bars, load reports or tracebacks."""
     import warnings
 
     import optuna
-    from transformers.utils import logging as hf_logging
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune prints its own line per trial, failures included
+    if transformers:
+        from transformers.utils import logging as hf_logging
+
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def main() -> None:

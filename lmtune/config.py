@@ -32,8 +32,12 @@ class LoraRunConfig(BaseModel):
     learnable_token: bool = Field(True, description="language-bo: learnable soft token (off = Table 6 ablation)")
     shortlist_k: int = Field(16, ge=1, description="language-bo: candidates re-embedded exactly per suggestion")
     seed: int = 0
-    storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///lmtune.db")
+    storage: str | None = Field(None, description="sqlite:///FILE (default sqlite:///lmtune.db), "
+                                "postgresql+psycopg://USER:PASSWORD@HOST/DB or journal:///FILE")
     study_name: str = "lmtune-lora"
+    heartbeat_interval: int = Field(30, ge=1, description="seconds between heartbeats of a running trial (RDB storage)")
+    grace_period: int = Field(120, ge=2, description="seconds without a heartbeat before a trial is failed and retried")
+    run: bool = Field(True, description="run trials here; false only creates the study for `lmtune worker`")
     output_dir: Path | None = Field(None, description="default: lmtune-out/<study_name>")
     max_length: int = Field(128, ge=8, description="tokens per example")
     epochs: float = Field(1.0, gt=0.0)
@@ -44,6 +48,12 @@ class LoraRunConfig(BaseModel):
     def language_bo_options(self) -> dict[str, Any]:
         return {"template": self.template, "encoder": self.encoder, "use_projection": self.projection,
                 "use_learnable_token": self.learnable_token, "shortlist_k": self.shortlist_k}
+
+    @property
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``make_sampler`` for this run (its name and space aside)."""
+        options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
+        return {**options, **(self.language_bo_options if self.sampler == "language-bo" else {})}
 
     @property
     def out_dir(self) -> Path:

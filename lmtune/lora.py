@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.samplers import BaseSampler
-from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lmtune.config import LoraRunConfig, build_config
 from lmtune.errors import InputError
@@ -19,9 +17,17 @@ from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.llm import resolve_model
+from lmtune.progress import TrialProgress
 from lmtune.report import best_trial, trial_rows, write_results
 from lmtune.space import Categorical, SearchSpace, load_space
-from lmtune.study import counted_trials, make_pruner, make_sampler, open_study, run_trials
+from lmtune.storage import make_storage, mask_url, normalize_url
+from lmtune.study import counted_trials, make_pruner, make_sampler, open_study, publish_job, run_trials
+
+#: Config fields that belong to one process, not to the study a worker joins.
+LOCAL_FIELDS = {"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval", "grace_period",
+                "final_train"}
+#: Config fields that may name a local file or folder; a worker gets them as absolute paths.
+PATH_FIELDS = ("model", "dataset", "space", "template", "encoder")
 
 
 def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
@@ -58,6 +64,21 @@ def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, Tr
     return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
 
 
+def study_attrs(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits) -> dict[str, Any]:
+    """What a LoRA study searches; resuming or joining it with anything else is refused."""
+    return {"space": space.to_dict(), "model": str(cfg.model or "minilm"), "dataset": splits.name,
+            "proxy_fraction": cfg.proxy_fraction, "max_length": cfg.max_length, "seed": cfg.seed}
+
+
+def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
+    """The fields a worker needs to rebuild this run's objective and sampler (local paths made absolute)."""
+    job = cfg.model_dump(mode="json", exclude=LOCAL_FIELDS)
+    for name in PATH_FIELDS:
+        if job.get(name) and Path(job[name]).exists():
+            job[name] = str(Path(job[name]).resolve())
+    return job
+
+
 def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | None = None,
               console: Console | None = None, **fields: Any) -> dict[str, Any]:
     """Run ``lmtune lora``: the study (resuming it if it exists), then the final retrain and test.
@@ -71,27 +92,27 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     console = console or Console(stderr=True, soft_wrap=True)
     started = time.perf_counter()
 
+    storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     space, splits, model, settings = prepare_run(cfg)
-    sampler = sampler or make_sampler(cfg.sampler, seed=cfg.seed, n_startup_trials=cfg.startup_trials, space=space,
-                                      **(cfg.language_bo_options if cfg.sampler == "language-bo" else {}))
+    sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                               settings=settings, seed=cfg.seed, target_modules=cfg.target_modules)
-    study = open_study(
-        cfg.study_name,
-        storage=cfg.storage,
-        sampler=sampler,
-        pruner=make_pruner(cfg.pruner),
-        direction=objective.direction,
-        attrs={"space": space.to_dict(), "model": str(cfg.model or "minilm"), "dataset": splits.name,
-               "proxy_fraction": cfg.proxy_fraction, "max_length": cfg.max_length, "seed": cfg.seed},
-    )
+    study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=make_pruner(cfg.pruner),
+                       direction=objective.direction, attrs=study_attrs(cfg, space, splits))
+    publish_job(study, "lora", job_config(cfg), cfg.trials)
+    storage_shown = mask_url(normalize_url(cfg.storage))
+    if not cfg.run:
+        console.print(f"Study [bold]{cfg.study_name}[/] holds {len(counted_trials(study))} of {cfg.trials} trials. "
+                      f"Start workers with: lmtune worker --storage '{storage_shown}' --study {cfg.study_name}")
+        return {"study_name": cfg.study_name, "storage": storage_shown, "budget": cfg.trials,
+                "finished": len(counted_trials(study))}
 
     already = len(counted_trials(study))
     if already:
         console.print(f"Resuming study [bold]{cfg.study_name}[/]: {already} of {cfg.trials} trials already finished.")
-    with _TrialProgress(console, cfg.trials, already) as progress:
+    with TrialProgress(console, cfg.trials, already) as progress:
         objective.progress = progress.step
-        run_trials(study, objective, cfg.trials, callbacks=[progress.trial_done])
+        run_trials(study, objective, cfg.trials, callbacks=[progress.trial_done], on_wait=progress.waiting)
 
     best = best_trial(study)
     if best is None:
@@ -101,7 +122,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     console.print(f"Best trial {best.number}: {objective.metric_name} {best.value:.4f} with {hp.to_dict()}")
 
     results: dict[str, Any] = {
-        "study_name": cfg.study_name, "storage": cfg.storage or "sqlite:///lmtune.db",
+        "study_name": cfg.study_name, "storage": storage_shown,
         "sampler": type(sampler).__name__,
         "space": space.name, "model": cfg.model or f"MiniLM ({model})", "dataset": splits.name, "task": splits.task,
         "metric_name": objective.metric_name, "direction": objective.direction,
@@ -129,7 +150,7 @@ def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, setting
     """Retrain the chosen config on the whole training split, test it, save the adapter."""
     adapter_dir = cfg.out_dir / "adapter"
     console.print(f"Retraining the best config on the full training split ({len(splits.train)} examples)...")
-    with _TrialProgress(console, None, 0) as progress:
+    with TrialProgress(console, None, 0) as progress:
         result = train_and_evaluate(hp, splits.train, splits.test, task=splits.task, model=model,
                                     settings=settings, label_names=splits.label_names,
                                     target_modules=cfg.target_modules, on_step=progress.step,
@@ -138,39 +159,3 @@ def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, setting
     return {"test_metric": result.metric, "test_loss": result.eval_loss, "metric_name": result.metric_name,
             "train_seconds": round(result.train_seconds, 1), "train_examples": result.train_examples,
             "adapter_dir": str(adapter_dir)}
-
-
-class _TrialProgress:
-    """Two rich bars (trials overall, steps of the current run) plus one plain line per finished trial."""
-
-    def __init__(self, console: Console, total_trials: int | None, done: int):
-        self.console = console
-        self.total_trials = total_trials
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True)
-        self.trials_task = None
-        if total_trials is not None:
-            self.trials_task = self.progress.add_task("trials", total=total_trials, completed=done)
-        self.steps_task = self.progress.add_task("steps", total=None)
-
-    def __enter__(self) -> _TrialProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def step(self, step: int, total: int) -> None:
-        self.progress.update(self.steps_task, completed=step, total=total)
-
-    def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        finished = len(counted_trials(study))
-        if self.trials_task is not None:
-            self.progress.update(self.trials_task, completed=finished)
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"{trial.value:.4f}"
-        else:
-            outcome = f"{trial.state.name} ({trial.user_attrs.get('fail_reason', 'pruned')})"
-        self.console.print(f"trial {trial.number} [{finished}/{self.total_trials}] {outcome} in {seconds:.1f} s "
-                           f"{trial.params}")

@@ -1,13 +1,23 @@
+import time
+import warnings
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from lmtune.errors import InputError, TrialFailed
 from lmtune.space import load_space
+from lmtune.storage import make_storage, mask_url
 from lmtune.study import (
     SAMPLERS,
+    BudgetReached,
     Interrupted,
+    _Slot,
     counted_trials,
+    describe_failure,
+    fail_stale_trials,
+    is_budget_stub,
+    is_retry,
     make_sampler,
     open_study,
     run_trials,
@@ -106,3 +116,89 @@ def test_bad_storage_url_names_the_field():
     with pytest.raises(InputError) as err:
         open_study("x", storage="lmtune.db")
     assert err.value.field == "storage"
+
+
+def test_trial_failing_for_its_own_reason_is_not_retried(storage):
+    def always_nan(trial):
+        SPACE.suggest(trial)
+        trial.set_user_attr("fail_reason", "loss is NaN")
+        raise TrialFailed("loss is NaN")
+
+    study = open_study("nan", storage=storage, sampler=make_sampler("random", seed=0))
+    assert run_trials(study, always_nan, 3) == 3
+    assert len(study.trials) == 3 and all(t.state == TrialState.FAIL for t in study.trials)
+    assert not any(is_retry(t) for t in study.trials)
+
+
+def ask_and_die(study):
+    """A trial whose worker records one heartbeat, then dies."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial = study.ask()
+    SPACE.suggest(trial)
+    study._storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def test_stale_trial_is_retried_once_and_counts_once(tmp_path):
+    store = make_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=2)
+    study = open_study("stale", storage=store, sampler=make_sampler("random", seed=0))
+    dead = ask_and_die(study)
+    time.sleep(3.2)  # SQLite timestamps have whole seconds
+    fail_stale_trials(study)
+    retry = study.trials[-1]
+    assert study.trials[dead.number].state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.params == dead.params and retry.system_attrs["failed_trial"] == dead.number
+    assert describe_failure(study.trials[dead.number]).startswith("stale:")
+
+    dead_again = ask_and_die(study)  # pops the retry, whose worker dies too
+    assert dead_again.number == retry.number
+    time.sleep(3.2)  # SQLite timestamps have whole seconds
+    fail_stale_trials(study)
+    assert study.trials[retry.number].state == TrialState.FAIL
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]  # not retried a second time
+    assert [t.number for t in counted_trials(study)] == [retry.number]  # the pair counts once
+
+    assert run_trials(study, quadratic, 3) == 2
+    assert [t.state for t in counted_trials(study)] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+def test_a_trial_created_after_the_budget_was_taken_does_not_run(storage):
+    study = open_study("race", storage=storage, sampler=make_sampler("random", seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, second = study.ask(), study.ask()  # two workers asked at once for a budget of one
+    slot = _Slot(quadratic, 1)
+    assert slot(first) <= 0
+    with pytest.raises(BudgetReached):
+        slot(second)
+    assert slot.ran == 1
+    assert is_budget_stub(study.trials[second.number]) and not study.trials[second.number].params
+
+
+def test_journal_file_storage_runs_and_resumes(tmp_path):
+    url = f"journal:///{tmp_path / 'studies.log'}"
+    study = open_study("j", storage=url, sampler=make_sampler("tpe", seed=0))
+    assert run_trials(study, quadratic, 3) == 3
+    again = open_study("j", storage=url, sampler=make_sampler("tpe", seed=0))
+    assert run_trials(again, quadratic, 5) == 2 and len(counted_trials(again)) == 5
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql+psycopg://me:s3cr%40t@db:5432/x", "postgresql+psycopg://me:***@db:5432/x"),
+    ("postgresql://me:pa/ss@db/x?sslpassword=zz&a=1", "postgresql://me:***@db/x?sslpassword=***&a=1"),
+    ("postgresql://me@db/x", "postgresql://me@db/x"),
+    ("sqlite:///lmtune.db", "sqlite:///lmtune.db"),
+])
+def test_passwords_are_masked_in_urls(url, shown):
+    assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"heartbeat_interval": 0}, "heartbeat_interval"),
+    ({"heartbeat_interval": 10, "grace_period": 10}, "grace_period"),
+])
+def test_heartbeat_settings_are_checked(tmp_path, kwargs, field):
+    with pytest.raises(InputError) as err:
+        make_storage(f"sqlite:///{tmp_path / 'x.db'}", **kwargs)
+    assert err.value.field == field

@@ -26,6 +26,8 @@ always maximizes). FAIL and PRUNED trials, and COMPLETE ones with a non-finite v
 with the worst observed value - they tell the model "bad here" without a fake good score - and
 leave the pool like evaluated ones. RUNNING and WAITING configs are never proposed; they enter the
 acquisition as constant-liar points (value = the worst observed), so parallel workers spread out.
+A chosen config is marked on the trial at once and settled against workers that chose at the same
+moment (``_claim``), so no two trials of a study hold one config.
 """
 
 from __future__ import annotations
@@ -51,9 +53,16 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune.errors import InputError
 from lmtune.samplers.templates import Template
 from lmtune.space import SearchSpace
+from lmtune.study import BUDGET_REACHED
 
 #: Rows per chunk when scoring the pool (bounds the memory of the cross-covariance).
 SCORE_CHUNK = 8192
+#: Configs a trial tries before it keeps one that another worker chose at the same moment.
+CLAIM_ATTEMPTS = 8
+#: Seconds a trial waits for lower-numbered running trials to mark their configs (see ``_claim``).
+CLAIM_WAIT = 60.0
+#: Trial system attribute marking the config a trial chose, before its parameters are written.
+CLAIM = "lmtune:language_bo_config"
 
 
 @contextlib.contextmanager
@@ -424,9 +433,56 @@ class LanguageBOSampler(BaseSampler):
         if not search_space:
             return {}
         self._raise_error_if_multi_objective(study)
-        with self._lock:
-            index = self._suggest(study, trial)
-        return self._pool.config(index)
+        if set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
+            return {}  # a queued trial (a retry): its parameters are given
+        excluded: set[int] = set()
+        while True:
+            with self._lock:
+                index, fresh = self._suggest(study, trial, excluded)
+            if not fresh or len(excluded) >= CLAIM_ATTEMPTS or self._claim(study, trial, index):
+                return self._pool.config(index)
+            excluded.add(index)
+
+    def _claim(self, study: Study, trial: FrozenTrial, index: int) -> bool:
+        """Mark the trial as holding this config at once, so other workers see it, and keep the config
+        unless an earlier trial holds it.
+
+        Two workers that fit on the same data choose the same config. To settle who keeps it without a
+        lock, a trial decides only after every lower-numbered running trial has decided (trial numbers are
+        assigned in order by the storage): the earlier trial keeps the config, the later one chooses again.
+        The wait is bounded by ``CLAIM_WAIT`` seconds, in case an earlier worker died mid-choice. The mark is
+        a system attribute: parameters can be written only once per trial.
+        """
+        storage, config = study._storage, self._pool.config(index)
+        storage.set_trial_system_attr(trial._trial_id, CLAIM, {"config": config, "final": False})
+        deadline = time.monotonic() + CLAIM_WAIT
+        while True:
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
+                       and not t.user_attrs.get(BUDGET_REACHED)]
+            undecided = [t for t in earlier if t.state == TrialState.RUNNING and not self._decided(t)]
+            if not undecided or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        keep = all(self._holds(t) != index for t in earlier)
+        if keep:
+            storage.set_trial_system_attr(trial._trial_id, CLAIM, {"config": config, "final": True})
+        return keep
+
+    def _decided(self, trial: FrozenTrial) -> bool:
+        claim = trial.system_attrs.get(CLAIM) or {}
+        return claim.get("final", False) or any(
+            self._pool.index(c) is not None for c in (trial.params, trial.system_attrs.get("fixed_params")) if c)
+
+    def _holds(self, trial: FrozenTrial) -> int | None:
+        """The pool index of a trial's config: its parameters, else its (possibly tentative) claim, else
+        (queued trials) its fixed parameters; None while it has none of them complete."""
+        claim = (trial.system_attrs.get(CLAIM) or {}).get("config")
+        for config in (trial.params, claim, trial.system_attrs.get("fixed_params")):
+            if config:
+                index = self._pool.index(config)
+                if index is not None:
+                    return index
+        return None
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -438,18 +494,19 @@ class LanguageBOSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     # -- one suggestion -------------------------------------------------------------------------
-    def _suggest(self, study: Study, trial: FrozenTrial) -> int:
+    def _suggest(self, study: Study, trial: FrozenTrial, excluded: set[int] = frozenset()) -> tuple[int, bool]:
+        """The next config's pool index, and whether it is free (False: the pool is used up, one repeats)."""
         observed, failed, busy = self._read_trials(study, trial)
         free = np.ones(self._pool.size, dtype=bool)
-        free[list(observed) + failed + busy] = False
-        rng = np.random.default_rng([self._seed, trial.number])
+        free[list(observed) + failed + busy + list(excluded)] = False
+        rng = np.random.default_rng([self._seed, trial.number, *([len(excluded)] if excluded else [])])
         if not free.any():
             warnings.warn("language-BO: every config of the pool was evaluated or is running; repeating one",
                           stacklevel=3)
-            return int(rng.integers(self._pool.size))
+            return int(rng.integers(self._pool.size)), False
         if len(observed) < max(self.n_startup_trials, 2):
-            return int(rng.choice(np.flatnonzero(free)))
-        return self._model_based(observed, failed, busy, free, trial.number, rng)
+            return int(rng.choice(np.flatnonzero(free))), True
+        return self._model_based(observed, failed, busy, free, trial.number, rng), True
 
     def _read_trials(self, study: Study, trial: FrozenTrial) -> tuple[dict[int, float], list[int], list[int]]:
         """Pool indices of observed (value, maximized), failed and running/waiting trials."""
@@ -458,8 +515,8 @@ class LanguageBOSampler(BaseSampler):
         failed, busy = [], []
         for t in study.get_trials(deepcopy=False):
             # WAITING (enqueued) trials keep their parameters in this system attr until they start.
-            index = self._pool.index(t.params or t.system_attrs.get("fixed_params", {}))
-            if index is None or t.number == trial.number:
+            index = self._holds(t)
+            if index is None or t.number == trial.number or t.user_attrs.get(BUDGET_REACHED):
                 continue
             if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
                 observed.setdefault(index, sign * t.value)
