@@ -92,9 +92,9 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     console = console or Console(stderr=True, soft_wrap=True)
     started = time.perf_counter()
 
-    space, splits, model, settings = prepare_run(cfg)  # bad input fails here, before storage is touched
-    storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
+    space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched
     sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
+    storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                               settings=settings, seed=cfg.seed, target_modules=cfg.target_modules)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=make_pruner(cfg.pruner),
