@@ -147,6 +147,17 @@ def build_table_command(
           f"{summary['metric']} best {summary['best']:.4f} worst {summary['worst']:.4f}")
 
 
+@bench_app.command("show")
+def show_table_command(
+    table: Annotated[list[Path], typer.Option(help="Table file(s); repeat for several.")],
+) -> None:
+    """Summarize tables: configs, failures, best/worst/median metric, proxy-to-full correlation, build hours."""
+    from lmtune.bench.compare import table_summary_markdown
+    from lmtune.bench.table import Table
+
+    print(table_summary_markdown([Table.load(path) for path in table]))
+
+
 @bench_app.command("samplers")
 def samplers_command(
     table: Annotated[list[Path], typer.Option(help="Table file(s) to replay against; repeat for several.")],

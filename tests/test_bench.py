@@ -184,3 +184,27 @@ def test_full_run_configs_spread_over_the_quality_range():
     assert values[-1] == pytest.approx(table.best)
     with pytest.raises(InputError, match="at least 3"):
         choose_full_configs(table, 2)
+
+
+def test_cli_reports_bad_tables_and_methods_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    table = synthetic_table()
+    Table(name="p", recipe=table.recipe, metric_name="accuracy", direction="maximize",
+          rows=table.rows[:10]).save(tmp_path / "partial.json.gz")
+    table.save(tmp_path / "full.json.gz")
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "lmtune.cli", "bench", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    partial = bench("samplers", "--table", "partial.json.gz", "--seeds", "1", "--budget", "3")
+    assert partial.returncode == 2 and partial.stderr.startswith("error: table: table p holds 10 of its 72")
+    unknown = bench("samplers", "--table", "full.json.gz", "--samplers", "random,smac")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: samplers: unknown method 'smac'")
+    missing = bench("show", "--table", "nope.json.gz")
+    assert missing.returncode == 2 and "error: table: file nope.json.gz does not exist" in missing.stderr
+    shown = bench("show", "--table", "full.json.gz")
+    assert shown.returncode == 0 and "| synthetic | 72 | 0 | accuracy | 0.9000 |" in shown.stdout
+    assert not (tmp_path / "benchmarks").exists()  # failed commands wrote nothing

@@ -119,9 +119,11 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     """
     import json
 
-    from lmtune.bench.replay import check_methods, replay
+    from lmtune.bench.replay import check_complete, check_methods, replay
 
     check_methods(methods)
+    for table in tables:
+        check_complete(table)
     output.mkdir(parents=True, exist_ok=True)
     log = output / "runs.jsonl"
     done: dict[tuple, Run] = {}

@@ -50,11 +50,15 @@ def check_methods(names: list[str]) -> list[str]:
     return names
 
 
-def replay(table: Table, method: str, seed: int, budget: int, *, threads: int = 1) -> Run:
-    """Run ``method`` for ``budget`` trials against ``table`` with ``seed``."""
+def check_complete(table: Table) -> None:
     if not table.complete:
         raise InputError("table", f"table {table.name} holds {len(table.rows)} of its {table.grid.pool_size} "
                          "configs; replay needs every config of the grid")
+
+
+def replay(table: Table, method: str, seed: int, budget: int, *, threads: int = 1) -> Run:
+    """Run ``method`` for ``budget`` trials against ``table`` with ``seed``."""
+    check_complete(table)
     check_methods([method])
     import torch
 
