@@ -172,7 +172,7 @@ def _cell(name, splits, train_rows, eval_rows, mode, hp, settings) -> tuple[floa
     if not train_rows:
         return run.evaluate(evaluation)["eval_loss"], count, float("nan")
     train = run.encode(train_rows)
-    trajectory = run.fit(train, evaluation, hp, None, None)
+    trajectory, _ = run.fit(train, evaluation, hp, None, None)
     mean_tokens = float(np.mean([len(_flat(example)) for example in train]))
     return trajectory[-1]["eval_loss"], count, mean_tokens
 
