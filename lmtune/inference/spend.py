@@ -109,7 +109,7 @@ class MeteredGenerator:
         if hit is not None:
             self.ledger.add_cached(self.cost(request.model, hit))
             return hit
-        reservations = [self.ledger.reserve(self.worst_case(request))]
+        reservations = [await self._reserve_when_possible(self.worst_case(request))]
 
         def extra_call(req: GenerationRequest) -> None:  # a server that ignores n: the prompt is billed again
             reservations.append(self.ledger.reserve(self.prices[req.model].cost(self.prompt_bound(req), 0)))
@@ -126,6 +126,19 @@ class MeteredGenerator:
         total = Reservation(sum(r.amount for r in reservations))
         self.ledger.settle(total, self.cost(request.model, generation))
         return generation
+
+    async def _reserve_when_possible(self, amount: float) -> Reservation:
+        """Reserve, waiting while other calls hold reservations (they usually cost less than reserved);
+        give up only when nothing else is pending and it still does not fit."""
+        import asyncio
+
+        while True:
+            try:
+                return self.ledger.reserve(amount)
+            except BudgetExhausted:
+                if self.ledger.reserved <= 1e-12:
+                    raise
+            await asyncio.sleep(0.005)
 
     @staticmethod
     def _prompt_key(request: GenerationRequest) -> tuple[str, str, bool]:
