@@ -4,7 +4,7 @@
 ``temperature``, crashes on stop strings with a character tokenizer and on ``/v1/models`` without a hub
 cache (docs/decisions.md). This server implements what the tuner needs and nothing more:
 ``/v1/completions`` and ``/v1/chat/completions`` with n, temperature, top_p, max_tokens, stop, seed and a usage
-block, and ``/v1/models``. Sampling is ``LocalGenerator``'s, one request at a time.
+block, and ``/v1/models``. Sampling is ``LocalGenerator``'s; concurrent requests are decoded as one batch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import time
 import uuid
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -48,7 +47,7 @@ def make_app(generator: LocalGenerator) -> Starlette:
         except (TypeError, ValueError) as exc:
             return _error(400, str(exc))
         try:
-            result = await run_in_threadpool(generator.generate_blocking, gen_request)
+            result = await generator.generate(gen_request)  # concurrent requests decode as one batch
         except GenerationError as exc:
             return _error(500, str(exc), "server_error")
         if chat:
