@@ -237,6 +237,92 @@ def select_bench_command(
     print(bench_select(curves, parse_ints(ratios, "ratios"), json_output, tokens_per_sample=tokens_per_sample))
 
 
+@app.command("infer")
+def infer_command(
+    inference_budget: Annotated[float, typer.Option(help="Mean $ per instance the chosen config may cost.")],
+    optimization_budget: Annotated[float, typer.Option(help="Total $ the search may spend (never exceeded).")],
+    task: Annotated[str, typer.Option(help="arith-add3, humaneval, or a JSONL file of {..., answer} lines.")
+                    ] = "arith-add3",
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+                        ] = None,
+    local_model: Annotated[str | None, typer.Option(help="Local HF causal LM folder, or arith-lm.")] = None,
+    models: Annotated[str | None, typer.Option(help="With --endpoint: comma-separated model names to search.")
+                      ] = None,
+    metric: Annotated[str, typer.Option(help="success, expected_success, vote, pass@K, or module:function.")
+                      ] = "success",
+    template: Annotated[list[str] | None, typer.Option(help="Prompt template (str.format fields of the task); "
+                                                            "repeat to search several.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop choice: strings joined by '|', escapes like \\n "
+                                                        "allowed, 'none' for none; repeat to search several.")] = None,
+    sampling: Annotated[str, typer.Option(help="Search temperature or top_p.")] = "temperature",
+    temperature: Annotated[str, typer.Option(help="Range LOW,HIGH.")] = "0,2",
+    top_p: Annotated[str, typer.Option(help="Range LOW,HIGH.")] = "0,1",
+    max_tokens: Annotated[str | None, typer.Option(help="Range LOW,HIGH (log scale; default: the task's).")] = None,
+    n: Annotated[str, typer.Option(help="Responses per request, range LOW,HIGH (log scale).")] = "1,16",
+    prices: Annotated[Path | None, typer.Option(help="YAML of extra prices: model: {input: $/1K, output: $/1K}.")
+                      ] = None,
+    task_size: Annotated[int, typer.Option(help="arith-add3: problems generated.")] = 300,
+    test_fraction: Annotated[float, typer.Option(help="Held-out test share of the task's instances.")] = 0.4,
+    max_trials: Annotated[int, typer.Option(help="Stop after this many configs even if budget is left.")] = 200,
+    pruning: Annotated[bool, typer.Option("--pruning/--no-pruning", help="Cost-based pruning (EcoOptiGen).")
+                       ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the split, subsamples, sampler and sampling.")] = 0,
+    storage: Annotated[str | None, typer.Option(help=STORAGE_HELP)] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name (default infer-<task>); an existing study "
+                                                        "resumes.")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Where results.json and the response cache go.")] = Path(
+        "lmtune-out/infer"),
+    cache: Annotated[str | None, typer.Option(help="Response cache file (default OUTPUT_DIR/responses.sqlite); "
+                                                   "'none' disables it.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Parallel requests to the endpoint.")] = 8,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the endpoint's API key.")
+                           ] = "OPENAI_API_KEY",
+) -> None:
+    """Tune model, temperature/top_p, max_tokens, n, prompt and stop under a per-instance and a total budget."""
+    from lmtune.inference.tuner import InferSettings, parse_range, parse_stop, tune_inference
+
+    _quiet_libraries()
+    settings = InferSettings(
+        task=task, endpoint=endpoint, local_model=local_model, models=[m for m in (models or "").split(",") if m],
+        inference_budget=inference_budget, optimization_budget=optimization_budget, metric=metric,
+        templates=[t.encode().decode("unicode_escape") for t in template or []],
+        stops=[parse_stop(x) for x in stop or []], sampling=sampling,
+        temperature=parse_range(temperature, "temperature", float), top_p=parse_range(top_p, "top_p", float),
+        max_tokens=parse_range(max_tokens, "max_tokens", int) if max_tokens else None, n=parse_range(n, "n", int),
+        prices=str(prices) if prices else None, task_size=task_size, test_fraction=test_fraction,
+        max_trials=max_trials, pruning=pruning, seed=seed, storage=storage, study_name=study_name,
+        output_dir=output_dir, cache=cache, concurrency=concurrency, api_key_env=api_key_env)
+    results = tune_inference(settings, console=console)
+    spend = results["spend"]
+    print(f"spent {spend['real']:.6g} of {optimization_budget:.6g} (cached {spend['cached']:.6g}); "
+          f"{results['configs_scored']} configs scored, {results['configs_over_budget_measured']} over budget, "
+          f"{results['configs_pruned_by_knowledge']} pruned by knowledge")
+    best = results["best"]
+    if best is None:
+        print("no config met the per-instance budget")
+    else:
+        print(f"best config: {best['config']}")
+        print(f"tuning {metric}: {best['tuning']['quality']:.4f} at {best['tuning']['cost_per_instance']:.6g} "
+              f"per instance; test {metric}: {best['test']['quality']:.4f} at "
+              f"{best['test']['cost_per_instance']:.6g} per instance")
+        print(f"pareto front: {len(results['pareto_front'])} configs")
+    print(f"results: {output_dir / 'results.json'}")
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[str, typer.Option(help="Local HF causal LM folder, or arith-lm.")] = "arith-lm",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+) -> None:
+    """Serve a local causal LM on an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models)."""
+    from lmtune.llm.server import serve
+
+    _quiet_libraries()
+    serve(model, host=host, port=port, device=device)
+
+
 @app.command("worker")
 def worker_command(
     study: Annotated[str, typer.Option("--study", "--study-name", help="Name of the study to join.")],

@@ -1,0 +1,189 @@
+"""Sampling from a local Hugging Face causal LM, billed like an API: prompt tokens per call, completion tokens
+up to and including the end token or the stop string.
+
+Generation runs in a worker thread (one at a time: one model, one set of weights), so the tuner's event loop
+stays free; ``seed`` makes each request reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+
+from lmtune.errors import InputError
+from lmtune.llm.generation import ExtraCallHook, Generation, GenerationError, GenerationRequest, Generator
+
+#: Requests decoded together at most (each sampled request adds n rows).
+MAX_BATCH_REQUESTS = 64
+
+
+class LocalGenerator(Generator):
+    """A causal LM from a folder or alias (``arith-lm``) on CPU or a given device."""
+
+    def __init__(self, model: str, *, device: str = "cpu", name: str | None = None):
+        from lmtune.llm import resolve_model
+
+        self.path = resolve_model(model)
+        if not Path(self.path).is_dir():
+            raise InputError("local_model", f"{model!r} is not a model folder (or the alias arith-lm)")
+        self.name = name or (model if model == "arith-lm" else Path(self.path).name)
+        self.backend_id = f"local:{Path(self.path).resolve()}"
+        self.device = device
+        self._lock = threading.Lock()
+        self._pending: list = []
+        self._drainer = None
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModelForCausalLM.from_pretrained(self.path).to(device).eval()
+        except Exception as exc:  # a folder that is not a causal LM
+            raise InputError("local_model", f"cannot load {self.path} as a causal LM: {exc}"[:300]) from None
+
+    # -- token counting -------------------------------------------------------------------------
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None and getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": role, "content": content} for role, content in request.messages]
+            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        # Without a chat template the messages' contents, joined by newlines, are the prompt.
+        return self.tokenizer(request.text())["input_ids"]
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self._prompt_ids(request))
+
+    # -- generation -----------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest, *, before_extra_call: ExtraCallHook | None = None
+                       ) -> Generation:
+        """Queue the request; requests made concurrently are decoded together in one batch."""
+        if request.model != self.name:
+            raise GenerationError(f"this backend serves {self.name!r}, not {request.model!r}")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # let every request made in the same tick join the batch
+            batch, self._pending = self._pending[:MAX_BATCH_REQUESTS], self._pending[MAX_BATCH_REQUESTS:]
+            try:
+                results = await asyncio.to_thread(self.generate_batch, [request for request, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, GenerationError) else GenerationError(str(exc)))
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    def generate_blocking(self, request: GenerationRequest) -> Generation:
+        """Sample in this thread (used by ``lmtune serve``)."""
+        if request.model != self.name:
+            raise GenerationError(f"this backend serves {self.name!r}, not {request.model!r}")
+        return self.generate_batch([request])[0]
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """Decode all requests' samples as one left-padded batch with a KV cache.
+
+        Each sample draws its uniforms from its own ``random.Random(f"{seed}:{index}")``, so a request's
+        samples do not depend on what else is in the batch. Greedy requests decode once and repeat n times.
+        """
+        import torch
+
+        rows = []  # (request index, prompt ids, temperature or 0, top_p, max_tokens, rng)
+        for index, request in enumerate(requests):
+            ids = self._prompt_ids(request)
+            greedy = request.temperature == 0 or (request.temperature is None and request.top_p == 0)
+            temperature = 0.0 if greedy else (request.temperature if request.temperature is not None else 1.0)
+            top_p = request.top_p if request.top_p is not None else 1.0
+            seed = request.seed if request.seed is not None else 0
+            for sample in range(1 if greedy else request.n):
+                rows.append((index, ids, temperature, top_p, request.max_tokens, random.Random(f"{seed}:{sample}")))
+        with self._lock, torch.no_grad():
+            try:
+                tokens = self._decode(rows)
+            except Exception as exc:
+                raise GenerationError(f"generation failed: {exc}"[:300]) from exc
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for index, request in enumerate(requests):
+            finished = [self._finish(t, eos, request.stop) for row, t in zip(rows, tokens, strict=True)
+                        if row[0] == index]
+            if len(finished) == 1 and request.n > 1:  # greedy: an API would bill all n identical answers
+                finished = finished * request.n
+            results.append(Generation(texts=[f[0] for f in finished], prompt_tokens=len(rows_prompt(rows, index)),
+                                      completion_tokens=sum(f[1] for f in finished),
+                                      finish_reasons=[f[2] for f in finished]))
+        return results
+
+    def _decode(self, rows) -> list[list[int]]:
+        import torch
+
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos or 0)
+        width = max(len(r[1]) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r[1])) + r[1] for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r[1])) + [1] * len(r[1]) for r in rows], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        temperature = torch.tensor([r[2] for r in rows], device=self.device)
+        top_p = torch.tensor([r[3] for r in rows], device=self.device)
+        limits = torch.tensor([r[4] for r in rows], device=self.device)
+        greedy = temperature == 0
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        past, logits, position = out.past_key_values, out.logits[:, -1, :].float(), positions[:, -1] + 1
+        done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        generated: list[list[int]] = [[] for _ in rows]
+        for step in range(int(limits.max())):
+            uniforms = torch.tensor([r[5].random() for r in rows], device=self.device)
+            token = torch.where(greedy, logits.argmax(-1), _sample(logits, temperature, top_p, uniforms))
+            for i in (~done).nonzero().flatten().tolist():
+                generated[i].append(int(token[i]))
+            done |= (token == eos) | (step + 1 >= limits)
+            if bool(done.all()):
+                break
+            token = torch.where(done, torch.full_like(token, pad), token)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
+                             past_key_values=past, use_cache=True)
+            past, logits, position = out.past_key_values, out.logits[:, -1, :].float(), position + 1
+        return generated
+
+    def _finish(self, tokens: list[int], eos: int | None, stop: tuple[str, ...] | None) -> tuple[str, int, str]:
+        """Text, billed tokens and finish reason of one sample: cut at the end token or the first stop string."""
+        reason = "length"
+        if eos is not None and eos in tokens:
+            tokens = tokens[:tokens.index(eos) + 1]
+            reason = "stop"
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if stop:
+            hits = [(text.find(s), s) for s in stop if s and s in text]
+            if hits:
+                at, s = min(hits)
+                for k in range(1, len(tokens) + 1):  # the fewest tokens whose text reaches past the stop string
+                    if len(self.tokenizer.decode(tokens[:k], skip_special_tokens=True)) >= at + len(s):
+                        return text[:at], k, "stop"
+        return text, len(tokens), reason
+
+
+def rows_prompt(rows, index: int) -> list[int]:
+    return next(r[1] for r in rows if r[0] == index)
+
+
+def _sample(logits, temperature, top_p, uniforms):
+    """One token per row by inverse-CDF sampling from softmax(logits / T), cut to the top-p nucleus."""
+    import torch
+
+    scaled = logits / temperature.clamp(min=1e-5)[:, None]
+    probs = torch.softmax(scaled, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(-1) - sorted_probs
+    sorted_probs = torch.where(before < top_p.clamp(min=1e-8)[:, None], sorted_probs, torch.zeros_like(sorted_probs))
+    cdf = sorted_probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None].contiguous()).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, pick).squeeze(-1)

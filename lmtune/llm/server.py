@@ -1,0 +1,103 @@
+"""``lmtune serve``: a small OpenAI-compatible HTTP server in front of a local causal LM.
+
+``transformers serve`` (5.23) was tried first; for lmtune's arithmetic model it ignores ``n`` and
+``temperature``, crashes on stop strings with a character tokenizer and on ``/v1/models`` without a hub
+cache (docs/decisions.md). This server implements what the tuner needs and nothing more:
+``/v1/completions`` and ``/v1/chat/completions`` with n, temperature, top_p, max_tokens, stop, seed and a usage
+block, and ``/v1/models``. Sampling is ``LocalGenerator``'s; concurrent requests are decoded as one batch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from lmtune.llm.generation import GenerationError, GenerationRequest
+from lmtune.llm.local import LocalGenerator
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
+
+
+def make_app(generator: LocalGenerator) -> Starlette:
+    """The ASGI app serving ``generator`` under its name (``generator.name``)."""
+
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [
+            {"id": generator.name, "object": "model", "created": 0, "owned_by": "lmtune"}]})
+
+    async def complete(request: Request, chat: bool) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object")
+        if body.get("model") != generator.name:
+            return _error(404, f"model {body.get('model')!r} not found; this server has {generator.name!r}",
+                          "not_found_error")
+        try:
+            gen_request = _parse(body, chat)
+        except (TypeError, ValueError) as exc:
+            return _error(400, str(exc))
+        try:
+            result = await generator.generate(gen_request)  # concurrent requests decode as one batch
+        except GenerationError as exc:
+            return _error(500, str(exc), "server_error")
+        if chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+                       for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))]
+        else:
+            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+                       for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))]
+        return JSONResponse({
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "object": "chat.completion" if chat
+            else "text_completion", "created": int(time.time()), "model": generator.name, "choices": choices,
+            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                      "total_tokens": result.prompt_tokens + result.completion_tokens}})
+
+    async def completions(request: Request) -> JSONResponse:
+        return await complete(request, chat=False)
+
+    async def chat_completions(request: Request) -> JSONResponse:
+        return await complete(request, chat=True)
+
+    return Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"]),
+                             Route("/v1/chat/completions", chat_completions, methods=["POST"])])
+
+
+def _parse(body: dict, chat: bool) -> GenerationRequest:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    options = {"model": body["model"], "n": int(body.get("n") or 1), "max_tokens": int(body.get("max_tokens") or 16),
+               "temperature": _float(body.get("temperature")), "top_p": _float(body.get("top_p")),
+               "stop": tuple(stop) if stop else None, "seed": None if body.get("seed") is None else int(body["seed"])}
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages must be a non-empty list")
+        return GenerationRequest(messages=tuple((str(m["role"]), str(m["content"])) for m in messages), **options)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ValueError("prompt must be one string")
+    return GenerationRequest(prompt=prompt, **options)
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def serve(model: str = "arith-lm", *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
+    """Run the server until interrupted."""
+    import uvicorn
+
+    uvicorn.run(make_app(LocalGenerator(model, device=device)), host=host, port=port, log_level="warning")
