@@ -60,14 +60,14 @@ class SpendLedger:
     def settle(self, reservation: Reservation, cost: float) -> None:
         """Replace a reservation by the billed cost (never more than reserved: the bound is a worst case)."""
         with self._lock:
-            self.reserved -= reservation.amount
+            self.reserved = max(0.0, self.reserved - reservation.amount)  # no float drift below zero
             self.spent += cost
             self.calls += 1
 
     def release(self, reservation: Reservation) -> None:
         """A call that failed: nothing was billed (rate limits and dropped connections are not)."""
         with self._lock:
-            self.reserved -= reservation.amount
+            self.reserved = max(0.0, self.reserved - reservation.amount)
 
     def add_cached(self, cost: float) -> None:
         with self._lock:
