@@ -321,6 +321,23 @@ class _Slot:
             raise
 
 
+def _optimize_one(study: optuna.Study, objective, hooks) -> None:
+    """One trial; survive finding it already failed by another worker.
+
+    A worker that was frozen (a suspended laptop, a stopped process) longer than the heartbeat grace
+    period finds on waking that another worker failed its trial as stale and queued it again. Optuna
+    then refuses to record the result; the retry is already queued, so this worker just goes on.
+    """
+    try:
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=hooks)
+    except (ValueError, AssertionError) as exc:  # Optuna 5 wraps the refusal in an AssertionError
+        error: BaseException | None = exc
+        while error is not None and not str(error).startswith("Cannot tell a FAIL trial"):
+            error = error.__context__
+        if error is None:
+            raise
+
+
 def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], Any],
@@ -358,7 +375,7 @@ def run_trials(
                 if state.done:
                     break
                 if state.has_work:
-                    study.optimize(slot, n_trials=1, catch=(TrialFailed,), callbacks=hooks)
+                    _optimize_one(study, slot, hooks)
                 elif interval is None or not state.running:
                     break  # nothing this worker can do: the others finish (or requeue) their trials
                 else:

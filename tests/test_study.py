@@ -202,3 +202,21 @@ def test_heartbeat_settings_are_checked(tmp_path, kwargs, field):
     with pytest.raises(InputError) as err:
         make_storage(f"sqlite:///{tmp_path / 'x.db'}", **kwargs)
     assert err.value.field == field
+
+
+def test_a_worker_that_wakes_to_find_its_trial_failed_as_stale_goes_on(storage):
+    """A frozen worker's trial is failed as stale by another worker; the frozen one must not crash on waking."""
+    study = open_study("frozen", storage=storage, sampler=make_sampler("random", seed=0))
+    taken_over = []
+
+    def objective(trial: optuna.Trial) -> float:
+        value = quadratic(trial)
+        if not taken_over:  # what another worker does while this one is frozen past the grace period
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            taken_over.append(trial.number)
+        return value
+
+    run_trials(study, objective, 3)
+    states = {t.number: t.state for t in study.trials}
+    assert states[taken_over[0]] == TrialState.FAIL
+    assert [t.state for t in counted_trials(study)].count(TrialState.COMPLETE) == 2
