@@ -126,6 +126,7 @@ class Table:
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8", compresslevel=9) as f:
             json.dump(data, f, separators=(",", ":"))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a table is meant to be shared
         Path(tmp).replace(path)
         return path
 
