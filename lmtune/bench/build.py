@@ -74,7 +74,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     done = len(_rows_by_index(study))
     console.print(f"Table {spec.name}: {done} of {len(configs)} configs finished; "
                   f"{len(sampler.untaken(study))} not started.")
-    progress = _Progress(console, len(configs))
+    progress = _Progress(console, len(configs), done)
 
     def save(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         if output is not None and (trial is None or progress.count % save_every == 0):
@@ -112,20 +112,26 @@ def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, configs: li
 
 
 class _Progress:
-    """One line per finished config: how many are done, its score, and the time left at this pace."""
+    """One line per finished config: how many are done, its score, and the time left.
 
-    def __init__(self, console: Console, total: int):
+    The time left uses the rate at which the whole study gains rows, so it counts every worker that
+    shares the storage, not only this process.
+    """
+
+    def __init__(self, console: Console, total: int, done_at_start: int):
         self.console, self.total, self.started, self.count = console, total, time.perf_counter(), 0
+        self.done_at_start = done_at_start
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.count += 1
         done = len(_rows_by_index(study))
-        pace = (time.perf_counter() - self.started) / self.count
-        left = max(0, self.total - done) * pace / 3600
+        elapsed = time.perf_counter() - self.started
+        rate = max(1, done - self.done_at_start) / elapsed  # rows per second, all workers
+        left = max(0, self.total - done) / rate / 3600
         outcome = f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else (
             f"FAIL ({trial.user_attrs.get('fail_reason', '?')})")
-        self.console.print(f"[{done}/{self.total}] {outcome} {trial.params} "
-                           f"({pace:.1f} s per config here, about {left:.1f} h left at this pace alone)")
+        self.console.print(f"[{done}/{self.total}] {outcome} {trial.params} ({elapsed / self.count:.1f} s per "
+                           f"config here; about {left:.1f} h left at the rate of all workers)")
 
 
 def _rows_by_index(study: optuna.Study) -> dict[int, FrozenTrial]:
@@ -204,7 +210,7 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
                        attrs={"table": spec.recipe(), "configs": chosen})
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=1.0,
                               settings=setup.settings, seed=spec.seed)
-    progress = _Progress(console, len(chosen))
+    progress = _Progress(console, len(chosen), len(_rows_by_index(study)))
     while sampler.untaken(study):
         run_trials(study, objective, len(counted_trials(study)) + len(sampler.untaken(study)), callbacks=[progress])
     full = {config_key(chosen[i]): t for i, t in _rows_by_index(study).items()}
