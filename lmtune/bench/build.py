@@ -78,17 +78,16 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
 
     def save(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         if output is not None and (trial is None or progress.count % save_every == 0):
-            export_table(study, spec).save(output)
+            export_table(study, spec, setup.metric_name).save(output)
 
     ran = 0
     try:
-        while sampler.untaken(study) and (max_trials is None or ran < max_trials):
-            batch = len(sampler.untaken(study)) if max_trials is None else min(max_trials - ran,
-                                                                                len(sampler.untaken(study)))
+        while (untaken := len(sampler.untaken(study))) and (max_trials is None or ran < max_trials):
+            batch = untaken if max_trials is None else min(max_trials - ran, untaken)
             ran += run_trials(study, objective, len(counted_trials(study)) + batch, callbacks=[progress, save])
     finally:
         save(study)
-    return export_table(study, spec)
+    return export_table(study, spec, setup.metric_name)
 
 
 def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, configs: list[dict[str, Any]]) -> None:
@@ -151,7 +150,7 @@ def _rows_by_index(study: optuna.Study) -> dict[int, FrozenTrial]:
     return rows
 
 
-def export_table(study: optuna.Study, spec: TableSpec) -> Table:
+def export_table(study: optuna.Study, spec: TableSpec, metric_name: str) -> Table:
     """The finished rows of a table study, with the recipe that produced them."""
     rows = []
     for t in sorted(_rows_by_index(study).values(), key=lambda t: t.number):
@@ -167,16 +166,8 @@ def export_table(study: optuna.Study, spec: TableSpec) -> Table:
             "train_seconds": round(seconds, 2),
             "fail_reason": None if complete else t.user_attrs.get("fail_reason", t.state.name),
         })
-    metric = study.user_attrs.get("metric_name") or _metric_of(study)
-    return Table(name=spec.name, recipe=spec.recipe(), metric_name=metric,
+    return Table(name=spec.name, recipe=spec.recipe(), metric_name=metric_name,
                  direction=study.direction.name.lower(), rows=rows)
-
-
-def _metric_of(study: optuna.Study) -> str:
-    for t in study.get_trials(deepcopy=False):
-        if "metric_name" in t.user_attrs:
-            return t.user_attrs["metric_name"]
-    return "accuracy" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "eval_loss"
 
 
 def choose_full_configs(table: Table, count: int) -> list[dict[str, Any]]:
@@ -201,12 +192,12 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
     console = console or Console(stderr=True, soft_wrap=True)
     setup = _setup(spec, threads)
     name = study_name or spec.name + FULL_SUFFIX
-    chosen = choose_full_configs(table, count)
-    existing = _existing_user_attrs(storage, name)
-    if existing is not None and "configs" in existing:
-        chosen = existing["configs"]
+    store = make_storage(storage)
+    stored = {s.study_name: s.user_attrs for s in store.get_all_studies()}.get(name, {})
+    fresh = choose_full_configs(table, count)  # checks count even when resuming
+    chosen = stored.get("configs") or fresh
     sampler = ShuffledGridSampler(chosen)
-    study = open_study(name, storage=storage, sampler=sampler, direction=setup.direction,
+    study = open_study(name, storage=store, sampler=sampler, direction=setup.direction,
                        attrs={"table": spec.recipe(), "configs": chosen})
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=1.0,
                               settings=setup.settings, seed=spec.seed)
@@ -224,9 +215,3 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
                            "fail_reason": trial.user_attrs.get("fail_reason")}
     return table
 
-
-def _existing_user_attrs(storage: str | None, name: str) -> dict[str, Any] | None:
-    for summary in make_storage(storage).get_all_studies():
-        if summary.study_name == name:
-            return summary.user_attrs
-    return None

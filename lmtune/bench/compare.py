@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from lmtune.bench.replay import Run, regret_curve, trials_to_reach
+from lmtune.bench.replay import Run, check_complete, check_methods, regret_curve, replay, trials_to_reach
 from lmtune.bench.table import Table
 
 CHECKPOINTS = (5, 10, 20, 30)
@@ -117,10 +118,6 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget are reused, so an
     interrupted comparison continues where it stopped. Returns the Markdown report.
     """
-    import json
-
-    from lmtune.bench.replay import check_complete, check_methods, replay
-
     check_methods(methods)
     for table in tables:
         check_complete(table)
@@ -147,8 +144,8 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
                                             "seconds": run.seconds}) + "\n")
                     done[key] = run
                     if console is not None:
-                        best = table.regret(_best(table, run.values))
-                        console.print(f"{table.name} {method} seed {seed}: regret {best:.3f} "
+                        final = regret_curve(table, run.values, budget)[-1]
+                        console.print(f"{table.name} {method} seed {seed}: regret {final:.3f} "
                                       f"after {budget} trials ({run.seconds:.1f} s)")
                 runs.append(done[key])
         summary = summarize(table, runs, budget)
@@ -160,9 +157,3 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     plot(summaries, output / "samplers.png")
     return report
 
-
-def _best(table: Table, values: list[float | None]) -> float | None:
-    found = [v for v in values if v is not None]
-    if not found:
-        return None
-    return max(found) if table.direction == "maximize" else min(found)

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,16 +186,3 @@ def trials_to_reach(table: Table, values: list[float | None], threshold: float) 
         if value is not None and (value >= threshold if table.direction == "maximize" else value <= threshold):
             return float(i)
     return math.inf
-
-
-def run_all(table: Table, methods: list[str], seeds: int, budget: int, *, threads: int = 1,
-            on_run: Callable[[Run], None] | None = None) -> list[Run]:
-    """Every method with seeds 0..seeds-1."""
-    runs = []
-    for method in check_methods(methods):
-        for seed in range(seeds):
-            run = replay(table, method, seed, budget, threads=threads)
-            runs.append(run)
-            if on_run is not None:
-                on_run(run)
-    return runs

