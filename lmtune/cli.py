@@ -11,6 +11,7 @@ from rich.console import Console
 
 from lmtune.config import LoraRunConfig, build_config
 from lmtune.errors import InputError
+from lmtune.progress import quiet_libraries
 from lmtune.study import Interrupted
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -78,7 +79,7 @@ def lora(
         grace_period=grace_period, output_dir=output_dir, max_length=max_length, epochs=epochs,
         target_modules=target_modules.split(",") if target_modules else None, final_train=final_train,
     )
-    _quiet_libraries()
+    quiet_libraries()
     if ctx.invoked_subcommand is not None:
         ctx.obj = cfg
         return
@@ -130,7 +131,7 @@ def build_table_command(
     from lmtune.bench.table import Table
     from lmtune.bench.tables import load_table_spec
 
-    _quiet_libraries()
+    quiet_libraries()
     spec = load_table_spec(table)
     output = output or Path("benchmarks/data") / f"{spec.name}.json.gz"
     seed_from = Table.load(output) if output.exists() else None
@@ -169,17 +170,21 @@ def samplers_command(
     output: Annotated[Path, typer.Option(help="Folder for runs.jsonl, samplers.md/.json/.png.")
                       ] = Path("benchmarks/results/samplers"),
     threads: Annotated[int, typer.Option(help="Torch CPU threads for the model-based samplers.")] = 1,
+    jobs: Annotated[int, typer.Option(help="Replays run in this many processes at once (each with --threads).")
+                    ] = 1,
 ) -> None:
     """Replay search methods against real result tables (lookups, no training) and compare their regret."""
     from lmtune.bench.compare import compare_samplers
     from lmtune.bench.table import Table
 
-    if budget < 1 or seeds < 1:
-        raise InputError("budget" if budget < 1 else "seeds", "must be at least 1")
-    _quiet_libraries()
+    for name, value in (("budget", budget), ("seeds", seeds), ("jobs", jobs), ("threads", threads)):
+        if value < 1:
+            raise InputError(name, f"must be at least 1, got {value}")
+    quiet_libraries()
     tables = [Table.load(path) for path in table]
     methods = [m.strip() for m in samplers.split(",") if m.strip()]
-    report = compare_samplers(tables, methods, seeds, budget, output, threads=threads, console=console)
+    report = compare_samplers(tables, methods, seeds, budget, output, threads=threads, jobs=jobs,
+                              console=console)
     print(report)
     print(f"written: {output / 'samplers.md'}, {output / 'samplers.json'}, {output / 'samplers.png'}")
 
@@ -281,7 +286,7 @@ def infer_command(
     """Tune model, temperature/top_p, max_tokens, n, prompt and stop under a per-instance and a total budget."""
     from lmtune.inference.tuner import InferSettings, parse_range, parse_stop, tune_inference
 
-    _quiet_libraries()
+    quiet_libraries()
     settings = InferSettings(
         task=task, endpoint=endpoint, local_model=local_model, models=[m for m in (models or "").split(",") if m],
         inference_budget=inference_budget, optimization_budget=optimization_budget, metric=metric,
@@ -319,7 +324,7 @@ def serve_command(
     """Serve a local causal LM on an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models)."""
     from lmtune.llm.server import serve
 
-    _quiet_libraries()
+    quiet_libraries()
     serve(model, host=host, port=port, device=device)
 
 
@@ -339,7 +344,7 @@ def worker_command(
     """
     from lmtune.worker import run_worker
 
-    _quiet_libraries(transformers=objective is None)
+    quiet_libraries(transformers=objective is None)
     result = run_worker(study, storage, objective=objective, heartbeat_interval=heartbeat_interval,
                         grace_period=grace_period, console=console)
     print(f"ran {result['ran']} trials here; study {study}: {result['finished']} of {result['budget']} finished")
@@ -356,25 +361,9 @@ def status_command(
 
     from lmtune.status import format_status, study_status
 
-    _quiet_libraries(transformers=False)
+    quiet_libraries(transformers=False)
     result = study_status(study, storage)
     print(json.dumps(result, indent=2, default=str) if as_json else format_status(result))
-
-
-def _quiet_libraries(transformers: bool = True) -> None:
-    """Keep the terminal for lmtune's progress: no per-trial weight-loading bars, load reports or tracebacks."""
-    import warnings
-
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune prints its own line per trial, failures included
-    if transformers:
-        from transformers.utils import logging as hf_logging
-
-        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
 
 
 def main() -> None:

@@ -54,3 +54,17 @@ class TrialProgress:
             self.console.print(f"{state.counted} of {state.total} trials finished; waiting for trial(s) "
                                f"{', '.join(map(str, numbers))} running elsewhere (a trial whose worker stops "
                                "sending heartbeats is failed and retried)")
+
+
+def quiet_libraries(transformers: bool = True) -> None:
+    """Keep the terminal for lmtune's progress: no per-trial weight-loading bars, load reports or tracebacks."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # lmtune prints its own line per trial, failures included
+    if transformers:
+        from transformers.utils import logging as hf_logging
+
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()

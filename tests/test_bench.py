@@ -1,5 +1,6 @@
 """lmtune bench: building a table resumes, lookups are strict, replays are deterministic and scored right."""
 
+import json
 import math
 
 import numpy as np
@@ -123,6 +124,19 @@ def test_compare_samplers_writes_report_and_resumes_from_its_run_log(tmp_path):
     assert len(lines) == 6
     assert compare_samplers([table], ["random", "nomad"], seeds=3, budget=10, output=tmp_path) == report
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6  # nothing replayed again
+
+
+def test_compare_samplers_in_parallel_processes_finds_the_same_results(tmp_path):
+    table = synthetic_table()
+    compare_samplers([table], ["random", "tpe"], seeds=3, budget=8, output=tmp_path / "serial")
+    compare_samplers([table], ["random", "tpe"], seeds=3, budget=8, output=tmp_path / "parallel", jobs=2)
+
+    def runs(folder):
+        return sorted((r["method"], r["seed"], r["values"]) for r in map(json.loads, (
+            tmp_path / folder / "runs.jsonl").read_text().splitlines()))
+
+    assert len(runs("parallel")) == 6
+    assert runs("parallel") == runs("serial")
 
 
 def test_language_bo_replay_is_deterministic(tmp_path, monkeypatch):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
+import multiprocessing
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import scipy.stats
 
 from lmtune.bench.replay import Run, check_complete, check_methods, regret_curve, replay, trials_to_reach
 from lmtune.bench.table import Table
+from lmtune.progress import quiet_libraries
 
 CHECKPOINTS = (5, 10, 20, 30)
 TOP_FRACTION = 0.01
@@ -112,42 +116,39 @@ def table_summary_markdown(tables: list[Table]) -> str:
 
 
 def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget: int, output: Path, *,
-                     threads: int = 1, console=None) -> str:
+                     threads: int = 1, jobs: int = 1, console=None) -> str:
     """Replay every method on every table; write runs.jsonl (resumable), samplers.md/.json and samplers.png.
 
     Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget are reused, so an
-    interrupted comparison continues where it stopped. Returns the Markdown report.
+    interrupted comparison continues where it stopped. ``jobs`` > 1 replays in that many processes;
+    a replay depends only on its seed, so the report is the same. Returns the Markdown report.
     """
     check_methods(methods)
     for table in tables:
         check_complete(table)
     output.mkdir(parents=True, exist_ok=True)
     log = output / "runs.jsonl"
-    done: dict[tuple, Run] = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["table"], r["fingerprint"], r["method"], r["seed"], r["budget"])] = Run(
-                r["method"], r["seed"], r["values"], r["seconds"])
+    done = _read_log(log)
+    fingerprints = {table.name: table.fingerprint() for table in tables}
+
+    def key(table: Table, method: str, seed: int) -> tuple:
+        return table.name, fingerprints[table.name], method, seed, budget
+
+    pending = [(table, method, seed) for table in tables for method in methods for seed in range(seeds)
+               if key(table, method, seed) not in done]
+    for table, run in _replay_all(pending, budget, threads, jobs):
+        with log.open("a") as f:
+            name, fingerprint, method, seed, _ = key(table, run.method, run.seed)
+            f.write(json.dumps({"table": name, "fingerprint": fingerprint, "method": method, "seed": seed,
+                                "budget": budget, "values": run.values, "seconds": run.seconds}) + "\n")
+        done[key(table, run.method, run.seed)] = run
+        if console is not None:
+            final = regret_curve(table, run.values, budget)[-1]
+            console.print(f"{table.name} {run.method} seed {run.seed}: regret {final:.3f} "
+                          f"after {budget} trials ({run.seconds:.1f} s)")
     summaries, sections = [], [table_summary_markdown(tables)]
     for table in tables:
-        fingerprint = table.fingerprint()
-        runs = []
-        for method in methods:
-            for seed in range(seeds):
-                key = (table.name, fingerprint, method, seed, budget)
-                if key not in done:
-                    run = replay(table, method, seed, budget, threads=threads)
-                    with log.open("a") as f:
-                        f.write(json.dumps({"table": table.name, "fingerprint": fingerprint, "method": method,
-                                            "seed": seed, "budget": budget, "values": run.values,
-                                            "seconds": run.seconds}) + "\n")
-                    done[key] = run
-                    if console is not None:
-                        final = regret_curve(table, run.values, budget)[-1]
-                        console.print(f"{table.name} {method} seed {seed}: regret {final:.3f} "
-                                      f"after {budget} trials ({run.seconds:.1f} s)")
-                runs.append(done[key])
+        runs = [done[key(table, method, seed)] for method in methods for seed in range(seeds)]
         summary = summarize(table, runs, budget)
         summaries.append(summary)
         sections.append(f"### {table.name}\n\n{markdown(summary)}")
@@ -157,3 +158,34 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     plot(summaries, output / "samplers.png")
     return report
 
+
+def _read_log(log: Path) -> dict[tuple, Run]:
+    done: dict[tuple, Run] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["table"], r["fingerprint"], r["method"], r["seed"], r["budget"])] = Run(
+                r["method"], r["seed"], r["values"], r["seconds"])
+    return done
+
+
+def _replay_all(pending: list[tuple[Table, str, int]], budget: int, threads: int,
+                jobs: int) -> Iterator[tuple[Table, Run]]:
+    """Yield each finished replay as soon as it is done; with ``jobs`` > 1 the slowest methods start first."""
+    if jobs <= 1:
+        for table, method, seed in pending:
+            yield table, replay(table, method, seed, budget, threads=threads)
+        return
+    pending = sorted(pending, key=lambda item: not item[1].startswith("language-bo"))  # stable: seeds keep order
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared through fork
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=quiet_libraries,
+                                                initargs=(False,)) as pool:
+        futures = {pool.submit(replay, table, method, seed, budget, threads=threads): table
+                   for table, method, seed in pending}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
