@@ -217,6 +217,8 @@ def test_cli_reports_bad_tables_and_methods_in_one_line(tmp_path):
     assert partial.returncode == 2 and partial.stderr.startswith("error: table: table p holds 10 of its 72")
     unknown = bench("samplers", "--table", "full.json.gz", "--samplers", "random,smac")
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: samplers: unknown method 'smac'")
+    no_jobs = bench("samplers", "--table", "full.json.gz", "--jobs", "0")
+    assert no_jobs.returncode == 2 and no_jobs.stderr.startswith("error: jobs: must be at least 1, got 0")
     missing = bench("show", "--table", "nope.json.gz")
     assert missing.returncode == 2 and "error: table: file nope.json.gz does not exist" in missing.stderr
     shown = bench("show", "--table", "full.json.gz")
