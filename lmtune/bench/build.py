@@ -71,10 +71,10 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
         _import_rows(study, seed_from, spec, configs)
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=spec.proxy_fraction,
                               settings=setup.settings, seed=spec.seed)
-    done = len(_rows_by_index(study))
+    done = len(_rows_by_index(study, sampler))
     console.print(f"Table {spec.name}: {done} of {len(configs)} configs finished; "
                   f"{len(sampler.untaken(study))} not started.")
-    progress = _Progress(console, len(configs), done)
+    progress = _Progress(console, sampler, done)
 
     def save(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         if output is not None and (trial is None or progress.count % save_every == 0):
@@ -117,13 +117,13 @@ class _Progress:
     shares the storage, not only this process.
     """
 
-    def __init__(self, console: Console, total: int, done_at_start: int):
-        self.console, self.total, self.started, self.count = console, total, time.perf_counter(), 0
-        self.done_at_start = done_at_start
+    def __init__(self, console: Console, sampler: ShuffledGridSampler, done_at_start: int):
+        self.console, self.sampler, self.total = console, sampler, len(sampler)
+        self.started, self.count, self.done_at_start = time.perf_counter(), 0, done_at_start
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.count += 1
-        done = len(_rows_by_index(study))
+        done = len(_rows_by_index(study, self.sampler))
         elapsed = time.perf_counter() - self.started
         rate = max(1, done - self.done_at_start) / elapsed  # rows per second, all workers
         left = max(0, self.total - done) / rate / 3600
@@ -133,7 +133,7 @@ class _Progress:
                            f"config here; about {left:.1f} h left at the rate of all workers)")
 
 
-def _rows_by_index(study: optuna.Study) -> dict[int, FrozenTrial]:
+def _rows_by_index(study: optuna.Study, sampler: ShuffledGridSampler) -> dict[int, FrozenTrial]:
     """The trial that stands for each grid config: the first one that finished for a reason of its own.
 
     Interrupted trials and trials failed by a stale heartbeat (no reason recorded) are queued again
@@ -141,7 +141,7 @@ def _rows_by_index(study: optuna.Study) -> dict[int, FrozenTrial]:
     """
     rows: dict[int, FrozenTrial] = {}
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        index = t.system_attrs.get(GRID_INDEX)
+        index = sampler.trial_index(t)
         if index is None or index in rows or not t.state.is_finished():
             continue
         if t.state == TrialState.FAIL and (t.user_attrs.get(INTERRUPTED) or "fail_reason" not in t.user_attrs):
@@ -153,7 +153,8 @@ def _rows_by_index(study: optuna.Study) -> dict[int, FrozenTrial]:
 def export_table(study: optuna.Study, spec: TableSpec, metric_name: str) -> Table:
     """The finished rows of a table study, with the recipe that produced them."""
     rows = []
-    for t in sorted(_rows_by_index(study).values(), key=lambda t: t.number):
+    sampler = ShuffledGridSampler(list(spec.grid.iter_pool()))
+    for t in sorted(_rows_by_index(study, sampler).values(), key=lambda t: t.number):
         complete = t.state == TrialState.COMPLETE
         seconds = t.user_attrs.get("train_seconds") or (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append({
@@ -201,10 +202,10 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
                        attrs={"table": spec.recipe(), "configs": chosen})
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=1.0,
                               settings=setup.settings, seed=spec.seed)
-    progress = _Progress(console, len(chosen), len(_rows_by_index(study)))
+    progress = _Progress(console, sampler, len(_rows_by_index(study, sampler)))
     while sampler.untaken(study):
         run_trials(study, objective, len(counted_trials(study)) + len(sampler.untaken(study)), callbacks=[progress])
-    full = {config_key(chosen[i]): t for i, t in _rows_by_index(study).items()}
+    full = {config_key(chosen[i]): t for i, t in _rows_by_index(study, sampler).items()}
     for row in table.rows:
         trial = full.get(config_key({**row["params"], **table.grid.fixed}))
         if trial is not None:

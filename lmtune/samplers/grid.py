@@ -41,26 +41,43 @@ class ShuffledGridSampler(BaseSampler):
         if not configs:
             raise ValueError("ShuffledGridSampler needs at least one config")
         self._configs = [dict(c) for c in configs]
-        self._index = {config_key(c): i for i, c in enumerate(self._configs)}
+        self._indexes: dict[tuple[str, ...], dict[str, int]] = {}
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self._configs)
 
+    def index_of(self, params: Mapping[str, Any]) -> int | None:
+        """The config that agrees with ``params`` on every name they hold, or None.
+
+        A queued retry holds only the searched parameters, not the values every config shares.
+        """
+        names = tuple(sorted(params))
+        if not names:
+            return None
+        if names not in self._indexes:
+            index: dict[str, int] = {}
+            for i, config in enumerate(self._configs):
+                index.setdefault(config_key({name: config.get(name) for name in names}), i)
+            self._indexes[names] = index
+        return self._indexes[names].get(config_key(params))
+
+    def trial_index(self, trial: FrozenTrial) -> int | None:
+        """The config a trial holds: recorded when it started, else found from its queued or chosen parameters."""
+        index = trial.system_attrs.get(GRID_INDEX)
+        if index is None:
+            index = self.index_of(trial.system_attrs.get("fixed_params") or trial.params)
+        return index
+
     def untaken(self, study: Study) -> list[int]:
         """Grid indices that no trial of the study holds yet (queued retries hold theirs)."""
-        taken = set()
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
-            if t.state == TrialState.WAITING and "fixed_params" in t.system_attrs:
-                taken.add(self._index.get(config_key(t.system_attrs["fixed_params"])))
-            else:
-                taken.add(t.system_attrs.get(GRID_INDEX))
+        taken = {self.trial_index(t) for t in study._storage.get_all_trials(study._study_id, deepcopy=False)}
         return [i for i in range(len(self._configs)) if i not in taken]
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        fixed = trial.system_attrs.get("fixed_params")
-        if fixed is not None:  # a retry or an enqueued config: record which grid point it is
-            index = self._index.get(config_key(fixed))
+        queued = trial.system_attrs.get("fixed_params") or trial.params  # a retry or an enqueued config
+        if queued:
+            index = self.index_of(queued)
         else:
             free = self.untaken(study)
             # nothing free means other workers hold the rest: repeat one rather than invent a config
