@@ -178,8 +178,7 @@ def _replay_all(pending: list[tuple[Table, str, int]], budget: int, threads: int
         return
     pending = sorted(pending, key=lambda item: not item[1].startswith("language-bo"))  # stable: seeds keep order
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared through fork
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=quiet_libraries,
-                                                initargs=(False,)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=quiet_libraries) as pool:
         futures = {pool.submit(replay, table, method, seed, budget, threads=threads): table
                    for table, method, seed in pending}
         try:
