@@ -32,7 +32,9 @@ FULL_SUFFIX = "-full"
 
 
 @dataclasses.dataclass
-class _Setup:
+class TrainingSetup:
+    """What every row of a table is trained with: data, model, training settings and the metric."""
+
     splits: DatasetSplits
     model: str
     settings: TrainSettings
@@ -40,14 +42,14 @@ class _Setup:
     direction: str
 
 
-def _setup(spec: TableSpec, threads: int | None) -> _Setup:
+def training_setup(spec: TableSpec, threads: int | None) -> TrainingSetup:
     splits = load_dataset(spec.dataset, task=spec.task, seed=spec.seed)
     model = resolve_model(spec.model)
     check_model(model)
     settings = TrainSettings(max_length=spec.max_length, epochs=spec.epochs, eval_points=spec.eval_points,
                              exact_match=spec.exact_match, seed=spec.seed, threads=threads)
     name = metric_name(splits.task, settings)
-    return _Setup(splits, model, settings, name, metric_direction(name))
+    return TrainingSetup(splits, model, settings, name, metric_direction(name))
 
 
 def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str | None = None,
@@ -62,7 +64,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     is written to ``output`` every ``save_every`` configs and when the build stops, interrupted or not.
     """
     console = console or Console(stderr=True, soft_wrap=True)
-    setup = _setup(spec, threads)
+    setup = training_setup(spec, threads)
     configs = list(spec.grid.iter_pool())
     sampler = ShuffledGridSampler(configs, seed=None)  # each worker its own draw order
     study = open_study(study_name or spec.name, storage=storage, sampler=sampler, direction=setup.direction,
@@ -191,7 +193,7 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
     the same ones even if the table has grown since.
     """
     console = console or Console(stderr=True, soft_wrap=True)
-    setup = _setup(spec, threads)
+    setup = training_setup(spec, threads)
     name = study_name or spec.name + FULL_SUFFIX
     store = make_storage(storage)
     stored = {s.study_name: s.user_attrs for s in store.get_all_studies()}.get(name, {})

@@ -89,7 +89,9 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> Path:
             style = "-" if method.startswith("language-bo") else "--"
             ax.plot(trials, mean, style, label=method)
             ax.fill_between(trials, mean - se, mean + se, alpha=0.15)
-        ax.set_yscale("symlog", linthresh=0.01)
+        if min(min(m["curve_mean"]) for m in summary["methods"].values()) < 0.1:
+            ax.set_yscale("symlog", linthresh=0.01)  # regrets spanning decades: show the small ones apart
+        ax.set_ylim(0, 1.05)
         ax.set_xlabel("trials")
         ax.set_ylabel("normalized regret (best so far)")
         ax.set_title(f"{summary['table']} ({summary['seeds']} seeds)")
