@@ -27,6 +27,7 @@ from lmtune.bench.table import Table
 from lmtune.bench.tables import load_table_spec
 from lmtune.errors import TrialFailed
 from lmtune.finetune.objective import LoraObjective
+from lmtune.progress import quiet_libraries
 
 
 def correlations(proxy: list[float | None], full: list[float | None]) -> tuple[float, float]:
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, nargs="+", default=[3.0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_libraries()
     table = Table.load(args.table)
     rows = [r for r in table.rows if "full" in r]
     full = [r["full"]["metric"] for r in rows]
