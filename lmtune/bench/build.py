@@ -70,7 +70,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     study = open_study(study_name or spec.name, storage=storage, sampler=sampler, direction=setup.direction,
                        attrs={"table": spec.recipe()})
     if seed_from is not None and not study.get_trials(deepcopy=False):
-        _import_rows(study, seed_from, spec, configs)
+        _import_rows(study, seed_from, spec, sampler)
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=spec.proxy_fraction,
                               settings=setup.settings, seed=spec.seed)
     done = len(_rows_by_index(study, sampler))
@@ -92,12 +92,11 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     return export_table(study, spec, setup.metric_name)
 
 
-def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, configs: list[dict[str, Any]]) -> None:
+def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, sampler: ShuffledGridSampler) -> None:
     """Add a table file's rows to an empty study as finished trials, grid index and all."""
     if table.recipe != spec.recipe():
         raise InputError("table", f"table {table.name} was built with a different recipe than {spec.name}; "
                          "pick another output file")
-    index = {config_key(c): i for i, c in enumerate(configs)}
     distributions = spec.grid.distributions()
     for row in table.rows:
         complete = row["state"] == "COMPLETE"
@@ -108,7 +107,7 @@ def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, configs: li
             params=row["params"], distributions=distributions, value=row["metric"] if complete else None,
             state=TrialState.COMPLETE if complete else TrialState.FAIL,
             user_attrs={**user_attrs, "metric_name": table.metric_name, "imported_from": table.name},
-            system_attrs={GRID_INDEX: index[config_key({**row["params"], **spec.grid.fixed})]},
+            system_attrs={GRID_INDEX: sampler.index_of(row["params"])},
         ))
 
 
