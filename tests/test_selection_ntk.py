@@ -10,7 +10,7 @@ from lmtune.cli import app
 from lmtune.errors import InputError
 from lmtune.finetune.data import DatasetSplits
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.train import TrainSettings, _Run
+from lmtune.finetune.train import TrainingRun, TrainSettings
 from lmtune.selection.curves import load_curves
 from lmtune.selection.measure import measure_curves
 from lmtune.selection.ntk import ntk_term
@@ -21,7 +21,7 @@ def _brute_force(model, tokenizer, rows, task):
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     flat0 = torch.cat([p.detach().reshape(-1) for p in params])
-    run = _Run(model, tokenizer, task, "eval_loss", TrainSettings(exact_match=False))
+    run = TrainingRun(model, tokenizer, task, "eval_loss", TrainSettings(exact_match=False))
     encoded = run.encode(rows)
     model.eval()
 
@@ -33,7 +33,7 @@ def _brute_force(model, tokenizer, rows, task):
         out = []
         for example in encoded:
             with torch.nn.utils.stateless._reparametrize_module(model, values):
-                loss_sum, n, _ = run._forward([example])
+                loss_sum, n, _ = run.loss_of([example])
             out.append(loss_sum / n)
         return torch.stack(out)
 

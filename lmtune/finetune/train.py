@@ -136,7 +136,7 @@ def train_and_evaluate(
                                                  num_labels=num_labels, target_modules=target_modules,
                                                  seed=settings.seed)
         peft_model.to("cuda" if torch.cuda.is_available() else "cpu")
-        run = _Run(peft_model, tokenizer, task, metric, settings)
+        run = TrainingRun(peft_model, tokenizer, task, metric, settings)
         train, evaluation = run.encode(train_rows), run.encode(eval_rows)
         with tempfile.TemporaryDirectory(prefix="lmtune-") as scratch:
             initial = None
@@ -159,7 +159,7 @@ def train_and_evaluate(
                        steps=final["step"], train_examples=len(train_rows), step_losses=step_losses)
 
 
-class _Run:
+class TrainingRun:
     """Encoding, batching, the training loop and evaluation for one model and task."""
 
     def __init__(self, model, tokenizer, task: str, metric: str, settings: TrainSettings):
@@ -202,7 +202,7 @@ class _Run:
         step_losses: list[float] = []
         self.model.train()
         for step in range(1, total + 1):
-            loss_sum, count, _ = self._forward([train[i] for i in next(batches)])
+            loss_sum, count, _ = self.loss_of([train[i] for i in next(batches)])
             loss = loss_sum / count
             losses.append(loss.item())
             step_losses.append(losses[-1])
@@ -231,7 +231,7 @@ class _Run:
         self.model.eval()
         loss_total, count, correct = 0.0, 0, 0
         for chunk in _chunks(examples, self.settings.eval_batch_size):
-            loss_sum, n, logits = self._forward(chunk)
+            loss_sum, n, logits = self.loss_of(chunk)
             loss_total, count = loss_total + loss_sum.item(), count + n
             if self.task == "classification":
                 predicted = logits.argmax(-1).tolist()
@@ -243,7 +243,7 @@ class _Run:
             result["exact_match"] = self._exact_match(examples)
         return result
 
-    def _forward(self, examples) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def loss_of(self, examples) -> tuple[torch.Tensor, int, torch.Tensor]:
         """Summed loss over a right-padded batch, the number of scored targets, and the logits."""
         pad = self.tokenizer.pad_token_id
         if self.task == "classification":

@@ -163,11 +163,11 @@ def _build(name: str, splits: DatasetSplits, mode: str, hp: LoraHyperparams, see
 
 def _cell(name, splits, train_rows, eval_rows, mode, hp, settings) -> tuple[float, int, float]:
     """(test loss after training on ``train_rows``, parameter count, mean tokens per training example)."""
-    from lmtune.finetune.train import _Run
+    from lmtune.finetune.train import TrainingRun
 
     model, tokenizer = _build(name, splits, mode, hp, settings.seed)
     count = sum(p.numel() for p in (model.get_base_model() if mode == "lora" else model).parameters())
-    run = _Run(model, tokenizer, splits.task, "eval_loss", settings)
+    run = TrainingRun(model, tokenizer, splits.task, "eval_loss", settings)
     evaluation = run.encode(eval_rows)
     if not train_rows:
         return run.evaluate(evaluation)["eval_loss"], count, float("nan")

@@ -69,7 +69,7 @@ def ntk_term(model, tokenizer, rows: list[dict], *, task: str, steps: int, eta: 
 
     ``steps`` is t, the number of optimizer steps of the fine-tuning run the law describes.
     """
-    from lmtune.finetune.train import TrainSettings, _Run
+    from lmtune.finetune.train import TrainingRun, TrainSettings
 
     if not rows:
         raise InputError("ntk_examples", "needs at least one example")
@@ -78,7 +78,7 @@ def ntk_term(model, tokenizer, rows: list[dict], *, task: str, steps: int, eta: 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise InputError("model", "has no trainable parameters to take gradients of")
-    run = _Run(model, tokenizer, task, "eval_loss", TrainSettings(max_length=max_length, exact_match=False))
+    run = TrainingRun(model, tokenizer, task, "eval_loss", TrainSettings(max_length=max_length, exact_match=False))
     encoded = run.encode(rows)
     count = sum(p.numel() for p in params)
     exact = len(rows) * count * 8 <= exact_limit_bytes
@@ -86,7 +86,7 @@ def ntk_term(model, tokenizer, rows: list[dict], *, task: str, steps: int, eta: 
     model.eval()  # no dropout: the kernel of the deterministic network
 
     def loss_fn(i):
-        loss_sum, n, _ = run._forward([encoded[i]])
+        loss_sum, n, _ = run.loss_of([encoded[i]])
         return loss_sum / n
 
     try:
