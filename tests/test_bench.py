@@ -1,5 +1,6 @@
 """lmtune bench: building a table resumes, lookups are strict, replays are deterministic and scored right."""
 
+import copy
 import json
 import math
 
@@ -7,12 +8,14 @@ import numpy as np
 import optuna
 import pytest
 
-from lmtune.bench.build import build_table, choose_full_configs
+from lmtune.bench.build import build_full_runs, build_table, choose_full_configs
 from lmtune.bench.compare import compare_samplers, summarize
 from lmtune.bench.replay import regret_curve, replay, trials_to_reach
 from lmtune.bench.table import Table
 from lmtune.bench.tables import TableSpec
 from lmtune.errors import InputError
+from lmtune.finetune.data import load_dataset
+from lmtune.samplers.grid import config_key
 from lmtune.space import Categorical, SearchSpace
 
 GRID = SearchSpace(
@@ -188,6 +191,23 @@ def test_build_resumes_without_training_finished_rows_again(tmp_path, tiny_model
     fresh_trials = optuna.load_study(study_name="tiny", storage=fresh).get_trials()
     assert len(fresh_trials) == 8 and all(t.user_attrs.get("imported_from") == "tiny" for t in fresh_trials)
     assert sorted(map(str, again.rows)) == sorted(map(str, full.rows))
+
+
+def test_full_runs_train_chosen_configs_on_the_whole_split_once(tmp_path, tiny_model_dir):
+    spec = tiny_spec(tmp_path, tiny_model_dir)
+    storage = f"sqlite:///{tmp_path / 'bench.db'}"
+    table = build_table(spec, storage=storage)
+    bare = copy.deepcopy(table)  # build_full_runs adds to the rows of the table it is given
+    with_full = build_full_runs(table, spec, 3, storage=storage)
+    paired = [r for r in with_full.rows if "full" in r]
+    assert sorted(config_key({**r["params"], **spec.grid.fixed}) for r in paired) == sorted(
+        config_key(c) for c in choose_full_configs(table, 3))
+    train_size = len(load_dataset(spec.dataset, task=spec.task, seed=spec.seed).train)
+    assert all(r["full"]["metric"] is not None and r["full"]["train_examples"] == train_size for r in paired)
+
+    again = build_full_runs(bare, spec, 3, storage=storage)
+    assert len(optuna.load_study(study_name="tiny-full", storage=storage).trials) == 3  # resumed, not retrained
+    assert [r.get("full") for r in again.rows] == [r.get("full") for r in with_full.rows]
 
 
 def test_full_run_configs_spread_over_the_quality_range():

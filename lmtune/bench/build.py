@@ -25,7 +25,7 @@ from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name
 from lmtune.llm import resolve_model
-from lmtune.samplers.grid import GRID_INDEX, ShuffledGridSampler, config_key
+from lmtune.samplers.grid import GRID_INDEX, ShuffledGridSampler
 from lmtune.study import INTERRUPTED, counted_trials, make_storage, open_study, run_trials
 
 FULL_SUFFIX = "-full"
@@ -206,9 +206,9 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
     progress = _Progress(console, sampler, len(_rows_by_index(study, sampler)))
     while sampler.untaken(study):
         run_trials(study, objective, len(counted_trials(study)) + len(sampler.untaken(study)), callbacks=[progress])
-    full = {config_key(chosen[i]): t for i, t in _rows_by_index(study, sampler).items()}
+    full = _rows_by_index(study, sampler)
     for row in table.rows:
-        trial = full.get(config_key({**row["params"], **table.grid.fixed}))
+        trial = full.get(sampler.index_of(row["params"]))
         if trial is not None:
             row["full"] = {"metric": trial.value if trial.state == TrialState.COMPLETE else None,
                            "eval_loss": trial.user_attrs.get("eval_loss"),

@@ -139,11 +139,10 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     pending = [(table, method, seed) for table in tables for method in methods for seed in range(seeds)
                if key(table, method, seed) not in done]
     for table, run in _replay_all(pending, budget, threads, jobs):
-        with log.open("a") as f:
-            name, fingerprint, method, seed, _ = key(table, run.method, run.seed)
-            f.write(json.dumps({"table": name, "fingerprint": fingerprint, "method": method, "seed": seed,
-                                "budget": budget, "values": run.values, "seconds": run.seconds}) + "\n")
         done[key(table, run.method, run.seed)] = run
+        with log.open("a") as f:
+            record = dict(zip(_LOG_KEY, key(table, run.method, run.seed), strict=True))
+            f.write(json.dumps({**record, "values": run.values, "seconds": run.seconds}) + "\n")
         if console is not None:
             final = regret_curve(table, run.values, budget)[-1]
             console.print(f"{table.name} {run.method} seed {run.seed}: regret {final:.3f} "
@@ -161,13 +160,16 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     return report
 
 
+#: What identifies a replay in runs.jsonl; a changed table (fingerprint) or budget is replayed again.
+_LOG_KEY = ("table", "fingerprint", "method", "seed", "budget")
+
+
 def _read_log(log: Path) -> dict[tuple, Run]:
     done: dict[tuple, Run] = {}
     if log.exists():
         for line in log.read_text().splitlines():
             r = json.loads(line)
-            done[(r["table"], r["fingerprint"], r["method"], r["seed"], r["budget"])] = Run(
-                r["method"], r["seed"], r["values"], r["seconds"])
+            done[tuple(r[field] for field in _LOG_KEY)] = Run(r["method"], r["seed"], r["values"], r["seconds"])
     return done
 
 
