@@ -71,7 +71,7 @@ def test_quality(generator, config: dict, seed: int) -> tuple[float, float]:
     metric, needs = make_metric("success")
     loop = BackgroundLoop()
     metered = MeteredGenerator(CachedGenerator(generator, None), PriceTable.load(), SpendLedger(None))
-    tester = Evaluator(task, test, task.templates, task.stops, metric, needs, metered, loop, float("inf"),
+    tester = Evaluator(task, test, metric, needs, metered, loop, float("inf"),
                        pruning=False, seed=seed, salt="test")
     result = tester.evaluate(InferenceConfig("arith-lm", 0, 0, config["max_tokens"], config["n"],
                                              temperature=config["temperature"]))

@@ -61,11 +61,11 @@ def hoeffding_serfling(value_range: float, k: int, population: int, delta: float
 class Evaluator:
     """Evaluates configs on a fixed instance list with one metered generator, sharing pruning knowledge."""
 
-    def __init__(self, task: Task, instances: list[dict], templates: list[str], stops: list, metric: InstanceMetric,
+    def __init__(self, task: Task, instances: list[dict], metric: InstanceMetric,
                  needs_check: bool, generator: MeteredGenerator, loop: BackgroundLoop, inference_budget: float,
                  *, pruning: bool = True, knowledge: PruningKnowledge | None = None, seed: int = 0,
                  initial_size: int = 4, delta: float = 0.1, salt: str = "tune"):
-        self.task, self.instances, self.templates, self.stops = task, instances, templates, stops
+        self.task, self.instances = task, instances
         self.metric, self.needs_check = metric, needs_check
         self.generator, self.loop, self.budget = generator, loop, inference_budget
         self.pruning = pruning
@@ -130,15 +130,13 @@ class Evaluator:
             if have >= target:
                 return
             bounds = [b for b in doubling(config.n) if have < b <= target] if self.pruning else [target]
-            for batch, upper in enumerate(bounds):
-                count = upper - len(responses[i].texts)
-                request = self.request(config, i, count, start=len(responses[i].texts))
-                generation = await self.generator.generate(request)
-                r = responses[i]
+            r = responses[i]
+            for upper in bounds:
+                count = upper - len(r.texts)
+                generation = await self.generator.generate(self.request(config, i, count, start=len(r.texts)))
                 r.texts += generation.texts
                 r.completion_tokens += [generation.completion_tokens / count] * count
                 r.prompt_tokens = generation.prompt_tokens
-                del batch
 
         async def all_of():
             results = await asyncio.gather(*(one(i) for i in indices), return_exceptions=True)
@@ -155,10 +153,10 @@ class Evaluator:
     def request(self, config: InferenceConfig, index: int, count: int, start: int) -> GenerationRequest:
         """The request for responses [start, start + count) of instance ``index``; its seed names that slice."""
         instance = self.instances[index]
-        prompt = self.templates[config.template].format(**instance)
+        prompt = self.task.templates[config.template].format(**instance)
         digest = hashlib.sha256(f"{self.salt}:{self.seed}:{prompt}:{start}".encode()).hexdigest()
         return GenerationRequest(model=config.model, prompt=prompt, n=count, temperature=config.temperature,
-                                 top_p=config.top_p, max_tokens=config.max_tokens, stop=self.stops[config.stop],
+                                 top_p=config.top_p, max_tokens=config.max_tokens, stop=self.task.stops[config.stop],
                                  seed=int(digest[:8], 16))
 
     def _cost(self, config: InferenceConfig, r: _Responses, n: int, used: int | None = None) -> float:

@@ -43,6 +43,11 @@ class InferenceSpace:
     max_tokens: tuple[int, int] = (16, 512)
     n: tuple[int, int] = (1, 16)
 
+    @property
+    def sampling_range(self) -> tuple[float, float]:
+        """The searched range of whichever of temperature and top_p is searched."""
+        return self.temperature if self.sampling == "temperature" else self.top_p
+
     def __post_init__(self):
         if not self.models:
             raise InputError("models", "name at least one model")
@@ -52,7 +57,7 @@ class InferenceSpace:
             low, high = getattr(self, name)
             if not low_min <= low <= high:
                 raise InputError(name, f"need {low_min} <= low <= high, got {low}..{high}")
-        low, high = self.temperature if self.sampling == "temperature" else self.top_p
+        low, high = self.sampling_range
         top = 2.0 if self.sampling == "temperature" else 1.0
         if not 0.0 <= low <= high <= top:
             raise InputError(self.sampling, f"need 0 <= low <= high <= {top}, got {low}..{high}")
@@ -61,7 +66,7 @@ class InferenceSpace:
         model = trial.suggest_categorical("model", self.models)
         template = trial.suggest_categorical("template", list(range(self.templates)))
         stop = trial.suggest_categorical("stop", list(range(self.stops)))
-        low, high = self.temperature if self.sampling == "temperature" else self.top_p
+        low, high = self.sampling_range
         value = trial.suggest_float(self.sampling, low, high)
         max_tokens = trial.suggest_int("max_tokens", *self.max_tokens, log=True)
         n = trial.suggest_int("n", *self.n, log=True)
@@ -70,7 +75,7 @@ class InferenceSpace:
     def low_cost_params(self, prices: PriceTable) -> dict:
         """The cheapest corner: cheapest model, n and max_tokens at their lows, the API's default sampling."""
         cheapest = min(self.models, key=lambda m: (prices[m].output, prices[m].input))
-        low, high = self.temperature if self.sampling == "temperature" else self.top_p
+        low, high = self.sampling_range
         return {"model": cheapest, "template": 0, "stop": 0, self.sampling: min(max(1.0, low), high),
                 "max_tokens": self.max_tokens[0], "n": self.n[0]}
 

@@ -11,6 +11,7 @@ Answers from the response cache cost nothing now: their cost is counted as cache
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 
@@ -130,8 +131,6 @@ class MeteredGenerator:
     async def _reserve_when_possible(self, amount: float) -> Reservation:
         """Reserve, waiting while other calls hold reservations (they usually cost less than reserved);
         give up only when nothing else is pending and it still does not fit."""
-        import asyncio
-
         while True:
             try:
                 return self.ledger.reserve(amount)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,9 +33,6 @@ class Task:
     stops: list[tuple[str, ...] | None] = field(default_factory=lambda: [None])
     max_tokens: tuple[int, int] = (16, 512)
     normalize: Callable[[str], str] = field(default=lambda text: text.strip())
-
-    def render(self, template: str, instance: dict) -> str:
-        return template.format(**instance)
 
     def split(self, test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
         """A seeded shuffle cut into tuning and held-out test instances."""
@@ -100,12 +98,8 @@ def _arith(size: int, seed: int) -> Task:
 
 
 def _first_number(text: str) -> str:
-    digits = ""
-    for ch in text.strip():
-        if not ch.isdigit():
-            break
-        digits += ch
-    return digits
+    """The digits the response starts with ("" when it starts otherwise)."""
+    return re.match(r"\d*", text.strip()).group()
 
 
 def _exact(instance: dict, text: str) -> bool:
@@ -144,7 +138,7 @@ def _humaneval() -> Task:
 
     rows = list(read_problems().values())
     return Task("humaneval", rows, check=humaneval_check, templates=["{prompt}"], stops=[HUMANEVAL_STOPS],
-                max_tokens=(64, 600), normalize=lambda text: text.strip())
+                max_tokens=(64, 600))
 
 
 def humaneval_check(instance: dict, completion: str, timeout: float = 5.0) -> bool:

@@ -102,7 +102,7 @@ def tune_inference(settings: InferSettings, *, generator: Generator | None = Non
     cache = None if s.cache == "none" else ResponseCache(s.cache or Path(s.output_dir or ".") / "responses.sqlite")
     metered = MeteredGenerator(CachedGenerator(generator, cache), prices, ledger)
     knowledge = _knowledge_from(trials)
-    evaluator = Evaluator(task, tuning, task.templates, task.stops, metric, needs_check, metered, loop,
+    evaluator = Evaluator(task, tuning, metric, needs_check, metered, loop,
                           s.inference_budget, pruning=s.pruning, knowledge=knowledge, seed=s.seed)
     if not trials:
         study.enqueue_trial(space.low_cost_params(prices))
@@ -110,7 +110,8 @@ def tune_inference(settings: InferSettings, *, generator: Generator | None = Non
     try:
         with sigterm_as_interrupt(), progress:
             _search(study, space, evaluator, ledger, s.max_trials, progress)
-        results = _results(study, s, task, test, metric, needs_check, metered, loop, prices, ledger, study_name)
+        results = _results(study, s, task, tuning, test, metric, needs_check, metered, loop, prices, ledger,
+                           study_name)
     except KeyboardInterrupt:
         from lmtune.study import Interrupted
 
@@ -226,7 +227,7 @@ def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, fl
     return front
 
 
-def _results(study, s: InferSettings, task: Task, test, metric, needs_check, metered: MeteredGenerator, loop,
+def _results(study, s: InferSettings, task: Task, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
              prices: PriceTable, ledger: SpendLedger, study_name: str) -> dict:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE
@@ -243,7 +244,7 @@ def _results(study, s: InferSettings, task: Task, test, metric, needs_check, met
         "configs_pruned_by_knowledge": sum(1 for t in trials if t.user_attrs.get("inferred")),
         "configs_over_budget_measured": sum(1 for t in trials if t.state == TrialState.PRUNED
                                             and not t.user_attrs.get("inferred")),
-        "tuning_instances": len(metered_instances(study, s, task)), "test_instances": len(test),
+        "tuning_instances": len(tuning), "test_instances": len(test),
         "best": None, "pareto_front": [],
     }
     if not complete:
@@ -252,7 +253,7 @@ def _results(study, s: InferSettings, task: Task, test, metric, needs_check, met
     front = pareto_front([(t.user_attrs["cost_per_instance"], t.value, t) for t in complete])
     test_ledger = SpendLedger(None)
     test_metered = MeteredGenerator(metered.generator, prices, test_ledger)
-    tester = Evaluator(task, test, task.templates, task.stops, metric, needs_check, test_metered, loop,
+    tester = Evaluator(task, test, metric, needs_check, test_metered, loop,
                        float("inf"), pruning=False, seed=s.seed, salt="test")
     tested: dict[int, dict] = {}
 
@@ -273,10 +274,6 @@ def _results(study, s: InferSettings, task: Task, test, metric, needs_check, met
     results["spend"]["test_real"] = test_ledger.spent
     results["spend"]["test_cached"] = test_ledger.cached
     return results
-
-
-def metered_instances(study, s: InferSettings, task: Task) -> list:
-    return task.split(s.test_fraction, s.seed)[0]
 
 
 def _readable(config: InferenceConfig, task: Task) -> dict:
@@ -319,8 +316,6 @@ class _Progress:
             outcome = f"{trial.state.name} ({why})"
         self.console.print(f"trial {trial.number}: {outcome}; spent {self.ledger.spent:.4g} of {self.budget:.4g} "
                            f"{trial.params}")
-
-
 
 
 def parse_range(text: str, field: str, kind: type) -> tuple:
