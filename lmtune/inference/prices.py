@@ -49,9 +49,6 @@ class PriceTable:
                              f"(priced now: {known})")
         return self.prices[model]
 
-    def as_dict(self) -> dict[str, dict[str, float]]:
-        return {m: {"input": p.input, "output": p.output} for m, p in sorted(self.prices.items())}
-
 
 def _read(path: Path) -> dict[str, Price]:
     if not path.is_file():

@@ -88,9 +88,6 @@ class Generator(ABC):
     async def aclose(self) -> None:  # noqa: B027
         """Release connections or memory."""
 
-    def generate_sync(self, request: GenerationRequest) -> Generation:
-        return asyncio.run(self.generate(request))
-
 
 class BackgroundLoop:
     """One event loop in a daemon thread for a whole study.

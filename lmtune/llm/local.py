@@ -83,7 +83,7 @@ class LocalGenerator(Generator):
                     future.set_result(result)
 
     def generate_blocking(self, request: GenerationRequest) -> Generation:
-        """Sample in this thread (used by ``lmtune serve``)."""
+        """Sample in this thread, outside the batching queue (for scripts and tests)."""
         if request.model != self.name:
             raise GenerationError(f"this backend serves {self.name!r}, not {request.model!r}")
         return self.generate_batch([request])[0]
@@ -97,8 +97,10 @@ class LocalGenerator(Generator):
         import torch
 
         rows = []  # (request index, prompt ids, temperature or 0, top_p, max_tokens, rng)
+        prompt_lengths = []
         for index, request in enumerate(requests):
             ids = self._prompt_ids(request)
+            prompt_lengths.append(len(ids))
             greedy = request.temperature == 0 or (request.temperature is None and request.top_p == 0)
             temperature = 0.0 if greedy else (request.temperature if request.temperature is not None else 1.0)
             top_p = request.top_p if request.top_p is not None else 1.0
@@ -117,7 +119,7 @@ class LocalGenerator(Generator):
                         if row[0] == index]
             if len(finished) == 1 and request.n > 1:  # greedy: an API would bill all n identical answers
                 finished = finished * request.n
-            results.append(Generation(texts=[f[0] for f in finished], prompt_tokens=len(rows_prompt(rows, index)),
+            results.append(Generation(texts=[f[0] for f in finished], prompt_tokens=prompt_lengths[index],
                                       completion_tokens=sum(f[1] for f in finished),
                                       finish_reasons=[f[2] for f in finished]))
         return results
@@ -169,10 +171,6 @@ class LocalGenerator(Generator):
                     if len(self.tokenizer.decode(tokens[:k], skip_special_tokens=True)) >= at + len(s):
                         return text[:at], k, "stop"
         return text, len(tokens), reason
-
-
-def rows_prompt(rows, index: int) -> list[int]:
-    return next(r[1] for r in rows if r[0] == index)
 
 
 def _sample(logits, temperature, top_p, uniforms):
