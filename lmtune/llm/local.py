@@ -92,7 +92,8 @@ class LocalGenerator(Generator):
         """Decode all requests' samples as one left-padded batch with a KV cache.
 
         Each sample draws its uniforms from its own ``random.Random(f"{seed}:{index}")``, so a request's
-        samples do not depend on what else is in the batch. Greedy requests decode once and repeat n times.
+        samples use the same random numbers whatever else is in the batch (the padding a batch needs can
+        still move the logits in the last bits). Greedy requests decode once and repeat n times.
         """
         import torch
 
