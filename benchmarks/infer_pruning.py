@@ -23,7 +23,8 @@ from pathlib import Path
 
 import optuna
 
-from lmtune.inference.tuner import InferSettings, tune_inference
+from lmtune.inference.config import InferConfig
+from lmtune.inference.tuner import tune_inference
 from lmtune.llm.local import LocalGenerator
 
 WORKLOAD = dict(task="arith-add3", task_size=200, test_fraction=0.4, inference_budget=0.02, optimization_budget=12.0,
@@ -32,8 +33,10 @@ WORKLOAD = dict(task="arith-add3", task_size=200, test_fraction=0.4, inference_b
 
 def lmtune_run(generator, seed: int, pruning: bool) -> dict:
     start = time.time()
-    r = tune_inference(InferSettings(models=["arith-lm"], seed=seed, pruning=pruning,
-                                     storage=optuna.storages.InMemoryStorage(), **WORKLOAD), generator=generator)
+    with tempfile.TemporaryDirectory() as folder:
+        config = InferConfig(models=["arith-lm"], seed=seed, pruning=pruning, output_dir=None,
+                             storage=f"sqlite:///{folder}/infer.db", **WORKLOAD)
+        r = tune_inference(config, generator=generator).to_dict()
     best = r["best"] or {}
     return {"seed": seed, "pruning": pruning, "spend": r["spend"]["real"],
             "configs_evaluated": r["configs_scored"] + r["configs_over_budget_measured"]
@@ -94,9 +97,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     flaml_rows = []
     if args.flaml_python:
+        from tests.test_infer_parts import Server
+
         from lmtune.inference.tasks import load_task
         from lmtune.llm.server import make_app
-        from tests.test_infer_parts import Server
 
         with Server(make_app(generator)) as url, tempfile.TemporaryDirectory() as folder:
             for seed in range(args.seeds):

@@ -34,8 +34,8 @@ import optuna
 import torch
 
 from lmtune.samplers import LanguageBOSampler
+from lmtune.samplers.registry import make_sampler
 from lmtune.space import load_space
-from lmtune.study import make_sampler
 
 SPACE = load_space("lora-paper")
 BEST_STEP = -3.0  # log10 of the best effective step size

@@ -27,7 +27,7 @@ from lmtune.bench.table import Table
 from lmtune.bench.tables import load_table_spec
 from lmtune.errors import TrialFailed
 from lmtune.finetune.objective import LoraObjective
-from lmtune.progress import quiet_libraries
+from lmtune.runtime.quiet import quiet_libraries
 
 
 def correlations(proxy: list[float | None], full: list[float | None]) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Throughput of 1, 2 and 4 ``lmtune worker`` processes on one study, on PostgreSQL and on SQLite.
 
-Every trial runs ``lmtune.synthetic:sleepy_quadratic`` (a real study over ``lora-small``, whose cost
+Every trial runs ``lmtune.runtime.synthetic:sleepy_quadratic`` (a real study over ``lora-small``, whose cost
 is a sleep), so the numbers show what storage, sampler and lmtune's bookkeeping add per trial:
 
 * trials per minute over the window from the first trial's start to the last trial's end (process
@@ -30,20 +30,22 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from pg_cluster import PostgresCluster  # noqa: E402
 
+from lmtune.runtime.study import open_study, publish_job  # noqa: E402
+from lmtune.runtime.trials import counted_trials  # noqa: E402
 from lmtune.space import load_space  # noqa: E402
-from lmtune.study import counted_trials, open_study, publish_job  # noqa: E402
 
 
 def create(url: str, name: str, sampler: str, trials: int) -> None:
     space = load_space("lora-small")
     study = open_study(name, storage=url, direction="maximize", attrs={"space": space.to_dict()})
-    publish_job(study, "lora", {"sampler": sampler, "startup_trials": 5, "seed": 0}, trials)
+    publish_job(study, "lora", "lmtune.lora.tune:worker_parts", {"sampler": sampler, "startup_trials": 5, "seed": 0},
+                trials)
 
 
 def run(url: str, name: str, workers: int, sleep: float, folder: Path) -> dict:
     env = {**os.environ, "LMTUNE_SYNTHETIC_SECONDS": str(sleep), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "lmtune.cli", "worker", "--storage", url, "--study", name,
-           "--objective", "lmtune.synthetic:sleepy_quadratic"]
+           "--objective", "lmtune.runtime.synthetic:sleepy_quadratic"]
     procs = [subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for _ in range(workers)]
     errors = [err for p in procs for err in [p.communicate()[1]] if p.returncode != 0]

@@ -6,15 +6,24 @@ The public API is imported lazily so that ``lmtune --help`` does not load torch.
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
-    "tune_lora": "lmtune.lora",
-    "LoraRunConfig": "lmtune.config",
+    "tune_lora": "lmtune.lora.tune",
+    "LoraRunConfig": "lmtune.lora.config",
+    "LoraResult": "lmtune.lora.tune",
+    "tune_inference": "lmtune.inference.tuner",
+    "InferConfig": "lmtune.inference.config",
+    "choose_model": "lmtune.selection.select",
+    "SelectConfig": "lmtune.selection.config",
     "SearchSpace": "lmtune.space",
     "load_space": "lmtune.space",
-    "open_study": "lmtune.study",
-    "make_sampler": "lmtune.study",
+    "open_study": "lmtune.runtime.study",
+    "run_trials": "lmtune.runtime.loop",
+    "run_worker": "lmtune.runtime.worker",
+    "study_status": "lmtune.runtime.status",
+    "make_sampler": "lmtune.samplers.registry",
+    "LanguageBOSampler": "lmtune.samplers.language_bo",
     "LoraObjective": "lmtune.finetune.objective",
     "LoraHyperparams": "lmtune.finetune.hparams",
     "load_dataset": "lmtune.finetune.data",

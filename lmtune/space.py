@@ -9,8 +9,10 @@ samplers (language-BO, grid replays) enumerate.
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from collections.abc import Iterator
+import numbers
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,12 +53,16 @@ class Categorical:
     def values(self) -> tuple[Scalar, ...]:
         return self.choices
 
+    def position(self, value: Any) -> int | None:
+        """The index of ``value`` among the choices, or None when it is not one of them."""
+        return _index_of(self.choices, value)
+
     def contains(self, value: Any) -> bool:
-        return any(_same(value, c) for c in self.choices)
+        return self.position(value) is not None
 
     def canonical(self, value: Any) -> Scalar:
         """The stored choice equal to ``value`` (so ``8.0`` maps to the choice ``8``)."""
-        return next(c for c in self.choices if _same(value, c))
+        return self.choices[self.position(value)]
 
     def describe(self) -> str:
         return "one of " + ", ".join(str(c) for c in self.choices)
@@ -89,6 +95,9 @@ class Int:
 
     def values(self) -> tuple[int, ...]:
         return tuple(range(self.low, self.high + 1, self.step))
+
+    def position(self, value: Any) -> int | None:
+        return int((value - self.low) // self.step) if self.contains(value) else None
 
     def contains(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
@@ -134,12 +143,15 @@ class Float:
         count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         return tuple(round(self.low + i * self.step, 12) for i in range(count))
 
+    def position(self, value: Any) -> int | None:
+        return _index_of(self.values(), value)
+
     def contains(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         if not self.low <= value <= self.high:
             return False
-        return self.step is None or any(_same(value, v) for v in self.values())
+        return self.step is None or _index_of(self.values(), value) is not None
 
     def canonical(self, value: Any) -> float:
         return float(value)
@@ -158,13 +170,46 @@ class Float:
 Param = Categorical | Int | Float
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equality that treats 8 and 8.0 as the same value but never True as 1 or '8' as 8."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
-    return type(a) is type(b) and a == b
+#: Significant digits at which two numbers are the same value (see ``canonical_value``).
+SIGNIFICANT_DIGITS = 12
+
+
+def canonical_value(value: Any) -> Any:
+    """The one rule for "the same value" in lmtune: the form in which values are compared and keyed.
+
+    Numbers are floats rounded to ``SIGNIFICANT_DIGITS`` significant digits, so ``8``, ``8.0`` and a float step
+    stored with rounding are one value; booleans stay booleans (``True`` is never ``1``); strings compare as
+    written (``'8'`` is never ``8``). Pool lookups, config keys and validation all use it, so they agree.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return float(f"{float(value):.{SIGNIFICANT_DIGITS}g}")
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two parameter values are the same value (``canonical_value``)."""
+    return _lookup_key(a) == _lookup_key(b)
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A stable text key of a config: canonical JSON of its canonical values, names sorted."""
+    return json.dumps({k: canonical_value(v) for k, v in sorted(config.items())})
+
+
+def _index_of(values: tuple[Scalar, ...], value: Any) -> int | None:
+    """Where ``value`` sits in ``values`` under the same-value rule (first match), or None."""
+    target = _lookup_key(value)
+    return next((i for i, v in enumerate(values) if _lookup_key(v) == target), None)
+
+
+def _lookup_key(value: Any) -> tuple[type, Any]:
+    """A hashable key under the same-value rule; the type keeps ``True`` apart from ``1.0``."""
+    canonical = canonical_value(value)
+    try:
+        hash(canonical)
+    except TypeError:  # an unhashable value (a list) is in no pool: key it by identity
+        return (type(canonical), id(value))
+    return (type(canonical), canonical)
 
 
 @dataclass(frozen=True)
@@ -213,6 +258,42 @@ class SearchSpace:
         for combo in itertools.product(*(p.values() for p in self.params)):
             yield {**dict(zip(names, combo, strict=True)), **self.fixed}
 
+    def pool_config(self, index: int) -> dict[str, Scalar]:
+        """The searched parameters of config ``index`` of the pool (``iter_pool`` order, fixed values left out)."""
+        lookup = self._pool_lookup()
+        return {name: values[(index // stride) % len(values)]
+                for name, values, _, stride in lookup}
+
+    def pool_index(self, params: Mapping[str, Any]) -> int | None:
+        """The pool position of ``params`` (extra names such as fixed values are ignored), or None when a searched
+        parameter is missing or its value is not in the pool."""
+        index = 0
+        for name, _, positions, stride in self._pool_lookup():
+            if name not in params:
+                return None
+            position = positions.get(_lookup_key(params[name]))
+            if position is None:
+                return None
+            index += position * stride
+        return index
+
+    def _pool_lookup(self) -> list[tuple[str, tuple[Scalar, ...], dict[Any, int], int]]:
+        """Per parameter: name, values, lookup key -> position, and stride (the last varies fastest)."""
+        cached = self.__dict__.get("_lookup")
+        if cached is None:
+            if not self.is_discrete:
+                raise InputError("space", f"{self.name} has continuous parameters and no finite pool")
+            values = [p.values() for p in self.params]
+            strides = [math.prod(len(v) for v in values[i + 1:]) for i in range(len(values))]
+            cached = []
+            for p, vals, stride in zip(self.params, values, strides, strict=True):
+                positions: dict[Any, int] = {}
+                for i, v in enumerate(vals):
+                    positions.setdefault(_lookup_key(v), i)
+                cached.append((p.name, vals, positions, stride))
+            object.__setattr__(self, "_lookup", cached)  # frozen dataclass: a derived cache, not state
+        return cached
+
     def distributions(self) -> dict[str, BaseDistribution]:
         return {p.name: p.distribution() for p in self.params}
 
@@ -236,7 +317,7 @@ class SearchSpace:
                 raise InputError(p.name, f"value {value!r} is outside the space; allowed: {p.describe()}")
             out[p.name] = p.canonical(value)
         for name, value in self.fixed.items():
-            if name in config and not _same(config[name], value):
+            if name in config and not same_value(config[name], value):
                 raise InputError(name, f"is fixed to {value!r} in space {self.name}, got {config[name]!r}")
             out[name] = value
         return out

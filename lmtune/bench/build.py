@@ -8,6 +8,7 @@ that no trial holds yet (``ShuffledGridSampler``), so a half-built table is a un
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,18 +16,25 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
 
+from lmtune import attrs
+from lmtune.bench.config import BuildTableConfig
 from lmtune.bench.table import Table
-from lmtune.bench.tables import TableSpec
+from lmtune.bench.tables import TableSpec, load_table_spec
+from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.finetune.data import DatasetSplits, load_dataset
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name
 from lmtune.llm import resolve_model
-from lmtune.samplers.grid import GRID_INDEX, ShuffledGridSampler
-from lmtune.study import INTERRUPTED, counted_trials, make_storage, open_study, run_trials
+from lmtune.runtime.loop import TrialListener, run_trials
+from lmtune.runtime.storage import make_storage
+from lmtune.runtime.study import open_study
+from lmtune.runtime.trials import counted_trials
+from lmtune.samplers.grid import ShuffledGridSampler
+
+log = logging.getLogger(__name__)
 
 FULL_SUFFIX = "-full"
 
@@ -52,9 +60,26 @@ def training_setup(spec: TableSpec, threads: int | None) -> TrainingSetup:
     return TrainingSetup(splits, model, settings, name, metric_direction(name))
 
 
+def build(config: BuildTableConfig | None = None, *, listener: TrialListener | None = None, **fields: Any) -> Table:
+    """``lmtune bench build-table``: build (or continue) a table, then its full-split runs; save and return it."""
+    cfg = config or build_config(BuildTableConfig, **fields)
+    spec = load_table_spec(cfg.table)
+    output = cfg.output or Path("benchmarks/data") / f"{spec.name}.json.gz"
+    seed_from = Table.load(output) if output.exists() else None
+    result = build_table(spec, storage=cfg.storage, study_name=cfg.study_name, threads=cfg.threads,
+                         max_trials=cfg.max_trials, seed_from=seed_from, output=output, listener=listener)
+    if cfg.full_runs and result.complete:
+        result = build_full_runs(result, spec, cfg.full_runs, storage=cfg.storage, threads=cfg.threads,
+                                 listener=listener)
+    elif cfg.full_runs:
+        log.warning("Full runs wait for the whole grid (%d of %d built).", len(result.rows), result.grid.pool_size)
+    result.save(output)
+    return result
+
+
 def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str | None = None,
                 threads: int | None = 1, max_trials: int | None = None, seed_from: Table | None = None,
-                output: Path | None = None, save_every: int = 10, console: Console | None = None) -> Table:
+                output: Path | None = None, save_every: int = 10, listener: TrialListener | None = None) -> Table:
     """Train the grid configs no trial holds yet (at most ``max_trials`` in this call); return the table so far.
 
     ``threads`` sets torch's CPU threads per process: on a small CPU, several one-thread builders
@@ -63,7 +88,6 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     training them again (so a committed partial table continues on a fresh checkout). The table
     is written to ``output`` every ``save_every`` configs and when the build stops, interrupted or not.
     """
-    console = console or Console(stderr=True, soft_wrap=True)
     setup = training_setup(spec, threads)
     configs = list(spec.grid.iter_pool())
     sampler = ShuffledGridSampler(configs, seed=None)  # each worker its own draw order
@@ -72,23 +96,20 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     if seed_from is not None and not study.get_trials(deepcopy=False):
         _import_rows(study, seed_from, spec, sampler)
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=spec.proxy_fraction,
-                              settings=setup.settings, seed=spec.seed)
+                              settings=setup.settings, seed=spec.seed,
+                              progress=listener.step if listener is not None else None)
     done = len(_rows_by_index(study, sampler))
-    console.print(f"Table {spec.name}: {done} of {len(configs)} configs finished; "
-                  f"{len(sampler.untaken(study))} not started.")
-    progress = _Progress(console, sampler, done)
-
-    def save(study: optuna.Study, trial: FrozenTrial | None = None) -> None:
-        if output is not None and (trial is None or progress.count % save_every == 0):
-            export_table(study, spec, setup.metric_name).save(output)
-
+    log.info("Table %s: %d of %d configs finished; %d not started.", spec.name, done, len(configs),
+             len(sampler.untaken(study)))
+    saver = _Saver(listener, lambda: output is not None and export_table(study, spec, setup.metric_name).save(output),
+                   save_every)
     ran = 0
     try:
         while (untaken := len(sampler.untaken(study))) and (max_trials is None or ran < max_trials):
             batch = untaken if max_trials is None else min(max_trials - ran, untaken)
-            ran += run_trials(study, objective, len(counted_trials(study)) + batch, callbacks=[progress, save])
+            ran += run_trials(study, objective, len(counted_trials(study)) + batch, listener=saver)
     finally:
-        save(study)
+        saver.save()
     return export_table(study, spec, setup.metric_name)
 
 
@@ -100,38 +121,76 @@ def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, sampler: Sh
     distributions = spec.grid.distributions()
     for row in table.rows:
         complete = row["state"] == "COMPLETE"
-        user_attrs = {key: row[key] for key in ("eval_loss", "trajectory", "step_losses", "train_seconds")}
+        user_attrs = {key: row[key] for key in (attrs.EVAL_LOSS, attrs.TRAJECTORY, attrs.STEP_LOSSES,
+                                                attrs.TRAIN_SECONDS)}
         if not complete:
-            user_attrs["fail_reason"] = row["fail_reason"]
+            user_attrs[attrs.FAIL_REASON] = row["fail_reason"]
         study.add_trial(optuna.trial.create_trial(
             params=row["params"], distributions=distributions, value=row["metric"] if complete else None,
             state=TrialState.COMPLETE if complete else TrialState.FAIL,
-            user_attrs={**user_attrs, "metric_name": table.metric_name, "imported_from": table.name},
-            system_attrs={GRID_INDEX: sampler.index_of(row["params"])},
+            user_attrs={**user_attrs, attrs.METRIC_NAME: table.metric_name, attrs.IMPORTED_FROM: table.name},
+            system_attrs={attrs.GRID_INDEX: sampler.index_of(row["params"])},
         ))
 
 
-class _Progress:
-    """One line per finished config: how many are done, its score, and the time left.
+class _Saver(TrialListener):
+    """Passes every event on to ``listener`` and saves the table every ``every`` finished configs."""
+
+    def __init__(self, listener: TrialListener | None, save, every: int):
+        self.listener, self.save, self.every, self.count = listener or TrialListener(), save, every, 0
+
+    def study_opened(self, study, total):
+        self.listener.study_opened(study, total)
+
+    def trial_started(self, trial):
+        self.listener.trial_started(trial)
+
+    def step(self, step, total):
+        self.listener.step(step, total)
+
+    def waiting(self, state):
+        self.listener.waiting(state)
+
+    def trial_done(self, study, trial):
+        self.listener.trial_done(study, trial)
+        self.count += 1
+        if self.count % self.every == 0:
+            self.save()
+
+
+class RowProgress:
+    """How a finished config reads in the progress line: its score, and the time left to finish the grid.
 
     The time left uses the rate at which the whole study gains rows, so it counts every worker that
     shares the storage, not only this process.
     """
 
-    def __init__(self, console: Console, sampler: ShuffledGridSampler, done_at_start: int):
-        self.console, self.sampler, self.total = console, sampler, len(sampler)
-        self.started, self.count, self.done_at_start = time.perf_counter(), 0, done_at_start
+    def __init__(self):
+        self.started, self.count, self.done_at_start = time.perf_counter(), 0, None
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> str:
+        sampler = _grid_sampler(study)
+        done = len(_rows_by_index(study, sampler))
+        if self.done_at_start is None:
+            self.done_at_start = done - 1
         self.count += 1
-        done = len(_rows_by_index(study, self.sampler))
         elapsed = time.perf_counter() - self.started
         rate = max(1, done - self.done_at_start) / elapsed  # rows per second, all workers
-        left = max(0, self.total - done) / rate / 3600
+        left = max(0, len(sampler) - done) / rate / 3600
         outcome = f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else (
-            f"FAIL ({trial.user_attrs.get('fail_reason', '?')})")
-        self.console.print(f"[{done}/{self.total}] {outcome} {trial.params} ({elapsed / self.count:.1f} s per "
-                           f"config here; about {left:.1f} h left at the rate of all workers)")
+            f"FAIL ({trial.user_attrs.get(attrs.FAIL_REASON, '?')})")
+        return (f"row {done}/{len(sampler)}: {outcome} {trial.params} ({elapsed / self.count:.1f} s per config "
+                f"here; about {left:.1f} h left at the rate of all workers)")
+
+
+def _grid_sampler(study: optuna.Study) -> ShuffledGridSampler:
+    """The grid of a table study (its recipe's grid, or the chosen configs of a full-runs study)."""
+    configs = study.user_attrs.get("configs")
+    if configs is None:
+        from lmtune.space import SearchSpace
+
+        configs = list(SearchSpace.from_dict(study.user_attrs["table"]["grid"]).iter_pool())
+    return ShuffledGridSampler(configs)
 
 
 def _rows_by_index(study: optuna.Study, sampler: ShuffledGridSampler) -> dict[int, FrozenTrial]:
@@ -145,7 +204,8 @@ def _rows_by_index(study: optuna.Study, sampler: ShuffledGridSampler) -> dict[in
         index = sampler.trial_index(t)
         if index is None or index in rows or not t.state.is_finished():
             continue
-        if t.state == TrialState.FAIL and (t.user_attrs.get(INTERRUPTED) or "fail_reason" not in t.user_attrs):
+        reason = t.user_attrs.get(attrs.FAIL_REASON)
+        if t.state == TrialState.FAIL and (t.user_attrs.get(attrs.INTERRUPTED) or reason is None):
             continue
         rows[index] = t
     return rows
@@ -157,16 +217,16 @@ def export_table(study: optuna.Study, spec: TableSpec, metric_name: str) -> Tabl
     sampler = ShuffledGridSampler(list(spec.grid.iter_pool()))
     for t in sorted(_rows_by_index(study, sampler).values(), key=lambda t: t.number):
         complete = t.state == TrialState.COMPLETE
-        seconds = t.user_attrs.get("train_seconds") or (t.datetime_complete - t.datetime_start).total_seconds()
+        seconds = t.user_attrs.get(attrs.TRAIN_SECONDS) or (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append({
             "params": dict(t.params),
             "state": t.state.name,
             "metric": t.value if complete else None,
-            "eval_loss": t.user_attrs.get("eval_loss"),
-            "trajectory": t.user_attrs.get("trajectory", []),
-            "step_losses": t.user_attrs.get("step_losses", []),
+            "eval_loss": t.user_attrs.get(attrs.EVAL_LOSS),
+            "trajectory": t.user_attrs.get(attrs.TRAJECTORY, []),
+            "step_losses": t.user_attrs.get(attrs.STEP_LOSSES, []),
             "train_seconds": round(seconds, 2),
-            "fail_reason": None if complete else t.user_attrs.get("fail_reason", t.state.name),
+            "fail_reason": None if complete else t.user_attrs.get(attrs.FAIL_REASON, t.state.name),
         })
     return Table(name=spec.name, recipe=spec.recipe(), metric_name=metric_name,
                  direction=study.direction.name.lower(), rows=rows)
@@ -185,13 +245,12 @@ def choose_full_configs(table: Table, count: int) -> list[dict[str, Any]]:
 
 def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str | None = None,
                     study_name: str | None = None, threads: int | None = 1,
-                    console: Console | None = None) -> Table:
+                    listener: TrialListener | None = None) -> Table:
     """Train ``count`` configs of the table on the whole training split; add the results to the table's rows.
 
     The configs are chosen once, when the study is created, and stored with it, so a resumed run trains
     the same ones even if the table has grown since.
     """
-    console = console or Console(stderr=True, soft_wrap=True)
     setup = training_setup(spec, threads)
     name = study_name or spec.name + FULL_SUFFIX
     store = make_storage(storage)
@@ -202,18 +261,18 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
     study = open_study(name, storage=store, sampler=sampler, direction=setup.direction,
                        attrs={"table": spec.recipe(), "configs": chosen})
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=1.0,
-                              settings=setup.settings, seed=spec.seed)
-    progress = _Progress(console, sampler, len(_rows_by_index(study, sampler)))
+                              settings=setup.settings, seed=spec.seed,
+                              progress=listener.step if listener is not None else None)
     while sampler.untaken(study):
-        run_trials(study, objective, len(counted_trials(study)) + len(sampler.untaken(study)), callbacks=[progress])
+        run_trials(study, objective, len(counted_trials(study)) + len(sampler.untaken(study)), listener=listener)
     full = _rows_by_index(study, sampler)
     for row in table.rows:
         trial = full.get(sampler.index_of(row["params"]))
         if trial is not None:
             row["full"] = {"metric": trial.value if trial.state == TrialState.COMPLETE else None,
-                           "eval_loss": trial.user_attrs.get("eval_loss"),
-                           "train_seconds": round(trial.user_attrs.get("train_seconds", 0.0), 2),
+                           "eval_loss": trial.user_attrs.get(attrs.EVAL_LOSS),
+                           "train_seconds": round(trial.user_attrs.get(attrs.TRAIN_SECONDS, 0.0), 2),
                            "train_examples": len(setup.splits.train),
-                           "fail_reason": trial.user_attrs.get("fail_reason")}
+                           "fail_reason": trial.user_attrs.get(attrs.FAIL_REASON)}
     return table
 

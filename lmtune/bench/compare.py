@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import math
 import multiprocessing
 from collections import defaultdict
@@ -14,9 +15,14 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
+from lmtune.bench.config import BenchSamplersConfig
 from lmtune.bench.replay import Run, check_complete, check_methods, regret_curve, replay, trials_to_reach
 from lmtune.bench.table import Table
-from lmtune.progress import quiet_libraries
+from lmtune.config import build_config
+from lmtune.files import write_atomic
+from lmtune.runtime.quiet import quiet_libraries
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = (5, 10, 20, 30)
 TOP_FRACTION = 0.01
@@ -117,8 +123,16 @@ def table_summary_markdown(tables: list[Table]) -> str:
     return "\n".join(lines)
 
 
+def bench_samplers(config: BenchSamplersConfig | None = None, **fields: Any) -> str:
+    """``lmtune bench samplers``: load the tables and compare the methods on them (see ``compare_samplers``)."""
+    cfg = config or build_config(BenchSamplersConfig, **fields)
+    tables = [Table.load(path) for path in cfg.table]
+    return compare_samplers(tables, list(cfg.samplers), cfg.seeds, cfg.budget, cfg.output, threads=cfg.threads,
+                            jobs=cfg.jobs)
+
+
 def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget: int, output: Path, *,
-                     threads: int = 1, jobs: int = 1, console=None) -> str:
+                     threads: int = 1, jobs: int = 1) -> str:
     """Replay every method on every table; write runs.jsonl (resumable), samplers.md/.json and samplers.png.
 
     Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget are reused, so an
@@ -129,8 +143,8 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     for table in tables:
         check_complete(table)
     output.mkdir(parents=True, exist_ok=True)
-    log = output / "runs.jsonl"
-    done = _read_log(log)
+    runs_log = output / "runs.jsonl"
+    done = _read_log(runs_log)
     fingerprints = {table.name: table.fingerprint() for table in tables}
 
     def key(table: Table, method: str, seed: int) -> tuple:
@@ -140,13 +154,12 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
                if key(table, method, seed) not in done]
     for table, run in _replay_all(pending, budget, threads, jobs):
         done[key(table, run.method, run.seed)] = run
-        with log.open("a") as f:
+        with runs_log.open("a") as f:
             record = dict(zip(_LOG_KEY, key(table, run.method, run.seed), strict=True))
             f.write(json.dumps({**record, "values": run.values, "seconds": run.seconds}) + "\n")
-        if console is not None:
-            final = regret_curve(table, run.values, budget)[-1]
-            console.print(f"{table.name} {run.method} seed {run.seed}: regret {final:.3f} "
-                          f"after {budget} trials ({run.seconds:.1f} s)")
+        final = regret_curve(table, run.values, budget)[-1]
+        log.info("%s %s seed %d: regret %.3f after %d trials (%.1f s)", table.name, run.method, run.seed, final,
+                 budget, run.seconds)
     summaries, sections = [], [table_summary_markdown(tables)]
     for table in tables:
         runs = [done[key(table, method, seed)] for method in methods for seed in range(seeds)]
@@ -154,8 +167,8 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
         summaries.append(summary)
         sections.append(f"### {table.name}\n\n{markdown(summary)}")
     report = "\n\n".join(sections) + "\n"
-    (output / "samplers.md").write_text(report)
-    (output / "samplers.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    write_atomic(output / "samplers.md", report)
+    write_atomic(output / "samplers.json", json.dumps(summaries, indent=1) + "\n")
     plot(summaries, output / "samplers.png")
     return report
 

@@ -18,18 +18,11 @@ from typing import Any
 import numpy as np
 import optuna
 
+from lmtune.bench.config import METHODS
 from lmtune.bench.table import Table
 from lmtune.errors import InputError, TrialFailed
+from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, make_sampler
 
-#: Language-BO and its cumulative ablations (seed 003 Table 6: none, +projection, +domain prompt, +token).
-LANGUAGE_BO_VARIANTS = {
-    "language-bo": {"template": "domain", "use_projection": True, "use_learnable_token": True},
-    "language-bo-no-token": {"template": "domain", "use_projection": True, "use_learnable_token": False},
-    "language-bo-plain": {"template": "plain", "use_projection": True, "use_learnable_token": False},
-    "language-bo-none": {"template": "plain", "use_projection": False, "use_learnable_token": False},
-}
-OPTUNA_METHODS = ("random", "tpe", "gp", "botorch")
-METHODS = (*OPTUNA_METHODS, "nomad", *LANGUAGE_BO_VARIANTS)
 STARTUP_TRIALS = 5  # random trials before every model-based method, the same for all
 
 
@@ -86,7 +79,7 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
     values: list[float | None] = []
 
     def suggest(trial: optuna.Trial) -> dict[str, Any]:
-        if method in LANGUAGE_BO_VARIANTS:
+        if method in LANGUAGE_BO_ABLATIONS:
             return table.grid.suggest(trial)
         return {p.name: p.values()[trial.suggest_int(p.name, 0, len(p.values()) - 1)] for p in params}
 
@@ -102,11 +95,9 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
 
 
 def _sampler(table: Table, method: str, seed: int, threads: int) -> optuna.samplers.BaseSampler:
-    from lmtune.study import make_sampler
-
-    if method in LANGUAGE_BO_VARIANTS:
-        return make_sampler("language-bo", seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
-                            fit_threads=threads, **LANGUAGE_BO_VARIANTS[method])
+    if method in LANGUAGE_BO_ABLATIONS:
+        return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
+                            fit_threads=threads, **LANGUAGE_BO_ABLATIONS[method])
     return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS)
 
 

@@ -10,8 +10,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,8 @@ import numpy as np
 import scipy.stats
 
 from lmtune.errors import InputError
-from lmtune.samplers.grid import config_key
-from lmtune.space import SearchSpace
+from lmtune.files import write_atomic
+from lmtune.space import SearchSpace, config_key
 
 FORMAT = 1
 
@@ -119,16 +117,10 @@ class Table:
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename) so a crash never leaves half a table."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "name": self.name, "metric_name": self.metric_name, "direction": self.direction,
                 "recipe": self.recipe, "build": self.build, "rows": self.rows}
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8", compresslevel=9) as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a table is meant to be shared
-        Path(tmp).replace(path)
-        return path
+        text = json.dumps(data, separators=(",", ":"))
+        return write_atomic(path, gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))
 
     @classmethod
     def load(cls, path: str | Path) -> Table:

@@ -63,7 +63,7 @@ def build_peft_model(
             raise InputError("tokenizer", "pass the tokenizer together with a built model")
         base = copy.deepcopy(model)
     else:
-        base, tokenizer = _load(model or default_encoder_path(), task, num_labels)
+        base, tokenizer = load_base_model(model or default_encoder_path(), task, num_labels)
 
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -135,7 +135,8 @@ def _restore_modules_to_save(model: PeftModel, weights: Path) -> None:
         save_file({**saved, **dropped}, str(weights), metadata={"format": "pt"})
 
 
-def _load(path: str, task: str, num_labels: int | None):
+def load_base_model(path: str, task: str, num_labels: int | None):
+    """The base model (a fresh classification head for encoders) and its tokenizer, from a folder or hub id."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if task == "classification":  # a checkpoint head of another size is replaced by a new one

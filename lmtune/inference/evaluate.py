@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmtune.inference.metrics import InstanceMetric
@@ -71,11 +72,12 @@ class Evaluator:
         self.pruning = pruning
         self.knowledge = knowledge if knowledge is not None else PruningKnowledge()
         self.seed, self.initial_size, self.delta, self.salt = seed, initial_size, delta, salt
-        self.on_progress = None  # called after every fetch step (the tuner stores the trial's spend)
 
     # -- one config ---------------------------------------------------------------------------------
 
-    def evaluate(self, config: InferenceConfig) -> Evaluation:
+    def evaluate(self, config: InferenceConfig, on_progress: Callable[[], None] | None = None) -> Evaluation:
+        """Score one config, EcoOptiGen style; ``on_progress()`` runs after every batch of calls (the tuner
+        stores the trial's spend so far)."""
         total = len(self.instances)
         responses = [_Responses() for _ in self.instances]
         if self.pruning:
@@ -85,10 +87,10 @@ class Evaluator:
                 return Evaluation(False, None, None, 0, f"pruned: n={n0}, max_tokens={m0} was already over the "
                                   "per-instance budget", inferred=True)
             if status is None:
-                early = self._screen(config, responses)
+                early = self._screen(config, responses, on_progress)
                 if early is not None:
                     return early
-        self._fetch(config, responses, range(total), config.n)
+        self._fetch(config, responses, range(total), config.n, on_progress)
         costs = [self._cost(config, r, config.n) for r in responses]
         mean_cost = sum(costs) / total
         valid = mean_cost <= self.budget
@@ -99,13 +101,13 @@ class Evaluator:
                               f"> {self.budget:.6g} on all {total} instances")
         return Evaluation(True, self.quality(responses), mean_cost, total)
 
-    def _screen(self, config: InferenceConfig, responses: list[_Responses]) -> Evaluation | None:
+    def _screen(self, config: InferenceConfig, responses: list[_Responses], on_progress) -> Evaluation | None:
         """Grow data and n until the cost bound decides; an Evaluation when it decides 'over budget'."""
         total = len(self.instances)
         size = min(self.initial_size, total)
         while True:
             for target in doubling(config.n):
-                self._fetch(config, responses, range(size), target)
+                self._fetch(config, responses, range(size), target, on_progress)
                 estimates = [self._cost(config, responses[i], config.n, used=target) for i in range(size)]
                 mean = sum(estimates) / size
                 spread = max(estimates) - min(estimates)
@@ -123,7 +125,8 @@ class Evaluator:
 
     # -- responses and their cost --------------------------------------------------------------------
 
-    def _fetch(self, config: InferenceConfig, responses: list[_Responses], indices, target: int) -> None:
+    def _fetch(self, config: InferenceConfig, responses: list[_Responses], indices, target: int,
+               on_progress: Callable[[], None] | None = None) -> None:
         """Bring the instances' responses up to ``target``, in the doubling batches (cache-friendly)."""
         async def one(i: int):
             have = len(responses[i].texts)
@@ -147,8 +150,8 @@ class Evaluator:
         try:
             self.loop.run(all_of())
         finally:
-            if self.on_progress is not None:
-                self.on_progress()
+            if on_progress is not None:
+                on_progress()
 
     def request(self, config: InferenceConfig, index: int, count: int, start: int) -> GenerationRequest:
         """The request for responses [start, start + count) of instance ``index``; its seed names that slice."""

@@ -12,14 +12,19 @@ rebuilt from them, and the response cache answers what was already asked (counte
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from lmtune import attrs
+from lmtune.config import build_config
 from lmtune.errors import InputError
+from lmtune.files import write_atomic
+from lmtune.inference.config import InferConfig, parse_range, parse_stop  # noqa: F401  (public names)
 from lmtune.inference.evaluate import Evaluator
 from lmtune.inference.metrics import make_metric
 from lmtune.inference.prices import PriceTable
@@ -29,51 +34,54 @@ from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedge
 from lmtune.inference.tasks import Task, load_task
 from lmtune.llm.cache import CachedGenerator, ResponseCache
 from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator
+from lmtune.results import Result
+from lmtune.runtime.loop import Interrupted, TrialListener, run_trials
+from lmtune.runtime.study import open_study
 
 #: Consecutive failed trials (endpoint errors) after which the search stops instead of burning trials.
 MAX_CONSECUTIVE_FAILURES = 5
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
-class InferSettings:
-    """Everything ``lmtune infer`` takes; the CLI fills it from flags."""
+class InferResult(Result):
+    """What ``lmtune infer`` found and spent; ``to_dict()`` is ``results.json``."""
 
-    task: str = "arith-add3"
-    endpoint: str | None = None
-    local_model: str | None = None
-    models: list[str] = field(default_factory=list)
-    inference_budget: float = 0.02
-    optimization_budget: float = 10.0
-    metric: str = "success"
-    templates: list[str] = field(default_factory=list)
-    stops: list[list[str]] = field(default_factory=list)
-    sampling: str = "temperature"
-    temperature: tuple[float, float] = (0.0, 2.0)
-    top_p: tuple[float, float] = (0.0, 1.0)
-    max_tokens: tuple[int, int] | None = None
-    n: tuple[int, int] = (1, 16)
-    prices: str | None = None
-    task_size: int = 300
-    test_fraction: float = 0.4
-    max_trials: int = 200
-    pruning: bool = True
-    seed: int = 0
-    storage: str | Any | None = None
-    study_name: str | None = None
-    output_dir: Path | None = None
-    cache: str | None = None  # response cache file; "none" disables
-    concurrency: int = 8
-    api_key_env: str = "OPENAI_API_KEY"
-    test_pareto: bool = True
+    study_name: str
+    task: str
+    metric: str
+    models: list[str]
+    inference_budget: float
+    optimization_budget: float
+    spend: dict[str, float]
+    trials: dict[str, int]
+    configs_scored: int
+    configs_pruned_by_knowledge: int
+    configs_over_budget_measured: int
+    tuning_instances: int
+    test_instances: int
+    best: dict[str, Any] | None = None
+    pareto_front: list[dict[str, Any]] = field(default_factory=list)
 
 
-def tune_inference(settings: InferSettings, *, generator: Generator | None = None, console=None) -> dict:
-    """Run (or resume) the search and return the results (also written to ``output_dir/results.json``)."""
-    s = settings
-    if s.inference_budget <= 0 or s.optimization_budget <= 0:
-        raise InputError("inference_budget" if s.inference_budget <= 0 else "optimization_budget", "must be > 0")
-    if not 0 < s.test_fraction < 1:
-        raise InputError("test_fraction", f"must be between 0 and 1, got {s.test_fraction}")
+def __getattr__(name: str) -> Any:
+    if name == "InferSettings":  # renamed in 0.2
+        import warnings
+
+        warnings.warn("InferSettings is now lmtune.inference.InferConfig", DeprecationWarning, stacklevel=2)
+        return InferConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def tune_inference(config: InferConfig | None = None, *, generator: Generator | None = None,
+                   listener: TrialListener | None = None, **fields: Any) -> InferResult:
+    """Run (or resume) the search and return the results (also written to ``output_dir/results.json``).
+
+    ``generator`` replaces the backend named by ``endpoint`` or ``local_model`` (then ``models`` names what it
+    serves); ``listener`` sees the trials (the CLI draws its progress from it).
+    """
+    s = config or build_config(InferConfig, **fields)
     stops = [tuple(x) if x else None for x in s.stops] or None
     task = load_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
     metric, needs_check = make_metric(s.metric)
@@ -87,48 +95,39 @@ def tune_inference(settings: InferSettings, *, generator: Generator | None = Non
                            max_tokens=tuple(s.max_tokens or task.max_tokens), n=tuple(s.n))
     tuning, test = task.split(s.test_fraction, s.seed)
     study_name = s.study_name or f"infer-{Path(task.name).stem}"
-    attrs = {"lmtune_infer": {"task": s.task, "models": models, "space": space.describe(), "metric": s.metric,
-                              "inference_budget": s.inference_budget, "templates": task.templates,
-                              "stops": [list(x) if x else None for x in task.stops], "seed": s.seed,
-                              "task_size": s.task_size, "test_fraction": s.test_fraction, "pruning": s.pruning}}
-    from lmtune.study import open_study, sigterm_as_interrupt
-
+    study_attrs = {"lmtune_infer": {"task": s.task, "models": models, "space": space.describe(), "metric": s.metric,
+                                    "inference_budget": s.inference_budget, "templates": task.templates,
+                                    "stops": [list(x) if x else None for x in task.stops], "seed": s.seed,
+                                    "task_size": s.task_size, "test_fraction": s.test_fraction,
+                                    "pruning": s.pruning}}
     study = open_study(study_name, storage=s.storage, sampler=optuna.samplers.TPESampler(seed=s.seed),
-                       direction="maximize", attrs=attrs)
-    study.set_user_attr("optimization_budget", s.optimization_budget)
+                       direction="maximize", attrs=study_attrs)
+    study.set_user_attr(attrs.OPTIMIZATION_BUDGET, s.optimization_budget)
     trials = study.get_trials(deepcopy=False)
-    ledger = SpendLedger(s.optimization_budget, spent=sum(t.user_attrs.get("spend", 0.0) for t in trials),
-                         cached=sum(t.user_attrs.get("cached_spend", 0.0) for t in trials))
-    cache = None if s.cache == "none" else ResponseCache(s.cache or Path(s.output_dir or ".") / "responses.sqlite")
+    ledger = SpendLedger(s.optimization_budget, spent=sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in trials),
+                         cached=sum(t.user_attrs.get(attrs.CACHED_SPEND, 0.0) for t in trials))
+    cache_path = s.cache or Path(s.output_dir or ".") / "responses.sqlite"
+    cache = None if s.cache == "none" else ResponseCache(cache_path)
     metered = MeteredGenerator(CachedGenerator(generator, cache), prices, ledger)
-    knowledge = _knowledge_from(trials)
     evaluator = Evaluator(task, tuning, metric, needs_check, metered, loop,
-                          s.inference_budget, pruning=s.pruning, knowledge=knowledge, seed=s.seed)
+                          s.inference_budget, pruning=s.pruning, knowledge=_knowledge_from(trials), seed=s.seed)
     if not trials:
         study.enqueue_trial(space.low_cost_params(prices))
-    progress = _Progress(console, s.optimization_budget, ledger)
     try:
-        with sigterm_as_interrupt(), progress:
-            _search(study, space, evaluator, ledger, s.max_trials, progress)
+        _search(study, space, evaluator, ledger, s.max_trials, listener)
         results = _results(study, s, task, tuning, test, metric, needs_check, metered, loop, prices, ledger,
                            study_name)
-    except KeyboardInterrupt:
-        from lmtune.study import Interrupted
-
+    except Interrupted:
         raise Interrupted(f"spent {ledger.spent:.6g} of {s.optimization_budget:.6g}") from None
     finally:
         loop.run(metered.generator.aclose())
         loop.close()
     if s.output_dir is not None:
-        out = Path(s.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(out / "results.json")
+        write_atomic(Path(s.output_dir) / "results.json", json.dumps(results.to_dict(), indent=2))
     return results
 
 
-def _backend(s: InferSettings, generator: Generator | None, loop: BackgroundLoop) -> tuple[Generator, list[str]]:
+def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) -> tuple[Generator, list[str]]:
     if generator is not None:
         if not s.models:
             raise InputError("models", "name the model(s) the generator serves")
@@ -154,13 +153,14 @@ def _backend(s: InferSettings, generator: Generator | None, loop: BackgroundLoop
 def _knowledge_from(trials) -> PruningKnowledge:
     knowledge = PruningKnowledge()
     for t in trials:
-        if "valid" in t.user_attrs and "token_key" in t.user_attrs and not t.user_attrs.get("inferred"):
-            knowledge.record(t.user_attrs["token_key"], t.params["n"], t.params["max_tokens"], t.user_attrs["valid"])
+        if attrs.VALID in t.user_attrs and attrs.TOKEN_KEY in t.user_attrs and not t.user_attrs.get(attrs.INFERRED):
+            knowledge.record(t.user_attrs[attrs.TOKEN_KEY], t.params["n"], t.params["max_tokens"],
+                             t.user_attrs[attrs.VALID])
     return knowledge
 
 
 def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLedger, max_trials: int,
-            progress) -> None:
+            listener: TrialListener | None) -> None:
     state = {"exhausted": False, "failures": 0}
 
     def objective(trial: optuna.Trial) -> float:
@@ -168,48 +168,52 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
         spent0, cached0 = ledger.spent, ledger.cached
 
         def store_spend():
-            trial.set_user_attr("spend", ledger.spent - spent0)
-            trial.set_user_attr("cached_spend", ledger.cached - cached0)
+            trial.set_user_attr(attrs.SPEND, ledger.spent - spent0)
+            trial.set_user_attr(attrs.CACHED_SPEND, ledger.cached - cached0)
 
-        evaluator.on_progress = store_spend
-        trial.set_user_attr("token_key", config.token_key)
+        trial.set_user_attr(attrs.TOKEN_KEY, config.token_key)
         try:
-            result = evaluator.evaluate(config)
+            result = evaluator.evaluate(config, on_progress=store_spend)
         except BudgetExhausted as exc:
             state["exhausted"] = True
-            trial.set_user_attr("fail_reason", f"optimization budget exhausted: {exc}")
+            trial.set_user_attr(attrs.FAIL_REASON, f"optimization budget exhausted: {exc}")
             raise
         except GenerationError as exc:
             state["failures"] += 1
-            trial.set_user_attr("fail_reason", f"generation failed: {exc}"[:500])
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted before the trial finished")
+            trial.set_user_attr(attrs.FAIL_REASON, f"generation failed: {exc}"[:500])
             raise
         finally:
             store_spend()
         state["failures"] = 0
-        trial.set_user_attr("instances", result.instances)
+        trial.set_user_attr(attrs.INSTANCES, result.instances)
         if result.cost_per_instance is not None:
-            trial.set_user_attr("cost_per_instance", result.cost_per_instance)
+            trial.set_user_attr(attrs.COST_PER_INSTANCE, result.cost_per_instance)
         if not result.inferred:
-            trial.set_user_attr("valid", result.feasible)
+            trial.set_user_attr(attrs.VALID, result.feasible)
         else:
-            trial.set_user_attr("inferred", True)
+            trial.set_user_attr(attrs.INFERRED, True)
         if not result.feasible:
-            trial.set_user_attr("infeasible", result.reason)
+            trial.set_user_attr(attrs.INFEASIBLE, result.reason)
             raise optuna.TrialPruned(result.reason)
         return result.quality
 
-    def stop(study, frozen):
-        progress.trial_done(frozen)
-        if state["exhausted"] or state["failures"] >= MAX_CONSECUTIVE_FAILURES:
-            study.stop()
+    def stop() -> bool:
+        return state["exhausted"] or state["failures"] >= MAX_CONSECUTIVE_FAILURES or ledger.left <= 0
 
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
-    if done < max_trials and ledger.left > 0:
-        study.optimize(objective, n_trials=max_trials - done, catch=(BudgetExhausted, GenerationError),
-                       callbacks=[stop])
+    run_trials(study, objective, max_trials, listener=listener, catch=(BudgetExhausted, GenerationError),
+               stop_when=stop)
+
+
+def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
+    """How a finished inference trial reads in the progress line."""
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"{trial.value:.4f} at {trial.user_attrs[attrs.COST_PER_INSTANCE]:.4g}/instance"
+    else:
+        why = trial.user_attrs.get(attrs.INFEASIBLE) or trial.user_attrs.get(attrs.FAIL_REASON)
+        outcome = f"{trial.state.name} ({why})"
+    spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
+    budget = study.user_attrs.get(attrs.OPTIMIZATION_BUDGET)
+    return f"{outcome}; spent {spent:.4g} of {budget:.4g} {trial.params}"
 
 
 def config_of(trial) -> InferenceConfig:
@@ -227,30 +231,29 @@ def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, fl
     return front
 
 
-def _results(study, s: InferSettings, task: Task, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
-             prices: PriceTable, ledger: SpendLedger, study_name: str) -> dict:
+def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
+             prices: PriceTable, ledger: SpendLedger, study_name: str) -> InferResult:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE
-                and t.user_attrs.get("cost_per_instance", float("inf")) <= s.inference_budget]
+                and t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= s.inference_budget]
     by_state = {state.name: sum(1 for t in trials if t.state == state) for state in TrialState}
-    results: dict[str, Any] = {
-        "study_name": study_name, "task": s.task, "metric": s.metric, "models": sorted({t.params.get("model") for t in
-                                                                                        trials if t.params}),
-        "inference_budget": s.inference_budget, "optimization_budget": s.optimization_budget,
-        "spend": {"real": ledger.spent, "cached": ledger.cached, "calls": ledger.calls,
-                  "cached_calls": ledger.cached_calls},
-        "trials": {k: v for k, v in by_state.items() if v},
-        "configs_scored": len(complete),
-        "configs_pruned_by_knowledge": sum(1 for t in trials if t.user_attrs.get("inferred")),
-        "configs_over_budget_measured": sum(1 for t in trials if t.state == TrialState.PRUNED
-                                            and not t.user_attrs.get("inferred")),
-        "tuning_instances": len(tuning), "test_instances": len(test),
-        "best": None, "pareto_front": [],
-    }
+    results = InferResult(
+        study_name=study_name, task=s.task, metric=s.metric,
+        models=sorted({t.params.get("model") for t in trials if t.params}),
+        inference_budget=s.inference_budget, optimization_budget=s.optimization_budget,
+        spend={"real": ledger.spent, "cached": ledger.cached, "calls": ledger.calls,
+               "cached_calls": ledger.cached_calls},
+        trials={k: v for k, v in by_state.items() if v},
+        configs_scored=len(complete),
+        configs_pruned_by_knowledge=sum(1 for t in trials if t.user_attrs.get(attrs.INFERRED)),
+        configs_over_budget_measured=sum(1 for t in trials if t.state == TrialState.PRUNED
+                                         and not t.user_attrs.get(attrs.INFERRED)),
+        tuning_instances=len(tuning), test_instances=len(test),
+    )
     if not complete:
         return results
-    best = max(complete, key=lambda t: (t.value, -t.user_attrs["cost_per_instance"], -t.number))
-    front = pareto_front([(t.user_attrs["cost_per_instance"], t.value, t) for t in complete])
+    best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))
+    front = pareto_front([(t.user_attrs[attrs.COST_PER_INSTANCE], t.value, t) for t in complete])
     test_ledger = SpendLedger(None)
     test_metered = MeteredGenerator(metered.generator, prices, test_ledger)
     tester = Evaluator(task, test, metric, needs_check, test_metered, loop,
@@ -266,13 +269,12 @@ def _results(study, s: InferSettings, task: Task, tuning, test, metric, needs_ch
 
     def describe(trial) -> dict:
         return {"trial": trial.number, "config": _readable(config_of(trial), task),
-                "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs["cost_per_instance"]}}
+                "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
 
-    results["best"] = {**describe(best), "test": on_test(best)}
-    results["pareto_front"] = [{**describe(t), **({"test": on_test(t)} if s.test_pareto else {})}
-                               for _, _, t in front]
-    results["spend"]["test_real"] = test_ledger.spent
-    results["spend"]["test_cached"] = test_ledger.cached
+    results.best = {**describe(best), "test": on_test(best)}
+    results.pareto_front = [{**describe(t), **({"test": on_test(t)} if s.test_pareto else {})} for _, _, t in front]
+    results.spend["test_real"] = test_ledger.spent
+    results.spend["test_cached"] = test_ledger.cached
     return results
 
 
@@ -284,56 +286,3 @@ def _readable(config: InferenceConfig, task: Task) -> dict:
     return {k: v for k, v in d.items() if v is not None or k == "stop"}
 
 
-class _Progress:
-    """A spend bar and one line per trial (nothing when there is no console)."""
-
-    def __init__(self, console, budget: float, ledger: SpendLedger):
-        self.console, self.budget, self.ledger = console, budget, ledger
-        self.progress = None
-
-    def __enter__(self):
-        if self.console is not None:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn("spend"), BarColumn(), TextColumn("{task.completed:.4g} of "
-                                     "{task.total:.4g}"), TimeElapsedColumn(), console=self.console, transient=True)
-            self.bar = self.progress.add_task("spend", total=self.budget, completed=self.ledger.spent)
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
-
-    def trial_done(self, trial) -> None:
-        if self.console is None:
-            return
-        self.progress.update(self.bar, completed=self.ledger.spent)
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"{trial.value:.4f} at {trial.user_attrs['cost_per_instance']:.4g}/instance"
-        else:
-            why = trial.user_attrs.get("infeasible") or trial.user_attrs.get("fail_reason")
-            outcome = f"{trial.state.name} ({why})"
-        self.console.print(f"trial {trial.number}: {outcome}; spent {self.ledger.spent:.4g} of {self.budget:.4g} "
-                           f"{trial.params}")
-
-
-def parse_range(text: str, field: str, kind: type) -> tuple:
-    """``"LOW,HIGH"`` (or one value for a fixed one) as a tuple of ``kind``."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(kind(p) for p in parts)
-    except ValueError:
-        raise InputError(field, f"expected LOW,HIGH numbers, got {text!r}") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or values[0] > values[1]:
-        raise InputError(field, f"expected LOW,HIGH with LOW <= HIGH, got {text!r}")
-    return values
-
-
-def parse_stop(text: str) -> list[str]:
-    """One stop choice: strings joined by '|' with escapes (``\\n``); 'none' for no stop."""
-    if text.strip().lower() == "none":
-        return []
-    return [part.encode().decode("unicode_escape") for part in text.split("|") if part]

@@ -29,6 +29,7 @@ without ψ, ψ itself with ψ); encoders use the mean over the suffix positions 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,10 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
+from lmtune._compat import cache_classes, is_masked_lm_type, with_cache
 from lmtune.errors import InputError
+from lmtune.files import write_atomic
 from lmtune.llm import default_encoder_path
+
+Cache, DynamicLayer = cache_classes()
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +111,6 @@ class FrozenEncoder:
         """Load model and tokenizer from a hub id or a folder; causal LMs are told apart from encoders
         by their model type (types with a masked-LM head are bidirectional encoders)."""
         from transformers import AutoModel, AutoTokenizer
-        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
         name = str(name_or_path or default_encoder_path())
         config = check_encoder(name, dtype)
@@ -116,7 +119,7 @@ class FrozenEncoder:
             model = AutoModel.from_pretrained(name, dtype=DTYPES[dtype]).to(device)
         except (OSError, ValueError) as exc:
             raise InputError("encoder", f"cannot load {name!r}: {' '.join(str(exc).split())[:300]}") from None
-        causal = config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        causal = not is_masked_lm_type(config.model_type)
         identity = json.dumps({"name": name, "revision": getattr(config, "_commit_hash", None),
                                "files": _folder_fingerprint(name), "dtype": dtype}, sort_keys=True)
         return cls(model, tokenizer, name=name, identity=identity, causal=causal)
@@ -167,7 +170,7 @@ class FrozenEncoder:
         mask = mask.masked_fill(~allowed.to(self.device), torch.finfo(embeds.dtype).min)[:, None]
         self.calls += 1
         out = self.model(inputs_embeds=embeds.to(self.device, self.dtype), position_ids=positions.to(self.device),
-                         attention_mask=mask, past_key_values=Cache(layers=layers), use_cache=False)
+                         attention_mask=mask, use_cache=False, **with_cache(self.model, Cache(layers=layers)))
         return out.last_hidden_state, [layer.added for layer in layers]
 
 
@@ -410,7 +413,6 @@ class _PsiBatch:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomic(path, buffer.getvalue())

@@ -12,6 +12,7 @@ import random
 import threading
 from pathlib import Path
 
+from lmtune._compat import output_cache, with_cache
 from lmtune.errors import InputError
 from lmtune.llm.generation import ExtraCallHook, Generation, GenerationError, GenerationRequest, Generator
 
@@ -139,7 +140,7 @@ class LocalGenerator(Generator):
         limits = torch.tensor([r[4] for r in rows], device=self.device)
         greedy = temperature == 0
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        past, logits, position = out.past_key_values, out.logits[:, -1, :].float(), positions[:, -1] + 1
+        past, logits, position = output_cache(out), out.logits[:, -1, :].float(), positions[:, -1] + 1
         done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         generated: list[list[int]] = [[] for _ in rows]
         for step in range(int(limits.max())):
@@ -153,8 +154,8 @@ class LocalGenerator(Generator):
             token = torch.where(done, torch.full_like(token, pad), token)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
-                             past_key_values=past, use_cache=True)
-            past, logits, position = out.past_key_values, out.logits[:, -1, :].float(), position + 1
+                             use_cache=True, **with_cache(self.model, past))
+            past, logits, position = output_cache(out), out.logits[:, -1, :].float(), position + 1
         return generated
 
     def _finish(self, tokens: list[int], eos: int | None, stop: tuple[str, ...] | None) -> tuple[str, int, str]:

@@ -11,14 +11,31 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from lmtune.config import build_config
 from lmtune.llm.generation import GenerationError, GenerationRequest
-from lmtune.llm.local import LocalGenerator
+
+if TYPE_CHECKING:
+    from lmtune.llm.local import LocalGenerator
+
+
+class ServeConfig(BaseModel):
+    """Everything ``lmtune serve`` takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("arith-lm", description="local HF causal LM folder, or arith-lm",
+                       json_schema_extra={"metavar": "PATH"})
+    host: str = Field("127.0.0.1", description="address to listen on", json_schema_extra={"metavar": "HOST"})
+    port: int = Field(8000, description="port", json_schema_extra={"metavar": "PORT"})
+    device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -96,8 +113,12 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def serve(model: str = "arith-lm", *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
+def serve(config: ServeConfig | None = None, **fields: Any) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
-    uvicorn.run(make_app(LocalGenerator(model, device=device)), host=host, port=port, log_level="warning")
+    from lmtune.llm.local import LocalGenerator
+
+    cfg = config or build_config(ServeConfig, **fields)
+    uvicorn.run(make_app(LocalGenerator(cfg.model, device=cfg.device)), host=cfg.host, port=cfg.port,
+                log_level="warning")

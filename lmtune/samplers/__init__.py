@@ -1,9 +1,17 @@
-"""Optuna samplers of lmtune. Imported lazily: ``lmtune.samplers.templates`` does not load torch."""
+"""Optuna samplers of lmtune, and the registry of every sampler name. Imported lazily: the registry and
+``templates`` do not load torch."""
 
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"LanguageBOSampler": "lmtune.samplers.language_bo", "Template": "lmtune.samplers.templates"}
+_EXPORTS = {
+    "LanguageBOSampler": "lmtune.samplers.language_bo",
+    "ShuffledGridSampler": "lmtune.samplers.grid",
+    "Template": "lmtune.samplers.templates",
+    "make_sampler": "lmtune.samplers.registry",
+    "make_pruner": "lmtune.samplers.registry",
+    "SAMPLERS": "lmtune.samplers.registry",
+}
 
 __all__ = list(_EXPORTS)
 

@@ -8,7 +8,7 @@ and workers on other processes or machines (sharing the study's storage) spread 
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,15 +18,9 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-GRID_INDEX = "grid_index"
-
-
-def config_key(config: Mapping[str, Any]) -> str:
-    """A stable key of a config: canonical JSON, numbers as floats so 8 and 8.0 agree."""
-    def norm(value: Any) -> Any:
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-    return json.dumps({k: norm(v) for k, v in sorted(config.items())})
+from lmtune._compat import queued_params, set_trial_system_attr
+from lmtune.attrs import GRID_INDEX
+from lmtune.space import config_key
 
 
 class ShuffledGridSampler(BaseSampler):
@@ -34,7 +28,7 @@ class ShuffledGridSampler(BaseSampler):
 
     A config counts as taken once a trial holds it, whatever that trial's state (running trials of
     other workers included). A trial queued with fixed parameters (a retry) keeps its parameters.
-    When every config is taken the study is stopped; use :meth:`untaken` to check before starting.
+    When every config is taken, `Study.optimize` stops; other loops check :meth:`untaken` before each trial.
     """
 
     def __init__(self, configs: Sequence[Mapping[str, Any]], seed: int | None = None):
@@ -66,16 +60,16 @@ class ShuffledGridSampler(BaseSampler):
         """The config a trial holds: recorded when it started, else found from its queued or chosen parameters."""
         index = trial.system_attrs.get(GRID_INDEX)
         if index is None:
-            index = self.index_of(trial.system_attrs.get("fixed_params") or trial.params)
+            index = self.index_of(queued_params(trial) or trial.params)
         return index
 
     def untaken(self, study: Study) -> list[int]:
         """Grid indices that no trial of the study holds yet (queued retries hold theirs)."""
-        taken = {self.trial_index(t) for t in study._storage.get_all_trials(study._study_id, deepcopy=False)}
+        taken = {self.trial_index(t) for t in study.get_trials(deepcopy=False)}
         return [i for i in range(len(self._configs)) if i not in taken]
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        queued = trial.system_attrs.get("fixed_params") or trial.params  # a retry or an enqueued config
+        queued = queued_params(trial) or trial.params  # a retry or an enqueued config
         if queued:
             index = self.index_of(queued)
         else:
@@ -83,7 +77,7 @@ class ShuffledGridSampler(BaseSampler):
             # nothing free means other workers hold the rest: repeat one rather than invent a config
             index = int(self._rng.choice(free if free else len(self._configs)))
         if index is not None:
-            study._storage.set_trial_system_attr(trial._trial_id, GRID_INDEX, index)
+            set_trial_system_attr(study, trial, GRID_INDEX, index)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
@@ -102,5 +96,6 @@ class ShuffledGridSampler(BaseSampler):
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
                     ) -> None:
         if not self.untaken(study):
-            study.stop()
+            with contextlib.suppress(RuntimeError):  # outside Study.optimize (ask-and-tell) callers check untaken()
+                study.stop()
 

@@ -1,4 +1,8 @@
-"""Choosing which model to fine-tune from cheap small-subset runs (seed 004): laws, AtS, NTK term, ranking.
+"""Choosing which model to fine-tune from cheap small-subset runs: laws, AtS, the NTK term, ranking.
+
+"Selecting Large Language Model to Fine-tune via Rectified Scaling Law" (Lin et al., ICML 2024,
+arXiv:2402.02314: the rectified law and Accept-then-Stop) and "LENSLLM: Unveiling Fine-Tuning Dynamics for
+LLM Selection" (the NTK term).
 
 Names are imported on first use so the CLI starts without scipy, torch or matplotlib.
 """
@@ -13,7 +17,8 @@ _EXPORTS = {
     "pearcorr": "metrics", "relacc": "metrics", "finetune_flops": "metrics",
     "run_selection": "evaluate", "sweep": "evaluate",
     "bench_select": "bench",
-    "select_models": "select",
+    "select_models": "select", "choose_model": "select", "SelectResult": "select",
+    "SelectConfig": "config", "BenchSelectConfig": "config",
     "ntk_term": "ntk",
     "measure_curves": "measure",
     "plot_curves": "plot",

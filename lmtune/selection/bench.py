@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
+from lmtune.config import build_config
 from lmtune.errors import InputError
+from lmtune.selection.config import BenchSelectConfig
 from lmtune.selection.curves import load_curves
-from lmtune.selection.evaluate import PAPER_RATIOS, Selection, nan_to_none, sweep, tokens_for
+from lmtune.selection.evaluate import Selection, nan_to_none, sweep, tokens_for
 from lmtune.selection.predictors import PROPOSED
 
 
-def bench_select(curves_path: str | Path, ratios: Sequence[int] = PAPER_RATIOS, as_json: bool = False, *,
-                 target_size: int | None = None, tokens_per_sample: float | None = None) -> str:
+def bench_select(config: BenchSelectConfig | None = None, **fields) -> str:
     """PearCorr, RelAcc and compute of every method at every ratio, as Markdown or one JSON object.
 
     The target is the largest size in the file unless given; every model needs its true loss there. JSON:
     ``{method: {ratio: {"pearcorr", "relacc", "flops"}}}`` (scores x100, ratios as integer keys) plus the
     proposed method again under ``"best"``.
     """
+    cfg = config or build_config(BenchSelectConfig, **fields)
+    curves_path, ratios, as_json = cfg.curves, cfg.ratios, cfg.as_json
+    target_size, tokens_per_sample = cfg.target_size, cfg.tokens_per_sample
     curves = load_curves(curves_path)
     target = int(target_size or curves.sizes.max())
     if curves.loss_at(target) is None:

@@ -9,15 +9,15 @@ sizes is accepted; empty cells are sizes not measured (yet).
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lmtune.errors import InputError
+from lmtune.files import write_atomic
 
 NAME_COLUMN = "config name"
 PARAMS_COLUMN = "size"
@@ -133,22 +133,19 @@ def load_curves(path: str | Path) -> Curves:
 
 def save_curves(curves: Curves, path: str | Path) -> None:
     """Write ``curves`` in the same format, atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = [NAME_COLUMN, *map(str, curves.sizes), PARAMS_COLUMN, "family"]
     if curves.ntk_f is not None:
         header.append("ntk_f")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for i, name in enumerate(curves.names):
-            cells = ["" if math.isnan(v) else repr(float(v)) for v in curves.losses[i]]
-            row = [name, *cells, str(int(curves.params[i])), curves.families[i]]
-            if curves.ntk_f is not None:
-                row.append("" if math.isnan(curves.ntk_f[i]) else repr(float(curves.ntk_f[i])))
-            writer.writerow(row)
-    os.replace(tmp, path)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(header)
+    for i, name in enumerate(curves.names):
+        cells = ["" if math.isnan(v) else repr(float(v)) for v in curves.losses[i]]
+        row = [name, *cells, str(int(curves.params[i])), curves.families[i]]
+        if curves.ntk_f is not None:
+            row.append("" if math.isnan(curves.ntk_f[i]) else repr(float(curves.ntk_f[i])))
+        writer.writerow(row)
+    write_atomic(path, handle.getvalue())
 
 
 def _number(cell: str, path: Path, line: int, column: str) -> float:

@@ -97,12 +97,5 @@ def sweep(curves: Curves, target: int, ratios=PAPER_RATIOS, **kwargs) -> dict[in
     return {int(r): run_selection(curves, target, r, **kwargs) for r in ratios}
 
 
-def best_index(selection: Selection, method: str) -> int | None:
-    result = selection.results.get(method)
-    if result is None or result.prediction is None:
-        return None
-    return int(result.prediction.ranking()[0])
-
-
 def nan_to_none(value: float | None) -> float | None:
     return None if value is None or np.isnan(value) else value

@@ -144,14 +144,14 @@ def _build(name: str, splits: DatasetSplits, mode: str, hp: LoraHyperparams, see
     """A fresh copy of the candidate: LoRA-wrapped, or the whole model trainable."""
     import torch
 
-    from lmtune.finetune.peft_model import _load, build_peft_model
+    from lmtune.finetune.peft_model import build_peft_model, load_base_model
 
     num_labels = len(splits.label_names) if splits.task == "classification" else None
     if mode == "lora":
         model, tokenizer = build_peft_model(name, hp, task=splits.task, num_labels=num_labels, seed=seed)
     else:
         torch.manual_seed(seed)
-        model, tokenizer = _load(name, splits.task, num_labels)
+        model, tokenizer = load_base_model(name, splits.task, num_labels)
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise InputError("model", f"{name}: the tokenizer has neither a pad nor an eos token")

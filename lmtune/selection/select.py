@@ -1,14 +1,89 @@
-"""``lmtune select``: rank the candidates of a curves file with every method and say how good each ranking is."""
+"""``lmtune select``: rank candidate models with every method and say how good each ranking is.
+
+The curves come from a file, or are measured here by fine-tuning each candidate on nested subsets.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from lmtune.config import build_config
+from lmtune.errors import InputError
+from lmtune.results import Result
+from lmtune.selection.config import SelectConfig
 from lmtune.selection.curves import Curves
-from lmtune.selection.evaluate import Selection, run_selection
+from lmtune.selection.evaluate import Selection, run_selection, tokens_for
 from lmtune.selection.predictors import PROPOSED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectResult(Result):
+    """The ranking by the proposed method, every method's result, and where the curves and the plot are."""
+
+    ranking: list[str]
+    selection: Selection
+    curves: Curves
+    curves_path: Path
+    plot_path: Path
+    text: str
+
+
+def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectResult:
+    """Rank from ``config.curves``, or from curves measured for ``config.models`` (resumable CSV at ``out``)."""
+    from lmtune.selection.curves import load_curves
+
+    cfg = config or build_config(SelectConfig, **fields)
+    if (cfg.curves is None) == (not cfg.models):
+        raise InputError("curves", "give either --curves FILE or --models A B C (with --dataset and --sizes)")
+    if cfg.curves is not None:
+        if cfg.dataset or cfg.sizes:
+            raise InputError("dataset", "--dataset and --sizes go with --models, not --curves")
+        table = load_curves(cfg.curves)
+        target = int(cfg.target_size or table.sizes.max())
+        ratio = 8.0 if cfg.budget_ratio is None else cfg.budget_ratio
+        tokens, note = tokens_for(cfg.curves, cfg.tokens_per_sample)
+        source = Path(cfg.curves)
+    else:
+        table, target, ratio, tokens, note = _measure(cfg)
+        source = cfg.out
+    plot_path = cfg.plot or source.with_name(source.stem + "-select.png")
+    selection = select_models(table, target, ratio, tokens_per_sample=tokens, plot_path=plot_path)
+    text = format_selection(selection, table)
+    if note:
+        text += f"\n{note}.\n"
+    ranking = [table.names[i] for i in selection.results[PROPOSED].prediction.ranking()]
+    return SelectResult(ranking, selection, table, source, plot_path, text + f"plot: {plot_path}\n")
+
+
+def _measure(cfg: SelectConfig):
+    from lmtune.finetune.data import load_dataset
+    from lmtune.finetune.hparams import LoraHyperparams
+    from lmtune.finetune.train import TrainSettings
+    from lmtune.selection.measure import measure_curves
+
+    if cfg.sizes is None:
+        raise InputError("sizes", "--models needs --sizes, e.g. 0,50,100,200,400")
+    splits = load_dataset(cfg.dataset, seed=cfg.seed)
+    hp = LoraHyperparams(learning_rate=cfg.learning_rate or (2e-4 if cfg.mode == "lora" else 5e-5),
+                         batch_size=cfg.batch_size)
+    settings = TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs)
+    table, meta = measure_curves(cfg.models, splits, cfg.sizes, cfg.out, mode=cfg.mode, hp=hp, settings=settings,
+                                 seed=cfg.seed, ntk_examples=cfg.ntk_examples, progress=log.info)
+    target = int(cfg.target_size or len(splits.train))
+    # default: every measured size is visible, i.e. the budget is the largest measured size
+    ratio = cfg.budget_ratio if cfg.budget_ratio is not None else target / max(float(table.sizes.max()), 1.0)
+    if cfg.budget_ratio is None and target <= table.sizes.max():
+        ratio = 1.0
+    tokens = cfg.tokens_per_sample or meta.get("tokens_per_sample") or 1.0
+    note = None if (cfg.tokens_per_sample or meta.get("tokens_per_sample")) else "FLOPs counted per token"
+    return table, target, ratio, tokens, note
 
 
 def select_models(curves: Curves, target: int, ratio: float, *, tokens_per_sample: float = 1.0,

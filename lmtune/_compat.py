@@ -1,0 +1,113 @@
+"""Every use of another library's private or version-dependent API, in one place, each with a test.
+
+When Optuna or transformers changes one of these, one function here changes and ``tests/test_compat.py``
+says which. Nothing else in lmtune reaches into a library's private names.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+# -- Optuna ------------------------------------------------------------------------------------------------
+# Samplers get a study and a FrozenTrial; writing to that trial (a claim, a grid index) needs the storage and
+# the trial's id, which Optuna keeps in private attributes. The Optuna-facing sampler API has no public way.
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes."""
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (not its number)."""
+    return trial._trial_id
+
+
+def set_trial_system_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial, key: str, value: Any) -> None:
+    """Write a system attribute of a running trial from a sampler, where only a FrozenTrial is at hand."""
+    storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
+
+
+def stored_trial(trial: optuna.Trial) -> FrozenTrial:
+    """The trial as stored now, with the system attributes Optuna wrote when it was enqueued or retried."""
+    return storage_of(trial.study).get_trial(trial_id(trial))
+
+
+def queued_params(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The parameters ``Study.enqueue_trial`` fixed for a trial (retries keep their config this way)."""
+    return trial.system_attrs.get("fixed_params")
+
+
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats when the study's storage records them (RDB with heartbeats on), else None."""
+    storage = storage_of(study)
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    return interval if isinstance(interval, int) and interval > 0 else None
+
+
+@functools.cache
+def _retry_callback() -> type:
+    try:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+    except ImportError:  # Optuna < 4.9 calls it RetryFailedTrialCallback
+        from optuna.storages import RetryFailedTrialCallback as RetryHeartbeatStaleTrialCallback
+    return RetryHeartbeatStaleTrialCallback
+
+
+def retry_callback(max_retry: int) -> Any:
+    """Optuna's callback that queues a trial failed by a stale heartbeat again, at most ``max_retry`` times."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _retry_callback()(max_retry=max_retry)
+
+
+def stale_retry_of(trial: FrozenTrial) -> int | None:
+    """The trial this one retries after a stale heartbeat (the latest of its series), or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = _retry_callback().retry_history(trial)
+    return history[-1] if history else None
+
+
+# -- transformers ------------------------------------------------------------------------------------------
+# lmtune's frozen encoder feeds fixed keys/values to a model through a cache layer that never grows
+# (``lmtune.llm.embeddings``), and its local generator steps a KV cache by hand. transformers 5 renamed the
+# forward argument ``past_key_values`` to ``cache`` (the old name still works with a FutureWarning) and its
+# outputs' field likewise.
+
+
+def cache_classes() -> tuple[type, type]:
+    """(``Cache``, ``DynamicLayer``) of ``transformers.cache_utils`` (layered caches: transformers >= 4.56)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    return Cache, DynamicLayer
+
+
+@functools.cache
+def _cache_argument(forward: Any) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword argument that passes ``cache`` to ``model``'s forward, named as this transformers names it."""
+    return {_cache_argument(type(model).forward): cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The cache a forward pass returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def is_masked_lm_type(model_type: str) -> bool:
+    """Whether a model type has a masked-LM head, i.e. is a bidirectional encoder (BERT, MiniLM), not a causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES

@@ -1,0 +1,54 @@
+"""Names of the trial and study attributes lmtune writes, so that every reader spells them one way.
+
+They are part of lmtune's storage format: optuna-dashboard shows them, ``lmtune status`` and reports read
+them, and a study written by one lmtune version is resumed by the next. Rename none without a migration.
+"""
+
+# -- every trial -------------------------------------------------------------------------------------------
+#: Why a FAIL or PRUNED trial has no score, in words; written for every failure a live worker sees.
+FAIL_REASON = "fail_reason"
+#: ``host:pid`` of the process that ran the trial.
+WORKER = "worker"
+#: The trial was stopped by Ctrl-C or SIGTERM; it is queued again.
+INTERRUPTED = "interrupted"
+#: The number of the trial a queued retry replaces, and how many times that config was retried.
+RETRY_OF, RETRY_COUNT = "retry_of", "retry_count"
+#: The trial was created after another worker took the budget's last slot; it never ran.
+BUDGET_REACHED = "budget_reached"
+#: Seconds the sampler took to propose the trial's config (synthetic objectives record it).
+SUGGEST_SECONDS = "suggest_seconds"
+
+# -- LoRA trials ---------------------------------------------------------------------------------------------
+METRIC_NAME = "metric_name"
+HYPERPARAMS = "hyperparams"
+#: Evaluation records along training: ``[{"step", "epoch", "train_loss", "eval_loss", <metric>}, ...]``.
+TRAJECTORY = "trajectory"
+#: The training loss of every optimizer step.
+STEP_LOSSES = "step_losses"
+EVAL_LOSS = "eval_loss"
+TRAIN_SECONDS = "train_seconds"
+TRAIN_EXAMPLES = "train_examples"
+#: A benchmark row imported into a build study from a table file of that name.
+IMPORTED_FROM = "imported_from"
+
+# -- inference trials ----------------------------------------------------------------------------------------
+#: Real and cached spend of the trial's calls.
+SPEND, CACHED_SPEND = "spend", "cached_spend"
+COST_PER_INSTANCE = "cost_per_instance"
+#: Why a config was found over the per-instance budget (the trial is PRUNED).
+INFEASIBLE = "infeasible"
+#: Pruning knowledge: the (model, template, stop) key, whether the config fit, and whether that was inferred.
+TOKEN_KEY, VALID, INFERRED = "token_key", "valid", "inferred"
+INSTANCES = "instances"
+
+# -- studies -------------------------------------------------------------------------------------------------
+#: What a worker needs to join: ``{"command", "factory", "config"}``; and the trial budget.
+JOB, BUDGET = "lmtune_job", "budget"
+SPACE = "space"
+OPTIMIZATION_BUDGET = "optimization_budget"
+
+# -- trial system attributes (samplers' own bookkeeping) -----------------------------------------------------
+#: The grid config a ``ShuffledGridSampler`` trial holds.
+GRID_INDEX = "grid_index"
+#: The config a language-BO trial chose, tentative then final, before its parameters are written.
+LANGUAGE_BO_CLAIM = "lmtune:language_bo_config"

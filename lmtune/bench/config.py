@@ -1,0 +1,49 @@
+"""``BuildTableConfig`` and ``BenchSamplersConfig``: what ``lmtune bench build-table`` and ``bench samplers`` take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, SAMPLERS
+
+#: Methods ``bench samplers`` replays: lmtune's samplers, the language-BO ablations and NOMAD (PyNomadBBO).
+METHODS = (*SAMPLERS, "nomad", *(name for name in LANGUAGE_BO_ABLATIONS if name not in SAMPLERS))
+
+
+class BuildTableConfig(BaseModel):
+    """Everything ``lmtune bench build-table`` takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: str = Field("bbc-minilm", description="which table to build: bbc-minilm or arith-sft",
+                       json_schema_extra={"metavar": "NAME"})
+    output: Path | None = Field(None, description="table file (.json.gz); rows already in it are not trained again "
+                                "(default: benchmarks/data/<table>.json.gz)", json_schema_extra={"metavar": "FILE"})
+    storage: str = Field("sqlite:///lmtune-bench.db", description="Optuna storage of the build study; share it "
+                         "between processes or machines to build together", json_schema_extra={"metavar": "URL"})
+    study_name: str | None = Field(None, description="build study name (default: the table name)",
+                                   json_schema_extra={"metavar": "NAME"})
+    max_trials: int | None = Field(None, ge=1, description="stop after this many configs (default: the whole grid)")
+    full_runs: int = Field(0, ge=0, description="then train this many configs, spread over the quality range, on "
+                           "the whole training split (needs the whole grid)")
+    threads: int = Field(1, ge=1, description="torch CPU threads per process")
+
+
+class BenchSamplersConfig(BaseModel):
+    """Everything ``lmtune bench samplers`` takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: list[Path] = Field(description="table file(s) to replay against; repeat for several",
+                              json_schema_extra={"metavar": "FILE"})
+    samplers: list[str] = Field(["random", "tpe", "gp", "botorch", "nomad", "language-bo"],
+                                description="methods, comma-separated: " + ", ".join(METHODS),
+                                json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
+    budget: int = Field(30, ge=1, description="trials per search")
+    seeds: int = Field(20, ge=1, description="searches per method (seeds 0..N-1)")
+    output: Path = Field(Path("benchmarks/results/samplers"), description="folder for runs.jsonl and "
+                         "samplers.md/.json/.png")
+    threads: int = Field(1, ge=1, description="torch CPU threads for the model-based samplers")
+    jobs: int = Field(1, ge=1, description="replays run in this many processes at once (each with --threads)")

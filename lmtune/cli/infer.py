@@ -1,0 +1,43 @@
+"""``lmtune infer``: tune decoding under a per-instance and a total cost budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmtune.cli.app import app, console
+from lmtune.cli.options import config_options
+from lmtune.config import build_config
+from lmtune.inference.config import InferConfig, parse_stop
+from lmtune.runtime.quiet import quiet_libraries
+
+
+@app.command("infer")
+@config_options(InferConfig)
+def infer_command(values: dict[str, Any] | None = None) -> None:
+    """Tune model, temperature/top_p, max_tokens, n, prompt and stop under a per-instance and a total budget."""
+    from lmtune.cli.progress import TrialProgress
+    from lmtune.inference.tuner import describe_trial, tune_inference
+
+    if "templates" in values:  # escapes like \\n as typed on a command line
+        values["templates"] = [t.encode().decode("unicode_escape") for t in values["templates"]]
+    if "stops" in values:
+        values["stops"] = [parse_stop(x) for x in values["stops"]]
+    cfg = build_config(InferConfig, **values)
+    quiet_libraries()
+    with TrialProgress(console, describe=describe_trial) as progress:
+        results = tune_inference(cfg, listener=progress)
+    spend = results.spend
+    print(f"spent {spend['real']:.6g} of {cfg.optimization_budget:.6g} (cached {spend['cached']:.6g}); "
+          f"{results.configs_scored} configs scored, {results.configs_over_budget_measured} over budget, "
+          f"{results.configs_pruned_by_knowledge} pruned by knowledge")
+    best = results.best
+    if best is None:
+        print("no config met the per-instance budget")
+    else:
+        print(f"best config: {best['config']}")
+        print(f"tuning {cfg.metric}: {best['tuning']['quality']:.4f} at {best['tuning']['cost_per_instance']:.6g} "
+              f"per instance; test {cfg.metric}: {best['test']['quality']:.4f} at "
+              f"{best['test']['cost_per_instance']:.6g} per instance")
+        print(f"pareto front: {len(results.pareto_front)} configs")
+    if cfg.output_dir is not None:
+        print(f"results: {cfg.output_dir / 'results.json'}")

@@ -1,0 +1,62 @@
+"""``lmtune lora`` and ``lmtune lora proxy-check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmtune.cli.app import console, lora_app
+from lmtune.cli.options import config_options
+from lmtune.config import build_config
+from lmtune.lora.config import LoraRunConfig
+from lmtune.runtime.quiet import quiet_libraries
+
+
+@lora_app.callback(invoke_without_command=True)
+@config_options(LoraRunConfig)
+def lora(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any of these fields; flags override it.",
+                                                metavar="FILE")] = None,
+    values: dict[str, Any] | None = None,
+) -> None:
+    """Search LoRA configs on a proxy subset, then retrain the best on the full training split and test it.
+
+    Options given before a subcommand (``lmtune lora --dataset d.csv proxy-check``) configure it too.
+    """
+    cfg = build_config(LoraRunConfig, config, **values)
+    quiet_libraries()
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = cfg
+        return
+    from lmtune.cli.progress import TrialProgress
+    from lmtune.lora.tune import tune_lora
+
+    with TrialProgress(console) as progress:
+        result = tune_lora(cfg, listener=progress)
+    if not cfg.run:
+        print(f"study {result.study_name}: {result.finished} of {result.budget} trials finished")
+        return
+    print(f"best config: {result.best['hyperparams']}")
+    print(f"proxy validation {result.metric_name}: {result.best['proxy_metric']:.4f}")
+    if result.final is not None:
+        print(f"test {result.metric_name}: {result.final['test_metric']:.4f}")
+    print(f"results: {cfg.out_dir / 'results.json'}")
+
+
+@lora_app.command("proxy-check")
+def proxy_check_command(
+    ctx: typer.Context,
+    configs: Annotated[int, typer.Option(help="Random configs to train on the proxy and on all data.",
+                                         metavar="N")] = 8,
+) -> None:
+    """Train random configs on the proxy subset and on the full training split; print their Pearson correlation."""
+    from lmtune.lora.proxy_check import proxy_check
+
+    result = proxy_check(ctx.obj, configs)
+    pearson = "undefined (fewer than 3 paired results or no spread)" if result.pearson is None else (
+        f"{result.pearson:.3f}")
+    print(f"proxy ({result.proxy_fraction:.0%}, {result.proxy_examples} examples) vs full "
+          f"({result.full_examples} examples) over {result.paired} configs: Pearson {pearson}")

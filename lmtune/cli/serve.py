@@ -1,0 +1,22 @@
+"""``lmtune serve``: a local causal LM behind an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmtune.cli.app import app
+from lmtune.cli.options import config_options
+from lmtune.config import build_config
+from lmtune.llm.server import ServeConfig
+from lmtune.runtime.quiet import quiet_libraries
+
+
+@app.command("serve")
+@config_options(ServeConfig)
+def serve_command(values: dict[str, Any] | None = None) -> None:
+    """Serve a local causal LM on an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models)."""
+    from lmtune.llm.server import serve
+
+    cfg = build_config(ServeConfig, **values)
+    quiet_libraries()
+    serve(cfg)

@@ -1,0 +1,79 @@
+"""``LoraRunConfig``: everything ``lmtune lora`` takes, as flags, as fields of ``--config run.yaml``, or in Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmtune.runtime.storage import STORAGE_HELP
+
+#: Config fields that belong to one process, not to the study a worker joins.
+LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
+                          "grace_period", "final_train"})
+#: Config fields that may name a local file or folder; a worker gets them as absolute paths.
+PATH_FIELDS = ("model", "dataset", "space", "template", "encoder")
+
+
+class LoraRunConfig(BaseModel):
+    """Everything ``lmtune lora`` needs; the same fields work as CLI flags and in ``--config run.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(None, description="HF model id or folder (default: the offline MiniLM encoder)",
+                              json_schema_extra={"metavar": "ID"})
+    dataset: str | None = Field(None, description="bbc-news (default), CSV/JSONL file or folder, or HF dataset id",
+                                json_schema_extra={"metavar": "DATA"})
+    task: Literal["classification", "causal"] | None = Field(None, description="what to train (default: from the "
+                                                                               "data's columns)")
+    space: str = Field("lora-small", description="preset (lora-small, lora-paper) or a YAML file",
+                       json_schema_extra={"metavar": "SPACE"})
+    variant: str | None = Field(None, description="lora, rslora, dora, pissa, or 'search' for all four "
+                                "(default: the space's)", json_schema_extra={"metavar": "VARIANT"})
+    trials: int = Field(10, ge=1, description="finished trials the study should hold")
+    proxy_fraction: float = Field(0.1, gt=0.0, le=1.0, description="fraction of the training split each trial "
+                                  "trains on")
+    sampler: str = Field("tpe", description="random, tpe, gp, botorch or language-bo",
+                         json_schema_extra={"metavar": "NAME"})
+    startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
+    pruner: str = Field("none", description="none, median or hyperband", json_schema_extra={"metavar": "NAME"})
+    template: str = Field("domain", description="language-bo: domain, plain, or a template file",
+                          json_schema_extra={"metavar": "TEMPLATE"})
+    encoder: str | None = Field(None, description="language-bo: HF model id or folder (default: the offline "
+                                "MiniLM)", json_schema_extra={"metavar": "ID"})
+    projection: bool = Field(True, description="language-bo: learnable projection (off: Table 6 ablation)")
+    learnable_token: bool = Field(True, description="language-bo: learnable soft token (off: Table 6 ablation)")
+    shortlist_k: int = Field(16, ge=1, description="language-bo: candidates re-embedded exactly per suggestion")
+    seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
+    storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
+    study_name: str = Field("lmtune-lora", description="study name; an existing study resumes",
+                            json_schema_extra={"metavar": "NAME"})
+    run: bool = Field(True, description="run trials here; --no-run only creates the study for `lmtune worker`")
+    heartbeat_interval: int = Field(30, ge=1, description="seconds between heartbeats of a running trial "
+                                    "(SQLite/PostgreSQL)")
+    grace_period: int = Field(120, ge=2, description="seconds without a heartbeat before a trial is failed and "
+                              "retried once")
+    output_dir: Path | None = Field(None, description="where results and the adapter go (default: "
+                                    "lmtune-out/<study_name>)")
+    max_length: int = Field(128, ge=8, description="tokens per example")
+    epochs: float = Field(1.0, gt=0.0, description="training epochs per trial")
+    target_modules: list[str] | None = Field(None, description="modules to adapt, comma-separated (default: "
+                                             "PEFT's for the model type)",
+                                             json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
+    final_train: bool = Field(True, description="retrain the best config on the full training split and test it")
+
+    @property
+    def language_bo_options(self) -> dict[str, Any]:
+        return {"template": self.template, "encoder": self.encoder, "use_projection": self.projection,
+                "use_learnable_token": self.learnable_token, "shortlist_k": self.shortlist_k}
+
+    @property
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``make_sampler`` for this run (its name and space aside)."""
+        options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
+        return {**options, **(self.language_bo_options if self.sampler == "language-bo" else {})}
+
+    @property
+    def out_dir(self) -> Path:
+        return self.output_dir or Path("lmtune-out") / self.study_name

@@ -1,0 +1,88 @@
+"""Turn a finished study into files a person reads: results.json and a short Markdown summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lmtune import attrs
+from lmtune.files import write_atomic
+from lmtune.runtime.trials import counted_trials
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per counted trial: state, value, params, seconds and the reason of a failure."""
+    rows = []
+    for t in sorted(counted_trials(study), key=lambda t: t.number):
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value if t.state == TrialState.COMPLETE else None,
+            "params": t.params,
+            "seconds": None if seconds is None else round(seconds, 2),
+            "fail_reason": t.user_attrs.get(attrs.FAIL_REASON),
+        })
+    return rows
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    return study.best_trial if complete else None
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
+    """Write results.json and summary.md (each atomically); returns their paths."""
+    json_path = write_atomic(out_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    md_path = write_atomic(out_dir / "summary.md", markdown_summary(results))
+    return json_path, md_path
+
+
+def markdown_summary(results: dict[str, Any]) -> str:
+    metric = results["metric_name"]
+    best = results["best"]
+    lines = [
+        f"# lmtune lora: {results['study_name']}",
+        "",
+        f"Model `{results['model']}` on `{results['dataset']}`, space `{results['space']}`, "
+        f"sampler `{results['sampler']}`, {len(results['trials'])} trials on a "
+        f"{results['proxy_fraction']:.0%} proxy subset ({results['proxy_examples']} examples).",
+        "",
+        "## Best config",
+        "",
+        "| parameter | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in best["hyperparams"].items()],
+        "",
+        f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})",
+    ]
+    final = results.get("final")
+    if final:
+        lines.append(f"- full training split ({final['train_examples']} examples), test {metric}: "
+                     f"{final['test_metric']:.4f}, test loss {final['test_loss']:.4f}, "
+                     f"{final['train_seconds']:.1f} s training")
+        lines.append(f"- adapter: `{final['adapter_dir']}`")
+        if final.get("warning"):
+            lines.append(f"- **warning**: {final['warning']}")
+    seconds = [r["seconds"] for r in results["trials"] if r["seconds"] is not None]
+    if seconds:
+        lines.append(f"- time per trial: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
+    names = list(results["trials"][0]["params"]) if results["trials"] else []
+    lines += [
+        "",
+        "## Trials",
+        "",
+        "| # | state | " + metric + " | " + " | ".join(names) + " | seconds | note |",
+        "| " + " | ".join(["---"] * (len(names) + 5)) + " |",
+    ]
+    for r in results["trials"]:
+        value = "" if r["value"] is None else f"{r['value']:.4f}"
+        cells = [str(r["params"].get(n, "")) for n in names]
+        note = r["fail_reason"] or ""
+        lines.append(f"| {r['number']} | {r['state']} | {value} | " + " | ".join(cells)
+                     + f" | {r['seconds'] if r['seconds'] is not None else ''} | {note} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,210 @@
+"""``tune_lora``: search LoRA configs on a proxy subset, retrain the best on all data, test it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optuna.samplers import BaseSampler
+
+from lmtune import attrs
+from lmtune.config import build_config
+from lmtune.errors import InputError
+from lmtune.finetune.data import DatasetSplits, load_dataset, proxy_subset
+from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
+from lmtune.finetune.objective import LoraObjective
+from lmtune.finetune.peft_model import check_model
+from lmtune.finetune.train import TrainSettings, train_and_evaluate
+from lmtune.llm import resolve_model
+from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
+from lmtune.lora.report import best_trial, trial_rows, write_results
+from lmtune.results import Result
+from lmtune.runtime.loop import TrialListener, run_trials
+from lmtune.runtime.storage import make_storage, mask_url, normalize_url
+from lmtune.runtime.study import open_study, publish_job
+from lmtune.runtime.trials import counted_trials
+from lmtune.runtime.worker import WorkerParts
+from lmtune.samplers.registry import make_pruner, make_sampler
+from lmtune.space import Categorical, SearchSpace, load_space
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoraResult(Result):
+    """What ``lmtune lora`` found; ``to_dict()`` is ``results.json``.
+
+    ``best`` is None when the run only created the study (``run=False``); ``final`` is None without the final
+    retrain (``final_train=False``).
+    """
+
+    study_name: str
+    storage: str
+    budget: int
+    finished: int
+    sampler: str | None = None
+    space: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    task: str | None = None
+    metric_name: str | None = None
+    direction: str | None = None
+    proxy_fraction: float | None = None
+    proxy_examples: int | None = None
+    best: dict[str, Any] | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] | None = None
+    wall_seconds: float | None = None
+
+
+def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
+    """The configured space with the variant fixed or searched, checked against LoRA's parameters."""
+    space = load_space(cfg.space)
+    if cfg.variant == "search":
+        space = space.with_param(Categorical("variant", VARIANTS))
+    elif cfg.variant is not None:
+        if cfg.variant not in VARIANTS:
+            raise InputError("variant", f"{cfg.variant!r} is not allowed; allowed: {', '.join(VARIANTS)}, search")
+        space = space.with_fixed(variant=cfg.variant)
+    unknown = sorted(set(space.names) - set(PARAM_NAMES))
+    if unknown:
+        raise InputError(unknown[0], f"is not a LoRA hyperparameter; allowed: {', '.join(PARAM_NAMES)}")
+    if {"alpha", "alpha_ratio"} <= set(space.names):
+        raise InputError("alpha_ratio", "a space may set alpha or alpha_ratio, not both")
+    LoraHyperparams.from_params(space.fixed)
+    for param in space.params:  # every value a sampler may propose must make a valid config
+        edges = param.values() if isinstance(param, Categorical) else (param.low, param.high)
+        for value in edges:
+            LoraHyperparams.from_params({param.name: value})
+    return space
+
+
+def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, TrainSettings]:
+    """Check and load what every LoRA command needs: space, data splits, model path, training settings.
+
+    Raises ``InputError`` for bad input before anything is trained or stored.
+    """
+    space = resolve_space(cfg)
+    splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
+    model = resolve_model(cfg.model)
+    check_model(model)
+    return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
+
+
+def study_attrs(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits) -> dict[str, Any]:
+    """What a LoRA study searches; resuming or joining it with anything else is refused."""
+    return {"space": space.to_dict(), "model": str(cfg.model or "minilm"), "dataset": splits.name,
+            "proxy_fraction": cfg.proxy_fraction, "max_length": cfg.max_length, "seed": cfg.seed}
+
+
+def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
+    """The fields a worker needs to rebuild this run's objective and sampler (local paths made absolute)."""
+    job = cfg.model_dump(mode="json", exclude=LOCAL_FIELDS)
+    for name in PATH_FIELDS:
+        if job.get(name) and Path(job[name]).exists():
+            job[name] = str(Path(job[name]).resolve())
+    return job
+
+
+def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objective: bool = True,
+                 listener: TrialListener | None = None) -> WorkerParts:
+    """A LoRA study's space, sampler, pruner and (with ``objective``) objective, rebuilt by ``lmtune worker``.
+
+    Space, proxy fraction, length and seed must match what the study stored (``attrs``). Model and data come
+    from the job's absolute paths (or hub ids), which name the same files on every machine by the user's
+    setup, so their names are not compared: the study stored them as typed on the machine that created it.
+    """
+    cfg = build_config(LoraRunConfig, **job)
+    if not objective:  # the worker brings its own objective for the space the study stored
+        space = space or resolve_space(cfg)
+        return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
+                           make_pruner(cfg.pruner), None)
+    space, splits, model, settings = prepare_run(cfg)
+    on_step = listener.step if listener is not None else None
+    lora_objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
+                                   settings=settings, seed=cfg.seed, target_modules=cfg.target_modules,
+                                   progress=on_step)
+    stored = {k: v for k, v in study_attrs(cfg, space, splits).items() if k not in ("dataset", "model")}
+    return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
+                       make_pruner(cfg.pruner), lora_objective, stored)
+
+
+def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | None = None,
+              listener: TrialListener | None = None, **fields: Any) -> LoraResult:
+    """Run ``lmtune lora``: the study (resuming it if it exists), then the final retrain and test.
+
+    Takes a :class:`LoraRunConfig` or its fields as keyword arguments; ``sampler`` may be any Optuna
+    sampler object, which then replaces the one named in the config; ``listener`` sees the trials
+    (the CLI draws its progress from it). Every input is checked before the study is opened, so bad
+    input leaves nothing in storage. ``results.json`` is the result's ``to_dict()``.
+    """
+    cfg = config or build_config(LoraRunConfig, **fields)
+    started = time.perf_counter()
+    space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched
+    sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
+    pruner = make_pruner(cfg.pruner)
+    storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
+    objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction, settings=settings,
+                              seed=cfg.seed, target_modules=cfg.target_modules,
+                              progress=listener.step if listener is not None else None)
+    study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                       direction=objective.direction, attrs=study_attrs(cfg, space, splits))
+    publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
+    storage_shown = mask_url(normalize_url(cfg.storage))
+    result = LoraResult(study_name=cfg.study_name, storage=storage_shown, budget=cfg.trials,
+                        finished=len(counted_trials(study)))
+    if not cfg.run:
+        log.info("Study %s holds %d of %d trials. Start workers with: lmtune worker --storage '%s' --study %s",
+                 cfg.study_name, result.finished, cfg.trials, storage_shown, cfg.study_name)
+        return result
+    if result.finished:
+        log.info("Resuming study %s: %d of %d trials already finished.", cfg.study_name, result.finished, cfg.trials)
+    run_trials(study, objective, cfg.trials, listener=listener)
+
+    best = best_trial(study)
+    if best is None:
+        reasons = {t.user_attrs.get(attrs.FAIL_REASON, t.state.name) for t in counted_trials(study)}
+        raise RuntimeError(f"no trial of study {cfg.study_name!r} completed: {'; '.join(sorted(map(str, reasons)))}")
+    hp = LoraHyperparams.from_params({**best.params, **space.fixed})
+    log.info("Best trial %d: %s %.4f with %s", best.number, objective.metric_name, best.value, hp.to_dict())
+    result.finished = len(counted_trials(study))
+    result.sampler = type(sampler).__name__
+    result.space, result.dataset, result.task = space.name, splits.name, splits.task
+    result.model = cfg.model or f"MiniLM ({model})"
+    result.metric_name, result.direction = objective.metric_name, objective.direction
+    result.proxy_fraction = cfg.proxy_fraction
+    result.proxy_examples = len(proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed))
+    result.best = {"trial": best.number, "params": best.params, "hyperparams": hp.to_dict(),
+                   "proxy_metric": best.value}
+    result.trials = trial_rows(study)
+    if cfg.final_train:
+        final = result.final = _final_train(hp, splits, model, settings, cfg, listener)
+        worse = final["test_metric"] < best.value if objective.direction == "maximize" else (
+            final["test_metric"] > best.value)
+        if worse:
+            final["warning"] = (f"the full-data run scored {final['test_metric']:.4f} on test, worse than its proxy "
+                                f"trial ({best.value:.4f}): the proxy did not predict full training for this config")
+            log.warning(final["warning"])
+    result.wall_seconds = round(time.perf_counter() - started, 1)
+    json_path, md_path = write_results(cfg.out_dir, result.to_dict())
+    log.info("Wrote %s and %s", json_path, md_path)
+    return result
+
+
+def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, settings: TrainSettings,
+                 cfg: LoraRunConfig, listener: TrialListener | None) -> dict[str, Any]:
+    """Retrain the chosen config on the whole training split, test it, save the adapter."""
+    adapter_dir = cfg.out_dir / "adapter"
+    log.info("Retraining the best config on the full training split (%d examples)...", len(splits.train))
+    result = train_and_evaluate(hp, splits.train, splits.test, task=splits.task, model=model,
+                                settings=settings, label_names=splits.label_names,
+                                target_modules=cfg.target_modules,
+                                on_step=listener.step if listener is not None else None,
+                                save_adapter_to=adapter_dir)
+    log.info("Test %s: %.4f (loss %.4f)", result.metric_name, result.metric, result.eval_loss)
+    return {"test_metric": result.metric, "test_loss": result.eval_loss, "metric_name": result.metric_name,
+            "train_seconds": round(result.train_seconds, 1), "train_examples": result.train_examples,
+            "adapter_dir": str(adapter_dir)}

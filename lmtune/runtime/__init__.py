@@ -1,0 +1,2 @@
+"""The Optuna runtime every command shares: storage URLs, open and resume studies, the one trial loop
+(ask/tell, slots, heartbeats, retries, interrupts), workers, status and synthetic objectives."""

@@ -1,0 +1,229 @@
+"""The one trial loop of every lmtune command: ask, run the objective, tell; an exact budget across workers.
+
+``lmtune lora``, ``lmtune worker``, ``lmtune infer`` and ``lmtune bench build-table`` all run their trials
+here, on Optuna's ask-and-tell interface. What the loop adds to Optuna:
+
+* an exact budget shared by any number of workers (slots, ``lmtune.runtime.trials``);
+* every failure a live worker sees is stored as FAIL with its reason (``fail_reason``), never with a score;
+* Ctrl-C or SIGTERM records the running trial as FAIL (``interrupted``) and queues it again, so running the
+  same command again finishes the requested count;
+* heartbeats while a trial runs (RDB storage), so another worker fails and retries the trial of a worker
+  that died; a worker that wakes to find its trial failed that way goes on (``tell(skip_if_finished=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from lmtune import attrs
+from lmtune._compat import heartbeat_interval, storage_of, stored_trial, trial_id
+from lmtune.errors import TrialFailed
+from lmtune.runtime.trials import (
+    Budget,
+    budget,
+    counted_trials,
+    is_retry,
+    requeue_interrupted,
+    slots_taken,
+)
+
+#: Longest stored failure reason (a traceback's first line is enough).
+REASON_LIMIT = 500
+
+
+class Interrupted(Exception):
+    """The run was stopped by Ctrl-C or SIGTERM; storage holds everything finished so far."""
+
+
+class TrialListener:
+    """What a trial loop tells whoever watches it; every method does nothing here.
+
+    The CLI's progress display overrides them; library users may pass their own.
+    """
+
+    def study_opened(self, study: optuna.Study, total: int) -> None:
+        """The loop starts on ``study`` with a budget of ``total`` trials (some may be finished already)."""
+
+    def trial_started(self, trial: optuna.Trial) -> None:
+        """A trial was created and its objective is about to run."""
+
+    def step(self, step: int, total: int) -> None:
+        """The running trial's objective made progress (training steps); objectives call this."""
+
+    def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A trial that counts was stored as COMPLETE, PRUNED or FAIL."""
+
+    def waiting(self, state: Budget) -> None:
+        """Every slot is taken; this worker waits for trials running elsewhere."""
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's check: fail RUNNING trials with a stale heartbeat and run the storage's retry callback."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    """Set a user attribute unless another worker already failed the trial as stale (then it is finished)."""
+    with contextlib.suppress(UpdateFinishedTrialError):
+        trial.set_user_attr(key, value)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so the running trial is recorded before the process exits."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def heartbeats(study: optuna.Study, trial: optuna.Trial, interval: int | None) -> Iterator[None]:
+    """Record the trial's heartbeat every ``interval`` seconds while the block runs (nothing without heartbeats)."""
+    if interval is None:
+        yield
+        return
+    storage, number = storage_of(study), trial_id(trial)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(number)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"lmtune-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    *,
+    listener: TrialListener | None = None,
+    catch: tuple[type[BaseException], ...] = (TrialFailed,),
+    stop_when: Callable[[], bool] | None = None,
+) -> int:
+    """Run trials until the study holds ``n_trials`` finished ones, alongside any other workers; returns how
+    many ran here.
+
+    A trial whose objective raises one of ``catch`` is stored as FAIL with the error as its reason and counts;
+    any other exception is stored the same way and then raised. ``optuna.TrialPruned`` stores PRUNED. When
+    every slot is taken but trials of other workers still run, this worker waits: it retries a trial whose
+    worker died once the heartbeat grace period has passed; without heartbeats (journal storage) it leaves
+    those trials to their workers and returns. ``stop_when()`` is asked before every trial (a spend budget,
+    too many failures in a row). Ctrl-C or SIGTERM records the running trial as interrupted, queues it again
+    and raises :class:`Interrupted`.
+    """
+    listener = listener or TrialListener()
+    interval = heartbeat_interval(study)
+    listener.study_opened(study, n_trials)
+    ran = 0
+    try:
+        with sigterm_as_interrupt():
+            requeue_interrupted(study)
+            while True:
+                if interval is not None:
+                    fail_stale_trials(study)
+                state = budget(study, n_trials)
+                if state.done or (stop_when is not None and stop_when()):
+                    break
+                if state.has_work:
+                    ran += _run_one(study, objective, n_trials, listener, catch, interval)
+                elif interval is None or not state.running:
+                    break  # nothing this worker can do: the others finish (or requeue) their trials
+                else:
+                    listener.waiting(state)
+                    time.sleep(min(5.0, interval / 2))
+    except KeyboardInterrupt:
+        requeue_interrupted(study)
+        raise Interrupted(f"{len(counted_trials(study))} of {n_trials} trials finished") from None
+    return ran
+
+
+def _run_one(study: optuna.Study, objective, total: int, listener: TrialListener,
+             catch: tuple[type[BaseException], ...], interval: int | None) -> int:
+    """Ask for one trial, run it unless it came too late for the budget, tell its outcome; 1 if it ran."""
+    with warnings.catch_warnings():  # this loop records the heartbeats that Study.optimize would
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    try:
+        set_attr(trial, attrs.WORKER, worker_id())
+        if not is_retry(stored_trial(trial)):
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+            if slots_taken(earlier) >= total:  # another worker took the last slot between our check and ask
+                set_attr(trial, attrs.BUDGET_REACHED, True)
+                set_attr(trial, attrs.FAIL_REASON, f"not run: the budget of {total} trials was already taken")
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                return 0
+        listener.trial_started(trial)
+        with heartbeats(study, trial, interval):
+            state, value = _evaluate(trial, objective, catch)
+    except KeyboardInterrupt:
+        set_attr(trial, attrs.INTERRUPTED, True)
+        set_attr(trial, attrs.FAIL_REASON, "interrupted before the trial finished")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    except BaseException as error:  # not in ``catch``: recorded, then raised
+        if attrs.FAIL_REASON not in trial.user_attrs:
+            set_attr(trial, attrs.FAIL_REASON, f"{type(error).__name__}: {error}"[:REASON_LIMIT])
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    frozen = study.tell(trial, value, state=state, skip_if_finished=True)
+    if frozen.state == state:  # else another worker failed it as stale meanwhile; its retry is queued
+        listener.trial_done(study, frozen)
+    return 1
+
+
+def _evaluate(trial: optuna.Trial, objective, catch) -> tuple[TrialState, float | None]:
+    """Run the objective; a caught failure or a non-finite value is FAIL with its reason."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        return TrialState.PRUNED, None
+    except catch as error:
+        if attrs.FAIL_REASON not in trial.user_attrs:
+            set_attr(trial, attrs.FAIL_REASON, f"{type(error).__name__}: {error}"[:REASON_LIMIT])
+        return TrialState.FAIL, None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        set_attr(trial, attrs.FAIL_REASON, f"the objective returned {value!r}, not a number")
+        return TrialState.FAIL, None
+    if not math.isfinite(number):
+        set_attr(trial, attrs.FAIL_REASON, f"the objective returned {number}")
+        return TrialState.FAIL, None
+    return TrialState.COMPLETE, number

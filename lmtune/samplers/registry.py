@@ -1,0 +1,78 @@
+"""Samplers and pruners by name: the one list of what ``--sampler`` and ``--pruner`` accept.
+
+With several workers every sampler sees the others' RUNNING trials: TPE as constant liars (Optuna's
+default), GP and BoTorch as pending points, language-BO never proposes a running or queued config.
+Random ignores all trials by design.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler
+
+from lmtune.errors import InputError
+from lmtune.space import SearchSpace
+
+#: Every sampler name lmtune accepts, with what it is (the CLI's help text).
+SAMPLERS: dict[str, str] = {
+    "random": "uniform random configs (Optuna's RandomSampler)",
+    "tpe": "Tree-structured Parzen Estimator (Optuna's TPESampler)",
+    "gp": "Gaussian process with log EI on the numbers (Optuna's GPSampler)",
+    "botorch": "BoTorch qLogEI through optuna-integration's BoTorchSampler",
+    "language-bo": "language-aided BO: configs as text, embedded by a frozen LM, deep-kernel GP",
+}
+#: The ablations of the language-BO paper's Table 6, cumulative: none, +projection, +domain prompt, +token.
+LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
+    "language-bo": {"template": "domain", "use_projection": True, "use_learnable_token": True},
+    "language-bo-no-token": {"template": "domain", "use_projection": True, "use_learnable_token": False},
+    "language-bo-plain": {"template": "plain", "use_projection": True, "use_learnable_token": False},
+    "language-bo-none": {"template": "plain", "use_projection": False, "use_learnable_token": False},
+}
+PRUNERS: dict[str, str] = {
+    "none": "no pruning",
+    "median": "stop a trial below the median of earlier trials at the same step (after 5 trials)",
+    "hyperband": "Hyperband over the trials' reported steps",
+}
+
+
+def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 5, space: SearchSpace | None = None,
+                 **language_bo: Any) -> BaseSampler:
+    """An Optuna sampler by name; ``n_startup_trials`` random trials precede model-based ones.
+
+    ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
+    its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...).
+    """
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "botorch":
+        from optuna_integration import BoTorchSampler
+        from optuna_integration.botorch import qlogei_candidates_func
+
+        # Running trials of other workers enter the acquisition as pending points; qLogEI is the batch
+        # form of the LogEI BoTorchSampler uses alone (its default with pending points is the older qEI).
+        return BoTorchSampler(seed=seed, n_startup_trials=n_startup_trials, consider_running_trials=True,
+                              candidates_func=qlogei_candidates_func)
+    if name in LANGUAGE_BO_ABLATIONS:
+        if space is None:
+            raise InputError("sampler", "language-bo needs the search space whose pool it ranks")
+        from lmtune.samplers.language_bo import LanguageBOSampler
+
+        options = {**LANGUAGE_BO_ABLATIONS[name], **language_bo} if name != "language-bo" else language_bo
+        return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
+    raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    raise InputError("pruner", f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")

@@ -1,0 +1,245 @@
+"""lmtune bench: building a table resumes, lookups are strict, replays are deterministic and scored right."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import optuna
+import pytest
+
+from lmtune.bench.build import build_full_runs, build_table, choose_full_configs
+from lmtune.bench.compare import compare_samplers, summarize
+from lmtune.bench.replay import regret_curve, replay, trials_to_reach
+from lmtune.bench.table import Table
+from lmtune.bench.tables import TableSpec
+from lmtune.errors import InputError
+from lmtune.finetune.data import load_dataset
+from lmtune.space import Categorical, SearchSpace, config_key
+
+GRID = SearchSpace(
+    (
+        Categorical("rank", (2, 4, 8, 16)),
+        Categorical("alpha_ratio", (0.5, 1.0, 2.0)),
+        Categorical("learning_rate", (1e-4, 1e-3, 1e-2)),
+        Categorical("dropout", (0.0, 0.1)),
+    ),
+    {"variant": "lora", "batch_size": 8},
+    "synthetic",
+)
+
+
+SMALL_GRID = SearchSpace(
+    (Categorical("rank", (2, 8, 16)), Categorical("alpha_ratio", (1.0, 2.0)),
+     Categorical("learning_rate", (1e-3, 1e-2)), Categorical("dropout", (0.0,))),
+    {"variant": "lora", "batch_size": 8},
+    "synthetic-small",
+)
+
+
+def synthetic_table(fail: set[int] = frozenset(), grid: SearchSpace = GRID) -> Table:
+    """A smooth landscape over a grid (72 configs by default): best at rank 8, alpha ratio 2, lr 1e-3, no dropout."""
+    rows = []
+    for i, config in enumerate(grid.iter_pool()):
+        params = {k: v for k, v in config.items() if k not in grid.fixed}
+        score = (0.9 - 0.05 * abs(math.log2(config["rank"] / 8)) - 0.1 * abs(math.log2(config["alpha_ratio"] / 2))
+                 - 0.15 * abs(math.log10(config["learning_rate"] / 1e-3)) - 0.2 * config["dropout"])
+        failed = i in fail
+        rows.append({"params": params, "state": "FAIL" if failed else "COMPLETE", "metric": None if failed else score,
+                     "eval_loss": None, "trajectory": [], "step_losses": [], "train_seconds": 1.0,
+                     "fail_reason": "diverged" if failed else None})
+    recipe = {"name": "synthetic", "grid": grid.to_dict()}
+    return Table(name="synthetic", recipe=recipe, metric_name="accuracy", direction="maximize", rows=rows)
+
+
+def test_lookup_is_exact_and_rejects_configs_outside_the_grid():
+    table = synthetic_table()
+    assert table.lookup({"rank": 8, "alpha_ratio": 2, "learning_rate": 1e-3, "dropout": 0.0})["metric"] == (
+        pytest.approx(0.9))
+    with pytest.raises(InputError) as excinfo:
+        table.lookup({"rank": 32, "alpha_ratio": 2, "learning_rate": 1e-3, "dropout": 0.0})
+    assert excinfo.value.field == "rank" and "outside the space" in excinfo.value.message
+    with pytest.raises(InputError) as excinfo:
+        table.lookup({"rank": 8, "alpha_ratio": 2, "learning_rate": 1e-3})
+    assert excinfo.value.field == "dropout"
+    partial = Table(name="p", recipe=table.recipe, metric_name="accuracy", direction="maximize", rows=table.rows[:10])
+    with pytest.raises(InputError, match="has no row yet"):
+        partial.lookup(table.rows[-1]["params"])
+    with pytest.raises(InputError, match="replay needs every config"):
+        replay(partial, "random", 0, 5)
+
+
+def test_table_file_round_trips_and_summary_counts(tmp_path):
+    table = synthetic_table(fail={0, 5})
+    loaded = Table.load(table.save(tmp_path / "t.json.gz"))
+    assert loaded.rows == table.rows and loaded.fingerprint() == table.fingerprint()
+    summary = loaded.summary()
+    assert summary["configs"] == 72 and summary["failed"] == 2
+    assert summary["best"] == pytest.approx(0.9)
+    assert summary["worst"] == pytest.approx(min(r["metric"] for r in table.rows if r["metric"] is not None))
+    (tmp_path / "bad.json.gz").write_text("not gzip")
+    with pytest.raises(InputError, match="not a gzipped lmtune table"):
+        Table.load(tmp_path / "bad.json.gz")
+
+
+def test_regret_curve_and_trials_to_top():
+    table = synthetic_table()
+    worst, best = table.worst, table.best
+    mid = (worst + best) / 2
+    curve = regret_curve(table, [None, worst, mid, best, worst], budget=6)
+    np.testing.assert_allclose(curve, [1.0, 1.0, 0.5, 0.0, 0.0, 0.0])
+    assert trials_to_reach(table, [worst, mid, best], best) == 3
+    assert trials_to_reach(table, [worst, mid], best) == math.inf
+
+
+@pytest.mark.parametrize("method", ["random", "tpe", "gp", "nomad"])
+def test_replay_is_deterministic_under_a_seed_and_spends_exactly_the_budget(method):
+    table = synthetic_table(fail={3, 40})
+    first, again = replay(table, method, 7, 12), replay(table, method, 7, 12)
+    assert first.values == again.values
+    assert len(first.values) == 12
+    assert all(v is None or v in {r["metric"] for r in table.rows} for v in first.values)
+
+
+def test_summary_matches_an_independent_computation_from_the_runs():
+    table = synthetic_table()
+    runs = [replay(table, m, s, 20) for m in ("random", "tpe", "nomad") for s in range(6)]
+    assert len({tuple(r.values) for r in runs if r.method == "random"}) == 6  # seeds differ
+    summary = summarize(table, runs, 20)
+    spread = table.best - table.worst
+    for method, stats in summary["methods"].items():
+        finals = [(table.best - max(v for v in r.values[:10] if v is not None)) / spread
+                  for r in runs if r.method == method]
+        assert stats["regret"][10][0] == pytest.approx(np.mean(finals))
+        assert stats["regret"][10][1] == pytest.approx(np.std(finals, ddof=1) / np.sqrt(6))
+        assert stats["regret"][20][0] <= stats["regret"][5][0]  # best so far never gets worse
+        assert 1 <= stats["mean_rank"] <= 3
+    assert sum(s["mean_rank"] for s in summary["methods"].values()) == pytest.approx(1 + 2 + 3)
+
+
+def test_compare_samplers_writes_report_and_resumes_from_its_run_log(tmp_path):
+    table = synthetic_table()
+    report = compare_samplers([table], ["random", "nomad"], seeds=3, budget=10, output=tmp_path)
+    assert "| random |" in report and "| nomad |" in report and "regret@10" in report
+    assert (tmp_path / "samplers.png").stat().st_size > 10_000
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert compare_samplers([table], ["random", "nomad"], seeds=3, budget=10, output=tmp_path) == report
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6  # nothing replayed again
+
+
+def test_compare_samplers_in_parallel_processes_finds_the_same_results(tmp_path):
+    table = synthetic_table()
+    compare_samplers([table], ["random", "tpe"], seeds=3, budget=8, output=tmp_path / "serial")
+    compare_samplers([table], ["random", "tpe"], seeds=3, budget=8, output=tmp_path / "parallel", jobs=2)
+
+    def runs(folder):
+        return sorted((r["method"], r["seed"], r["values"]) for r in map(json.loads, (
+            tmp_path / folder / "runs.jsonl").read_text().splitlines()))
+
+    assert len(runs("parallel")) == 6
+    assert runs("parallel") == runs("serial")
+
+
+def test_language_bo_replay_is_deterministic(tmp_path, monkeypatch):
+    """The ablation without the learnable token: same surrogate code path, a fraction of the CPU time."""
+    monkeypatch.setenv("LMTUNE_CACHE_DIR", str(tmp_path))
+    table = synthetic_table(grid=SMALL_GRID)
+    first = replay(table, "language-bo-plain", 1, 7)  # five random trials, then two chosen by the surrogate
+    assert replay(table, "language-bo-plain", 1, 7).values == first.values
+    assert len(set(map(str, first.values))) > 1
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path_factory, tiny_bert, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tiny_bert.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_spec(tmp_path, model: str) -> TableSpec:
+    rows = [f"{'good' if i % 2 else 'bad'} film {i},{'pos' if i % 2 else 'neg'}" for i in range(60)]
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    grid = SearchSpace((Categorical("rank", (2, 4)), Categorical("learning_rate", (1e-3, 1e-2)),
+                        Categorical("alpha_ratio", (1.0, 2.0))), {"variant": "lora", "batch_size": 8}, "tiny")
+    return TableSpec(name="tiny", grid=grid, dataset=str(tmp_path / "reviews.csv"), model=model, proxy_fraction=0.5,
+                     max_length=16, eval_points=2)
+
+
+def test_build_resumes_without_training_finished_rows_again(tmp_path, tiny_model_dir):
+    spec = tiny_spec(tmp_path, tiny_model_dir)
+    storage = f"sqlite:///{tmp_path / 'bench.db'}"
+    output = tmp_path / "tiny.json.gz"
+    partial = build_table(spec, storage=storage, max_trials=3, output=output)
+    assert len(partial.rows) == 3 and Table.load(output).rows == partial.rows
+    first_trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+
+    full = build_table(spec, storage=storage, output=output)
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert len(full.rows) == 8 and full.complete and len(trials) == 8  # five more trials, not eight
+    assert [(t.params, t.value, t.datetime_start) for t in trials[:3]] == [
+        (t.params, t.value, t.datetime_start) for t in first_trials]
+    keys = {tuple(sorted(r["params"].items())) for r in full.rows}
+    assert len(keys) == 8  # every grid config exactly once
+    assert all(r["trajectory"] and r["step_losses"] for r in full.rows if r["state"] == "COMPLETE")
+
+    # a fresh checkout has the committed table file but no study: its rows are imported, not retrained
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    again = build_table(spec, storage=fresh, output=output, seed_from=Table.load(output))
+    fresh_trials = optuna.load_study(study_name="tiny", storage=fresh).get_trials()
+    assert len(fresh_trials) == 8 and all(t.user_attrs.get("imported_from") == "tiny" for t in fresh_trials)
+    assert sorted(map(str, again.rows)) == sorted(map(str, full.rows))
+
+
+def test_full_runs_train_chosen_configs_on_the_whole_split_once(tmp_path, tiny_model_dir):
+    spec = tiny_spec(tmp_path, tiny_model_dir)
+    storage = f"sqlite:///{tmp_path / 'bench.db'}"
+    table = build_table(spec, storage=storage)
+    bare = copy.deepcopy(table)  # build_full_runs adds to the rows of the table it is given
+    with_full = build_full_runs(table, spec, 3, storage=storage)
+    paired = [r for r in with_full.rows if "full" in r]
+    assert sorted(config_key({**r["params"], **spec.grid.fixed}) for r in paired) == sorted(
+        config_key(c) for c in choose_full_configs(table, 3))
+    train_size = len(load_dataset(spec.dataset, task=spec.task, seed=spec.seed).train)
+    assert all(r["full"]["metric"] is not None and r["full"]["train_examples"] == train_size for r in paired)
+
+    again = build_full_runs(bare, spec, 3, storage=storage)
+    assert len(optuna.load_study(study_name="tiny-full", storage=storage).trials) == 3  # resumed, not retrained
+    assert [r.get("full") for r in again.rows] == [r.get("full") for r in with_full.rows]
+
+
+def test_full_run_configs_spread_over_the_quality_range():
+    table = synthetic_table(fail={1})
+    chosen = choose_full_configs(table, 5)
+    values = [table.lookup(c)["metric"] for c in chosen]
+    assert values == sorted(values) and values[0] == pytest.approx(table.worst)
+    assert values[-1] == pytest.approx(table.best)
+    with pytest.raises(InputError, match="at least 3"):
+        choose_full_configs(table, 2)
+
+
+def test_cli_reports_bad_tables_and_methods_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    table = synthetic_table()
+    Table(name="p", recipe=table.recipe, metric_name="accuracy", direction="maximize",
+          rows=table.rows[:10]).save(tmp_path / "partial.json.gz")
+    table.save(tmp_path / "full.json.gz")
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "lmtune.cli", "bench", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    partial = bench("samplers", "--table", "partial.json.gz", "--seeds", "1", "--budget", "3")
+    assert partial.returncode == 2 and partial.stderr.startswith("error: table: table p holds 10 of its 72")
+    unknown = bench("samplers", "--table", "full.json.gz", "--samplers", "random,smac")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: samplers: unknown method 'smac'")
+    no_jobs = bench("samplers", "--table", "full.json.gz", "--jobs", "0")
+    assert no_jobs.returncode == 2 and no_jobs.stderr.startswith("error: jobs: must be at least 1, got 0")
+    missing = bench("show", "--table", "nope.json.gz")
+    assert missing.returncode == 2 and "error: table: file nope.json.gz does not exist" in missing.stderr
+    shown = bench("show", "--table", "full.json.gz")
+    assert shown.returncode == 0 and "| synthetic | 72 | 0 | accuracy | 0.9000 |" in shown.stdout
+    assert not (tmp_path / "benchmarks").exists()  # failed commands wrote nothing
