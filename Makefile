@@ -3,8 +3,14 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmtune-installed
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.lmtune-installed
+#: What test-min runs at the declared lower bounds: the fast tests of every layer.
+FAST_TESTS := tests/test_space.py tests/test_compat.py tests/test_layers.py tests/runtime/test_loop.py \
+	tests/samplers/test_grid.py tests/samplers/test_contract.py tests/finetune/test_data.py \
+	tests/selection/test_selection.py tests/inference/test_parts.py
 
-.PHONY: demo test lint
+.PHONY: demo test lint test-min
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,3 +29,16 @@ lint: $(STAMP)
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Every dependency at the lower bound pyproject.toml declares (uv --resolution lowest-direct), torch at 2.13.0.
+$(MIN_STAMP): pyproject.toml
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet torch==2.13.0 uv
+	$(MIN_VENV)/bin/python scripts/min_requirements.py > $(MIN_VENV)/requirements.txt
+	$(MIN_VENV)/bin/uv pip install --quiet --python $(MIN_VENV)/bin/python --resolution lowest-direct \
+		-r $(MIN_VENV)/requirements.txt "pytest>=8"
+	$(MIN_VENV)/bin/uv pip install --quiet --python $(MIN_VENV)/bin/python --no-deps -e .
+	touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP)
+	HF_HUB_OFFLINE=1 $(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS)

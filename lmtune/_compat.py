@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 # -- Optuna ------------------------------------------------------------------------------------------------
@@ -52,27 +52,18 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
     return interval if isinstance(interval, int) and interval > 0 else None
 
 
-@functools.cache
-def _retry_callback() -> type:
-    try:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-    except ImportError:  # Optuna < 4.9 calls it RetryFailedTrialCallback
-        from optuna.storages import RetryFailedTrialCallback as RetryHeartbeatStaleTrialCallback
-    return RetryHeartbeatStaleTrialCallback
-
-
-def retry_callback(max_retry: int) -> Any:
+def stale_retry_callback(max_retry: int) -> RetryHeartbeatStaleTrialCallback:
     """Optuna's callback that queues a trial failed by a stale heartbeat again, at most ``max_retry`` times."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _retry_callback()(max_retry=max_retry)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # an experimental class
+        return RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
 
 def stale_retry_of(trial: FrozenTrial) -> int | None:
     """The trial this one retries after a stale heartbeat (the latest of its series), or None."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        history = _retry_callback().retry_history(trial)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # a public, experimental method
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     return history[-1] if history else None
 
 

@@ -46,6 +46,8 @@ INSTANCES = "instances"
 JOB, BUDGET = "lmtune_job", "budget"
 SPACE = "space"
 OPTIMIZATION_BUDGET = "optimization_budget"
+#: A benchmark build study: the table's recipe, and (full-split runs) the configs chosen to train.
+TABLE, CHOSEN_CONFIGS = "table", "configs"
 
 # -- trial system attributes (samplers' own bookkeeping) -----------------------------------------------------
 #: The grid config a ``ShuffledGridSampler`` trial holds.

@@ -92,7 +92,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     configs = list(spec.grid.iter_pool())
     sampler = ShuffledGridSampler(configs, seed=None)  # each worker its own draw order
     study = open_study(study_name or spec.name, storage=storage, sampler=sampler, direction=setup.direction,
-                       attrs={"table": spec.recipe()})
+                       attrs={attrs.TABLE: spec.recipe()})
     if seed_from is not None and not study.get_trials(deepcopy=False):
         _import_rows(study, seed_from, spec, sampler)
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=spec.proxy_fraction,
@@ -185,11 +185,11 @@ class RowProgress:
 
 def _grid_sampler(study: optuna.Study) -> ShuffledGridSampler:
     """The grid of a table study (its recipe's grid, or the chosen configs of a full-runs study)."""
-    configs = study.user_attrs.get("configs")
+    configs = study.user_attrs.get(attrs.CHOSEN_CONFIGS)
     if configs is None:
         from lmtune.space import SearchSpace
 
-        configs = list(SearchSpace.from_dict(study.user_attrs["table"]["grid"]).iter_pool())
+        configs = list(SearchSpace.from_dict(study.user_attrs[attrs.TABLE]["grid"]).iter_pool())
     return ShuffledGridSampler(configs)
 
 
@@ -256,10 +256,10 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
     store = make_storage(storage)
     stored = {s.study_name: s.user_attrs for s in store.get_all_studies()}.get(name, {})
     fresh = choose_full_configs(table, count)  # checks count even when resuming
-    chosen = stored.get("configs") or fresh
+    chosen = stored.get(attrs.CHOSEN_CONFIGS) or fresh
     sampler = ShuffledGridSampler(chosen)
     study = open_study(name, storage=store, sampler=sampler, direction=setup.direction,
-                       attrs={"table": spec.recipe(), "configs": chosen})
+                       attrs={attrs.TABLE: spec.recipe(), attrs.CHOSEN_CONFIGS: chosen})
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=1.0,
                               settings=setup.settings, seed=spec.seed,
                               progress=listener.step if listener is not None else None)

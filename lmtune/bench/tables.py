@@ -1,7 +1,7 @@
 """The benchmark tables lmtune builds: which grid, model, data and training settings each one uses.
 
 A table spec fixes everything a row depends on except the hyperparameters, so a row can be looked up
-instead of trained. The grids are drawn from the seed-003 pool (``lora-paper``): every value below is
+instead of trained. The grids are drawn from the language-BO paper's pool (``lora-paper``): every value below is
 one of that pool's values.
 """
 

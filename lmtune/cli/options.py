@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from pydantic import BaseModel
@@ -91,8 +91,9 @@ def _parameter(name: str, field: FieldInfo) -> inspect.Parameter:
         if split:
             metavar = f"{metavar}{split}{metavar}..."
     option = typer.Option(*flags, help=help_text, metavar=metavar, show_default=False)
+    # typing.Optional, not ``kind | None``: Typer before 0.15 reads only the former
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[kind | None, option])
+                             annotation=Annotated[Optional[kind], option])  # noqa: UP045
 
 
 def _cli_type(annotation: Any) -> tuple[Any, tuple | None]:

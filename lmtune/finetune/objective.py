@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import optuna
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lmtune import attrs
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import DatasetSplits, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
@@ -28,8 +29,7 @@ class LoraObjective:
     their hyperparameters. ``seed`` drives the proxy sample, shuffling and initialisation (it replaces
     ``settings.seed``). Each evaluation is reported to the trial so a pruner can stop it early; a run that
     cannot produce a score raises ``TrialFailed`` with the reason in the ``fail_reason`` user attribute, so
-    optimise with ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step; it
-    may be set after construction.
+    optimise with ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step.
     """
 
     def __init__(
@@ -58,13 +58,13 @@ class LoraObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         hp = LoraHyperparams.from_params(self.space.suggest(trial))
-        trial.set_user_attr("hyperparams", hp.to_dict())
-        trial.set_user_attr("metric_name", self.metric_name)
+        trial.set_user_attr(attrs.HYPERPARAMS, hp.to_dict())
+        trial.set_user_attr(attrs.METRIC_NAME, self.metric_name)
         trajectory: list[dict] = []
 
         def on_eval(step: int, record: dict) -> None:
             trajectory.append(record)
-            trial.set_user_attr("trajectory", trajectory)
+            trial.set_user_attr(attrs.TRAJECTORY, trajectory)
             trial.report(record[self.metric_name], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with {self.metric_name} "
@@ -77,10 +77,10 @@ class LoraObjective:
                 target_modules=self.target_modules, on_eval=on_eval, on_step=self.progress,
             )
         except TrialFailed as error:
-            trial.set_user_attr("fail_reason", str(error))
+            trial.set_user_attr(attrs.FAIL_REASON, str(error))
             raise
-        trial.set_user_attr("eval_loss", result.eval_loss)
-        trial.set_user_attr("train_seconds", result.train_seconds)
-        trial.set_user_attr("train_examples", result.train_examples)
-        trial.set_user_attr("step_losses", [round(loss, 5) for loss in result.step_losses])
+        trial.set_user_attr(attrs.EVAL_LOSS, result.eval_loss)
+        trial.set_user_attr(attrs.TRAIN_SECONDS, result.train_seconds)
+        trial.set_user_attr(attrs.TRAIN_EXAMPLES, result.train_examples)
+        trial.set_user_attr(attrs.STEP_LOSSES, [round(loss, 5) for loss in result.step_losses])
         return result.metric

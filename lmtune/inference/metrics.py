@@ -1,7 +1,8 @@
 """Per-instance quality of n responses: success, expected success, unbiased pass@k, majority vote, or a user
 function. A config's metric is the mean over instances.
 
-Expected success (seed 002) is the chance that n independent draws with the observed per-response accuracy
+Expected success (EcoOptiGen, "Cost-Effective Hyperparameter Optimization for Large Language Model
+Generation Inference", arXiv:2303.04673) is the chance that n independent draws with the observed per-response accuracy
 k/n contain a correct one; it separates configs that plain success ties.
 """
 

@@ -1,4 +1,7 @@
-"""Cost-based pruning knowledge (seed 002, Assumption 3.1): more responses or a larger max_tokens never cost less.
+"""Cost-based pruning knowledge: more responses or a larger max_tokens never cost less.
+
+Assumption 3.1 of "Cost-Effective Hyperparameter Optimization for Large Language Model Generation Inference"
+(EcoOptiGen, arXiv:2303.04673).
 
 So once (n, max_tokens) is over the per-instance budget, every (n', m') with n' >= n and m' >= m is too, and
 once it is within, every smaller pair is. Knowledge is kept per ``token_key`` (model, prompt template, stop):

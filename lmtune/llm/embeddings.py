@@ -1,6 +1,7 @@
 """Frozen language-model embeddings of a fixed pool of texts, with an optional learnable soft token ψ.
 
-Language-aided BO (seed 003) embeds every candidate config's text with a frozen LM plus one
+Language-aided BO ("Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian
+Optimization") embeds every candidate config's text with a frozen LM plus one
 appended learnable token ψ and reads the embedding at ψ's position. Re-embedding a pool of
 45,360 texts at every iteration is what made the prior system slow; this module makes it cheap.
 

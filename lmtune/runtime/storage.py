@@ -3,7 +3,7 @@
 One place turns what the user typed into a storage, so every command treats URLs alike: a wrong
 or unreachable URL is an ``InputError`` before any work starts, and no message carries a password
 (``mask_url``). RDB storages get Optuna's heartbeats, and a trial whose worker stops beating is
-failed and retried once by Optuna's ``RetryHeartbeatStaleTrialCallback`` (``lmtune._compat``).
+failed and retried once by Optuna's ``RetryHeartbeatStaleTrialCallback``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from optuna.storages import BaseStorage, RDBStorage
 
-from lmtune._compat import retry_callback
+from lmtune._compat import stale_retry_callback
 from lmtune.errors import InputError
 
 DEFAULT_STORAGE = "sqlite:///lmtune.db"
@@ -116,7 +116,7 @@ def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBSto
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry_callback(STALE_RETRIES),
+                heartbeat_stale_trial_callback=stale_retry_callback(STALE_RETRIES),
             )
     except ImportError:
         raise InputError("storage", f"no database driver for {mask_url(url)}; use {EXAMPLES}") from None

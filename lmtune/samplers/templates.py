@@ -1,4 +1,5 @@
-"""Text templates that turn a config into the text the language model embeds (seed 003, Table A10).
+"""Text templates that turn a config into the text the language model embeds (Table A10 of
+"Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization").
 
 * ``plain`` (Table A10a): ``rank(r)=8, Scaling factor(α)=16, ...`` - names and values only.
 * ``domain`` (Table A10b): one explanation paragraph per hyperparameter (its role and its

@@ -1,4 +1,7 @@
-"""``lmtune bench select``: the paper-style table (seed 004, Table 1 layout) for budget ratios 8..512."""
+"""``lmtune bench select``: the paper-style table for budget ratios 8..512.
+
+The layout of Table 1 of "Selecting Large Language Model to Fine-tune via Rectified Scaling Law" (arXiv:2402.02314).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""How well a ranking picks the model that is best after full fine-tuning, and what it cost (seed 004 protocol)."""
+"""How well a ranking picks the model that is best after full fine-tuning, and what it cost (the protocol of
+"Selecting Large Language Model to Fine-tune via Rectified Scaling Law", arXiv:2402.02314)."""
 
 from __future__ import annotations
 

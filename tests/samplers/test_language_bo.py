@@ -10,7 +10,6 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from lmtune.errors import InputError
 from lmtune.llm import default_encoder_path
@@ -43,22 +42,6 @@ def score(config) -> float:
 def objective(trial: optuna.Trial) -> float:
     return score(SPACE.suggest(trial))
 
-
-@pytest.fixture(scope="module")
-def encoders(tmp_path_factory):
-    """Folders holding a tiny bidirectional and a tiny causal model, saved as a user would."""
-    root = tmp_path_factory.mktemp("encoders")
-    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=512))
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=512))
-    for name, model in (("bert", bert), ("llama", llama)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return {"bert": str(root / "bert"), "llama": str(root / "llama")}
 
 
 def make(encoders, tmp_path, kind="bert", **options) -> LanguageBOSampler:

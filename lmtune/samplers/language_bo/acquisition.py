@@ -2,7 +2,7 @@
 
 gpytorch's batched prediction repeats the training rows for every candidate; writing the posterior out
 (one Cholesky factor of the training covariance, then a cross-covariance per chunk of candidates) gives the
-same numbers as BoTorch's ``LogExpectedImprovement`` on the model about 20x faster on 45k candidates
+same numbers as BoTorch's ``LogExpectedImprovement`` on the model, much faster on a pool of tens of thousands
 (tests/samplers/test_language_bo.py compares the two).
 """
 

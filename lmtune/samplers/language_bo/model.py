@@ -40,7 +40,7 @@ def torch_threads(count: int):
 
 
 class Projection(torch.nn.Module):
-    """g(h) = ELU(Dropout(W h + b)), the seed's Eq. 10 (Xavier init and bias 0.01, as in GOLLuM)."""
+    """g(h) = ELU(Dropout(W h + b)), the paper's Eq. 10 (Xavier init and bias 0.01, as in GOLLuM)."""
 
     def __init__(self, width: int, out: int, dropout: float, seed: int):
         super().__init__()

@@ -62,7 +62,7 @@ CLAIM_ATTEMPTS = 8
 
 
 class LanguageBOSampler(BaseSampler):
-    """Language-aided BO (seed 003) over the discrete pool of an lmtune ``SearchSpace``.
+    """Language-aided BO over the discrete pool of an lmtune ``SearchSpace``.
 
     Args:
         space: the search space; every parameter must be categorical or discretized.
@@ -76,8 +76,8 @@ class LanguageBOSampler(BaseSampler):
         mll_steps, warm_mll_steps: AdamW steps of the first fit and of each later (warm-started) fit.
         projection_dim, projection_dropout: size and dropout of the projection g.
         share_prefix: encode the text common to all configs once, as a context (see ``embeddings``).
-        encoder_dtype: ``"float32"`` (default), ``"bfloat16"`` (faster on CPUs with AMX: 1.2-6.6x in noisy samples
-            on the development machine; embedding distances correlate 0.9996 with float32) or ``"float16"``.
+        encoder_dtype: ``"float32"`` (default), ``"bfloat16"`` (faster on GPUs and CPUs with AMX; docs/benchmarks.md
+            measures speed and agreement with float32) or ``"float16"``.
         batch_size: texts per forward pass of the one-time embedding pass.
         fit_threads: torch threads while fitting and scoring (small tensors: 1 avoids OpenMP stalls); the
             one-time pool pass keeps torch's setting.
@@ -178,6 +178,17 @@ class LanguageBOSampler(BaseSampler):
         self.last_timings = {"embed_pool_s": time.perf_counter() - started}
         self._surrogate = TextSurrogate(self.text_pool, base, **self._options, seed=self._seed)
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle settings and seed, not the encoder and fitted model: ``prepare`` rebuilds them (the pool's
+        embeddings come back from the disk cache), as Optuna pickles samplers with studies and for processes."""
+        state = dict(self.__dict__)
+        state.update(_lock=None, _surrogate=None, text_pool=None, last_fit=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # -- Optuna sampler interface ---------------------------------------------------------------
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:

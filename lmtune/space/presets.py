@@ -1,0 +1,56 @@
+"""The built-in spaces: the language-BO paper's 45,360-config pool and a CPU-sized one; ``load_space``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmtune.errors import InputError
+from lmtune.space.params import Categorical
+from lmtune.space.search_space import SearchSpace
+
+#: The ten learning rates of Table 1 of "Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian
+#: Optimization" (1e-6..5e-3). The paper lists only the range and
+#: count; these are the values its reported configs use (Tables A1-A5) plus the two endpoints.
+PAPER_LEARNING_RATES = (1e-6, 5e-6, 2e-5, 3e-5, 5e-5, 1e-4, 3e-4, 4e-4, 5e-4, 5e-3)
+
+
+def _lora_paper() -> SearchSpace:
+    return SearchSpace(
+        (
+            Categorical("rank", tuple(2**i for i in range(9))),
+            Categorical("alpha_ratio", tuple(2.0**k for k in range(-1, 8))),
+            Categorical("batch_size", tuple(2**i for i in range(1, 9))),
+            Categorical("learning_rate", PAPER_LEARNING_RATES),
+            Categorical("dropout", tuple(round(0.05 * i, 2) for i in range(7))),
+        ),
+        {"variant": "lora"},
+        "lora-paper",
+    )
+
+
+def _lora_small() -> SearchSpace:
+    """A few hundred configs that train in seconds each on a small encoder on CPU."""
+    return SearchSpace(
+        (
+            Categorical("rank", (4, 8, 16, 32)),
+            Categorical("alpha_ratio", (0.5, 1.0, 2.0, 4.0)),
+            Categorical("batch_size", (8, 16)),
+            Categorical("learning_rate", (3e-4, 1e-3, 2e-3, 3e-3, 5e-3)),
+            Categorical("dropout", (0.0, 0.1)),
+        ),
+        {"variant": "lora"},
+        "lora-small",
+    )
+
+
+PRESETS = {"lora-paper": _lora_paper, "lora-small": _lora_small}
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """A preset by name, or a YAML file."""
+    key = str(name_or_path)
+    if key in PRESETS:
+        return PRESETS[key]()
+    if key.endswith((".yaml", ".yml")) or Path(key).exists():
+        return SearchSpace.from_yaml(key)
+    raise InputError("space", f"unknown preset {key!r}; presets: {', '.join(PRESETS)}, or a YAML file path")

@@ -1,0 +1,66 @@
+"""Each use of another library's private API (``lmtune._compat``) still does what lmtune relies on."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from lmtune import _compat
+from lmtune.runtime.storage import make_storage
+
+
+@pytest.fixture
+def study(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=5, grace_period=10)
+    return optuna.create_study(storage=storage, study_name="c")
+
+
+def test_storage_trial_id_and_system_attrs_from_a_sampler(study):
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    frozen = _compat.stored_trial(trial)
+    assert _compat.trial_id(frozen) == _compat.trial_id(trial)
+    _compat.set_trial_system_attr(study, frozen, "mark", {"a": 1})
+    assert study.trials[trial.number].system_attrs["mark"] == {"a": 1}
+
+
+def test_queued_params_of_an_enqueued_trial(study):
+    study.enqueue_trial({"x": 0.25})
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert _compat.queued_params(waiting) == {"x": 0.25}
+
+
+def test_heartbeat_interval_is_read_from_rdb_storage_only(study, tmp_path):
+    assert _compat.heartbeat_interval(study) == 5
+    assert _compat.heartbeat_interval(optuna.create_study()) is None  # in memory: no heartbeats
+
+
+def test_stale_retry_is_found_from_optunas_own_attributes(study):
+    # what Optuna's RetryHeartbeatStaleTrialCallback writes on the retry it enqueues
+    study.enqueue_trial({"x": 0.5}, user_attrs={})
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert _compat.stale_retry_of(waiting) is None
+    callback = _compat.stale_retry_callback(1)
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)
+    callback(study, study.trials[trial.number])
+    queued = study.get_trials(states=(TrialState.WAITING,))[-1]
+    assert _compat.stale_retry_of(queued) == trial.number
+
+
+def test_cache_argument_and_output_cache_match_this_transformers(tiny_llama):
+    cache, layer = _compat.cache_classes()
+    assert issubclass(layer, object) and hasattr(cache, "__init__")
+    ids = torch.tensor([[1, 2, 3]])
+    out = tiny_llama(input_ids=ids, use_cache=True)
+    past = _compat.output_cache(out)
+    assert past is not None and past.get_seq_length() == 3
+    step = tiny_llama(input_ids=torch.tensor([[4]]), use_cache=True, **_compat.with_cache(tiny_llama, past))
+    assert _compat.output_cache(step).get_seq_length() == 4
+
+
+def test_masked_lm_types_tell_encoders_from_causal_lms():
+    assert _compat.is_masked_lm_type("bert") and not _compat.is_masked_lm_type("llama")
+
+
