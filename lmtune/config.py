@@ -62,8 +62,11 @@ def _message(err: dict[str, Any]) -> str:
         return "is required"
     if err["type"] == "literal_error":
         return f"must be one of {err['ctx']['expected']}, got {got!r}"
-    message = err["msg"].removeprefix("Value error, ")
-    return f"{message} (got {got!r})"
+    if err["type"] == "value_error":  # our validators' messages already say what was given
+        return err["msg"].removeprefix("Value error, ")
+    if err["type"] == "string_too_short":
+        return f"must not be empty, got {got!r}"
+    return f"{err['msg']} (got {got!r})"
 
 
 def __getattr__(name: str) -> Any:

@@ -19,3 +19,13 @@ class TrialFailed(RuntimeError):
 
     The objective lets it propagate so Optuna stores the trial as FAIL with this reason.
     """
+
+
+class NoResult(RuntimeError):
+    """A search that ended without any usable result (every trial failed); the CLI prints it as one line
+    ``error: <field>: ...`` and exits with code 1: the input was valid, the runs were not."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")

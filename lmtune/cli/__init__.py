@@ -10,14 +10,15 @@ import sys
 
 from lmtune.cli import bench, infer, lora, select, serve, workers  # noqa: F401  (they register their commands)
 from lmtune.cli.app import app, console
-from lmtune.errors import InputError
+from lmtune.errors import InputError, NoResult
 from lmtune.runtime.loop import Interrupted
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point: one-line errors with exit code 2 for bad input, 130 for an interrupt."""
+    """Entry point: one-line errors with exit code 2 for bad input, 1 for a search without any result, 130 for an
+    interrupt."""
     from lmtune.cli.progress import log_to
 
     log_to(console)
@@ -26,6 +27,9 @@ def main() -> None:
     except InputError as exc:
         print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
         sys.exit(2)
+    except NoResult as exc:
+        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+        sys.exit(1)
     except Interrupted as exc:
         print(f"interrupted: {exc}; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

@@ -8,6 +8,7 @@ the same train/validation/test rows on every machine.
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import random
@@ -41,6 +42,19 @@ class DatasetSplits:
     test: list[dict]
     label_names: list[str] | None
     name: str
+
+    def fingerprint(self) -> dict:
+        """What was loaded, independent of how its path was typed: row counts and a hash of every row.
+
+        Resuming a study compares it, so the same file given by another path resumes, and a different file
+        at the same path does not.
+        """
+        digest = hashlib.sha256()
+        for split in (self.train, self.validation, self.test):
+            digest.update(json.dumps(split, sort_keys=True, ensure_ascii=False).encode())
+            digest.update(b"\x00")
+        digest.update(json.dumps(self.label_names).encode())
+        return {"sha256": digest.hexdigest(), "rows": [len(self.train), len(self.validation), len(self.test)]}
 
 
 @dataclass(frozen=True)
@@ -283,6 +297,9 @@ def _number_labels(rows: list[dict]) -> list[str]:
     else:
         raise InputError("label", "labels must be strings or integers")
     distinct = sorted(set(keys))
+    if len(distinct) < 2:
+        raise InputError("label", f"every row has the label {distinct[0]!r}; classification needs two or more "
+                                  "classes")
     ids = {key: i for i, key in enumerate(distinct)}
     for row, key in zip(rows, keys, strict=True):
         row["label"] = ids[key]

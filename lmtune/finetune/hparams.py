@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -45,13 +46,32 @@ class LoraHyperparams:
         unknown = sorted(set(values) - set(PARAM_NAMES))
         if unknown:
             raise InputError(unknown[0], f"is not a LoRA hyperparameter; allowed: {', '.join(PARAM_NAMES)}")
-        rank = int(values.pop("rank", cls.rank))
+        for name in ("rank", "batch_size"):
+            if name in values:
+                values[name] = _whole(name, values[name])
+        for name in ("alpha", "alpha_ratio", "learning_rate", "dropout"):
+            if name in values:
+                values[name] = _real(name, values[name])
+        rank = values.pop("rank", cls.rank)
         ratio = values.pop("alpha_ratio", None)
         if ratio is not None:
             if "alpha" in values:
                 raise InputError("alpha", "give either alpha or alpha_ratio, not both")
-            values["alpha"] = float(ratio) * rank
+            values["alpha"] = ratio * rank
         return cls(rank=rank, **values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _whole(name: str, value: Any) -> int:
+    """A whole number (4 or 4.0), never silently truncated (4.5) and never a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+        raise InputError(name, f"must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(name, f"must be a finite number, got {value!r}")
+    return float(value)

@@ -28,12 +28,25 @@ TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal": TaskType.CAUSAL_LM}
 PISSA_EXACT_MAX_WIDTH = 2048
 
 
-def check_model(model: str) -> None:
-    """Fail early, before a study is opened, when ``model`` has no loadable config."""
+def check_model(model: str, task: str | None = None, target_modules: list[str] | None = None) -> None:
+    """Fail early, before a study is opened, when ``model`` has no loadable config, or when a name in
+    ``target_modules`` matches none of its modules (PEFT would fail every trial on it)."""
     try:
-        AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as error:
         raise InputError("model", f"cannot load {model!r}: {str(error).splitlines()[0]}") from error
+    if not target_modules or task not in TASK_TYPES:
+        return
+    auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    with torch.device("meta"):  # the module tree without allocating weights
+        network = auto.from_config(config)
+    names = [name for name, _ in network.named_modules()]
+    for target in target_modules:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in network.named_modules()
+                             if isinstance(module, torch.nn.Linear)})
+            raise InputError("target_modules", f"{target!r} matches no module of {model}; its linear layers: "
+                             f"{', '.join(linear[:12])}")
 
 
 def build_peft_model(

@@ -31,6 +31,9 @@ from lmtune.finetune.peft_model import build_peft_model, save_adapter, save_init
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips: prompt and padding tokens
 DIVERGENCE_WINDOW = 3  # training steps averaged before comparing with the initial loss
+#: Optimizer steps a run takes at least (passing over a tiny subset again): one step trains almost nothing,
+#: and with warmup it trained nothing at all, so every config of a tiny proxy scored the same.
+MIN_STEPS = 4
 LOSS_FLOOR = 1.0  # keeps a near-zero first loss from turning ordinary noise into "divergence"
 
 
@@ -38,7 +41,8 @@ LOSS_FLOOR = 1.0  # keeps a near-zero first loss from turning ordinary noise int
 class TrainSettings:
     """How one run trains and evaluates; the searched hyperparameters live in ``LoraHyperparams``.
 
-    ``eval_points`` evaluations are spread evenly over training, the last at the final step.
+    ``eval_points`` evaluations are spread evenly over training, the last at the final step. A run takes at
+    least ``min_steps`` optimizer steps, passing over its rows again if ``epochs`` would give fewer.
     ``exact_match`` scores causal runs by greedy generation against the reference responses; turn it off
     to score by eval loss alone, which is much faster. ``threads`` sets torch's CPU thread count.
     """
@@ -53,6 +57,7 @@ class TrainSettings:
     max_new_tokens: int = 32
     exact_match: bool = True
     threads: int | None = None
+    min_steps: int = MIN_STEPS
 
     def __post_init__(self):
         checks = {
@@ -64,6 +69,7 @@ class TrainSettings:
             "divergence_factor": self.divergence_factor > 1,
             "max_new_tokens": self.max_new_tokens >= 1,
             "threads": self.threads is None or self.threads >= 1,
+            "min_steps": self.min_steps >= 1,
         }
         for field, ok in checks.items():
             if not ok:
@@ -188,12 +194,12 @@ class TrainingRun:
         """
         settings = self.settings
         steps_per_epoch = math.ceil(len(train) / hp.batch_size)
-        total = max(1, math.ceil(steps_per_epoch * settings.epochs))
+        total = max(settings.min_steps, math.ceil(steps_per_epoch * settings.epochs))
         eval_at = {math.ceil(total * k / settings.eval_points) for k in range(1, settings.eval_points + 1)}
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # weight_decay=0 as in transformers.Trainer's default: decay would pull LoRA updates back to zero
         optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0)
-        warmup = math.ceil(settings.warmup_ratio * total)
+        warmup = min(math.ceil(settings.warmup_ratio * total), total - 1)  # the last step never has lr 0
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         guard = _DivergenceGuard(settings.divergence_factor)
         batches = _shuffled_batches(len(train), hp.batch_size, settings.seed)

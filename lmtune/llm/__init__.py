@@ -20,3 +20,19 @@ def resolve_model(name: str | None) -> str:
     if name == "arith-lm":
         return str(ARITH_LM_DIR)
     return name
+
+
+def check_device(device: str) -> str:
+    """A torch device this machine has, or ``InputError("device", ...)`` before any model is loaded."""
+    import torch
+
+    from lmtune.errors import InputError
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise InputError("device", f"{device!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind, False):
+        raise InputError("device", f"{device!r}: this machine has no {kind} device; use cpu")
+    return device

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lmtune.config import build_config
+from lmtune.llm import check_device
 from lmtune.llm.generation import GenerationError, GenerationRequest
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ class ServeConfig(BaseModel):
     model: str = Field("arith-lm", description="local HF causal LM folder, or arith-lm",
                        json_schema_extra={"metavar": "PATH"})
     host: str = Field("127.0.0.1", description="address to listen on", json_schema_extra={"metavar": "HOST"})
-    port: int = Field(8000, description="port", json_schema_extra={"metavar": "PORT"})
-    device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
+    port: int = Field(8000, ge=1, le=65535, description="port", json_schema_extra={"metavar": "PORT"})
+    device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps)",
+                        json_schema_extra={"metavar": "DEVICE"})
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -120,5 +122,6 @@ def serve(config: ServeConfig | None = None, **fields: Any) -> None:
     from lmtune.llm.local import LocalGenerator
 
     cfg = config or build_config(ServeConfig, **fields)
+    check_device(cfg.device)
     uvicorn.run(make_app(LocalGenerator(cfg.model, device=cfg.device)), host=cfg.host, port=cfg.port,
                 log_level="warning")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lmtune.finetune.hparams import VARIANTS
 from lmtune.runtime.storage import STORAGE_HELP
+from lmtune.samplers.registry import PRUNERS, SAMPLERS
 
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
@@ -32,7 +34,8 @@ class LoraRunConfig(BaseModel):
     variant: str | None = Field(None, description="lora, rslora, dora, pissa, or 'search' for all four "
                                 "(default: the space's)", json_schema_extra={"metavar": "VARIANT"})
     trials: int = Field(10, ge=1, description="finished trials the study should hold")
-    proxy_fraction: float = Field(0.1, gt=0.0, le=1.0, description="fraction of the training split each trial "
+    proxy_fraction: float = Field(0.1, gt=0.0, le=1.0, allow_inf_nan=False,
+                                  description="fraction of the training split each trial "
                                   "trains on")
     sampler: str = Field("tpe", description="random, tpe, gp, botorch or language-bo",
                          json_schema_extra={"metavar": "NAME"})
@@ -47,7 +50,7 @@ class LoraRunConfig(BaseModel):
     shortlist_k: int = Field(16, ge=1, description="language-bo: candidates re-embedded exactly per suggestion")
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
-    study_name: str = Field("lmtune-lora", description="study name; an existing study resumes",
+    study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
                             json_schema_extra={"metavar": "NAME"})
     run: bool = Field(True, description="run trials here; --no-run only creates the study for `lmtune worker`")
     heartbeat_interval: int = Field(30, ge=1, description="seconds between heartbeats of a running trial "
@@ -57,11 +60,39 @@ class LoraRunConfig(BaseModel):
     output_dir: Path | None = Field(None, description="where results and the adapter go (default: "
                                     "lmtune-out/<study_name>)")
     max_length: int = Field(128, ge=8, description="tokens per example")
-    epochs: float = Field(1.0, gt=0.0, description="training epochs per trial")
+    epochs: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="training epochs per trial")
     target_modules: list[str] | None = Field(None, description="modules to adapt, comma-separated (default: "
                                              "PEFT's for the model type)",
                                              json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
     final_train: bool = Field(True, description="retrain the best config on the full training split and test it")
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(SAMPLERS)}")
+        return value
+
+    @field_validator("pruner")
+    @classmethod
+    def _known_pruner(cls, value: str) -> str:
+        if value not in PRUNERS:
+            raise ValueError(f"unknown pruner {value!r}; allowed: {', '.join(PRUNERS)}")
+        return value
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str | None) -> str | None:
+        if value is not None and value not in (*VARIANTS, "search"):
+            raise ValueError(f"{value!r} is not allowed; allowed: {', '.join(VARIANTS)}, search")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _named_modules(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not all(name.strip() for name in value)):
+            raise ValueError("needs one or more module names")
+        return value
 
     @property
     def language_bo_options(self) -> dict[str, Any]:

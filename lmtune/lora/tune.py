@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from optuna.samplers import BaseSampler
 
 from lmtune import attrs
 from lmtune.config import build_config
-from lmtune.errors import InputError
+from lmtune.errors import InputError, NoResult
 from lmtune.finetune.data import DatasetSplits, load_dataset, proxy_subset
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
@@ -31,6 +32,8 @@ from lmtune.samplers.registry import make_pruner, make_sampler
 from lmtune.space import Categorical, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
+#: The study attribute holding ``DatasetSplits.fingerprint()``.
+DATA_FINGERPRINT = "data_fingerprint"
 
 
 @dataclass
@@ -90,14 +93,45 @@ def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, Tr
     space = resolve_space(cfg)
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
     model = resolve_model(cfg.model)
-    check_model(model)
+    check_model(model, splits.task, cfg.target_modules)
     return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
 
 
 def study_attrs(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits) -> dict[str, Any]:
-    """What a LoRA study searches; resuming or joining it with anything else is refused."""
-    return {"space": space.to_dict(), "model": str(cfg.model or "minilm"), "dataset": splits.name,
+    """What a LoRA study searches; resuming or joining it with anything else is refused. The data is compared by
+    what was loaded (``DatasetSplits.fingerprint``), not by its path as typed."""
+    return {"space": space.to_dict(), "model": str(cfg.model or "minilm"), DATA_FINGERPRINT: splits.fingerprint(),
             "proxy_fraction": cfg.proxy_fraction, "max_length": cfg.max_length, "seed": cfg.seed}
+
+
+def check_same_data(storage, study_name: str, splits: DatasetSplits) -> None:
+    """Refuse to resume a study on other data, naming both datasets (the path alone says too little)."""
+    stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == study_name), None)
+    if stored is None or DATA_FINGERPRINT not in stored:
+        return
+    before, now = stored[DATA_FINGERPRINT], splits.fingerprint()
+
+    def described(fingerprint: dict) -> str:
+        rows = "/".join(map(str, fingerprint["rows"]))
+        return f"{rows} train/validation/test rows, sha256 {fingerprint['sha256'][:12]}"
+
+    if before != now:
+        raise InputError("dataset", f"study {study_name!r} was created with {stored.get('dataset')!r} "
+                         f"({described(before)}); {splits.name!r} loads other data ({described(now)}); "
+                         "use the same data or another --study-name")
+
+
+def warn_if_tiny(space: SearchSpace, rows: int, settings: TrainSettings) -> None:
+    """Say when the proxy subset is too small for the largest batch to take ``min_steps`` optimizer steps."""
+    batch = space.fixed.get("batch_size", LoraHyperparams.batch_size)
+    if "batch_size" in {p.name for p in space.params}:
+        param = space.param("batch_size")
+        batch = max(param.values()) if isinstance(param, Categorical) else param.high
+    steps = math.ceil(math.ceil(rows / batch) * settings.epochs)
+    if steps < settings.min_steps:
+        log.warning("the proxy subset holds %d rows: at batch %s a trial would take %d optimizer step(s), so each "
+                    "takes %d (passing over its rows again); more data or a larger --proxy-fraction measures "
+                    "configs better", rows, batch, steps, settings.min_steps)
 
 
 def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
@@ -127,7 +161,7 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     lora_objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                                    settings=settings, seed=cfg.seed, target_modules=cfg.target_modules,
                                    progress=on_step)
-    stored = {k: v for k, v in study_attrs(cfg, space, splits).items() if k not in ("dataset", "model")}
+    stored = {k: v for k, v in study_attrs(cfg, space, splits).items() if k != "model"}
     return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
                        make_pruner(cfg.pruner), lora_objective, stored)
 
@@ -150,8 +184,11 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction, settings=settings,
                               seed=cfg.seed, target_modules=cfg.target_modules,
                               progress=listener.step if listener is not None else None)
+    warn_if_tiny(space, len(objective.train_rows), settings)
+    check_same_data(storage, cfg.study_name, splits)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                       direction=objective.direction, attrs=study_attrs(cfg, space, splits))
+                       direction=objective.direction, attrs=study_attrs(cfg, space, splits),
+                       info={"dataset": splits.name})
     publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
     storage_shown = mask_url(normalize_url(cfg.storage))
     result = LoraResult(study_name=cfg.study_name, storage=storage_shown, budget=cfg.trials,
@@ -167,7 +204,8 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     best = best_trial(study)
     if best is None:
         reasons = {t.user_attrs.get(attrs.FAIL_REASON, t.state.name) for t in counted_trials(study)}
-        raise RuntimeError(f"no trial of study {cfg.study_name!r} completed: {'; '.join(sorted(map(str, reasons)))}")
+        raise NoResult("trials", f"no trial of study {cfg.study_name!r} completed: "
+                       f"{'; '.join(sorted(map(str, reasons)))[:400]}")
     hp = LoraHyperparams.from_params({**best.params, **space.fixed})
     log.info("Best trial %d: %s %.4f with %s", best.number, objective.metric_name, best.value, hp.to_dict())
     result.finished = len(counted_trials(study))

@@ -30,7 +30,8 @@ class StatusConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    study: str = Field(description="name of the study", json_schema_extra={"flags": ["--study", "--study-name"]})
+    study: str = Field(min_length=1, description="name of the study",
+                       json_schema_extra={"flags": ["--study", "--study-name"]})
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     as_json: bool = Field(False, description="print the status as JSON", json_schema_extra={"flags": ["--json"]})
     recent_seconds: int = Field(RECENT_SECONDS, ge=1, description="a worker counts as seen recently if it started "
@@ -62,7 +63,7 @@ def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None 
     """Trials by state, best so far, workers seen recently, compute and spend of a study (storage is only read)."""
     cfg = config or build_config(StatusConfig, **fields)
     study_name, storage, recent_seconds = cfg.study, cfg.storage, cfg.recent_seconds
-    store = make_storage(storage)
+    store = make_storage(storage, existing=True)
     summary = find_study(store, study_name, storage)
     study = optuna.load_study(study_name=study_name, storage=store)
     trials = [t for t in study.get_trials(deepcopy=False) if not is_budget_stub(t)]

@@ -8,6 +8,7 @@ failed and retried once by Optuna's ``RetryHeartbeatStaleTrialCallback``.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -34,7 +35,8 @@ STALE_RETRIES = 1
 #: Seconds to wait for a PostgreSQL server before calling it unreachable.
 CONNECT_TIMEOUT = 10
 
-_USERINFO = re.compile(r"(?P<head>^[A-Za-z][A-Za-z0-9+.\-]*://[^:/@?#]*):(?P<secret>[^@]*)@")
+#: user:password@ before the host; the password runs to the last "@" before the host (it may hold "@" or "/").
+_USERINFO = re.compile(r"(?P<head>^[A-Za-z][A-Za-z0-9+.\-]*://[^:/@?#]*):(?P<secret>[^?#]*)@(?=[^@?#]*(?:[/?#]|$))")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|sslpassword)=)(?P<secret>[^&#]*)", re.IGNORECASE)
 
 
@@ -66,13 +68,16 @@ def normalize_url(url: str | None) -> str:
 
 
 def make_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int = GRACE_PERIOD) -> BaseStorage:
+                 grace_period: int = GRACE_PERIOD, existing: bool = False) -> BaseStorage:
     """Open ``url`` as an Optuna storage, or raise ``InputError("storage", ...)`` without a password in it.
 
     RDB URLs get heartbeats every ``heartbeat_interval`` seconds; a running trial silent for
     ``grace_period`` seconds is failed and retried once. Journal files have no heartbeats in Optuna.
+    ``existing`` is for commands that join or read a study (``worker``, ``status``): a SQLite or journal file
+    that does not exist is an error then, not a new empty database.
     """
     url = normalize_url(url)
+    _check_file(url, existing)
     for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(name, f"must be a whole number of seconds >= 1, got {value!r}")
@@ -82,6 +87,33 @@ def make_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
     if url.startswith(JOURNAL_PREFIX):
         return _journal_storage(url)
     return _rdb_storage(url, heartbeat_interval, grace_period)
+
+
+def local_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal URL (None for a server or an in-memory database)."""
+    if url.startswith(JOURNAL_PREFIX):
+        return Path(url[len(JOURNAL_PREFIX):])
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(url).database
+        return Path(database) if database and database != ":memory:" else None
+    return None
+
+
+def _check_file(url: str, existing: bool) -> None:
+    """A missing file where one is needed, or a file or folder lmtune cannot write, as an error before anything
+    is created (SQLite and journal storages are files)."""
+    path = local_file(url)
+    if path is None:
+        return
+    if existing and not path.is_file():
+        raise InputError("storage", f"{path} does not exist; give the storage of an existing study")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError("storage", f"{path} is read-only; lmtune writes trials to it")
+    if path.parent.resolve().is_dir() and not os.access(path.parent.resolve(), os.W_OK):
+        raise InputError("storage", f"folder {path.parent} is read-only; SQLite and journal files need to write "
+                         "beside the database")
 
 
 def _journal_storage(url: str) -> BaseStorage:

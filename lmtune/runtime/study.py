@@ -26,12 +26,14 @@ def open_study(
     pruner: optuna.pruners.BasePruner | None = None,
     direction: str = "maximize",
     attrs: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it if it exists (same name = resume).
 
     No pruner means no pruning (Optuna's own default would be a median pruner).
     ``attrs`` describe what the study searches (space, model, data). They are stored on creation
-    and compared on resume, so a study is never silently continued with a different setup.
+    and compared on resume, so a study is never silently continued with a different setup. ``info`` is
+    stored on creation and never compared (a dataset path as typed, for people to read).
     """
     storage = storage if isinstance(storage, BaseStorage) else make_storage(storage)
     existing = {s.study_name: s for s in storage.get_all_studies()}
@@ -47,9 +49,14 @@ def open_study(
                                  "rerun with the same settings or pick another study name")
         return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
                                  pruner=pruner or optuna.pruners.NopPruner())
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                                pruner=pruner or optuna.pruners.NopPruner(), direction=direction)
-    for key, value in (attrs or {}).items():
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                    pruner=pruner or optuna.pruners.NopPruner(), direction=direction)
+    except optuna.exceptions.StorageInternalError as exc:  # e.g. a database that refuses writes
+        cause = exc.__cause__ or exc
+        reason = " ".join(str(getattr(cause, "orig", None) or cause).split())[:200]
+        raise InputError("storage", f"cannot create study {study_name!r}: {reason}") from None
+    for key, value in {**(info or {}), **(attrs or {})}.items():
         study.set_user_attr(key, value)
     return study
 

@@ -57,7 +57,7 @@ class WorkerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    study: str = Field(description="name of the study to join", json_schema_extra={"flags": ["--study",
+    study: str = Field(min_length=1, description="name of the study to join", json_schema_extra={"flags": ["--study",
                                                                                         "--study-name"]})
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     objective: str | None = Field(None, description="module:function returning an objective for the study's "
@@ -105,7 +105,8 @@ def run_worker(config: WorkerConfig | None = None, *, objective_factory: Objecti
     names a factory of another one for the study's space.
     """
     cfg = config or build_config(WorkerConfig, **fields)
-    store = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
+    store = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+                         existing=True)
     summary = find_study(store, cfg.study, cfg.storage)
     job, total = summary.user_attrs.get(attrs.JOB), summary.user_attrs.get(attrs.BUDGET)
     if not job or total is None:

@@ -1,12 +1,15 @@
 """Samplers and pruners by name: the one list of what ``--sampler`` and ``--pruner`` accept.
 
-With several workers every sampler sees the others' RUNNING trials: TPE as constant liars (Optuna's
-default), GP and BoTorch as pending points, language-BO never proposes a running or queued config.
-Random ignores all trials by design.
+On a discrete space every sampler lmtune hands out proposes only configs no trial holds yet, finished or
+running, across workers and resumed runs: language-BO by itself, Optuna's samplers through
+``DistinctSampler``, which also seeds them per trial (from the study seed and the trial number). Benchmark
+replays ask for Optuna's samplers as Optuna ships them (``distinct=False``): those are the baselines a user
+already has.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import optuna
@@ -38,12 +41,32 @@ PRUNERS: dict[str, str] = {
 
 
 def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 5, space: SearchSpace | None = None,
-                 **language_bo: Any) -> BaseSampler:
+                 distinct: bool = True, **language_bo: Any) -> BaseSampler:
     """An Optuna sampler by name; ``n_startup_trials`` random trials precede model-based ones.
 
+    With a discrete ``space`` and ``distinct`` (the default) no config is proposed twice (``DistinctSampler``).
     ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
     its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...).
     """
+    if name in LANGUAGE_BO_ABLATIONS:
+        if space is None:
+            raise InputError("sampler", "language-bo needs the search space whose pool it ranks")
+        from lmtune.samplers.language_bo import LanguageBOSampler
+
+        options = {**LANGUAGE_BO_ABLATIONS[name], **language_bo} if name != "language-bo" else language_bo
+        return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
+    if name not in SAMPLERS:
+        raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    if distinct and space is not None and space.is_discrete:
+        from lmtune.samplers.distinct import DistinctSampler
+
+        return DistinctSampler(functools.partial(optuna_sampler, name, n_startup_trials=n_startup_trials), space,
+                               seed=seed)
+    return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
+
+
+def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:
+    """One of Optuna's samplers as Optuna ships it (random, tpe, gp, botorch)."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -58,13 +81,6 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         # form of the LogEI BoTorchSampler uses alone (its default with pending points is the older qEI).
         return BoTorchSampler(seed=seed, n_startup_trials=n_startup_trials, consider_running_trials=True,
                               candidates_func=qlogei_candidates_func)
-    if name in LANGUAGE_BO_ABLATIONS:
-        if space is None:
-            raise InputError("sampler", "language-bo needs the search space whose pool it ranks")
-        from lmtune.samplers.language_bo import LanguageBOSampler
-
-        options = {**LANGUAGE_BO_ABLATIONS[name], **language_bo} if name != "language-bo" else language_bo
-        return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
     raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 

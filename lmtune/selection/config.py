@@ -33,20 +33,23 @@ class SelectConfig(BaseModel):
                                 json_schema_extra={"metavar": "DATA"})
     sizes: list[int] | None = Field(None, description="with --models: subset sizes, e.g. 0,50,100,200",
                                     json_schema_extra={"split": ",", "metavar": "N,N..."})
-    target_size: int | None = Field(None, description="training size to predict (default: largest in the file; "
-                                    "with --models, the whole training split)")
-    budget_ratio: float | None = Field(None, description="methods see sizes <= target/ratio (default 8 for "
-                                       "--curves; every measured size for --models)")
+    target_size: int | None = Field(None, ge=1, description="training size to predict (default: largest in the "
+                                    "file; with --models, the whole training split)")
+    budget_ratio: float | None = Field(None, ge=1, allow_inf_nan=False,
+                                       description="methods see sizes <= target/ratio (default 8 for --curves; "
+                                       "every measured size for --models)")
     plot: Path | None = Field(None, description="PNG of points and fitted curves (default: by the CSV)",
                               json_schema_extra={"metavar": "FILE"})
-    tokens_per_sample: float | None = Field(None, description="mean tokens per example, for FLOPs")
+    tokens_per_sample: float | None = Field(None, gt=0, allow_inf_nan=False, description="mean tokens per example, "
+                                            "for FLOPs")
     out: Path = Field(Path("lmtune-out/select/curves.csv"), description="with --models: the curves CSV to fill "
                       "(resumable)")
     mode: Literal["lora", "full"] = Field("lora", description="with --models: LoRA or full fine-tuning")
-    learning_rate: float | None = Field(None, description="with --models (default 2e-4 lora, 5e-5 full)")
-    batch_size: int = Field(16, description="with --models: training batch size")
-    max_length: int = Field(128, description="with --models: tokens per example")
-    epochs: float = Field(1.0, description="with --models: epochs over each subset")
+    learning_rate: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                        description="with --models (default 2e-4 lora, 5e-5 full)")
+    batch_size: int = Field(16, ge=1, description="with --models: training batch size")
+    max_length: int = Field(128, ge=8, description="with --models: tokens per example")
+    epochs: float = Field(1.0, gt=0, allow_inf_nan=False, description="with --models: epochs over each subset")
     ntk_examples: int = Field(8, ge=0, description="with --models: examples for LENSLLM's NTK term (0: skip)")
     seed: int = Field(0, description="seed of the nested subsets and of training")
 
@@ -67,8 +70,9 @@ class BenchSelectConfig(BaseModel):
                               json_schema_extra={"split": ",", "metavar": "N,N..."})
     as_json: bool = Field(False, description="one JSON object instead of Markdown",
                           json_schema_extra={"flags": ["--json"]})
-    tokens_per_sample: float | None = Field(None, description="mean tokens per example, for FLOPs")
-    target_size: int | None = Field(None, description="training size to predict (default: the largest in the "
+    tokens_per_sample: float | None = Field(None, gt=0, allow_inf_nan=False, description="mean tokens per example, "
+                                            "for FLOPs")
+    target_size: int | None = Field(None, ge=1, description="training size to predict (default: the largest in the "
                                     "file)")
 
     @field_validator("ratios", mode="before")

@@ -111,10 +111,14 @@ def load_curves(path: str | Path) -> Curves:
         for j, size in size_cols:
             cell = row[j].strip()
             value = math.nan if cell == "" else _number(cell, path, line, str(size))
-            if not math.isnan(value) and (value <= 0 or not math.isfinite(value)):
+            if cell != "" and not (math.isfinite(value) and value > 0):  # a missing loss is an empty cell
                 raise InputError("curves", f"{path} line {line}: loss at size {size} must be a positive finite "
                                            f"number, got {cell}")
             values.append(value)
+        seen = sum(1 for (_, size), value in zip(size_cols, values, strict=True) if size > 0 and math.isfinite(value))
+        if seen < 2:
+            raise InputError("curves", f"{path} line {line}: model {name!r} has losses at {seen} positive training "
+                                       "size(s); two or more are needed to rank it")
         count = _number(row[col[PARAMS_COLUMN]].strip(), path, line, PARAMS_COLUMN)
         if not count > 0:
             raise InputError("curves", f"{path} line {line}: '{PARAMS_COLUMN}' (parameter count) must be > 0")

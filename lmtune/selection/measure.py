@@ -70,7 +70,8 @@ def measure_curves(models: list[str], splits: DatasetSplits, sizes: list[int], o
     if sizes[-1] > len(splits.train):
         raise InputError("sizes", f"largest size {sizes[-1]} exceeds the {len(splits.train)} training rows")
     hp = hp or LoraHyperparams(learning_rate=2e-4 if mode == "lora" else 5e-5)
-    settings = replace(settings or TrainSettings(), seed=seed, exact_match=False, eval_points=1)
+    # curves compare sizes at the same epochs: no step floor (a 16-row subset at batch 16 is one step)
+    settings = replace(settings or TrainSettings(), seed=seed, exact_match=False, eval_points=1, min_steps=1)
     setup = MeasureSetup(splits.name, mode, seed, hp.to_dict(), settings.max_length, settings.epochs, ntk_examples)
     out = Path(out)
     meta_path = out.with_suffix(out.suffix + ".json")

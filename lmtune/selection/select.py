@@ -6,6 +6,7 @@ The curves come from a file, or are measured here by fine-tuning each candidate 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     from lmtune.selection.curves import load_curves
 
     cfg = config or build_config(SelectConfig, **fields)
+    plot_target(cfg.plot, cfg.curves or cfg.out)  # an unwritable --plot fails now, not after measuring
     if (cfg.curves is None) == (not cfg.models):
         raise InputError("curves", "give either --curves FILE or --models A B C (with --dataset and --sizes)")
     if cfg.curves is not None:
@@ -53,13 +55,26 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     else:
         table, target, ratio, tokens, note = _measure(cfg)
         source = cfg.out
-    plot_path = cfg.plot or source.with_name(source.stem + "-select.png")
+    plot_path = plot_target(cfg.plot, source)
     selection = select_models(table, target, ratio, tokens_per_sample=tokens, plot_path=plot_path)
     text = format_selection(selection, table)
     if note:
         text += f"\n{note}.\n"
     ranking = [table.names[i] for i in selection.results[PROPOSED].prediction.ranking()]
     return SelectResult(ranking, selection, table, source, plot_path, text + f"plot: {plot_path}\n")
+
+
+def plot_target(plot: Path | None, source: Path) -> Path:
+    """Where the PNG goes: ``plot`` (a folder gets ``<curves>-select.png`` inside), by default beside the curves.
+    A folder lmtune cannot write to is an ``InputError`` naming ``plot``."""
+    name = Path(source).stem + "-select.png"
+    path = Path(source).with_name(name) if plot is None else (
+        Path(plot) / name if Path(plot).is_dir() or str(plot).endswith(("/", os.sep)) else Path(plot))
+    folder = path.parent if path.parent != Path("") else Path(".")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError("plot", f"cannot write {path}: {existing} is not a writable folder")
+    return path
 
 
 def _measure(cfg: SelectConfig):

@@ -32,6 +32,9 @@ class Categorical:
     def __post_init__(self):
         if not self.choices:
             raise InputError(self.name, "a categorical parameter needs at least one choice")
+        bad = [c for c in self.choices if isinstance(c, float) and not math.isfinite(c)]
+        if bad:
+            raise InputError(self.name, f"choices must be finite, got {bad[0]}")
         if len(set(self.choices)) != len(self.choices):
             raise InputError(self.name, f"choices repeat a value: {list(self.choices)}")
 
@@ -73,6 +76,8 @@ class Int:
     step: int = 1
 
     def __post_init__(self):
+        if self.step < 1:
+            raise InputError(self.name, f"step must be >= 1, got {self.step}")
         if self.low > self.high:
             raise InputError(self.name, f"low ({self.low}) is above high ({self.high})")
         if self.log and (self.low < 1 or self.step != 1):
@@ -117,6 +122,11 @@ class Float:
     step: float | None = None
 
     def __post_init__(self):
+        if not all(math.isfinite(v) for v in (self.low, self.high, self.step or 1.0)):
+            raise InputError(self.name, f"low, high and step must be finite numbers, got {self.low}, {self.high}, "
+                             f"{self.step}")
+        if self.step is not None and self.step <= 0:
+            raise InputError(self.name, f"step must be > 0, got {self.step}")
         if self.low > self.high:
             raise InputError(self.name, f"low ({self.low}) is above high ({self.high})")
         if self.log and (self.low <= 0 or self.step is not None):
@@ -218,7 +228,8 @@ def param_from_spec(name: str, spec: dict[str, Any]) -> Param:
             return Categorical(name, tuple(number(v) for v in spec["choices"]))
         low, high = number(spec["low"]), number(spec["high"])
         if kind == "int":
-            return Int(name, int(low), int(high), bool(spec.get("log", False)), int(spec.get("step", 1)))
+            whole = [_whole(name, v, key) for v, key in ((low, "low"), (high, "high"), (spec.get("step", 1), "step"))]
+            return Int(name, whole[0], whole[1], bool(spec.get("log", False)), whole[2])
         step = spec.get("step")
         return Float(name, float(low), float(high), bool(spec.get("log", False)),
                      None if step is None else float(number(step)))
@@ -226,6 +237,13 @@ def param_from_spec(name: str, spec: dict[str, Any]) -> Param:
         raise InputError(name, f"a {kind} parameter needs {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise InputError(name, f"bad {kind} parameter: {exc}") from None
+
+
+def _whole(name: str, value: Any, key: str) -> int:
+    value = number(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+        raise InputError(name, f"{key} of an int parameter must be a whole number, got {value!r}")
+    return int(value)
 
 
 def number(value: Any) -> Any:

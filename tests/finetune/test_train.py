@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import math
 
@@ -211,3 +212,22 @@ def test_objective_lets_the_pruner_stop_a_trial(tiny_bert, tokenizer, sentiment_
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
     assert [r["step"] for r in trial.user_attrs["trajectory"]] == [4]
+
+
+def test_a_tiny_subset_still_trains_and_configs_differ(tiny_bert, tokenizer, sentiment_rows):
+    """Six rows at batch 8 were one optimizer step, taken at a warmup learning rate of 0: every config scored the
+    same. Now a run takes at least ``min_steps`` steps, and its last step never has a learning rate of 0."""
+    rows = sentiment_rows[:3] + sentiment_rows[-3:]
+    settings = TrainSettings(max_length=16, eval_points=1)
+
+    def loss(lr: float, **kw) -> tuple[float, int]:
+        result = train_and_evaluate(LoraHyperparams(rank=4, learning_rate=lr, batch_size=8), rows, sentiment_rows,
+                                    task="classification", model=tiny_bert, tokenizer=tokenizer, label_names=["0", "1"],
+                                    settings=dataclasses.replace(settings, **kw))
+        return result.eval_loss, result.steps
+
+    (slow, steps), (fast, _) = loss(1e-5), loss(5e-2)
+    assert steps == settings.min_steps >= 4
+    assert abs(slow - fast) > 1e-3
+    untrained, one = loss(1e-9, min_steps=1), loss(5e-2, min_steps=1)
+    assert one[1] == 1 and abs(one[0] - untrained[0]) > 1e-4  # the single step did change the model

@@ -184,6 +184,7 @@ def test_journal_file_storage_runs_and_resumes(tmp_path):
     ("postgresql+psycopg://me:s3cr%40t@db:5432/x", "postgresql+psycopg://me:***@db:5432/x"),
     ("postgresql://me:pa/ss@db/x?sslpassword=zz&a=1", "postgresql://me:***@db/x?sslpassword=***&a=1"),
     ("postgresql://me@db/x", "postgresql://me@db/x"),
+    ("postgresql://lmtune:Ab@Secret99@127.0.0.1:25432/qa", "postgresql://lmtune:***@127.0.0.1:25432/qa"),
     ("sqlite:///lmtune.db", "sqlite:///lmtune.db"),
 ])
 def test_passwords_are_masked_in_urls(url, shown):

@@ -19,7 +19,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lmtune import attrs
 from lmtune.runtime.trials import counted_trials, describe_failure, is_budget_stub
+from lmtune.samplers.registry import SAMPLERS
 from tests.pg_cluster import PostgresCluster, free_port
 
 SPACE_YAML = """name: tiny
@@ -108,6 +110,21 @@ def test_four_workers_reach_the_budget_exactly_and_language_bo_never_repeats_a_c
     assert len(ran) == 12  # stubs (lost the race for the last slot) never ran and hold no config
     assert len({config_of(t) for t in ran}) == 12  # no config proposed twice across the 4 workers
     assert len({t.user_attrs["worker"] for t in ran}) >= 2
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_no_sampler_repeats_a_config_across_workers_or_on_resume(sampler, pg_url, tmp_path, postgres):
+    """Every worker and every resumed run used to seed its sampler alike and replay the same draws."""
+    name = f"distinct-{sampler}"
+    options = ("--no-learnable-token",) if sampler == "language-bo" else ()
+    create_study(pg_url, name, tmp_path, *options, sampler=sampler, trials=9, startup=3)
+    results = finish(start_workers(3, pg_url, name, tmp_path, seconds=0.2))
+    assert [rc for rc, _ in results] == [0] * 3, results
+    optuna.load_study(study_name=name, storage=pg_url).set_user_attr(attrs.BUDGET, 12)  # a larger budget
+    results = finish(start_workers(1, pg_url, name, tmp_path, seconds=0.2))  # resumed by a fresh process
+    assert [rc for rc, _ in results] == [0], results
+    ran = [t for t in optuna.load_study(study_name=name, storage=pg_url).trials if not is_budget_stub(t)]
+    assert len(ran) == 12 and len({config_of(t) for t in ran}) == 12
 
 
 def running_trial_of(url: str, name: str, pid: int):

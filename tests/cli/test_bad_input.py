@@ -1,0 +1,117 @@
+"""Bad input, as a hostile new user types it: one line ``error: <field>: ...``, exit code 2, and nothing written.
+
+Each case runs the real entry point (``lmtune.cli.main``) in this process and compares the folder it ran in
+(storage files, output folders) before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmtune.cli import main
+
+ONE_CLASS = "text,label\n" + "".join(f"review number {i},good\n" for i in range(30))
+TWO_CLASSES = "text,label\n" + "".join(f"{'great' if i % 2 else 'awful'} film {i},{i % 2}\n" for i in range(40))
+CURVES = "config name,0,100,200,400,size\nA,3.0,2.5,2.2,2.0,1000\nB,3.2,2.4,2.1,1.9,2000\n"
+
+
+def space(body: str) -> str:
+    return f"name: bad\nparams:\n{body}\n  alpha_ratio: [1, 2]\n  dropout: 0.0\n"
+
+
+#: (case, files to write, arguments, field named, words in the message)
+CASES = [
+    ("unknown pruner", {}, ["lora", "--pruner", "bogus", "--storage", "sqlite:///s.db"], "pruner", "allowed"),
+    ("empty study name", {}, ["lora", "--study-name", "", "--storage", "sqlite:///s.db"], "study_name", "empty"),
+    ("unknown sampler", {}, ["lora", "--sampler", "cmaes-ish", "--storage", "sqlite:///s.db"], "sampler", "tpe"),
+    ("a rank that is a word", {"space.yaml": space('  rank: "four"')},
+     ["lora", "--space", "space.yaml", "--storage", "sqlite:///s.db"], "rank", "whole number"),
+    ("a rank of 4.5", {"space.yaml": space("  rank: [4, 4.5]")},
+     ["lora", "--space", "space.yaml", "--storage", "sqlite:///s.db"], "rank", "whole number"),
+    ("a NaN learning-rate bound", {"space.yaml": space("  rank: [4]\n  learning_rate: {type: float, low: .nan, "
+                                                       "high: 0.001, log: true}")},
+     ["lora", "--space", "space.yaml", "--storage", "sqlite:///s.db"], "learning_rate", "finite"),
+    ("a module the model lacks", {"d.csv": TWO_CLASSES},
+     ["lora", "--dataset", "d.csv", "--target-modules", "nonexistent_proj", "--storage", "sqlite:///s.db"],
+     "target_modules", "matches no module"),
+    ("one class", {"d.csv": ONE_CLASS}, ["lora", "--dataset", "d.csv", "--storage", "sqlite:///s.db"], "label",
+     "two or more classes"),
+    ("a NaN proxy fraction", {}, ["lora", "--proxy-fraction", "nan", "--storage", "sqlite:///s.db"],
+     "proxy_fraction", ""),
+    ("status of a missing database", {}, ["status", "--study", "s", "--storage", "sqlite:///missing.db"], "storage",
+     "does not exist"),
+    ("worker on a missing journal", {}, ["worker", "--study", "s", "--storage", "journal:///missing.log"], "storage",
+     "does not exist"),
+    ("a read-only database", {}, ["lora", "--storage", "sqlite:///file:ro.db?mode=ro&uri=true", "--no-run"],
+     "storage", "readonly"),
+    ("a port above 65535", {}, ["serve", "--port", "99999"], "port", "at most 65535"),
+    ("an absent device", {}, ["serve", "--device", "cuda:7"], "device", "no cuda device"),
+    ("target size 0", {"c.csv": CURVES}, ["select", "--curves", "c.csv", "--target-size", "0"], "target_size",
+     "at least 1"),
+    ("a model with NaN losses", {"c.csv": CURVES.replace("B,3.2,2.4,2.1,1.9", "B,nan,nan,nan,nan")},
+     ["select", "--curves", "c.csv"], "curves", "positive finite"),
+    ("an unwritable plot", {"c.csv": CURVES}, ["select", "--curves", "c.csv", "--plot", "c.csv/plot.png"], "plot",
+     "cannot write"),
+]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+def run(folder: Path, args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "argv", ["lmtune", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("case", "files", "args", "field", "words"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, files, args, field, words, tmp_path, capsys,
+                                                          monkeypatch):
+    if case == "a read-only database":
+        import sqlite3
+
+        sqlite3.connect(tmp_path / "ro.db").close()
+    if case == "an absent device" and os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
+        pytest.skip("this machine may have that device")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    before = snapshot(tmp_path)
+    code, err = run(tmp_path, args, capsys, monkeypatch)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}: ") and words in lines[0], err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_study_where_every_trial_diverges_ends_with_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    (tmp_path / "d.csv").write_text(TWO_CLASSES)
+    (tmp_path / "space.yaml").write_text("name: hot\nparams:\n  rank: [4]\n  alpha_ratio: [16]\n"
+                                         "  learning_rate: [50.0, 80.0]\n  batch_size: [8]\n  dropout: 0.0\n")
+    code, err = run(tmp_path, ["lora", "--dataset", "d.csv", "--space", "space.yaml", "--trials", "2",
+                               "--max-length", "16", "--storage", "sqlite:///s.db"], capsys, monkeypatch)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: trials: no trial of study"), err
+    assert "diverged" in err
+
+
+def test_resume_compares_the_data_not_the_path(tmp_path, capsys, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "good.csv").write_text(TWO_CLASSES)
+    base = ["lora", "--no-run", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study-name", "same"]
+    assert run(tmp_path, [*base, "--dataset", "data/good.csv"], capsys, monkeypatch)[0] == 0
+    absolute = str(tmp_path / "data" / "good.csv")
+    assert run(tmp_path, [*base, "--dataset", absolute], capsys, monkeypatch)[0] == 0  # same file, other path
+    other = tmp_path / "elsewhere"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "good.csv").write_text(TWO_CLASSES.replace("great", "superb"))  # same relative path
+    code, err = run(other, [*base, "--dataset", "data/good.csv"], capsys, monkeypatch)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: dataset: study 'same' was created with 'data/good.csv'"), err
+    assert "loads other data" in last and "sha256" in last
