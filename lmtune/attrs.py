@@ -28,6 +28,8 @@ STEP_LOSSES = "step_losses"
 EVAL_LOSS = "eval_loss"
 TRAIN_SECONDS = "train_seconds"
 TRAIN_EXAMPLES = "train_examples"
+#: Optimizer steps the trial took (a pruned or failed trial: the steps before it stopped).
+TRAIN_STEPS = "train_steps"
 #: A benchmark row imported into a build study from a table file of that name.
 IMPORTED_FROM = "imported_from"
 

@@ -18,6 +18,8 @@ _EXPORTS = {
     "TrainSettings": "train",
     "train_and_evaluate": "train",
     "LoraObjective": "objective",
+    "ProxyPlan": "proxy",
+    "plan_proxy": "proxy",
 }
 
 __all__ = list(_EXPORTS)

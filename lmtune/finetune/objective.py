@@ -10,7 +10,7 @@ import optuna
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmtune import attrs
-from lmtune.errors import TrialFailed
+from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import DatasetSplits, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
@@ -26,10 +26,14 @@ class LoraObjective:
     """Callable Optuna objective: trial -> validation metric.
 
     Every trial trains on the same seeded ``proxy_fraction`` of the training split, so trials differ only in
-    their hyperparameters. ``seed`` drives the proxy sample, shuffling and initialisation (it replaces
-    ``settings.seed``). Each evaluation is reported to the trial so a pruner can stop it early; a run that
-    cannot produce a score raises ``TrialFailed`` with the reason in the ``fail_reason`` user attribute, so
-    optimise with ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step.
+    their hyperparameters; ``settings.steps`` (when set) gives every trial that many optimizer steps whatever
+    its batch size. ``seed`` drives the proxy sample, shuffling and initialisation (it replaces
+    ``settings.seed``). ``metric`` is what a trial returns and reports: the task's metric (default) or
+    ``"eval_loss"``; both are recorded in the trajectory either way. Each evaluation is reported to the trial
+    at its optimizer step, so a pruner can stop it early; a run that cannot produce a score raises
+    ``TrialFailed`` with the reason in the ``fail_reason`` user attribute, so optimise with
+    ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step. The steps a
+    trial took (also a pruned or failed one) are its ``train_steps`` user attribute.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class LoraObjective:
         seed: int = 0,
         target_modules: list[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        metric: str | None = None,
     ):
         self.space = space
         self.splits = splits
@@ -53,7 +58,10 @@ class LoraObjective:
         self.train_rows = proxy_subset(splits.train, proxy_fraction, seed)
         self.target_modules = target_modules
         self.progress = progress
-        self.metric_name = metric_name(splits.task, self.settings)
+        self.task_metric = metric_name(splits.task, self.settings)
+        if metric not in (None, self.task_metric, "eval_loss"):
+            raise InputError("proxy_metric", f"{metric!r} is not allowed; allowed: {self.task_metric}, eval_loss")
+        self.metric_name = metric or self.task_metric
         self.direction = metric_direction(self.metric_name)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -61,12 +69,19 @@ class LoraObjective:
         trial.set_user_attr(attrs.HYPERPARAMS, hp.to_dict())
         trial.set_user_attr(attrs.METRIC_NAME, self.metric_name)
         trajectory: list[dict] = []
+        steps = [0, 0]  # steps taken, steps planned
+
+        def on_step(step: int, total: int) -> None:
+            steps[:] = [step, total]
+            if self.progress is not None:
+                self.progress(step, total)
 
         def on_eval(step: int, record: dict) -> None:
             trajectory.append(record)
             trial.set_user_attr(attrs.TRAJECTORY, trajectory)
             trial.report(record[self.metric_name], step)
-            if trial.should_prune():
+            # Optuna's successive halving has no last rung: it would prune a trial that already finished
+            if step < steps[1] and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with {self.metric_name} "
                                          f"{record[self.metric_name]:.4g}")
 
@@ -74,13 +89,15 @@ class LoraObjective:
             result = train_and_evaluate(
                 hp, self.train_rows, self.splits.validation, task=self.splits.task, model=self.model,
                 tokenizer=self.tokenizer, label_names=self.splits.label_names, settings=self.settings,
-                target_modules=self.target_modules, on_eval=on_eval, on_step=self.progress,
+                target_modules=self.target_modules, on_eval=on_eval, on_step=on_step,
             )
         except TrialFailed as error:
             trial.set_user_attr(attrs.FAIL_REASON, str(error))
             raise
+        finally:
+            trial.set_user_attr(attrs.TRAIN_STEPS, steps[0])
         trial.set_user_attr(attrs.EVAL_LOSS, result.eval_loss)
         trial.set_user_attr(attrs.TRAIN_SECONDS, result.train_seconds)
         trial.set_user_attr(attrs.TRAIN_EXAMPLES, result.train_examples)
         trial.set_user_attr(attrs.STEP_LOSSES, [round(loss, 5) for loss in result.step_losses])
-        return result.metric
+        return result.trajectory[-1][self.metric_name]

@@ -42,7 +42,9 @@ class TrainSettings:
     """How one run trains and evaluates; the searched hyperparameters live in ``LoraHyperparams``.
 
     ``eval_points`` evaluations are spread evenly over training, the last at the final step. A run takes at
-    least ``min_steps`` optimizer steps, passing over its rows again if ``epochs`` would give fewer.
+    least ``min_steps`` optimizer steps, passing over its rows again if ``epochs`` would give fewer. ``steps``
+    sets the number of optimizer steps outright (whatever the batch size and the number of rows; ``epochs``
+    is then unused): a proxy sized by steps trains every config as many updates.
     ``exact_match`` scores causal runs by greedy generation against the reference responses; turn it off
     to score by eval loss alone, which is much faster. ``threads`` sets torch's CPU thread count.
     """
@@ -58,6 +60,7 @@ class TrainSettings:
     exact_match: bool = True
     threads: int | None = None
     min_steps: int = MIN_STEPS
+    steps: int | None = None
 
     def __post_init__(self):
         checks = {
@@ -70,6 +73,7 @@ class TrainSettings:
             "max_new_tokens": self.max_new_tokens >= 1,
             "threads": self.threads is None or self.threads >= 1,
             "min_steps": self.min_steps >= 1,
+            "steps": self.steps is None or self.steps >= 1,
         }
         for field, ok in checks.items():
             if not ok:
@@ -98,6 +102,12 @@ def metric_name(task: str, settings: TrainSettings) -> str:
     if task == "classification":
         return "accuracy"
     return "exact_match" if settings.exact_match else "eval_loss"
+
+
+def planned_steps(rows: int, batch_size: int, settings: TrainSettings) -> int:
+    """Optimizer steps a run on ``rows`` examples takes at ``batch_size``: ``settings.steps`` when set, else
+    ``epochs`` passes (at least ``min_steps``)."""
+    return settings.steps or max(settings.min_steps, math.ceil(math.ceil(rows / batch_size) * settings.epochs))
 
 
 def metric_direction(name: str) -> str:
@@ -194,7 +204,7 @@ class TrainingRun:
         """
         settings = self.settings
         steps_per_epoch = math.ceil(len(train) / hp.batch_size)
-        total = max(settings.min_steps, math.ceil(steps_per_epoch * settings.epochs))
+        total = planned_steps(len(train), hp.batch_size, settings)
         eval_at = {math.ceil(total * k / settings.eval_points) for k in range(1, settings.eval_points + 1)}
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # weight_decay=0 as in transformers.Trainer's default: decay would pull LoRA updates back to zero

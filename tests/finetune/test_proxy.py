@@ -1,0 +1,85 @@
+"""A proxy sized by optimizer steps: exact steps for every batch size, its default, and its cost next to a full run."""
+
+import optuna
+import pytest
+
+from lmtune import attrs
+from lmtune.errors import InputError
+from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.objective import LoraObjective
+from lmtune.finetune.proxy import MAX_PROXY_STEPS, MIN_PROXY_STEPS, default_proxy_steps, plan_proxy
+from lmtune.finetune.train import TrainSettings, train_and_evaluate
+from lmtune.space import Categorical, SearchSpace
+
+
+def space(*batch_sizes: int) -> SearchSpace:
+    return SearchSpace((Categorical("batch_size", batch_sizes), Categorical("learning_rate", (1e-3, 1e-2))),
+                       {"rank": 4})
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 8, 32])
+def test_a_step_sized_run_takes_the_requested_steps_at_every_batch_size(tiny_bert, tokenizer, sentiment_rows,
+                                                                         batch_size):
+    """24 rows: batch 1 takes 9 of them, batch 32 passes over them more than 3 times; both take 9 steps."""
+    seen = []
+    result = train_and_evaluate(LoraHyperparams(rank=4, learning_rate=1e-2, batch_size=batch_size),
+                                sentiment_rows, sentiment_rows[:6], task="classification", model=tiny_bert,
+                                tokenizer=tokenizer, on_step=lambda step, total: seen.append((step, total)),
+                                settings=TrainSettings(max_length=16, epochs=5, steps=9, eval_points=3))
+    assert result.steps == 9 and len(result.step_losses) == 9
+    assert seen == [(step, 9) for step in range(1, 10)]
+    assert [r["step"] for r in result.trajectory] == [3, 6, 9]  # reports at regular steps
+    assert all("eval_loss" in r and "accuracy" in r for r in result.trajectory)
+
+
+def test_the_objective_records_steps_and_ranks_by_the_chosen_metric(tiny_bert, tokenizer, sentiment_rows):
+    from lmtune.finetune.data import DatasetSplits
+
+    splits = DatasetSplits("classification", sentiment_rows, sentiment_rows[:8], sentiment_rows[:8], None, "toy")
+    grid = space(4, 16)
+    objective = LoraObjective(grid, splits, model=tiny_bert, tokenizer=tokenizer, proxy_fraction=1.0,
+                              settings=TrainSettings(max_length=16, steps=6, eval_points=2), metric="eval_loss")
+    assert objective.direction == "minimize"
+    study = optuna.create_study(direction=objective.direction)
+    study.optimize(objective, n_trials=2)
+    for trial in study.trials:
+        assert trial.user_attrs[attrs.TRAIN_STEPS] == 6
+        last = trial.user_attrs[attrs.TRAJECTORY][-1]
+        assert trial.value == last["eval_loss"] and "accuracy" in last
+        assert sorted(trial.intermediate_values) == [3, 6]
+    with pytest.raises(InputError) as error:
+        LoraObjective(grid, splits, model=tiny_bert, tokenizer=tokenizer, metric="exact_match")
+    assert error.value.field == "proxy_metric"
+
+
+def test_default_steps_follow_the_data_size_and_the_largest_batch():
+    # 1,489 rows at batch 16: a full run is 94 steps.
+    small = default_proxy_steps(1489, space(8, 16))
+    assert MIN_PROXY_STEPS <= small <= MAX_PROXY_STEPS
+    assert default_proxy_steps(1000, space(8, 16)) == MIN_PROXY_STEPS  # small data: the floor
+    assert default_proxy_steps(100, space(8, 16)) == 13  # tiny data: no longer than the longest full run
+    assert default_proxy_steps(10_000_000, space(8, 16)) == MAX_PROXY_STEPS  # huge data: the ceiling
+    assert default_proxy_steps(20_000, space(8, 16)) >= default_proxy_steps(20_000, space(8, 64))
+
+
+def test_a_plan_says_what_a_trial_costs_next_to_a_full_run():
+    plan = plan_proxy(1000, space(4, 32), steps=10, epochs=1.0)
+    assert plan.steps_at(4) == plan.steps_at(32) == 10 == plan.longest
+    assert plan.cost_share(4) == pytest.approx(10 / 250) and plan.cost_share(32) == pytest.approx(10 / 32)
+    assert plan.rows == 320 and plan.fraction == pytest.approx(0.32)  # batch 32 sees no row twice
+    assert plan.to_dict()["mean_cost_share"] == pytest.approx((10 / 250 + 10 / 32) / 2, abs=1e-4)
+
+    tiny = plan_proxy(50, space(4, 32), steps=10, fraction=0.5)
+    assert tiny.rows == 25 and any("longer than a full run" in n for n in tiny.notes)
+    assert any("passes" in n for n in tiny.notes)
+
+    epochs = plan_proxy(1000, space(4, 32), steps=0, epochs=2.0)  # the proxy of the benchmark tables
+    assert epochs.steps is None and epochs.fraction == 0.1 and epochs.rows == 100
+    assert epochs.steps_at(4) == 50 and epochs.steps_at(32) == 8 and epochs.cost_share(4) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"steps": -1}, "proxy_steps"), ({"fraction": 1.5}, "proxy_fraction")])
+def test_bad_proxies_name_their_field(kwargs, field):
+    with pytest.raises(InputError) as error:
+        plan_proxy(100, space(4), **kwargs)
+    assert error.value.field == field
