@@ -52,6 +52,36 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
     return interval if isinstance(interval, int) and interval > 0 else None
 
 
+class TrialsView:
+    """A study as a sampler should see it: every trial list it reads passes through ``transform`` first.
+
+    Optuna's samplers read trials through ``Study._get_trials`` (TPE, GPSampler) or ``Study.get_trials``
+    (optuna-integration's BoTorchSampler); everything else is the study's own. Used to show samplers a pruned
+    trial as the observation it is (``lmtune.samplers.fidelity``).
+    """
+
+    def __init__(self, study: optuna.Study, transform):
+        self._study = study
+        self._transform = transform
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _select(self, trials: list[FrozenTrial], states) -> list[FrozenTrial]:
+        shown = self._transform(trials)
+        return shown if states is None else [t for t in shown if t.state in states]
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        return self._select(self._study.get_trials(deepcopy=deepcopy), states)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        return self._select(self._study._get_trials(deepcopy=deepcopy, use_cache=use_cache), states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
 def stale_retry_callback(max_retry: int) -> RetryHeartbeatStaleTrialCallback:
     """Optuna's callback that queues a trial failed by a stale heartbeat again, at most ``max_retry`` times."""
     with warnings.catch_warnings():

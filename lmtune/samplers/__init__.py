@@ -10,6 +10,7 @@ _EXPORTS = {
     "Template": "lmtune.samplers.templates",
     "make_sampler": "lmtune.samplers.registry",
     "make_pruner": "lmtune.samplers.registry",
+    "ObservingSampler": "lmtune.samplers.fidelity",
     "SAMPLERS": "lmtune.samplers.registry",
 }
 

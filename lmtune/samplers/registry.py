@@ -2,9 +2,10 @@
 
 On a discrete space every sampler lmtune hands out proposes only configs no trial holds yet, finished or
 running, across workers and resumed runs: language-BO by itself, Optuna's samplers through
-``DistinctSampler``, which also seeds them per trial (from the study seed and the trial number). Benchmark
-replays ask for Optuna's samplers as Optuna ships them (``distinct=False``): those are the baselines a user
-already has.
+``DistinctSampler``, which also seeds them per trial (from the study seed and the trial number). Every sampler
+lmtune hands out sees a pruned trial as an observation at its fidelity (``lmtune.samplers.fidelity``), not as
+a failure or as nothing. Benchmark replays ask for Optuna's samplers as Optuna ships them (``distinct=False``):
+those are the baselines a user already has.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
 PRUNERS: dict[str, str] = {
     "none": "no pruning",
     "median": "stop a trial below the median of earlier trials at the same step (after 5 trials)",
-    "hyperband": "Hyperband over the trials' reported steps",
+    "successive-halving": "asynchronous successive halving over training steps (keep the best 1/3 at each rung)",
+    "hyperband": "Hyperband over training steps: successive halving in several brackets of aggressiveness",
 }
+#: Successive halving keeps the best 1/REDUCTION_FACTOR of the trials at each rung.
+REDUCTION_FACTOR = 3
 
 
 def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 5, space: SearchSpace | None = None,
@@ -57,12 +61,21 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
     if name not in SAMPLERS:
         raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
-    if distinct and space is not None and space.is_discrete:
+    if not distinct:
+        return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
+    if space is not None and space.is_discrete:
         from lmtune.samplers.distinct import DistinctSampler
 
-        return DistinctSampler(functools.partial(optuna_sampler, name, n_startup_trials=n_startup_trials), space,
+        return DistinctSampler(functools.partial(observing_sampler, name, n_startup_trials=n_startup_trials), space,
                                seed=seed)
-    return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
+    return observing_sampler(name, seed, n_startup_trials=n_startup_trials)
+
+
+def observing_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:
+    """One of Optuna's samplers that sees pruned trials as observations at their fidelity."""
+    from lmtune.samplers.fidelity import ObservingSampler
+
+    return ObservingSampler(optuna_sampler(name, seed, n_startup_trials=n_startup_trials))
 
 
 def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:
@@ -84,11 +97,26 @@ def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) ->
     raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, *, min_resource: int | None = None, max_resource: int | None = None
+                ) -> optuna.pruners.BasePruner:
+    """A pruner by name. The resource is the step a trial reports at (lmtune: optimizer steps).
+
+    ``min_resource`` is the first rung (a trial's first report), ``max_resource`` the steps of a whole trial.
+    Both are fixed, not inferred from the first trials ("auto"), so a resumed study, or another worker,
+    rebuilds the same rungs and brackets and continues the same schedule: Optuna keeps each trial's rungs in
+    its system attributes and draws its Hyperband bracket from the study name and trial number.
+    """
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min_resource or 0)
+    if name in ("successive-halving", "hyperband"):
+        if min_resource is None or max_resource is None or not 1 <= min_resource <= max_resource:
+            raise InputError("pruner", f"{name} needs the steps of a trial and of its first report, "
+                             f"got {min_resource} and {max_resource}")
+        if name == "successive-halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                          reduction_factor=REDUCTION_FACTOR)
+        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource,
+                                              reduction_factor=REDUCTION_FACTOR)
     raise InputError("pruner", f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")

@@ -1,7 +1,7 @@
 """The contract every lmtune sampler keeps, in the spirit of Optuna's own ``samplers_tests/test_samplers.py``.
 
 Every name in the registry and the grid sampler: proposals lie in the space, no config of a discrete pool
-is proposed twice (finished or running), failed trials are survived, the same seed gives the same study,
+is proposed twice (finished or running), failed and pruned trials are survived, the same seed gives the same study,
 and the sampler pickles (Optuna pickles samplers with studies and for process pools).
 """
 
@@ -91,6 +91,25 @@ def test_failed_trials_are_survived_and_not_proposed_again(name, encoders, tmp_p
     run_trials(study, flaky, 12)
     assert study.trials[0].state == TrialState.FAIL
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 6
+    assert len(set(configs(study))) == 12
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pruned_trials_are_observations_not_failures_and_are_not_proposed_again(name, encoders, tmp_path, storage):
+    """Successive halving stops most trials early; every sampler goes on and never repeats a stopped config."""
+    def curve(trial: optuna.Trial) -> float:
+        config = SPACE.suggest(trial)
+        for step in (1, 2, 3):
+            trial.report(score(config) - 1 / step, step)
+            if step < 3 and trial.should_prune():
+                raise optuna.TrialPruned()
+        return score(config)
+
+    study = open_study(name, storage=storage, sampler=make(name, encoders, tmp_path),
+                       pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
+    run_trials(study, curve, 12)
+    states = [t.state for t in study.trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
     assert len(set(configs(study))) == 12
 
 

@@ -25,9 +25,11 @@ What makes it fast (the prior system re-embedded the pool and rebuilt the GP eve
   from the previous optimum instead of ``mll_steps`` from scratch.
 
 Trial bookkeeping: COMPLETE trials are observations (values negated when minimizing, so the GP
-always maximizes). FAIL and PRUNED trials, and COMPLETE ones with a non-finite value, are imputed
-with the worst observed value - they tell the model "bad here" without a fake good score - and
-leave the pool like evaluated ones. RUNNING and WAITING configs are never proposed; they enter the
+always maximizes). A PRUNED trial is an observation at a lower fidelity: its last reported value, moved
+by the median gain complete trials made from that step on (``lmtune.samplers.fidelity``). FAIL trials,
+PRUNED ones that reported nothing and COMPLETE ones with a non-finite value are imputed with the worst
+observed value - they tell the model "bad here" without a fake good score - and leave the pool like
+evaluated ones. RUNNING and WAITING configs are never proposed; they enter the
 acquisition as constant-liar points (value = the worst observed), so parallel workers spread out.
 A chosen config is marked on the trial at once and settled against workers that chose at the same
 moment (``lmtune.samplers.claim``), so no two trials of a study hold one config.
@@ -53,6 +55,7 @@ from lmtune import attrs
 from lmtune._compat import queued_params
 from lmtune.errors import InputError
 from lmtune.samplers.claim import PoolClaims
+from lmtune.samplers.fidelity import fidelity_values
 from lmtune.samplers.language_bo.model import FitReport, TextSurrogate, torch_threads
 from lmtune.samplers.templates import Template
 from lmtune.space import SearchSpace
@@ -239,13 +242,17 @@ class LanguageBOSampler(BaseSampler):
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
         observed: dict[int, float] = {}
         failed, busy = [], []
-        for t in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        pruned = fidelity_values(trials)
+        for t in trials:
             # WAITING (enqueued) trials keep their parameters in this system attr until they start.
             index = self._claims.holds(t)
             if index is None or t.number == trial.number or t.user_attrs.get(attrs.BUDGET_REACHED):
                 continue
             if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
                 observed.setdefault(index, sign * t.value)
+            elif t.number in pruned:
+                observed.setdefault(index, sign * pruned[t.number])
             elif t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
                 failed.append(index)
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):
