@@ -50,6 +50,8 @@ class WorkerParts:
     pruner: optuna.pruners.BasePruner
     objective: Callable[[optuna.Trial], float] | None
     attrs: dict[str, Any] | None = None
+    #: ``stop_when(study)`` gives ``run_trials`` its ``stop_when`` (a budget of steps or seconds), or None.
+    stop_when: Callable[[optuna.Study], Callable[[], bool]] | None = None
 
 
 class WorkerConfig(BaseModel):
@@ -128,7 +130,8 @@ def run_worker(config: WorkerConfig | None = None, *, objective_factory: Objecti
                        direction=summary.direction.name.lower(), attrs=parts.attrs)
     log.info("Worker joined study %s: %d of %d trials finished, sampler %s.", cfg.study,
              len(counted_trials(study)), total, type(parts.sampler).__name__)
-    ran = run_trials(study, objective, total, listener=listener)
+    ran = run_trials(study, objective, total, listener=listener,
+                     stop_when=parts.stop_when(study) if parts.stop_when is not None else None)
     state = budget(study, total)
     return WorkerResult(study_name=cfg.study, ran=ran, finished=state.counted, budget=total,
                         running_elsewhere=len(state.running))
