@@ -40,9 +40,12 @@ def lora(
         print(f"study {result.study_name}: {result.finished} of {result.budget} trials finished")
         return
     print(f"best config: {result.best['hyperparams']}")
-    print(f"proxy validation {result.metric_name}: {result.best['proxy_metric']:.4f}")
+    print("proxy validation " + ", ".join(f"{k}: {v:.4f}" for k, v in result.best["proxy_metrics"].items()))
+    spent = result.spent
+    print(f"search: {spent['trials']} trials ({spent['pruned']} pruned), {spent['steps']} steps, "
+          f"{spent['seconds']:.0f} s, {spent['full_runs']:g} full runs' worth of training examples")
     if result.final is not None:
-        print(f"test {result.metric_name}: {result.final['test_metric']:.4f}")
+        print(f"test {result.final['metric_name']}: {result.final['test_metric']:.4f}")
     print(f"results: {cfg.out_dir / 'results.json'}")
 
 
@@ -52,11 +55,23 @@ def proxy_check_command(
     configs: Annotated[int, typer.Option(help="Random configs to train on the proxy and on all data.",
                                          metavar="N")] = 8,
 ) -> None:
-    """Train random configs on the proxy subset and on the full training split; print their Pearson correlation."""
+    """Train random configs as search trials and on the full training split; print how well the proxy tracks."""
     from lmtune.lora.proxy_check import proxy_check
 
     result = proxy_check(ctx.obj, configs)
-    pearson = "undefined (fewer than 3 paired results or no spread)" if result.pearson is None else (
-        f"{result.pearson:.3f}")
-    print(f"proxy ({result.proxy_fraction:.0%}, {result.proxy_examples} examples) vs full "
-          f"({result.full_examples} examples) over {result.paired} configs: Pearson {pearson}")
+    size = f"{result.proxy_steps} steps" if result.proxy_steps else "epochs"
+    print(f"proxy ({size} on {result.proxy_examples} examples, {result.proxy_fraction:.0%}) vs full "
+          f"({result.full_examples} examples) over {result.paired} configs:")
+    for metric, by_step in result.correlations.items():
+        if not by_step:
+            continue
+        step = max(by_step)
+        pearson, spearman = by_step[step]["pearson"], by_step[step]["spearman"]
+        shown = "undefined (fewer than 3 paired results or no spread)" if spearman is None else (
+            f"Pearson {pearson:.3f}, Spearman {spearman:.3f}")
+        mark = " (ranks trials)" if metric == result.proxy_metric else ""
+        print(f"  proxy {metric}{mark} vs full {result.metric_name}: {shown}")
+    if result.cost_share is not None:
+        seconds = "" if result.seconds_share is None else f", {result.seconds_share:.0%} of its time"
+        print(f"  a trial costs {result.cost_share:.0%} of a full run's training examples{seconds}")
+    print(f"recommendation: {result.recommendation or 'none: the proxy tracks the full run'}")

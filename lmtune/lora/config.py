@@ -14,6 +14,8 @@ from lmtune.samplers.registry import PRUNERS, SAMPLERS
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
                           "grace_period", "final_train"})
+#: What trials may be ranked by: the validation loss, or the task's metric (checked against the task later).
+PROXY_METRICS = ("eval_loss", "accuracy", "exact_match")
 #: Config fields that may name a local file or folder; a worker gets them as absolute paths.
 PATH_FIELDS = ("model", "dataset", "space", "template", "encoder")
 
@@ -33,14 +35,31 @@ class LoraRunConfig(BaseModel):
                        json_schema_extra={"metavar": "SPACE"})
     variant: str | None = Field(None, description="lora, rslora, dora, pissa, or 'search' for all four "
                                 "(default: the space's)", json_schema_extra={"metavar": "VARIANT"})
-    trials: int = Field(10, ge=1, description="finished trials the study should hold")
-    proxy_fraction: float = Field(0.1, gt=0.0, le=1.0, allow_inf_nan=False,
-                                  description="fraction of the training split each trial "
-                                  "trains on")
+    trials: int = Field(10, ge=1, description="finished trials the study should hold (with a budget: at most)")
+    proxy_steps: int | None = Field(None, ge=0, description="optimizer steps every trial takes, whatever its "
+                                    "batch size (default: from the data size and the space's batch sizes; 0: "
+                                    "--epochs passes over the --proxy-fraction subset instead). It wins over "
+                                    "--epochs, which then sets only the full run", json_schema_extra={"metavar": "N"})
+    proxy_fraction: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                         description="share of the training split trials draw their batches from "
+                                         "(default: enough rows that no trial sees one twice; 0.1 with "
+                                         "--proxy-steps 0)", json_schema_extra={"metavar": "F"})
+    proxy_metric: str | None = Field(None, description="what trials are ranked by: eval_loss, or the task's "
+                                     "metric (accuracy; exact_match, which generates). Default: eval_loss, which "
+                                     "moves while accuracy sits at chance; both are recorded",
+                                     json_schema_extra={"metavar": "METRIC"})
+    budget_steps: int | None = Field(None, ge=1, description="stop starting trials once a whole trial no longer "
+                                     "fits in this many optimizer steps, all trials together",
+                                     json_schema_extra={"metavar": "STEPS"})
+    budget_seconds: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                         description="stop starting trials once a whole trial (its mean time so "
+                                         "far) no longer fits in this many seconds of trials",
+                                         json_schema_extra={"metavar": "SECONDS"})
     sampler: str = Field("tpe", description="random, tpe, gp, botorch or language-bo",
                          json_schema_extra={"metavar": "NAME"})
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
-    pruner: str = Field("none", description="none, median or hyperband", json_schema_extra={"metavar": "NAME"})
+    pruner: str = Field("none", description="none, median, successive-halving or hyperband: stop trials that "
+                        "trail at a rung of training steps", json_schema_extra={"metavar": "NAME"})
     template: str = Field("domain", description="language-bo: domain, plain, or a template file",
                           json_schema_extra={"metavar": "TEMPLATE"})
     encoder: str | None = Field(None, description="language-bo: HF model id or folder (default: the offline "
@@ -60,7 +79,8 @@ class LoraRunConfig(BaseModel):
     output_dir: Path | None = Field(None, description="where results and the adapter go (default: "
                                     "lmtune-out/<study_name>)")
     max_length: int = Field(128, ge=8, description="tokens per example")
-    epochs: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="training epochs per trial")
+    epochs: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="training epochs of the full run (and "
+                          "of each trial with --proxy-steps 0)")
     target_modules: list[str] | None = Field(None, description="modules to adapt, comma-separated (default: "
                                              "PEFT's for the model type)",
                                              json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
@@ -78,6 +98,13 @@ class LoraRunConfig(BaseModel):
     def _known_pruner(cls, value: str) -> str:
         if value not in PRUNERS:
             raise ValueError(f"unknown pruner {value!r}; allowed: {', '.join(PRUNERS)}")
+        return value
+
+    @field_validator("proxy_metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None and value not in PROXY_METRICS:
+            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(PROXY_METRICS)}")
         return value
 
     @field_validator("variant")

@@ -1,32 +1,47 @@
-"""Can the proxy subset be trusted? Train a few configs on the proxy and on all data, and correlate.
+"""Can the proxy be trusted? Train a few configs as trials and as full runs, correlate, and say what to change.
 
-The check of Table 7 of "Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization".
+The check of Table 7 of "Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization",
+on the proxy a search would use (``lmtune.finetune.proxy``): both validation metrics (the task's and the
+loss), Pearson and Spearman, what a trial costs next to a full run, and, when the proxy does not track the
+full run, how many steps (and which data fraction) to try instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
+import scipy.stats
 
 from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.train import train_and_evaluate
+from lmtune.finetune.proxy import full_run_steps
+from lmtune.finetune.train import metric_direction, train_and_evaluate
 from lmtune.lora.config import LoraRunConfig
-from lmtune.lora.tune import prepare_run
+from lmtune.lora.tune import prepare_run, proxy_plan
 from lmtune.results import Result
 from lmtune.space import SearchSpace
 
 log = logging.getLogger(__name__)
+#: Rank correlation from which a proxy is taken to track the full run.
+TRACKS = 0.8
 
 
 @dataclass
 class ProxyCheckResult(Result):
-    """Each config's proxy and full score, and their Pearson correlation (None: too few pairs or no spread)."""
+    """Each config's proxy and full scores and their correlations, the proxy's cost and a recommendation.
+
+    ``pearson``/``spearman`` compare the proxy's ranking metric with the full run's task metric (None: fewer
+    than 3 pairs or no spread); ``correlations`` holds them for every proxy metric and for the proxy's
+    earlier evaluations (``{metric: {step: {"pearson", "spearman"}}}``). ``cost_share`` is the proxy's
+    training examples over a full run's (mean over the configs), ``seconds_share`` the same in measured time.
+    """
 
     proxy_fraction: float
     proxy_examples: int
@@ -34,6 +49,15 @@ class ProxyCheckResult(Result):
     configs: list[dict[str, Any]]
     paired: int
     pearson: float | None
+    proxy_steps: int | None = None
+    proxy_metric: str | None = None
+    metric_name: str | None = None
+    spearman: float | None = None
+    correlations: dict[str, dict[int, dict[str, float | None]]] = dataclasses.field(default_factory=dict)
+    cost_share: float | None = None
+    seconds_share: float | None = None
+    tracks: bool | None = None
+    recommendation: str | None = None
 
 
 def sample_configs(space: SearchSpace, count: int, seed: int) -> list[dict[str, Any]]:
@@ -51,37 +75,101 @@ def sample_configs(space: SearchSpace, count: int, seed: int) -> list[dict[str, 
     return configs
 
 
-def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:
-    """Train ``configs`` random configs on the proxy subset and on the full training split.
+def correlate(proxy: list[float | None], full: list[float | None], sign: float = 1.0) -> dict[str, float | None]:
+    """Pearson and Spearman of ``sign * proxy`` with ``full`` over the pairs both runs finished."""
+    pairs = np.array([(sign * p, f) for p, f in zip(proxy, full, strict=True) if p is not None and f is not None])
+    if len(pairs) < 3 or np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
+        return {"pearson": None, "spearman": None}
+    return {"pearson": float(np.corrcoef(pairs.T)[0, 1]),
+            "spearman": float(scipy.stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic)}
 
-    Both are scored on the validation split. Returns each pair and the Pearson correlation
-    between proxy and full scores over the configs that finished both runs.
+
+def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:
+    """Train ``configs`` random configs as the search's trials would and on the full training split.
+
+    Both are scored on the validation split. The proxy is the one ``lmtune lora`` with the same options would
+    use (steps, fraction, metric).
     """
     if configs < 3:
         raise InputError("configs", f"need at least 3 configs for a correlation, got {configs}")
     space, splits, model, settings = prepare_run(cfg)
-    chosen = sample_configs(space, configs, cfg.seed)
-    proxy_rows = proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed)
+    plan = proxy_plan(cfg, space, splits, settings)
+    trial_settings = dataclasses.replace(settings, steps=plan.steps)
+    proxy_rows = proxy_subset(splits.train, plan.fraction, cfg.seed)
     rows = []
-    for i, params in enumerate(chosen, 1):
+    for i, params in enumerate(sample_configs(space, configs, cfg.seed), 1):
         hp = LoraHyperparams.from_params(params)
-        row: dict[str, Any] = {"params": params}
-        for name, train_rows in (("proxy", proxy_rows), ("full", splits.train)):
+        row: dict[str, Any] = {"params": params, "batch_size": hp.batch_size}
+        for name, train_rows, run_settings in (("proxy", proxy_rows, trial_settings), ("full", splits.train, settings)):
             try:
                 result = train_and_evaluate(hp, train_rows, splits.validation, task=splits.task, model=model,
-                                            label_names=splits.label_names, settings=settings,
+                                            label_names=splits.label_names, settings=run_settings,
                                             target_modules=cfg.target_modules)
-                row[name], row["metric_name"] = result.metric, result.metric_name
             except TrialFailed as error:
                 row[name], row[f"{name}_fail_reason"] = None, str(error)
-        log.info("config %d/%d: proxy %s  full %s  %s", i, len(chosen), _fmt(row["proxy"]), _fmt(row["full"]), params)
+                continue
+            row[name], row["metric_name"] = result.metric, result.metric_name
+            row[f"{name}_eval_loss"], row[f"{name}_seconds"] = result.eval_loss, round(result.train_seconds, 2)
+            row[f"{name}_steps"] = result.steps
+            if name == "proxy":
+                row["proxy_trajectory"] = result.trajectory
+        log.info("config %d/%d: proxy %s  full %s  %s", i, configs, _fmt(row["proxy"]), _fmt(row["full"]), params)
         rows.append(row)
-    paired = [(r["proxy"], r["full"]) for r in rows if r["proxy"] is not None and r["full"] is not None]
-    pearson = None
-    if len(paired) >= 3 and np.ptp([p for p, _ in paired]) > 0 and np.ptp([f for _, f in paired]) > 0:
-        pearson = float(np.corrcoef(np.array(paired).T)[0, 1])
-    return ProxyCheckResult(proxy_fraction=cfg.proxy_fraction, proxy_examples=len(proxy_rows),
-                            full_examples=len(splits.train), configs=rows, paired=len(paired), pearson=pearson)
+    return _summarize(cfg, plan, rows, len(splits.train), settings.epochs)
+
+
+def _summarize(cfg: LoraRunConfig, plan, rows: list[dict], full_examples: int, epochs: float) -> ProxyCheckResult:
+    task_metric = next((r["metric_name"] for r in rows if "metric_name" in r), None)
+    full = [r["full"] for r in rows]
+    sign = 1.0 if task_metric is None or metric_direction(task_metric) == "maximize" else -1.0
+    correlations: dict[str, dict[int, dict[str, float | None]]] = {}
+    for metric in dict.fromkeys(m for m in (task_metric, "eval_loss") if m is not None):
+        direction = 1.0 if metric_direction(metric) == "maximize" else -1.0
+        steps = sorted({rec["step"] for r in rows for rec in r.get("proxy_trajectory", [])})
+        correlations[metric] = {
+            step: correlate([_at(r, step, metric) for r in rows], full, sign * direction) for step in steps}
+    paired = sum(1 for r in rows if r["proxy"] is not None and r["full"] is not None)
+    last = {m: by_step[max(by_step)] if by_step else {"pearson": None, "spearman": None}
+            for m, by_step in correlations.items()}
+    chosen = last.get(plan.metric) or last.get(task_metric) or {"pearson": None, "spearman": None}
+    shares = [r["proxy_steps"] / full_run_steps(full_examples, r["batch_size"], epochs)
+              for r in rows if r.get("proxy_steps")]
+    seconds = [r["proxy_seconds"] / r["full_seconds"] for r in rows if r.get("proxy_seconds") and r.get("full_seconds")]
+    result = ProxyCheckResult(
+        proxy_fraction=plan.fraction, proxy_examples=plan.rows, full_examples=full_examples, configs=rows,
+        paired=paired, pearson=chosen["pearson"], spearman=chosen["spearman"], proxy_steps=plan.steps,
+        proxy_metric=plan.metric, metric_name=task_metric, correlations=correlations,
+        cost_share=float(np.mean(shares)) if shares else None,
+        seconds_share=float(np.mean(seconds)) if seconds else None)
+    result.tracks = None if chosen["spearman"] is None else chosen["spearman"] >= TRACKS
+    result.recommendation = _recommend(result, plan, last, full_examples, epochs)
+    return result
+
+
+def _recommend(result: ProxyCheckResult, plan, last: dict, full_examples: int, epochs: float) -> str | None:
+    """What to change when the proxy does not track the full run: another metric, or more steps."""
+    if result.tracks is None:
+        return "too few configs finished both runs to judge the proxy; check more configs (--configs)"
+    better = max(last, key=lambda m: last[m]["spearman"] if last[m]["spearman"] is not None else -2)
+    if better != plan.metric and (last[better]["spearman"] or -2) >= TRACKS:
+        return f"rank trials by {better} (--proxy-metric {better}): Spearman {last[better]['spearman']:.2f}"
+    if result.tracks:
+        return None
+    longest = max(plan.batch_sizes)
+    steps = plan.longest * 2
+    ceiling = full_run_steps(full_examples, longest, epochs)
+    fraction = min(1.0, steps * longest / full_examples)
+    note = "" if steps <= ceiling else f" (longer than a full run at batch {longest}: the proxy saves little here)"
+    return (f"train longer: --proxy-steps {steps} --proxy-fraction {fraction:.2g}{note}, then run proxy-check again; "
+            f"Spearman was {result.spearman:.2f} at {plan.longest} steps")
+
+
+def _at(row: dict, step: int, metric: str) -> float | None:
+    for record in row.get("proxy_trajectory", []):
+        if record["step"] == step:
+            value = record.get(metric)
+            return value if value is not None and math.isfinite(value) else None
+    return None
 
 
 def _fmt(value: float | None) -> str:

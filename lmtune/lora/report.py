@@ -14,18 +14,34 @@ from lmtune.files import write_atomic
 from lmtune.runtime.trials import counted_trials
 
 
+def last_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """Every validation metric of the trial's last evaluation (e.g. accuracy and eval_loss): the proxy ranks by
+    one of them, both are reported."""
+    trajectory = trial.user_attrs.get(attrs.TRAJECTORY) or [{}]
+    return {k: v for k, v in trajectory[-1].items() if k not in ("step", "epoch", "train_loss")}
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per counted trial: state, value, params, seconds and the reason of a failure."""
+    """One row per counted trial: state, value, params, seconds, steps, its last validation metrics and the
+    reason of a failure (or of pruning)."""
     rows = []
     for t in sorted(counted_trials(study), key=lambda t: t.number):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        hyperparams = t.user_attrs.get(attrs.HYPERPARAMS) or {}
+        reason = t.user_attrs.get(attrs.FAIL_REASON)
+        if t.state == TrialState.PRUNED and reason is None and t.intermediate_values:
+            step = max(t.intermediate_values)
+            reason = f"pruned at step {step} ({t.intermediate_values[step]:.4g})"
         rows.append({
             "number": t.number,
             "state": t.state.name,
             "value": t.value if t.state == TrialState.COMPLETE else None,
             "params": t.params,
             "seconds": None if seconds is None else round(seconds, 2),
-            "fail_reason": t.user_attrs.get(attrs.FAIL_REASON),
+            "steps": t.user_attrs.get(attrs.TRAIN_STEPS),
+            "batch_size": t.params.get("batch_size", hyperparams.get("batch_size")),
+            "metrics": last_metrics(t),
+            "fail_reason": reason,
         })
     return rows
 
@@ -42,15 +58,37 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def proxy_lines(results: dict[str, Any]) -> list[str]:
+    """What each trial trained and what the search spent, next to a full run."""
+    proxy, spent = results.get("proxy"), results.get("spent")
+    lines = []
+    if proxy:
+        shares = ", ".join(f"{share:.0%} at batch {b}" for b, share in proxy["cost_share_by_batch"].items())
+        lines.append(f"- proxy: {proxy['rule']}, drawn from {proxy['rows']} of {proxy['train_rows']} training "
+                     f"rows, ranked by validation {proxy['metric']}; one trial costs {shares} of a full run's "
+                     "training examples")
+    if spent:
+        budget = [f"{results[k]:g} {unit}" for k, unit in (("budget_steps", "steps"), ("budget_seconds", "s"))
+                  if results.get(k)]
+        lines.append(f"- spent: {spent['trials']} trials ({spent['complete']} complete, {spent['pruned']} pruned "
+                     f"by {results.get('pruner') or 'none'}, {spent['failed']} failed), {spent['steps']} optimizer "
+                     f"steps, {spent['seconds']:.0f} s, {spent['full_runs']:g} full runs' worth of training examples"
+                     + (f" (budget {', '.join(budget)})" if budget else ""))
+    return lines
+
+
 def markdown_summary(results: dict[str, Any]) -> str:
     metric = results["metric_name"]
     best = results["best"]
+    proxy = results.get("proxy") or {}
+    pool = (f"{results['proxy_fraction']:.0%} proxy subset ({results['proxy_examples']} examples)" if not proxy
+            else f"proxy of {proxy['rule'].split(':')[0]} on {results['proxy_examples']} examples")
+    others = ", ".join(f"{k} {v:.4f}" for k, v in (best.get("proxy_metrics") or {}).items() if k != metric)
     lines = [
         f"# lmtune lora: {results['study_name']}",
         "",
         f"Model `{results['model']}` on `{results['dataset']}`, space `{results['space']}`, "
-        f"sampler `{results['sampler']}`, {len(results['trials'])} trials on a "
-        f"{results['proxy_fraction']:.0%} proxy subset ({results['proxy_examples']} examples).",
+        f"sampler `{results['sampler']}`, {len(results['trials'])} trials on a {pool}.",
         "",
         "## Best config",
         "",
@@ -58,11 +96,14 @@ def markdown_summary(results: dict[str, Any]) -> str:
         "| --- | --- |",
         *[f"| {k} | {v} |" for k, v in best["hyperparams"].items()],
         "",
-        f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})",
+        f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})"
+        + (f"; {others}" if others else ""),
+        *proxy_lines(results),
     ]
     final = results.get("final")
     if final:
-        lines.append(f"- full training split ({final['train_examples']} examples), test {metric}: "
+        test_metric = final.get("metric_name", metric)
+        lines.append(f"- full training split ({final['train_examples']} examples), test {test_metric}: "
                      f"{final['test_metric']:.4f}, test loss {final['test_loss']:.4f}, "
                      f"{final['train_seconds']:.1f} s training")
         lines.append(f"- adapter: `{final['adapter_dir']}`")
@@ -72,17 +113,21 @@ def markdown_summary(results: dict[str, Any]) -> str:
     if seconds:
         lines.append(f"- time per trial: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
     names = list(results["trials"][0]["params"]) if results["trials"] else []
+    shown = sorted({k for r in results["trials"] for k in r.get("metrics") or {}})
     lines += [
         "",
         "## Trials",
         "",
-        "| # | state | " + metric + " | " + " | ".join(names) + " | seconds | note |",
-        "| " + " | ".join(["---"] * (len(names) + 5)) + " |",
+        "| # | state | " + " | ".join(shown or [metric]) + " | " + " | ".join(names) + " | steps | seconds | note |",
+        "| " + " | ".join(["---"] * (len(names) + len(shown or [metric]) + 5)) + " |",
     ]
     for r in results["trials"]:
-        value = "" if r["value"] is None else f"{r['value']:.4f}"
+        if shown:
+            values = [f"{r['metrics'][k]:.4f}" if k in (r.get("metrics") or {}) else "" for k in shown]
+        else:
+            values = ["" if r["value"] is None else f"{r['value']:.4f}"]
         cells = [str(r["params"].get(n, "")) for n in names]
         note = r["fail_reason"] or ""
-        lines.append(f"| {r['number']} | {r['state']} | {value} | " + " | ".join(cells)
-                     + f" | {r['seconds'] if r['seconds'] is not None else ''} | {note} |")
+        lines.append(f"| {r['number']} | {r['state']} | " + " | ".join(values) + " | " + " | ".join(cells)
+                     + f" | {r.get('steps') or ''} | {r['seconds'] if r['seconds'] is not None else ''} | {note} |")
     return "\n".join(lines) + "\n"

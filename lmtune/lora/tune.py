@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -9,20 +10,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.samplers import BaseSampler
 
 from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError, NoResult
-from lmtune.finetune.data import DatasetSplits, load_dataset, proxy_subset
+from lmtune.finetune.data import DatasetSplits, load_dataset
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
-from lmtune.finetune.train import TrainSettings, train_and_evaluate
+from lmtune.finetune.proxy import ProxyPlan, plan_proxy
+from lmtune.finetune.train import TrainSettings, metric_name, train_and_evaluate
 from lmtune.llm import resolve_model
 from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
-from lmtune.lora.report import best_trial, trial_rows, write_results
+from lmtune.lora.report import best_trial, last_metrics, trial_rows, write_results
 from lmtune.results import Result
+from lmtune.runtime.compute import ComputeBudget, spent
 from lmtune.runtime.loop import TrialListener, run_trials
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
@@ -34,6 +38,10 @@ from lmtune.space import Categorical, SearchSpace, load_space
 log = logging.getLogger(__name__)
 #: The study attribute holding ``DatasetSplits.fingerprint()``.
 DATA_FINGERPRINT = "data_fingerprint"
+#: What trials are ranked by unless ``--proxy-metric`` says otherwise (docs/decisions.md: why).
+DEFAULT_PROXY_METRIC = "eval_loss"
+#: Evaluations along a trial without and with a pruner.
+PLAIN_EVALS, PRUNED_EVALS = 2, 4
 
 
 @dataclass
@@ -61,6 +69,13 @@ class LoraResult(Result):
     trials: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
     wall_seconds: float | None = None
+    #: The proxy (``ProxyPlan.to_dict``: steps, rows, metric, cost share of a full run by batch size).
+    proxy: dict[str, Any] | None = None
+    pruner: str | None = None
+    budget_steps: int | None = None
+    budget_seconds: float | None = None
+    #: What the trials took (``Spent``), and ``full_runs``: their training examples over a full run's.
+    spent: dict[str, Any] | None = None
 
 
 def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
@@ -97,11 +112,43 @@ def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, Tr
     return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
 
 
-def study_attrs(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits) -> dict[str, Any]:
+def proxy_plan(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, settings: TrainSettings) -> ProxyPlan:
+    """How long each trial trains, on which rows, ranked by which metric (``lmtune.finetune.proxy``)."""
+    task_metric = metric_name(splits.task, settings)
+    metric = cfg.proxy_metric or DEFAULT_PROXY_METRIC
+    if metric not in ("eval_loss", task_metric):
+        raise InputError("proxy_metric", f"{metric!r} is not a metric of a {splits.task} task; allowed: "
+                         f"eval_loss, {task_metric}")
+    return plan_proxy(len(splits.train), space, epochs=cfg.epochs, steps=cfg.proxy_steps,
+                      fraction=cfg.proxy_fraction, metric=metric, min_steps=settings.min_steps)
+
+
+def search_parts(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, model: str, settings: TrainSettings,
+                 progress=None) -> tuple[ProxyPlan, LoraObjective, optuna.pruners.BasePruner]:
+    """The proxy, the objective that trains it and the pruner whose rungs are its evaluation steps."""
+    plan = proxy_plan(cfg, space, splits, settings)
+    # An evaluation of the validation split can cost more than the steps between two: a step-sized trial
+    # evaluates at the middle and at the end, or at four even points where a pruner decides (its first rung is
+    # the first). An epoch-sized one keeps lmtune's earlier four.
+    evals = settings.eval_points if plan.steps is None else PRUNED_EVALS if cfg.pruner != "none" else PLAIN_EVALS
+    trial_settings = dataclasses.replace(settings, steps=plan.steps, eval_points=evals,
+                                         exact_match=settings.exact_match and plan.metric != "eval_loss")
+    objective = LoraObjective(space, splits, model=model, proxy_fraction=plan.fraction, settings=trial_settings,
+                              seed=cfg.seed, target_modules=cfg.target_modules, progress=progress,
+                              metric=plan.metric)
+    pruner = make_pruner(cfg.pruner, min_resource=math.ceil(plan.longest / trial_settings.eval_points),
+                         max_resource=plan.longest)
+    return plan, objective, pruner
+
+
+def study_attrs(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, plan: ProxyPlan) -> dict[str, Any]:
     """What a LoRA study searches; resuming or joining it with anything else is refused. The data is compared by
-    what was loaded (``DatasetSplits.fingerprint``), not by its path as typed."""
+    what was loaded (``DatasetSplits.fingerprint``), not by its path as typed. The proxy and the pruner are
+    compared too, so a resumed multi-fidelity study keeps its rungs."""
     return {"space": space.to_dict(), "model": str(cfg.model or "minilm"), DATA_FINGERPRINT: splits.fingerprint(),
-            "proxy_fraction": cfg.proxy_fraction, "max_length": cfg.max_length, "seed": cfg.seed}
+            "proxy_fraction": plan.fraction, "max_length": cfg.max_length, "seed": cfg.seed,
+            "proxy": {"steps": plan.steps, "epochs": None if plan.steps else plan.epochs, "metric": plan.metric},
+            "pruner": cfg.pruner}
 
 
 def check_same_data(storage, study_name: str, splits: DatasetSplits) -> None:
@@ -121,17 +168,17 @@ def check_same_data(storage, study_name: str, splits: DatasetSplits) -> None:
                          "use the same data or another --study-name")
 
 
-def warn_if_tiny(space: SearchSpace, rows: int, settings: TrainSettings) -> None:
-    """Say when the proxy subset is too small for the largest batch to take ``min_steps`` optimizer steps."""
-    batch = space.fixed.get("batch_size", LoraHyperparams.batch_size)
-    if "batch_size" in {p.name for p in space.params}:
-        param = space.param("batch_size")
-        batch = max(param.values()) if isinstance(param, Categorical) else param.high
-    steps = math.ceil(math.ceil(rows / batch) * settings.epochs)
-    if steps < settings.min_steps:
+def warn_if_tiny(plan: ProxyPlan, settings: TrainSettings) -> None:
+    """Say when an epoch-sized proxy is too small for the largest batch to take ``min_steps`` optimizer steps,
+    and what else about the proxy deserves a look (a trial longer than a full run, passes over its rows)."""
+    batch = max(plan.batch_sizes)
+    steps = math.ceil(math.ceil(plan.rows / batch) * settings.epochs)
+    if plan.steps is None and steps < settings.min_steps:
         log.warning("the proxy subset holds %d rows: at batch %s a trial would take %d optimizer step(s), so each "
                     "takes %d (passing over its rows again); more data or a larger --proxy-fraction measures "
-                    "configs better", rows, batch, steps, settings.min_steps)
+                    "configs better", plan.rows, batch, steps, settings.min_steps)
+    for note in plan.notes:
+        log.warning("proxy: %s", note)
 
 
 def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
@@ -155,15 +202,17 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     if not objective:  # the worker brings its own objective for the space the study stored
         space = space or resolve_space(cfg)
         return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
-                           make_pruner(cfg.pruner), None)
+                           make_pruner(cfg.pruner, min_resource=1, max_resource=1), None)
     space, splits, model, settings = prepare_run(cfg)
-    on_step = listener.step if listener is not None else None
-    lora_objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
-                                   settings=settings, seed=cfg.seed, target_modules=cfg.target_modules,
-                                   progress=on_step)
-    stored = {k: v for k, v in study_attrs(cfg, space, splits).items() if k != "model"}
-    return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
-                       make_pruner(cfg.pruner), lora_objective, stored)
+    plan, lora_objective, pruner = search_parts(cfg, space, splits, model, settings,
+                                                listener.step if listener is not None else None)
+    stored = {k: v for k, v in study_attrs(cfg, space, splits, plan).items() if k != "model"}
+    return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options), pruner,
+                       lora_objective, stored, stop_when=lambda study: compute_budget(cfg, study, plan))
+
+
+def compute_budget(cfg: LoraRunConfig, study: optuna.Study, plan: ProxyPlan) -> ComputeBudget:
+    return ComputeBudget(study, steps=cfg.budget_steps, seconds=cfg.budget_seconds, trial_steps=plan.longest)
 
 
 def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | None = None,
@@ -179,15 +228,13 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     started = time.perf_counter()
     space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched
     sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
-    pruner = make_pruner(cfg.pruner)
+    plan, objective, pruner = search_parts(cfg, space, splits, model, settings,
+                                           listener.step if listener is not None else None)
     storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
-    objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction, settings=settings,
-                              seed=cfg.seed, target_modules=cfg.target_modules,
-                              progress=listener.step if listener is not None else None)
-    warn_if_tiny(space, len(objective.train_rows), settings)
+    warn_if_tiny(plan, settings)
     check_same_data(storage, cfg.study_name, splits)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                       direction=objective.direction, attrs=study_attrs(cfg, space, splits),
+                       direction=objective.direction, attrs=study_attrs(cfg, space, splits, plan),
                        info={"dataset": splits.name})
     publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
     storage_shown = mask_url(normalize_url(cfg.storage))
@@ -199,7 +246,10 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
         return result
     if result.finished:
         log.info("Resuming study %s: %d of %d trials already finished.", cfg.study_name, result.finished, cfg.trials)
-    run_trials(study, objective, cfg.trials, listener=listener)
+    log.info("Proxy: %s on %d of %d training rows, ranked by %s; a trial costs %s of a full run's training "
+             "examples.", plan.rule, plan.rows, plan.train_rows, plan.metric,
+             ", ".join(f"{plan.cost_share(b):.0%} at batch {b}" for b in plan.batch_sizes))
+    run_trials(study, objective, cfg.trials, listener=listener, stop_when=compute_budget(cfg, study, plan))
 
     best = best_trial(study)
     if best is None:
@@ -213,18 +263,24 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     result.space, result.dataset, result.task = space.name, splits.name, splits.task
     result.model = cfg.model or f"MiniLM ({model})"
     result.metric_name, result.direction = objective.metric_name, objective.direction
-    result.proxy_fraction = cfg.proxy_fraction
-    result.proxy_examples = len(proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed))
+    result.proxy_fraction = plan.fraction
+    result.proxy_examples = plan.rows
+    result.proxy, result.pruner = plan.to_dict(), cfg.pruner
+    result.budget_steps, result.budget_seconds = cfg.budget_steps, cfg.budget_seconds
     result.best = {"trial": best.number, "params": best.params, "hyperparams": hp.to_dict(),
-                   "proxy_metric": best.value}
+                   "proxy_metric": best.value, "proxy_metrics": last_metrics(best)}
     result.trials = trial_rows(study)
+    result.spent = spent(study).to_dict()
+    result.spent["full_runs"] = round(sum(r["steps"] * r["batch_size"] for r in result.trials if r["steps"])
+                                      / (len(splits.train) * cfg.epochs), 2)
     if cfg.final_train:
         final = result.final = _final_train(hp, splits, model, settings, cfg, listener)
-        worse = final["test_metric"] < best.value if objective.direction == "maximize" else (
-            final["test_metric"] > best.value)
+        proxy_task = result.best["proxy_metrics"].get(final["metric_name"])
+        worse = proxy_task is not None and (final["test_metric"] < proxy_task if final["metric_name"] != "eval_loss"
+                                            else final["test_metric"] > proxy_task)
         if worse:
             final["warning"] = (f"the full-data run scored {final['test_metric']:.4f} on test, worse than its proxy "
-                                f"trial ({best.value:.4f}): the proxy did not predict full training for this config")
+                                f"trial ({proxy_task:.4f}): the proxy did not predict full training for this config")
             log.warning(final["warning"])
     result.wall_seconds = round(time.perf_counter() - started, 1)
     json_path, md_path = write_results(cfg.out_dir, result.to_dict())
@@ -238,7 +294,7 @@ def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, setting
     adapter_dir = cfg.out_dir / "adapter"
     log.info("Retraining the best config on the full training split (%d examples)...", len(splits.train))
     result = train_and_evaluate(hp, splits.train, splits.test, task=splits.task, model=model,
-                                settings=settings, label_names=splits.label_names,
+                                settings=dataclasses.replace(settings, eval_points=1), label_names=splits.label_names,
                                 target_modules=cfg.target_modules,
                                 on_step=listener.step if listener is not None else None,
                                 save_adapter_to=adapter_dir)

@@ -116,16 +116,19 @@ def test_language_bo_sampler_runs_end_to_end_on_lora_small(tmp_path):
     assert list((tmp_path / "cache").rglob("*"))  # the pool's embeddings were cached on disk
 
 
-def test_proxy_check_prints_a_correlation(tmp_path):
+def test_proxy_check_prints_both_correlations_the_cost_and_a_recommendation(tmp_path):
     data = write_reviews(tmp_path, 80)
-    result = lmtune("lora", "--dataset", data, "--max-length", "16", "--proxy-fraction", "0.25",
+    result = lmtune("lora", "--dataset", data, "--max-length", "16", "--proxy-steps", "6", "--proxy-fraction", "0.25",
                     "proxy-check", "--configs", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("config ") == 3
-    line = result.stdout.strip().splitlines()[-1]
-    match = re.fullmatch(r"proxy \(25%, 14 examples\) vs full \(56 examples\) over (\d) configs: Pearson (.+)", line)
-    assert match, line
-    if match[2].startswith("undefined"):
-        assert int(match[1]) < 3 or "no spread" in match[2]
-    else:
-        assert int(match[1]) == 3 and -1.0 <= float(match[2]) <= 1.0
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "proxy (6 steps on 14 examples, 25%) vs full (56 examples) over 3 configs:", lines
+    for metric, line in zip(("accuracy", "eval_loss (ranks trials)"), lines[1:3], strict=True):
+        match = re.fullmatch(rf"  proxy {re.escape(metric)} vs full accuracy: (?:Pearson (\S+), Spearman (\S+)|"
+                             r"undefined .*)", line)
+        assert match, line
+        assert match[1] is None or (-1 <= float(match[1]) <= 1 and -1 <= float(match[2]) <= 1)
+    # 56 rows: a full run is 7 steps at batch 8 and 4 at batch 16, so 6 steps cost 86% or 150%
+    assert re.fullmatch(r"  a trial costs \d+% of a full run's training examples, \d+% of its time", lines[3]), lines[3]
+    assert lines[4].startswith("recommendation: "), lines[4]
