@@ -215,15 +215,17 @@ def compute_budget(cfg: LoraRunConfig, study: optuna.Study, plan: ProxyPlan) -> 
     return ComputeBudget(study, steps=cfg.budget_steps, seconds=cfg.budget_seconds, trial_steps=plan.longest)
 
 
-def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | None = None,
+def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str | None = None,
               listener: TrialListener | None = None, **fields: Any) -> LoraResult:
     """Run ``lmtune lora``: the study (resuming it if it exists), then the final retrain and test.
 
     Takes a :class:`LoraRunConfig` or its fields as keyword arguments; ``sampler`` may be any Optuna
-    sampler object, which then replaces the one named in the config; ``listener`` sees the trials
-    (the CLI draws its progress from it). Every input is checked before the study is opened, so bad
-    input leaves nothing in storage. ``results.json`` is the result's ``to_dict()``.
+    sampler object, which then replaces the one named in the config (a name is the config field);
+    ``listener`` sees the trials (the CLI draws its progress from it). Every input is checked before the
+    study is opened, so bad input leaves nothing in storage. ``results.json`` is the result's ``to_dict()``.
     """
+    if isinstance(sampler, str):  # the config field, given by name as every other field
+        sampler, fields = None, {**fields, "sampler": sampler}
     cfg = config or build_config(LoraRunConfig, **fields)
     started = time.perf_counter()
     space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--space", "lora-small", "--sampler", "random"]
+FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--proxy-steps", "4", "--space", "lora-small", "--sampler",
+        "random"]
 
 
 def lmtune(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
