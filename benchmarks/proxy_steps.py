@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--full-only", action="store_true", help="train the design configs' full runs and stop")
     parser.add_argument("--no-train", action="store_true", help="train nothing: print the table over the configs "
-                        "whose runs are already in the results file (n says how many)")
+                        "that every trained rule has finished (n says how many)")
     parser.add_argument("--shard", default="0/1", help="i/n: train only every n-th config from the i-th (several "
                         "processes on one results file; run once more without it to print the table)")
     args = parser.parse_args()
@@ -197,6 +197,8 @@ def main() -> None:
     lines = ["| rule | metric | Pearson | Spearman | n | examples share | seconds share | proxy min |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     table_rows = {config_key(r["params"]): r for r in table.rows}
+    if args.no_train:  # compare rules on the same configs: those that every trained rule has finished
+        configs = [p for p in configs if all(runs.get("proxy", t, p) for t in args.rule if t != "table")]
     for text in args.rule:
         if text == "table":  # the table's own proxy runs (its recipe: one epoch of its proxy fraction), no training
             examples = round(bench.spec.proxy_fraction * len(bench.setup.splits.train)) * bench.spec.epochs
