@@ -60,6 +60,8 @@ def _message(err: dict[str, Any]) -> str:
         return f"{words} {err['ctx'][key]}, got {got!r}"
     if err["type"] == "missing":
         return "is required"
+    if err["type"] == "finite_number":
+        return f"must be a finite number, got {got!r}"
     if err["type"] == "literal_error":
         return f"must be one of {err['ctx']['expected']}, got {got!r}"
     message = err["msg"].removeprefix("Value error, ")
