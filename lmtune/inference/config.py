@@ -40,7 +40,7 @@ class InferConfig(BaseModel):
     inference_budget: float = Field(gt=0, allow_inf_nan=False, description="mean $ per instance the chosen config "
                                     "may cost", json_schema_extra={"metavar": "USD"})
     optimization_budget: float = Field(gt=0, allow_inf_nan=False, description="total $ the search may spend (never "
-                                       "exceeded)", json_schema_extra={"metavar": "USD"})
+                                       "exceeded, even across kills)", json_schema_extra={"metavar": "USD"})
     task: str = Field("arith-add3", description="arith-add3, humaneval, or a JSONL file of {..., answer} lines",
                       json_schema_extra={"metavar": "TASK"})
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1",
@@ -82,6 +82,11 @@ class InferConfig(BaseModel):
     cache: str | None = Field(None, description="response cache file (default OUTPUT_DIR/responses.sqlite); "
                               "'none' disables it", json_schema_extra={"metavar": "FILE"})
     concurrency: int = Field(8, ge=1, description="parallel requests to the endpoint")
+    timeout: float = Field(60.0, gt=0, allow_inf_nan=False, description="seconds one request to the endpoint may "
+                           "take; a request that takes longer fails (and counts as possibly billed)",
+                           json_schema_extra={"metavar": "SECONDS"})
+    retries: int = Field(5, ge=0, description="tries again after a rate limit, an HTTP 5xx answer or a dropped "
+                         "connection, with exponential backoff")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's API key",
                              json_schema_extra={"metavar": "NAME"})
     test_pareto: bool = Field(True, description="also evaluate every config of the cost/quality front on the test "

@@ -15,6 +15,7 @@ from lmtune.cli import main
     (["--optimization-budget", "inf"], "error: optimization_budget: must be a finite number"),
     (["--task-size", "0"], "error: task_size: must be at least 1"),
     (["--max-trials", "0"], "error: max_trials: must be at least 1"),
+    (["--timeout", "0"], "error: timeout: must be greater than 0"),
     (["--n", "0,4"], "error: n: expected whole numbers >= 1"),
 ])
 def test_nonsense_numbers_exit_2_with_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
