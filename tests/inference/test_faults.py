@@ -28,14 +28,14 @@ TASK_SIZE, TEST_FRACTION = 40, 0.5
 def tuner(url: str, folder: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "lmtune.cli", "infer", "--endpoint", url, "--models", "arith-lm",
             "--inference-budget", "0.02", "--optimization-budget", str(BUDGET), "--task-size", str(TASK_SIZE),
-            "--test-fraction", str(TEST_FRACTION), "--max-tokens", "2,8", "--n", "1,4", "--timeout", "2",
+            "--test-fraction", str(TEST_FRACTION), "--max-tokens", "2,8", "--n", "1,4", "--timeout", "3",
             "--storage", f"sqlite:///{folder / 'study.db'}", "--output-dir", str(folder / "out")]
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     with open(folder / "stdout.txt", "a") as out, open(folder / "stderr.txt", "a") as err:
         return subprocess.Popen(args, env=env, cwd=folder, stdout=out, stderr=err)
 
 
-def wait_for(condition, process: subprocess.Popen, what: str, limit: float = 30.0) -> None:
+def wait_for(condition, process: subprocess.Popen, what: str, limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while not condition():
         assert process.poll() is None, f"the tuner ended (exit {process.returncode}) before {what}"
