@@ -46,6 +46,8 @@ INSTANCES = "instances"
 JOB, BUDGET = "lmtune_job", "budget"
 SPACE = "space"
 OPTIMIZATION_BUDGET = "optimization_budget"
+#: An inference study's account in its spend journal, and the journal file (``lmtune.inference.spend``).
+SPEND_ACCOUNT, SPEND_JOURNAL = "spend_account", "spend_journal"
 #: A benchmark build study: the table's recipe, and (full-split runs) the configs chosen to train.
 TABLE, CHOSEN_CONFIGS = "table", "configs"
 

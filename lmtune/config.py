@@ -60,6 +60,8 @@ def _message(err: dict[str, Any]) -> str:
         return f"{words} {err['ctx'][key]}, got {got!r}"
     if err["type"] == "missing":
         return "is required"
+    if err["type"] == "finite_number":
+        return f"must be a finite number, got {got!r}"
     if err["type"] == "literal_error":
         return f"must be one of {err['ctx']['expected']}, got {got!r}"
     if err["type"] == "value_error":  # our validators' messages already say what was given
