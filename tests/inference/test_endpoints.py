@@ -20,7 +20,7 @@ from tests.servers import BillingServer
 
 def config(tmp_path, url, **kw) -> InferConfig:
     base = dict(endpoint=url, models=["arith-lm"], inference_budget=0.02, optimization_budget=0.3, task_size=20,
-                test_fraction=0.5, max_tokens=(2, 8), n=(1, 4), retries=0, timeout=5.0, test_pareto=False,
+                test_fraction=0.5, max_tokens=(2, 8), n=(1, 4), retries=0, timeout=30.0, test_pareto=False,
                 storage=f"sqlite:///{tmp_path / 'e.db'}", output_dir=tmp_path / "out")
     return InferConfig(**{**base, **kw})
 
@@ -37,7 +37,7 @@ def trials(tmp_path) -> list[optuna.trial.FrozenTrial]:
 def test_a_broken_endpoint_fails_trials_with_their_reason_and_stops(tmp_path, mode, reason):
     start = time.monotonic()
     with BillingServer(mode) as server:
-        results = tune_inference(config(tmp_path, server.url, timeout=0.5 if mode == "never" else 5.0))
+        results = tune_inference(config(tmp_path, server.url, timeout=0.5 if mode == "never" else 30.0))
     assert time.monotonic() - start < 30
     assert results.stopped == "endpoint" and reason in results.error and results.best is None
     stored = trials(tmp_path)
