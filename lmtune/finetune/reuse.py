@@ -18,6 +18,7 @@ whose weights all come from the checkpoint: then reseeding is the same as reload
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,16 +52,26 @@ class ReusableBase:
     """Keeps the last base model built by ``acquire`` and hands it out again while the request is the same.
 
     ``acquire`` returns a PEFT model with a fresh adapter; give it back with ``release`` when the trial ends
-    (also when it fails), before the next ``acquire``. ``loads`` counts the bases built (tests read it).
-    ``encoded`` keeps the tokenized rows too: every trial of a study trains and evaluates the same rows.
+    (also when it fails). While one trial holds the base, a concurrent one (Optuna's ``n_jobs``) gets a model of
+    its own, built as without reuse. ``loads`` counts the bases kept (tests read it). ``encoded`` keeps the
+    tokenized rows too: every trial of a study trains and evaluates the same rows.
     """
 
     def __init__(self):
         self._kept: _Kept | None = None
         self._lent: PeftModel | None = None
         self._consumed = False
+        self._busy = False
+        self._lock = threading.Lock()
         self._encoded: dict[tuple, tuple[list[dict], list]] = {}
         self.loads = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles empty: a base model does not travel with its objective."""
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
 
     def encoded(self, rows: list[dict], run) -> list:
         """``run.encode(rows)``, computed once per list of rows, tokenizer and length."""
@@ -73,8 +84,22 @@ class ReusableBase:
                 tokenizer: PreTrainedTokenizerBase | None, num_labels: int | None, target_modules: list[str] | None,
                 seed: int, device: torch.device, precision: Precision, quantize: str = "none",
                 gradient_checkpointing: bool = False) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-        if self._lent is not None:
-            raise RuntimeError("the kept base is still lent to a run; release it first")
+        options = dict(task=task, tokenizer=tokenizer, num_labels=num_labels, seed=seed, device=device,
+                       precision=precision, quantize=quantize, gradient_checkpointing=gradient_checkpointing)
+        with self._lock:
+            busy, self._busy = self._busy, True
+        if busy:  # another thread's trial holds the kept base
+            base, tokenizer = prepare_base(model, **options)
+            return attach_adapter(base, hp, task=task, target_modules=target_modules), tokenizer
+        try:
+            return self._acquire(model, hp, target_modules=target_modules, **options)
+        except BaseException:
+            self._busy = False
+            raise
+
+    def _acquire(self, model, hp: LoraHyperparams, *, task: str, tokenizer, num_labels: int | None,
+                 target_modules: list[str] | None, seed: int, device: torch.device, precision: Precision,
+                 quantize: str, gradient_checkpointing: bool) -> tuple[PeftModel, PreTrainedTokenizerBase]:
         key = (model if isinstance(model, str | None) else id(model), id(tokenizer), task, num_labels, str(device),
                precision.base_dtype, quantize, gradient_checkpointing)
         kept = self._kept
@@ -108,16 +133,21 @@ class ReusableBase:
         return self._lent, kept.tokenizer
 
     def release(self, peft_model: PeftModel) -> None:
-        """Take the model back after a run: remove its adapter, or drop a base that PiSSA rewrote."""
+        """Take the model back after a run: remove its adapter, or drop a base that PiSSA rewrote. A model built
+        for a concurrent trial is not kept: nothing to do."""
         if peft_model is not self._lent:
-            raise RuntimeError("release() takes the model acquire() lent")
-        self._lent = None
-        if self._consumed:
-            self._consumed = False
             return
-        base = unload_adapter(peft_model)
-        if self._kept is None or base is not self._kept.base:
-            raise RuntimeError("removing the adapter did not give the kept base back")
+        try:
+            self._lent = None
+            if self._consumed:
+                self._consumed = False
+                return
+            base = unload_adapter(peft_model)
+            if self._kept is None or base is not self._kept.base:
+                self._kept = None
+                raise RuntimeError("removing the adapter did not give the kept base back")
+        finally:
+            self._busy = False
 
     def clear(self) -> None:
         """Drop the kept base (frees its memory once no run holds it)."""

@@ -200,6 +200,8 @@ def test_cuda_runs_learn_in_each_precision(tiny_llama, tokenizer, qa_rows, preci
                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                 "down_proj"])
     assert result.metric == 1.0 and len(result.step_losses) == result.steps == 20
+    if precision == "fp16":  # the loss scaler skips overflowing steps: a huge rate need not diverge
+        return
     with pytest.raises(TrialFailed, match=r"^diverged: loss .* at step \d+"):
         train_and_evaluate(LoraHyperparams(learning_rate=1e3, batch_size=4), qa_rows, qa_rows, task="causal",
                            model=tiny_llama, tokenizer=tokenizer, settings=settings, target_modules=["q_proj"])

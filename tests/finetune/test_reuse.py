@@ -70,8 +70,12 @@ def test_the_base_is_as_it_was_after_each_adapter_and_a_classifier_head_is_resto
         assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
         assert not any("lora" in name for name, _ in base.named_modules())
     assert reuse.loads == 1
-    with pytest.raises(RuntimeError, match="takes the model acquire"):
-        reuse.release(model)
+    held, _ = reuse.acquire(tiny_bert, LoraHyperparams(rank=4), **options)  # a concurrent trial builds its own
+    other, _ = reuse.acquire(tiny_bert, LoraHyperparams(rank=2), **options)
+    assert held.get_base_model() is base and other.get_base_model() is not base
+    reuse.release(other)
+    reuse.release(held)
+    assert reuse.loads == 1 and not any("lora" in name for name, _ in base.named_modules())
 
 
 def test_a_new_seed_draws_a_new_head_when_loading_draws_one():
