@@ -25,13 +25,18 @@ def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return tensor.to(device)
 
 
+def chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 def example_length(example) -> int:
     """Tokens of an encoded example: (text ids, label) or (prompt ids, response ids)."""
     first, second = example
     return len(first) + (len(second) if isinstance(second, list) else 0)
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
+def grouped_batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
     """Endless batches of indices of similar length, reshuffled (seeded) at every epoch.
 
     As ``transformers``' ``group_by_length``: each epoch's seeded permutation is cut into groups of ``MEGABATCH``

@@ -219,7 +219,7 @@ def load_base_model(path: str, task: str, num_labels: int | None, *, device: tor
     if precision is not None:
         options["dtype"] = precision.base_dtype
     if device is not None and device.type != "cpu":
-        options["device_map"] = {"": device}
+        options["device_map"] = {"": str(device)}
     if quantize != "none":
         skip = list(CLASSIFIER_HEADS) if task == "classification" else None
         options["quantization_config"] = quantization_config(precision or Precision("fp32"), skip)

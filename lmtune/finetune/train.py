@@ -27,7 +27,7 @@ from transformers import (
 
 from lmtune._compat import accepts_logits_to_keep
 from lmtune.errors import InputError, TrialFailed
-from lmtune.finetune.batches import IGNORE_INDEX, example_length, length_grouped_batches, response_targets, to_device
+from lmtune.finetune.batches import IGNORE_INDEX, chunks, example_length, grouped_batches, response_targets, to_device
 from lmtune.finetune.device import PRECISIONS, QUANTIZE, Precision, prepare_hardware
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.peft_model import attach_adapter, prepare_base, save_adapter, save_initial_adapter
@@ -51,8 +51,9 @@ class TrainSettings:
 
     ``device`` (None: CUDA if present, else CPU), ``precision``, ``quantize`` and ``gradient_checkpointing``
     say how a run uses the hardware (``lmtune.finetune.device``); ``group_by_length`` batches examples of
-    similar length (less padding, still seeded). On an accelerator losses are read back every ``check_every``
-    steps and at evaluations, not after each step; the divergence guard then checks each step's loss late.
+    similar length (less padding, still seeded). On an accelerator losses are read every ``check_every`` steps
+    and at evaluations (the divergence guard checks each step's loss then), unpadded batches go without an
+    attention mask, and a causal LM's output head runs only at scored positions.
     """
 
     max_length: int = 128
@@ -196,9 +197,8 @@ def train_and_evaluate(
 class TrainingRun:
     """Encoding, batching, the training loop and evaluation for one model and task.
 
-    ``precision`` (default float32) sets autocast and loss scaling. On an accelerator losses are read every
-    ``settings.check_every`` steps, and a causal LM's output head runs only at scored positions. The CPU path
-    computes exactly what it did before, so tables built there stay reproducible.
+    ``precision`` (default float32) sets autocast and loss scaling. Off the CPU the host avoids waiting for the
+    device (see ``TrainSettings``); the CPU path computes exactly what it did before (tables stay reproducible).
     """
 
     def __init__(self, model, tokenizer, task: str, metric: str, settings: TrainSettings,
@@ -243,10 +243,8 @@ class TrainingRun:
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)  # float16 only
         guard = _DivergenceGuard(settings.divergence_factor)
-        if settings.group_by_length:
-            batches = length_grouped_batches([example_length(x) for x in train], hp.batch_size, settings.seed)
-        else:
-            batches = _shuffled_batches(len(train), hp.batch_size, settings.seed)
+        batches = (grouped_batches([example_length(x) for x in train], hp.batch_size, settings.seed)
+                   if settings.group_by_length else _shuffled_batches(len(train), hp.batch_size, settings.seed))
         trajectory: list[dict] = []
         losses: list[float] = []
         step_losses: list[float] = []
@@ -290,7 +288,7 @@ class TrainingRun:
             examples = sorted(examples, key=example_length, reverse=True)
         # summed on the device (float64, as Python summed the float32 items) and read once at the end
         loss_total, correct, count = torch.zeros((), dtype=torch.float64, device=self.device), 0, 0
-        for chunk in _chunks(examples, self.settings.eval_batch_size):
+        for chunk in chunks(examples, self.settings.eval_batch_size):
             loss_sum, n, logits = self.loss_of(chunk)
             loss_total, count = loss_total + loss_sum.double(), count + n
             if self.task == "classification":
@@ -308,11 +306,13 @@ class TrainingRun:
         pad = self.tokenizer.pad_token_id
         if self.task == "classification":
             input_ids, mask = _pad([ids for ids, _ in examples], pad, self.device)
+            mask = self._mask(mask, examples)
             labels = to_device(torch.tensor([label for _, label in examples]), self.device)
             with self.precision.context(self.device):
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
             return F.cross_entropy(logits, labels, reduction="sum"), len(examples), logits
         input_ids, mask = _pad([p + r for p, r in examples], pad, self.device)
+        mask = self._mask(mask, examples)
         count = sum(len(r) - (not p) for p, r in examples)  # scored targets, counted here: no wait for the device
         if self.keep_logits:
             loss, logits = self._response_loss(examples, input_ids, mask)
@@ -325,9 +325,13 @@ class TrainingRun:
                                ignore_index=IGNORE_INDEX, reduction="sum")
         return loss, count, logits
 
+    def _mask(self, mask, examples):
+        """None for a batch without padding off the CPU: transformers would test the mask on the device (a wait)."""
+        return mask if self.device.type == "cpu" or len({example_length(x) for x in examples}) > 1 else None
+
     def _response_loss(self, examples, input_ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss, logits) with the output head applied only where some row has a target: for a 150k-token
-        vocabulary the head is much of a small model's work and its float32 logits most of a step's memory."""
+        """(summed loss, logits) with the output head only where some row has a target (a 150k vocabulary's head
+        is much of a small model's work, its float32 logits most of a step's memory)."""
         positions, targets = response_targets(examples)
         keep = to_device(torch.tensor(positions, dtype=torch.long), self.device)
         with self.precision.context(self.device):
@@ -345,7 +349,7 @@ class TrainingRun:
         config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         hits = 0
-        for chunk in _chunks(examples, self.settings.eval_batch_size):
+        for chunk in chunks(examples, self.settings.eval_batch_size):
             input_ids, mask = _pad([p for p, _ in chunk], tokenizer.pad_token_id, self.device, left=True)
             with self.precision.context(self.device):
                 output = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
@@ -409,11 +413,6 @@ def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]
         rng.shuffle(order)
         for start in range(0, n, batch_size):
             yield order[start:start + batch_size]
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _normalise(text: str) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from lmtune._compat import is_activation_checkpointing
 from lmtune.errors import InputError, TrialFailed
-from lmtune.finetune.batches import IGNORE_INDEX, length_grouped_batches, response_targets
+from lmtune.finetune.batches import IGNORE_INDEX, grouped_batches, response_targets
 from lmtune.finetune.device import Precision, check_quantize, choose_precision, has_bitsandbytes, resolve_device
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.peft_model import attach_adapter, prepare_base
@@ -166,9 +166,9 @@ def test_response_targets_mark_the_positions_before_each_response_token():
     assert targets.tolist() == [[IGNORE_INDEX, 7, 8], [9, IGNORE_INDEX, IGNORE_INDEX], [6, IGNORE_INDEX, IGNORE_INDEX]]
 
 
-def test_length_grouped_batches_are_seeded_cover_each_epoch_and_start_with_the_longest():
+def test_grouped_batches_are_seeded_cover_each_epoch_and_start_with_the_longest():
     lengths = [(i * 37) % 101 for i in range(300)]
-    first, again = length_grouped_batches(lengths, 8, 3), length_grouped_batches(lengths, 8, 3)
+    first, again = grouped_batches(lengths, 8, 3), grouped_batches(lengths, 8, 3)
     epochs = [[next(first) for _ in range(38)] for _ in range(2)]  # ceil(300 / 8) batches an epoch
     assert epochs[0] == [next(again) for _ in range(38)]
     for epoch in epochs:
@@ -205,3 +205,19 @@ def test_cuda_runs_learn_in_each_precision(tiny_llama, tokenizer, qa_rows, preci
     with pytest.raises(TrialFailed, match=r"^diverged: loss .* at step \d+"):
         train_and_evaluate(LoraHyperparams(learning_rate=1e3, batch_size=4), qa_rows, qa_rows, task="causal",
                            model=tiny_llama, tokenizer=tokenizer, settings=settings, target_modules=["q_proj"])
+
+
+def test_a_batch_without_padding_gives_the_same_loss_without_a_mask(tiny_bert, tiny_llama, tokenizer):
+    """Off the CPU an unpadded batch goes without an attention mask (transformers would inspect the mask on the
+    device, a wait per forward pass); the model computes the same thing either way."""
+    rows = {"classification": [{"text": f"good film {i}", "label": i % 2} for i in range(4)],
+            "causal": [{"prompt": f"question {i}", "response": "yes"} for i in range(4)]}
+    for task, model, modules in (("classification", tiny_bert, None), ("causal", tiny_llama, ["q_proj"])):
+        run, data = _run(model, tokenizer, task, rows[task], FAST, LoraHyperparams(rank=4), modules)
+        assert len({len(first) for first, _ in data}) == 1  # equal lengths: no padding
+        run.model.eval()
+        with torch.no_grad():
+            masked = run.loss_of(data)[0].item()
+            run._mask = lambda mask, examples: None
+            bare = run.loss_of(data)[0].item()
+        assert bare == pytest.approx(masked, rel=1e-6)
