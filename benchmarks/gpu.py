@@ -122,7 +122,11 @@ class StepWindow:
             self.ms_per_step = 1000 * wall / (self.last - self.first)
             if self.profiler is not None:
                 self.profiler.stop()
-                self.idle_share = max(0.0, 1 - busy_seconds(self.profiler) / wall)
+                busy = busy_seconds(self.profiler)
+                if busy > 0:
+                    self.idle_share = max(0.0, 1 - busy / wall)
+                else:  # no kernel events recorded: say so rather than report a GPU idle all the time
+                    self.error = "the profiler recorded no CUDA kernels"
 
 
 def busy_seconds(profiler) -> float:
@@ -373,6 +377,7 @@ def markdown(rows: list[Row], lbo: dict | None, device: torch.device, args, comm
         lines.append(f"| {r.model} | {r.precision} | {r.engine} | {r.trial_s:.2f} | {r.tokens_per_s:,.0f} | "
                      f"{num(r.ms_per_step, '.1f')} | {idle} | {num(r.peak_gib, '.2f')} | {r.eval_loss:.4f} |")
     lines.append("")
+    lines += [f"- note, {r.model} {r.precision} {r.engine}: {r.note}" for r in rows if r.note]
     by = {(r.model, r.precision, r.engine): r for r in rows}
     for shape in args.sizes:
         for precision in args.precisions:
