@@ -64,3 +64,30 @@ def test_masked_lm_types_tell_encoders_from_causal_lms():
     assert _compat.is_masked_lm_type("bert") and not _compat.is_masked_lm_type("llama")
 
 
+
+
+def test_logits_to_keep_and_activation_checkpointing_match_this_transformers(tiny_llama, tiny_bert):
+    assert _compat.accepts_logits_to_keep(tiny_llama) and not _compat.accepts_logits_to_keep(tiny_bert)
+    import copy
+
+    model = copy.deepcopy(tiny_llama)
+    assert not _compat.is_activation_checkpointing(model)
+    _compat.enable_activation_checkpointing(model)
+    assert _compat.is_activation_checkpointing(model)
+
+
+def test_unload_adapter_gives_back_the_base_with_its_original_head(tiny_bert):
+    import copy
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    base = copy.deepcopy(tiny_bert)
+    head, before = base.classifier, {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=2))
+    trained = next(p for n, p in peft_model.named_parameters() if "classifier" in n and p.requires_grad)
+    with torch.no_grad():
+        trained.add_(1.0)  # as training changes the head's copy
+    restored = _compat.unload_adapter(peft_model)
+    assert restored is base and restored.classifier is head
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in before.items())
+    assert not any("lora" in name for name, _ in restored.named_modules())

@@ -13,6 +13,7 @@ from lmtune import attrs
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import DatasetSplits, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
 
 
@@ -30,6 +31,8 @@ class LoraObjective:
     ``settings.seed``). Each evaluation is reported to the trial so a pruner can stop it early; a run that
     cannot produce a score raises ``TrialFailed`` with the reason in the ``fail_reason`` user attribute, so
     optimise with ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step.
+    With ``reuse_model`` (the default) the base model is loaded once and each trial attaches a fresh adapter to
+    it (``lmtune.finetune.reuse``: the same results as a fresh build, which ``reuse_model=False`` makes).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class LoraObjective:
         seed: int = 0,
         target_modules: list[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        reuse_model: bool = True,
     ):
         self.space = space
         self.splits = splits
@@ -53,6 +57,7 @@ class LoraObjective:
         self.train_rows = proxy_subset(splits.train, proxy_fraction, seed)
         self.target_modules = target_modules
         self.progress = progress
+        self.reuse = ReusableBase() if reuse_model else None
         self.metric_name = metric_name(splits.task, self.settings)
         self.direction = metric_direction(self.metric_name)
 
@@ -74,7 +79,7 @@ class LoraObjective:
             result = train_and_evaluate(
                 hp, self.train_rows, self.splits.validation, task=self.splits.task, model=self.model,
                 tokenizer=self.tokenizer, label_names=self.splits.label_names, settings=self.settings,
-                target_modules=self.target_modules, on_eval=on_eval, on_step=self.progress,
+                target_modules=self.target_modules, on_eval=on_eval, on_step=self.progress, reuse=self.reuse,
             )
         except TrialFailed as error:
             trial.set_user_attr(attrs.FAIL_REASON, str(error))

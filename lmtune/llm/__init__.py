@@ -35,4 +35,8 @@ def check_device(device: str) -> str:
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(kind, False):
         raise InputError("device", f"{device!r}: this machine has no {kind} device; use cpu")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise InputError("device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                   f"numbered from 0")
     return device

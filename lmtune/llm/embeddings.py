@@ -238,12 +238,15 @@ class TextPool:
     """Texts of a candidate pool embedded by a frozen encoder.
 
     ``psi_free()`` gives the ψ-free embedding of every text (cached on disk); ``psi_batch(indices)``
-    gives a function ψ -> embeddings of those texts with ψ appended, differentiable in ψ.
+    gives a function ψ -> embeddings of those texts with ψ appended, differentiable in ψ. Embeddings with ψ
+    come back on ``device``: the encoder's own when it is a CUDA device (the GP and the pool ranking then run
+    there too), else the CPU.
     """
 
     def __init__(self, encoder: FrozenEncoder, texts: Sequence[str], *, share_prefix: bool = True,
                  batch_size: int = 64):
         self.encoder = encoder
+        self.device = encoder.device if encoder.device.type == "cuda" else torch.device("cpu")
         self.texts = list(texts)
         self.batch_size = batch_size
         self.share_prefix = share_prefix
@@ -398,16 +401,16 @@ class _PsiBatch:
         for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
             allowed[0, row, start:start + length] = True
             allowed[0, row, total + row] = True
-        self.allowed = allowed
-        self.positions = torch.tensor([[p + n for n in lengths]])
-        self.lengths = torch.tensor(lengths, dtype=torch.float32)[:, None]
-        self.pooled = torch.stack([s.pooled for s in states])
+        self.allowed = allowed.to(encoder.device)  # moved once, not at every MLL step
+        self.positions = torch.tensor([[p + n for n in lengths]]).to(encoder.device)
+        self.lengths = torch.tensor(lengths, dtype=torch.float32)[:, None].to(pool.device)
+        self.pooled = torch.stack([s.pooled for s in states]).to(pool.device)
 
     def __call__(self, psi: torch.Tensor) -> torch.Tensor:
         encoder = self.pool.encoder
         embeds = psi.to(encoder.dtype)[None, None].expand(1, len(self.lengths), -1)
         hidden, _ = encoder.forward_block(embeds, self.positions, self.allowed, self.context)
-        state = hidden[0].float().cpu()
+        state = hidden[0].float().to(self.pool.device)
         if encoder.causal:
             return state
         return (self.pooled * self.lengths + state) / (self.lengths + 1)

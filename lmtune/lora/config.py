@@ -13,7 +13,7 @@ from lmtune.samplers.registry import PRUNERS, SAMPLERS
 
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
-                          "grace_period", "final_train"})
+                          "grace_period", "final_train", "device"})
 #: Config fields that may name a local file or folder; a worker gets them as absolute paths.
 PATH_FIELDS = ("model", "dataset", "space", "template", "encoder")
 
@@ -65,6 +65,15 @@ class LoraRunConfig(BaseModel):
                                              "PEFT's for the model type)",
                                              json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
     final_train: bool = Field(True, description="retrain the best config on the full training split and test it")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N or mps; also language-bo's encoder (default: "
+                               "cuda when present, else cpu)", json_schema_extra={"metavar": "DEVICE"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA with bfloat16, else fp16 with loss scaling; fp32 elsewhere")
+    quantize: Literal["none", "4bit"] = Field("none", description="4bit: QLoRA, an NF4 base through bitsandbytes "
+                                              "(CUDA only)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory, one more forward pass of time")
+    group_by_length: bool = Field(False, description="batch examples of similar length (less padding; seeded)")
 
     @field_validator("sampler")
     @classmethod
@@ -96,8 +105,11 @@ class LoraRunConfig(BaseModel):
 
     @property
     def language_bo_options(self) -> dict[str, Any]:
+        from lmtune.finetune.device import resolve_device  # imports torch: only when a sampler is made
+
         return {"template": self.template, "encoder": self.encoder, "use_projection": self.projection,
-                "use_learnable_token": self.learnable_token, "shortlist_k": self.shortlist_k}
+                "use_learnable_token": self.learnable_token, "shortlist_k": self.shortlist_k,
+                "device": str(resolve_device(self.device))}
 
     @property
     def sampler_options(self) -> dict[str, Any]:

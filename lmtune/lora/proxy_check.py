@@ -15,6 +15,7 @@ import optuna
 from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import train_and_evaluate
 from lmtune.lora.config import LoraRunConfig
 from lmtune.lora.tune import prepare_run
@@ -62,6 +63,7 @@ def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:
     space, splits, model, settings = prepare_run(cfg)
     chosen = sample_configs(space, configs, cfg.seed)
     proxy_rows = proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed)
+    reuse = ReusableBase()  # one base for every run: all use the same seed
     rows = []
     for i, params in enumerate(chosen, 1):
         hp = LoraHyperparams.from_params(params)
@@ -70,7 +72,7 @@ def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:
             try:
                 result = train_and_evaluate(hp, train_rows, splits.validation, task=splits.task, model=model,
                                             label_names=splits.label_names, settings=settings,
-                                            target_modules=cfg.target_modules)
+                                            target_modules=cfg.target_modules, reuse=reuse)
                 row[name], row["metric_name"] = result.metric, result.metric_name
             except TrialFailed as error:
                 row[name], row[f"{name}_fail_reason"] = None, str(error)

@@ -15,6 +15,7 @@ from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError, NoResult
 from lmtune.finetune.data import DatasetSplits, load_dataset, proxy_subset
+from lmtune.finetune.device import prepare_hardware
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
@@ -91,10 +92,15 @@ def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, Tr
     Raises ``InputError`` for bad input before anything is trained or stored.
     """
     space = resolve_space(cfg)
+    searched = {p.name: p for p in space.params}
+    variants = searched["variant"].values() if "variant" in searched else [space.fixed.get("variant", "lora")]
+    prepare_hardware(cfg.device, cfg.precision, cfg.quantize, variants)
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
     model = resolve_model(cfg.model)
     check_model(model, splits.task, cfg.target_modules)
-    return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
+    return space, splits, model, TrainSettings(
+        max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
+        quantize=cfg.quantize, gradient_checkpointing=cfg.gradient_checkpointing, group_by_length=cfg.group_by_length)
 
 
 def study_attrs(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits) -> dict[str, Any]:
@@ -219,7 +225,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
                    "proxy_metric": best.value}
     result.trials = trial_rows(study)
     if cfg.final_train:
-        final = result.final = _final_train(hp, splits, model, settings, cfg, listener)
+        final = result.final = _final_train(hp, splits, model, settings, cfg, listener, objective.reuse)
         worse = final["test_metric"] < best.value if objective.direction == "maximize" else (
             final["test_metric"] > best.value)
         if worse:
@@ -233,7 +239,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
 
 
 def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, settings: TrainSettings,
-                 cfg: LoraRunConfig, listener: TrialListener | None) -> dict[str, Any]:
+                 cfg: LoraRunConfig, listener: TrialListener | None, reuse=None) -> dict[str, Any]:
     """Retrain the chosen config on the whole training split, test it, save the adapter."""
     adapter_dir = cfg.out_dir / "adapter"
     log.info("Retraining the best config on the full training split (%d examples)...", len(splits.train))
@@ -241,7 +247,7 @@ def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, setting
                                 settings=settings, label_names=splits.label_names,
                                 target_modules=cfg.target_modules,
                                 on_step=listener.step if listener is not None else None,
-                                save_adapter_to=adapter_dir)
+                                save_adapter_to=adapter_dir, reuse=reuse)
     log.info("Test %s: %.4f (loss %.4f)", result.metric_name, result.metric, result.eval_loss)
     return {"test_metric": result.metric, "test_loss": result.eval_loss, "metric_name": result.metric_name,
             "train_seconds": round(result.train_seconds, 1), "train_examples": result.train_examples,
