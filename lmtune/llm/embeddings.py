@@ -238,9 +238,8 @@ class TextPool:
     """Texts of a candidate pool embedded by a frozen encoder.
 
     ``psi_free()`` gives the ψ-free embedding of every text (cached on disk); ``psi_batch(indices)``
-    gives a function ψ -> embeddings of those texts with ψ appended, differentiable in ψ. Embeddings with ψ
-    come back on ``device``: the encoder's own when it is a CUDA device (the GP and the pool ranking then run
-    there too), else the CPU.
+    gives a function ψ -> embeddings of those texts with ψ appended, differentiable in ψ, on ``device``: the
+    encoder's CUDA device (the GP and pool ranking then run there too), else the CPU.
     """
 
     def __init__(self, encoder: FrozenEncoder, texts: Sequence[str], *, share_prefix: bool = True,
