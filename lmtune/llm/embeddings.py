@@ -1,9 +1,9 @@
 """Frozen language-model embeddings of a fixed pool of texts, with an optional learnable soft token ψ.
 
-Language-aided BO ("Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian
-Optimization") embeds every candidate config's text with a frozen LM plus one
-appended learnable token ψ and reads the embedding at ψ's position. Re-embedding a pool of
-45,360 texts at every iteration is what made the prior system slow; this module makes it cheap.
+Language-aided BO ("Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization")
+embeds every candidate config's text with a frozen LM plus one appended learnable token ψ and reads the
+embedding at ψ's position. Re-embedding a pool of 45,360 texts at every iteration is what made the prior
+system slow; this module makes it cheap.
 
 Block structure. Each text is split into a *shared prefix* (identical for every config, e.g. the
 explanation paragraphs of the domain template) and a config-specific *suffix* (the value lines).
