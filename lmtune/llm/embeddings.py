@@ -5,10 +5,10 @@ embeds every candidate config's text with a frozen LM plus one appended learnabl
 embedding at ψ's position. Re-embedding a pool of 45,360 texts at every iteration is what made the prior
 system slow; this module makes it cheap.
 
-Block structure. Each text is split into a *shared prefix* (identical for every config, e.g. the
-explanation paragraphs of the domain template) and a config-specific *suffix* (the value lines).
-The model runs with a block-causal attention mask: the prefix attends to itself, the suffix to
-the prefix and to itself, ψ to everything; nothing attends to ψ. Hence:
+Block structure. Each text is split into a *shared prefix* (identical for every config, e.g. the explanation
+paragraphs of the domain template) and a config-specific *suffix* (the value lines). The model runs with a
+block-causal attention mask: the prefix attends to itself, the suffix to the prefix and to itself, ψ to
+everything; nothing attends to ψ. Hence:
 
 * the prefix's keys/values are computed once (one forward pass for the whole pool);
 * the ψ-free suffix states do not depend on ψ, so they are computed once per config and, pooled,
