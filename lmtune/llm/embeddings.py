@@ -16,12 +16,11 @@ everything; nothing attends to ψ. Hence:
 * a new ψ needs one position per config: the ψ query attends to the stored prefix+suffix
   keys/values (packed into one sequence), which makes MLL steps over ψ cost milliseconds.
 
-For a causal LM this mask *is* the model's own causal mask, so all of the above is exact. For a
-bidirectional encoder (MiniLM, the offline default) it is a modelling choice: ψ acts as a
-read-out token, exactly as it does in the paper's causal LM (ψ is last and nothing before it can
-see it), and the explanation is a shared context that the values read but that does not read the
-values. ``share_prefix=False`` drops the second choice (each text is encoded whole,
-bidirectionally) at ~7x the cost of the one-time pass for the domain template.
+For a causal LM this mask *is* the model's own causal mask, so all of the above is exact. For a bidirectional
+encoder (MiniLM, the offline default) it is a modelling choice: ψ acts as a read-out token, exactly as it does
+in the paper's causal LM (ψ is last and nothing before it can see it), and the explanation is a shared context
+that the values read but that does not read the values. ``share_prefix=False`` drops the second choice (each
+text is encoded whole, bidirectionally) at ~7x the cost of the one-time pass for the domain template.
 
 Pooling: causal LMs use the last position (the paper's last-token pooling: the last suffix token
 without ψ, ψ itself with ψ); encoders use the mean over the suffix positions (plus ψ with ψ).
