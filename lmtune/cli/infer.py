@@ -40,4 +40,8 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
               f"{best['test']['cost_per_instance']:.6g} per instance")
         print(f"pareto front: {len(results.pareto_front)} configs")
     if cfg.output_dir is not None:
+        from lmtune.report.reports import report_study
+
         print(f"results: {cfg.output_dir / 'results.json'}")
+        report = report_study(cfg.storage, results.study_name, cfg.output_dir / "report.html", dashboard=True)
+        print(f"report: {report}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
-from lmtune.inference.config import InferConfig, parse_range, parse_stop  # noqa: F401  (public names)
+from lmtune.inference.config import InferConfig, parse_range, parse_stop, stop_text  # noqa: F401  (public names)
 from lmtune.inference.evaluate import Evaluator
 from lmtune.inference.metrics import make_metric
 from lmtune.inference.prices import PriceTable
@@ -40,6 +41,8 @@ from lmtune.runtime.study import open_study
 
 #: Consecutive failed trials (endpoint errors) after which the search stops instead of burning trials.
 MAX_CONSECUTIVE_FAILURES = 5
+#: A config scoring 0 solved no instance: the floor every metric of ``lmtune infer`` starts from.
+NOTHING_SOLVED = {"value": 0.0, "label": "solved nothing", "what": "no instance answered correctly"}
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ class InferResult(Result):
     test_instances: int
     best: dict[str, Any] | None = None
     pareto_front: list[dict[str, Any]] = field(default_factory=list)
+    #: Things the user should act on, e.g. a best config that solves nothing, with a budget to try instead.
+    warnings: list[str] = field(default_factory=list)
 
 
 def __getattr__(name: str) -> Any:
@@ -101,7 +106,8 @@ def tune_inference(config: InferConfig | None = None, *, generator: Generator | 
                                     "task_size": s.task_size, "test_fraction": s.test_fraction,
                                     "pruning": s.pruning}}
     study = open_study(study_name, storage=s.storage, sampler=optuna.samplers.TPESampler(seed=s.seed),
-                       direction="maximize", attrs=study_attrs)
+                       direction="maximize", attrs=study_attrs, metric_names=[s.metric],
+                       info={attrs.CONSTANT_SCORE: NOTHING_SOLVED})
     study.set_user_attr(attrs.OPTIMIZATION_BUDGET, s.optimization_budget)
     trials = study.get_trials(deepcopy=False)
     ledger = SpendLedger(s.optimization_budget, spent=sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in trials),
@@ -172,6 +178,8 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
             trial.set_user_attr(attrs.CACHED_SPEND, ledger.cached - cached0)
 
         trial.set_user_attr(attrs.TOKEN_KEY, config.token_key)
+        trial.set_user_attr(attrs.TEMPLATE_TEXT, evaluator.task.templates[config.template])
+        trial.set_user_attr(attrs.STOP_TEXT, stop_text(evaluator.task.stops[config.stop]))
         try:
             result = evaluator.evaluate(config, on_progress=store_spend)
         except BudgetExhausted as exc:
@@ -275,7 +283,38 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
     results.pareto_front = [{**describe(t), **({"test": on_test(t)} if s.test_pareto else {})} for _, _, t in front]
     results.spend["test_real"] = test_ledger.spent
     results.spend["test_cached"] = test_ledger.cached
+    if best.value <= NOTHING_SOLVED["value"]:
+        results.best["solved_nothing"] = True
+        results.warnings.append(_budget_advice(trials, s, ledger))
+        log.warning(results.warnings[-1])
     return results
+
+
+def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
+    """What to try when the best config within the per-instance budget solves nothing: a per-instance budget that
+    admits the cheapest config measured over it (rounded up), or, when no config was over it, a wider space;
+    and more search budget if it ran out."""
+    over = sorted(t.user_attrs[attrs.COST_PER_INSTANCE] for t in trials if t.state == TrialState.PRUNED
+                  and not t.user_attrs.get(attrs.INFERRED) and attrs.COST_PER_INSTANCE in t.user_attrs)
+    advice = (f"the best config within --inference-budget {s.inference_budget:g} solves no instance "
+              f"({s.metric} 0 on the tuning split): ")
+    if over:
+        suggested = _round_up(over[0])
+        advice += (f"try --inference-budget {suggested:g} (the cheapest config measured above {s.inference_budget:g} "
+                   f"costs {over[0]:.3g} per instance)")
+    else:
+        advice += ("no config tried was over that budget, so the budget is not what limits: widen --max-tokens or "
+                   "--n, or check the template and the metric")
+    if ledger.left is not None and ledger.left < 0.1 * s.optimization_budget:
+        advice += f"; more configs need a larger --optimization-budget (all but {ledger.left:.3g} of " \
+                  f"{s.optimization_budget:g} was spent)"
+    return advice
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to two significant digits (a budget that admits it)."""
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale - 1e-9) * scale
 
 
 def _readable(config: InferenceConfig, task: Task) -> dict:
