@@ -294,8 +294,8 @@ def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
     """What to try when the best config within the per-instance budget solves nothing: a per-instance budget that
     admits the cheapest config measured over it (rounded up), or, when no config was over it, a wider space;
     and more search budget if it ran out."""
-    over = sorted(t.user_attrs[attrs.COST_PER_INSTANCE] for t in trials if t.state == TrialState.PRUNED
-                  and not t.user_attrs.get(attrs.INFERRED) and attrs.COST_PER_INSTANCE in t.user_attrs)
+    over = sorted(cost for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get(attrs.INFERRED)
+                  and (cost := t.user_attrs.get(attrs.COST_PER_INSTANCE, 0.0)) > s.inference_budget * (1 + 1e-9))
     advice = (f"the best config within --inference-budget {s.inference_budget:g} solves no instance "
               f"({s.metric} 0 on the tuning split): ")
     if over:

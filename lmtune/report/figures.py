@@ -55,7 +55,10 @@ def history(study: optuna.Study, metric: str, constant: dict | None) -> Built:
     fig.update_traces(selector={"name": metric}, name=f"{metric} of a trial")
     if constant:
         fig.add_hline(y=constant["value"], line_dash="dot", line_color=NOTHING,
-                      annotation_text=f"constant answer: {constant['value']:.4f}", annotation_position="bottom right")
+                      annotation_text=f"constant answer: {constant['value']:.4f}", annotation_position="top right")
+    numbers = [t.number for t in study.get_trials(deepcopy=False)]
+    if numbers and max(numbers) <= 20:  # whole trial numbers, not 0.2, 0.4, ...
+        fig.update_xaxes(tick0=0, dtick=1)
     return _layout(fig, xaxis_title="trial", yaxis_title=metric,
                    legend={"orientation": "h", "y": -0.2}), None
 
@@ -93,7 +96,9 @@ def learning_curves(study: optuna.Study, metric: str, constant: dict | None, max
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text=metric, row=1, col=1)
     fig.update_yaxes(title_text="loss", row=1, col=2)
-    return _layout(fig, legend={"orientation": "h", "y": -0.2}), None
+    _layout(fig, legend={"orientation": "h", "y": -0.2})
+    fig.update_layout(margin={"t": 60})  # room for the panel titles below the plot's tool bar
+    return fig, None
 
 
 def importances(study: optuna.Study, metric: str) -> Built:
@@ -103,6 +108,8 @@ def importances(study: optuna.Study, metric: str) -> Built:
               if len({repr(t.params.get(name)) for t in trials}) > 1]
     if len(trials) < 2 or not varied:
         return None, "needs at least two completed trials with different parameters"
+    if len({t.value for t in trials}) < 2:
+        return None, f"every completed trial has the same {metric}, so no parameter explains anything"
     try:
         fig = _quiet(optuna.visualization.plot_param_importances, study, target_name=metric)
     except (RuntimeError, ValueError) as error:
@@ -132,7 +139,33 @@ def parallel_coordinates(study: optuna.Study, metric: str, labels: dict[str, lis
         for trace in fig.data:
             if trace.customdata is not None:
                 trace.customdata = [[key, text_of(value) if key == name else value] for key, value in trace.customdata]
+    _darken(fig)
     return _layout(fig), None
+
+
+def _darken(fig: go.Figure, floor: float = 0.3) -> None:
+    """Optuna colours each trial's line on a Blues scale that starts at white, so the worst trials vanish on a
+    white page; start the scale at ``floor`` instead (lines and colour bar alike). Line traces carry their score
+    as ``customdata[0][1]``."""
+    from plotly.colors import sample_colorscale
+
+    lines = [t for t in fig.data if t.mode == "lines" and t.customdata is not None and len(t.customdata)]
+    try:
+        values = [float(t.customdata[0][1]) for t in lines]
+    except (TypeError, ValueError):
+        return
+    if not values:
+        return
+    low, span = min(values), (max(values) - min(values)) or 1.0
+    for trace, value in zip(lines, values, strict=True):
+        trace.line.color = sample_colorscale("Blues", [floor + (1 - floor) * (value - low) / span])[0]
+        trace.opacity = 0.85
+    stops = [i / 8 for i in range(9)]
+    scale = [[s, c] for s, c in zip(stops, sample_colorscale("Blues", [floor + (1 - floor) * s for s in stops]),
+                                    strict=True)]
+    for trace in fig.data:
+        if trace.mode == "markers" and trace.marker.colorscale is not None:
+            trace.marker.colorscale = scale
 
 
 def cost_quality(study: optuna.Study, metric: str, inference_budget: float | None) -> Built:
@@ -167,8 +200,8 @@ def cost_quality(study: optuna.Study, metric: str, inference_budget: float | Non
         fig.add_trace(go.Scatter(x=[best[0]], y=[best[1]], mode="markers", name=f"chosen: trial {best[2].number}",
                                  marker={"symbol": "star", "color": BEST, "size": 18}))
     if inference_budget is not None:
-        fig.add_vline(x=inference_budget, line_dash="dash", line_color=BEST,
-                      annotation_text=f"inference budget {inference_budget:g}/instance", annotation_position="top left")
+        fig.add_vline(x=inference_budget, line_dash="dash", line_color=BEST, annotation_position="top right",
+                      annotation_text=f"inference budget {inference_budget:g}/instance")
     positive = [p[0] for p in points if p[0] > 0]
     log_x = len(positive) == len(points) and max(positive) / min(positive) > 20
     return _layout(fig, xaxis_title="cost per instance ($)",

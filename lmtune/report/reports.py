@@ -89,6 +89,8 @@ def publish_to_dashboard(study: optuna.Study) -> bool:
     figure, _ = cost_quality(study, metric_of(study), infer.get("inference_budget"))
     if figure is None:
         return False
+    figure.update_layout(title=f"lmtune: cost and {metric_of(study)} of each config",
+                         margin={"t": 60})
     save_plotly_graph_object(study, figure, graph_object_id=DASHBOARD_FRONT_ID)
     return True
 
