@@ -44,4 +44,5 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
 
         print(f"results: {cfg.output_dir / 'results.json'}")
         report = report_study(cfg.storage, results.study_name, cfg.output_dir / "report.html", dashboard=True)
-        print(f"report: {report}")
+        if report is not None:
+            print(f"report: {report}")

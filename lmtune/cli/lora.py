@@ -49,7 +49,8 @@ def lora(
     if result.final is not None:
         print(f"test {result.metric_name}: {result.final['test_metric']:.4f}")
     print(f"results: {cfg.out_dir / 'results.json'}; train it again: lmtune lora --config {cfg.out_dir / 'best.yaml'}")
-    print(f"report: {report}")
+    if report is not None:
+        print(f"report: {report}")
 
 
 @lora_app.command("proxy-check")

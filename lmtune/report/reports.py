@@ -58,15 +58,20 @@ def write_reports(config: ReportConfig | None = None, **fields: Any) -> ReportRe
     return result
 
 
-def report_study(storage: str | None, study_name: str, path: Path, *, dashboard: bool = False) -> Path:
+def report_study(storage: str | None, study_name: str, path: Path, *, dashboard: bool = False) -> Path | None:
     """Write one study's page to ``path`` (what ``lmtune lora`` and ``lmtune infer`` do after their run); with
-    ``dashboard``, also store its cost/quality front for optuna-dashboard."""
+    ``dashboard``, also store its cost/quality front for optuna-dashboard. The run's results are written by then,
+    so a page that cannot be made is a logged warning and None, not a lost run."""
     from lmtune.report.page import write_report
 
-    study = optuna.load_study(study_name=study_name, storage=make_storage(storage, existing=True))
-    if dashboard:
-        publish_to_dashboard(study)
-    return write_report(study, path)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage, existing=True))
+        if dashboard:
+            publish_to_dashboard(study)
+        return write_report(study, path)
+    except Exception as error:  # any failure here must not hide the results already written
+        log.warning("no report written: %s: %s; `lmtune report` can write it later", type(error).__name__, error)
+        return None
 
 
 def publish_to_dashboard(study: optuna.Study) -> bool:
