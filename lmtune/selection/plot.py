@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from lmtune.files import write_atomic
 from lmtune.selection.ats import tail_lines
 from lmtune.selection.curves import Curves
 from lmtune.selection.laws import FitError, NTKLaw
@@ -16,9 +18,19 @@ from lmtune.selection.laws import FitError, NTKLaw
 SEEN, FIT, MEDIAN, CHOSEN = "C0", "C1", "C2", "#d62728"
 
 
-def plot_curves(curves: Curves, target: int, budget: float, path: str | Path, *,
-                ranking: Sequence[int] | None = None, scores: Sequence[float] | None = None, chosen: int = 1,
-                method: str = "ats-median") -> Path:
+def plot_curves(curves: Curves, target: int, budget: float, path: str | Path, **options) -> Path:
+    """Write ``curves_figure`` as a PNG to ``path`` (atomically); returns the path."""
+    fig = curves_figure(curves, target, budget, **options)  # (selects the Agg backend before pyplot loads)
+    import matplotlib.pyplot as plt
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    plt.close(fig)
+    return write_atomic(Path(path), png.getvalue())
+
+
+def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequence[int] | None = None,
+                  scores: Sequence[float] | None = None, chosen: int = 1, method: str = "ats-median"):
     """One panel per model, in ``ranking`` order (predicted best first; file order without one): points seen under
     the budget (filled), held-out points (hollow), the rectified-family fit (LENSLLM form; solid) and the proposed
     tail-median extrapolation (dashed) up to the target. The first ``chosen`` models of the ranking are marked; the
@@ -95,11 +107,7 @@ def plot_curves(curves: Curves, target: int, budget: float, path: str | Path, *,
     fig.supylabel("loss (log scale)", fontsize=8)
     legend_rows = math.ceil(len(handles) / columns)
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.45 + 0.22 * legend_rows) / height))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _short(name: str, width: int = 34) -> str:

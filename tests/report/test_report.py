@@ -133,6 +133,9 @@ def test_the_trajectory_summarizers_sentences_appear_once_it_exists(tmp_path, mo
     monkeypatch.setitem(sys.modules, "lmtune.trajectory", None)  # as if not installed: import raises ImportError
     without, _ = build_page(study)
     assert "What the study learned" not in without
+    monkeypatch.setitem(sys.modules, "lmtune.trajectory", types.ModuleType("lmtune.trajectory"))
+    other_api, _ = build_page(study)  # a module without summarize(study): no sentences, but still a page
+    assert "What the study learned" not in other_api and "Parameter importances" in other_api
     summarizer = types.ModuleType("lmtune.trajectory")
     summarizer.summarize = lambda s: {"sentences": [f"{len(s.trials)} trials; learning_rate mattered most."]}
     monkeypatch.setitem(sys.modules, "lmtune.trajectory", summarizer)
