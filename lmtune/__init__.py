@@ -6,7 +6,7 @@ The public API is imported lazily so that ``lmtune --help`` does not load torch.
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.2.0"
+from lmtune.version import __version__
 
 _EXPORTS = {
     "tune_lora": "lmtune.lora.tune",

@@ -40,6 +40,11 @@ INFEASIBLE = "infeasible"
 #: Pruning knowledge: the (model, template, stop) key, whether the config fit, and whether that was inferred.
 TOKEN_KEY, VALID, INFERRED = "token_key", "valid", "inferred"
 INSTANCES = "instances"
+#: The trial's prompt template and stop choice as text (its parameters ``template`` and ``stop`` are indices into
+#: the study's lists), so optuna-dashboard and reports show what was tried.
+TEMPLATE_TEXT, STOP_TEXT = "template_text", "stop_text"
+#: A trial whose score is no better than answering without learning (see ``CONSTANT_SCORE``): ``true`` and why.
+LEARNED_NOTHING = "learned_nothing"
 
 # -- studies -------------------------------------------------------------------------------------------------
 #: What a worker needs to join: ``{"command", "factory", "config"}``; and the trial budget.
@@ -50,6 +55,10 @@ OPTIMIZATION_BUDGET = "optimization_budget"
 SPEND_ACCOUNT, SPEND_JOURNAL = "spend_account", "spend_journal"
 #: A benchmark build study: the table's recipe, and (full-split runs) the configs chosen to train.
 TABLE, CHOSEN_CONFIGS = "table", "configs"
+#: What a constant answer scores on the data trials are scored on: ``{"value", "what"}`` (the majority-class
+#: rate for classification, the most common response for exact match, 0 for an inference task). A trial at or
+#: below it learned nothing.
+CONSTANT_SCORE = "constant_score"
 
 # -- trial system attributes (samplers' own bookkeeping) -----------------------------------------------------
 #: The grid config a ``ShuffledGridSampler`` trial holds.

@@ -21,6 +21,7 @@ import optuna
 from lmtune.bench.config import METHODS
 from lmtune.bench.table import Table
 from lmtune.errors import InputError, TrialFailed
+from lmtune.runtime.study import name_metrics
 from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, make_sampler
 
 STARTUP_TRIALS = 5  # random trials before every model-based method, the same for all
@@ -75,6 +76,7 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
     """
     sampler = _sampler(table, method, seed, threads)
     study = optuna.create_study(sampler=sampler, direction=table.direction, pruner=optuna.pruners.NopPruner())
+    name_metrics(study, [table.metric_name])
     params = table.grid.params
     values: list[float | None] = []
 

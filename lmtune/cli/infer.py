@@ -50,7 +50,12 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
                                 "per instance" if tested else "; not tested"))
         print(f"pareto front: {len(results.pareto_front)} configs")
     if cfg.output_dir is not None:
+        from lmtune.report.reports import report_study
+
         print(f"results: {cfg.output_dir / 'results.json'}")
+        report = report_study(cfg.storage, results.study_name, cfg.output_dir / "report.html", dashboard=True)
+        if report is not None:
+            print(f"report: {report}")
     if results.error is not None:  # the search finished but the test evaluation failed
         print(f"error: endpoint: {results.error}", file=sys.stderr)
         raise SystemExit(1)

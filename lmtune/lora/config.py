@@ -29,8 +29,9 @@ class LoraRunConfig(BaseModel):
                                 json_schema_extra={"metavar": "DATA"})
     task: Literal["classification", "causal"] | None = Field(None, description="what to train (default: from the "
                                                                                "data's columns)")
-    space: str = Field("lora-small", description="preset (lora-small, lora-paper) or a YAML file",
-                       json_schema_extra={"metavar": "SPACE"})
+    space: str | dict[str, Any] = Field("lora-small", description="preset (lora-small, lora-paper) or a YAML file "
+                                        "(in a --config file also the space itself, as best.yaml holds it)",
+                                        json_schema_extra={"metavar": "SPACE"})
     variant: str | None = Field(None, description="lora, rslora, dora, pissa, or 'search' for all four "
                                 "(default: the space's)", json_schema_extra={"metavar": "VARIANT"})
     trials: int = Field(10, ge=1, description="finished trials the study should hold")

@@ -11,11 +11,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.files import write_atomic
-from lmtune.runtime.trials import counted_trials
+from lmtune.runtime.trials import constant_of, counted_trials, learned_nothing
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per counted trial: state, value, params, seconds and the reason of a failure."""
+    """One row per counted trial: state, value, params, seconds, the reason of a failure, and whether it learned
+    nothing (no better than a constant answer)."""
+    constant, maximize = constant_of(study)
     rows = []
     for t in sorted(counted_trials(study), key=lambda t: t.number):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
@@ -26,6 +28,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "params": t.params,
             "seconds": None if seconds is None else round(seconds, 2),
             "fail_reason": t.user_attrs.get(attrs.FAIL_REASON),
+            "learned_nothing": learned_nothing(constant, t, maximize),
         })
     return rows
 
@@ -60,6 +63,15 @@ def markdown_summary(results: dict[str, Any]) -> str:
         "",
         f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})",
     ]
+    constant = results.get("constant_score")
+    if constant:
+        lines.append(f"- trials at or below {constant['value']:.4f} {constant.get('label', 'learned nothing')}: "
+                     f"{constant['what']}")
+    if best.get("learned_nothing"):
+        lines.append(f"- **warning**: the best trial {best['learned_nothing']}")
+    nothing = [r["number"] for r in results["trials"] if r.get("learned_nothing")]
+    if nothing:
+        lines.append(f"- {len(nothing)} of {len(results['trials'])} trials learned nothing (note column)")
     final = results.get("final")
     if final:
         lines.append(f"- full training split ({final['train_examples']} examples), test {metric}: "
@@ -68,6 +80,9 @@ def markdown_summary(results: dict[str, Any]) -> str:
         lines.append(f"- adapter: `{final['adapter_dir']}`")
         if final.get("warning"):
             lines.append(f"- **warning**: {final['warning']}")
+    if results.get("recipe"):
+        lines.append("- the whole recipe: `recipe` in `results.json`; train it again with "
+                     "`lmtune lora --config best.yaml`")
     seconds = [r["seconds"] for r in results["trials"] if r["seconds"] is not None]
     if seconds:
         lines.append(f"- time per trial: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
@@ -82,7 +97,7 @@ def markdown_summary(results: dict[str, Any]) -> str:
     for r in results["trials"]:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
         cells = [str(r["params"].get(n, "")) for n in names]
-        note = r["fail_reason"] or ""
+        note = r["fail_reason"] or r.get("learned_nothing") or ""
         lines.append(f"| {r['number']} | {r['state']} | {value} | " + " | ".join(cells)
                      + f" | {r['seconds'] if r['seconds'] is not None else ''} | {note} |")
     return "\n".join(lines) + "\n"

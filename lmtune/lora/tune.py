@@ -14,14 +14,23 @@ from optuna.samplers import BaseSampler
 from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError, NoResult
+from lmtune.files import write_atomic
 from lmtune.finetune.data import DatasetSplits, load_dataset, proxy_subset
 from lmtune.finetune.device import prepare_hardware
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
-from lmtune.llm import resolve_model
+from lmtune.llm import hub_id, resolve_model
 from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
+from lmtune.lora.recipe import (
+    build_recipe,
+    constant_score,
+    finish_adapter,
+    model_card,
+    rerun_config,
+    write_rerun_yaml,
+)
 from lmtune.lora.report import best_trial, trial_rows, write_results
 from lmtune.results import Result
 from lmtune.runtime.loop import TrialListener, run_trials
@@ -62,6 +71,11 @@ class LoraResult(Result):
     trials: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
     wall_seconds: float | None = None
+    #: What one constant answer scores on validation (``{"value", "what", "label"}``); trials at it learned nothing.
+    constant_score: dict[str, Any] | None = None
+    #: Everything to train the best config again (``lmtune.lora.recipe.build_recipe``); ``best.yaml`` is its
+    #: ``lmtune`` part.
+    recipe: dict[str, Any] | None = None
 
 
 def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
@@ -144,7 +158,7 @@ def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
     """The fields a worker needs to rebuild this run's objective and sampler (local paths made absolute)."""
     job = cfg.model_dump(mode="json", exclude=LOCAL_FIELDS)
     for name in PATH_FIELDS:
-        if job.get(name) and Path(job[name]).exists():
+        if isinstance(job.get(name), str) and Path(job[name]).exists():
             job[name] = str(Path(job[name]).resolve())
     return job
 
@@ -184,6 +198,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     cfg = config or build_config(LoraRunConfig, **fields)
     started = time.perf_counter()
     space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched
+    sampler_name = cfg.sampler if sampler is None else type(sampler).__name__
     sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
     pruner = make_pruner(cfg.pruner)
     storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
@@ -194,8 +209,11 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     check_same_data(storage, cfg.study_name, splits)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
                        direction=objective.direction, attrs=study_attrs(cfg, space, splits),
-                       info={"dataset": splits.name})
+                       info={"dataset": splits.name}, metric_names=[objective.metric_name])
     publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
+    constant = constant_score(splits, objective.metric_name)
+    if constant is not None and attrs.CONSTANT_SCORE not in study.user_attrs:
+        study.set_user_attr(attrs.CONSTANT_SCORE, constant)
     storage_shown = mask_url(normalize_url(cfg.storage))
     result = LoraResult(study_name=cfg.study_name, storage=storage_shown, budget=cfg.trials,
                         finished=len(counted_trials(study)))
@@ -215,7 +233,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     hp = LoraHyperparams.from_params({**best.params, **space.fixed})
     log.info("Best trial %d: %s %.4f with %s", best.number, objective.metric_name, best.value, hp.to_dict())
     result.finished = len(counted_trials(study))
-    result.sampler = type(sampler).__name__
+    result.sampler = sampler_name
     result.space, result.dataset, result.task = space.name, splits.name, splits.task
     result.model = cfg.model or f"MiniLM ({model})"
     result.metric_name, result.direction = objective.metric_name, objective.direction
@@ -223,19 +241,47 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     result.proxy_examples = len(proxy_subset(splits.train, cfg.proxy_fraction, cfg.seed))
     result.best = {"trial": best.number, "params": best.params, "hyperparams": hp.to_dict(),
                    "proxy_metric": best.value}
+    result.constant_score = constant
     result.trials = trial_rows(study)
+    nothing = next((row["learned_nothing"] for row in result.trials if row["number"] == best.number), None)
+    if nothing:
+        result.best["learned_nothing"] = nothing
+        log.warning("the best trial %s: try other learning rates, more epochs or a larger --proxy-fraction", nothing)
+    target_modules = cfg.target_modules
     if cfg.final_train:
         final = result.final = _final_train(hp, splits, model, settings, cfg, listener, objective.reuse)
+        target_modules = finish_adapter(Path(final["adapter_dir"]), base_id=hub_id(cfg.model), model_path=model,
+                                        task=splits.task, label_names=splits.label_names)
         worse = final["test_metric"] < best.value if objective.direction == "maximize" else (
             final["test_metric"] > best.value)
         if worse:
             final["warning"] = (f"the full-data run scored {final['test_metric']:.4f} on test, worse than its proxy "
                                 f"trial ({best.value:.4f}): the proxy did not predict full training for this config")
             log.warning(final["warning"])
+    rerun = rerun_config(job_config(cfg), hp, cfg.study_name)
+    result.recipe = build_recipe(rerun=rerun, model=cfg.model, model_path=model, base_id=hub_id(cfg.model),
+                                 splits=splits, settings=settings, hp=hp, proxy_fraction=cfg.proxy_fraction,
+                                 proxy_examples=result.proxy_examples,
+                                 target_modules=target_modules or _default_targets(model))
     result.wall_seconds = round(time.perf_counter() - started, 1)
+    write_rerun_yaml(cfg.out_dir / "best.yaml", rerun,
+                     f"lmtune lora --config {cfg.out_dir / 'best.yaml'}\ntrains trial {best.number} of study "
+                     f"{cfg.study_name} again ({objective.metric_name} {best.value:.4f} on validation): the same "
+                     "model, data, proxy subset and seed, then retrains it on the full training split and tests it.")
+    if result.final is not None:
+        write_atomic(Path(result.final["adapter_dir"]) / "README.md", model_card(result.to_dict()))
     json_path, md_path = write_results(cfg.out_dir, result.to_dict())
-    log.info("Wrote %s and %s", json_path, md_path)
+    log.info("Wrote %s, %s and %s", json_path, md_path, cfg.out_dir / "best.yaml")
     return result
+
+
+def _default_targets(model: str) -> list[str] | None:
+    """PEFT's default LoRA target modules for the model's type (what it adapts when none are named)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    from transformers import AutoConfig
+
+    found = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(AutoConfig.from_pretrained(model).model_type)
+    return sorted(found) if found else None
 
 
 def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, settings: TrainSettings,

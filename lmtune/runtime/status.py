@@ -77,7 +77,7 @@ def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None 
         pick = max if summary.direction.name == "MAXIMIZE" else min
         b = pick(complete, key=lambda t: t.value)
         best = {"number": b.number, "value": b.value, "params": b.params,
-                "metric": b.user_attrs.get(attrs.METRIC_NAME, "value")}
+                "metric": (study.metric_names or [b.user_attrs.get(attrs.METRIC_NAME, "value")])[0]}
 
     def seconds(t) -> float:
         end = t.datetime_complete or (now if t.state == TrialState.RUNNING else None)

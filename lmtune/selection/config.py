@@ -38,7 +38,8 @@ class SelectConfig(BaseModel):
     budget_ratio: float | None = Field(None, ge=1, allow_inf_nan=False,
                                        description="methods see sizes <= target/ratio (default 8 for --curves; "
                                        "every measured size for --models)")
-    plot: Path | None = Field(None, description="PNG of points and fitted curves (default: by the CSV)",
+    plot: Path | None = Field(None, description="PNG of points and fitted curves (default: <curves>-select.png in "
+                              "the folder of --out)",
                               json_schema_extra={"metavar": "FILE"})
     tokens_per_sample: float | None = Field(None, gt=0, allow_inf_nan=False, description="mean tokens per example, "
                                             "for FLOPs")

@@ -174,6 +174,7 @@ def test_build_resumes_without_training_finished_rows_again(tmp_path, tiny_model
     partial = build_table(spec, storage=storage, max_trials=3, output=output)
     assert len(partial.rows) == 3 and Table.load(output).rows == partial.rows
     first_trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert optuna.load_study(study_name="tiny", storage=storage).metric_names == ["accuracy"]  # not "Objective 0"
 
     full = build_table(spec, storage=storage, output=output)
     trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
