@@ -11,6 +11,7 @@ never printed, logged or stored.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 
@@ -90,6 +91,12 @@ class OpenAIGenerator(Generator):
             params["stop"] = list(request.stop)
         if seed is not None:
             params["seed"] = seed
+        if request.response_format is not None:  # chat: a documented field; completions: vLLM/lmtune serve's extra
+            response_format = json.loads(request.response_format)
+            if request.messages is not None:
+                params["response_format"] = response_format
+            else:
+                params["extra_body"] = {"response_format": response_format}
         attempt = 0
         while True:
             try:

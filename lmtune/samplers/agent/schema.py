@@ -53,20 +53,22 @@ def resolution(param: Float) -> float:
     return 10.0 ** (math.floor(math.log10(span)) - 4) if span > 0 else 1.0
 
 
-def config_schema(space: SearchSpace) -> dict[str, Any]:
-    """``{"reason": short text, "config": {name: value, ...}}`` with every searched parameter required."""
+def config_schema(space: SearchSpace, reason_chars: int = REASON_CHARS) -> dict[str, Any]:
+    """``{"reason": short text, "config": {name: value, ...}}`` with every searched parameter required; the reason
+    comes first, so a model states it before it commits to values (``reason_chars`` 0 leaves it out)."""
     names = [p.name for p in space.params]
     config = {"type": "object", "properties": {p.name: param_schema(p) for p in space.params},
               "required": names, "additionalProperties": False}
-    return {"type": "object",
-            "properties": {"reason": {"type": "string", "maxLength": REASON_CHARS}, "config": config},
-            "required": ["reason", "config"], "additionalProperties": False}
+    properties: dict[str, Any] = {"config": config}
+    if reason_chars:
+        properties = {"reason": {"type": "string", "maxLength": reason_chars}, **properties}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def response_format(space: SearchSpace) -> dict[str, Any]:
+def response_format(space: SearchSpace, reason_chars: int = REASON_CHARS) -> dict[str, Any]:
     """OpenAI's structured-output request for the config schema (``strict``: every key required, none extra)."""
     return {"type": "json_schema", "json_schema": {"name": "next_config", "strict": True,
-                                                   "schema": config_schema(space)}}
+                                                   "schema": config_schema(space, reason_chars)}}
 
 
 def parse_reply(text: str, space: SearchSpace) -> tuple[dict[str, Any], str]:
