@@ -21,7 +21,7 @@ from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.llm import resolve_model
 from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
-from lmtune.lora.report import best_trial, trial_rows, write_results
+from lmtune.lora.report import best_trial, study_learned, trial_rows, write_results
 from lmtune.results import Result
 from lmtune.runtime.loop import TrialListener, run_trials
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url
@@ -61,6 +61,7 @@ class LoraResult(Result):
     trials: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
     wall_seconds: float | None = None
+    learned: list[str] = field(default_factory=list)
 
 
 def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
@@ -218,6 +219,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     result.best = {"trial": best.number, "params": best.params, "hyperparams": hp.to_dict(),
                    "proxy_metric": best.value}
     result.trials = trial_rows(study)
+    result.learned = study_learned(study, space, objective.metric_name)
     if cfg.final_train:
         final = result.final = _final_train(hp, splits, model, settings, cfg, listener)
         worse = final["test_metric"] < best.value if objective.direction == "maximize" else (

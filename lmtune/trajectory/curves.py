@@ -22,13 +22,14 @@ DIVERGED_RATIO = 1.5
 OVERFIT_RISE = 0.05
 #: A training loss that fell by less than this fraction over the whole run did not learn (underfitting).
 UNDERFIT_DROP = 0.05
-#: Between the last two evaluations, a relative fall of the validation loss below this is a plateau ...
+#: Between the last two evaluations, a relative change of the validation loss smaller than this is a plateau ...
 #: (with one evaluation: the training loss over the last half of the steps, fitted by a line, since single
 #: steps of batches of 4-32 examples are too noisy to compare)
 PLATEAU_DROP = 0.02
 #: ... and a fall of at least this is "still improving": the run was stopped while it still learned.
 IMPROVING_DROP = 0.05
-#: A step whose loss is this many times the median of the steps before it is a spike. Batch-to-batch noise
+#: A step whose loss is this many times the median of the steps before it and of those after it is a spike (a
+#: loss that rises and stays up is divergence, not a spike). Batch-to-batch noise
 #: of small batches (4-32 examples) stays within about 1.3x of the running median on lmtune's tables.
 SPIKE_RATIO = 1.5
 #: Steps in the running median a spike is measured against.
@@ -104,7 +105,7 @@ def summarize_curve(trajectory: Sequence[dict[str, Any]] | None, step_losses: Se
             out.flags.append("overfitting")
         if out.total_drop is not None and out.total_drop < UNDERFIT_DROP:
             out.flags.append("underfitting")
-        elif out.recent_drop is not None and out.recent_drop < PLATEAU_DROP:
+        elif out.recent_drop is not None and abs(out.recent_drop) < PLATEAU_DROP:
             out.flags.append("plateau")
         elif out.recent_drop is not None and out.recent_drop >= IMPROVING_DROP:
             out.flags.append("still improving")
@@ -130,10 +131,10 @@ def _loss_shape(out: CurveSummary, losses: list[float]) -> None:
     changes = [abs(b - a) for a, b in zip(losses, losses[1:], strict=False)]
     mean = _mean([abs(x) for x in losses])
     out.volatility = rounded(_mean(changes) / mean) if mean else None
-    for i in range(1, len(losses)):
-        before = sorted(losses[max(0, i - SPIKE_WINDOW):i])
-        median = before[len(before) // 2]
-        if median > 0 and losses[i] > SPIKE_RATIO * median:
+    for i in range(1, len(losses) - 1):  # a spike stands out from the steps before it and the steps after it
+        around = [sorted(part)[len(part) // 2] for part in (losses[max(0, i - SPIKE_WINDOW):i],
+                                                            losses[i + 1:i + 1 + SPIKE_WINDOW])]
+        if min(around) > 0 and losses[i] > SPIKE_RATIO * max(around):
             out.spikes += 1
 
 
