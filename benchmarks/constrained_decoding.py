@@ -2,8 +2,9 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/constrained_decoding.py [--vocab 2048 32000]
 
-For each candidate that imports here (llguidance, outlines-core, lm-format-enforcer; xgrammar is not tried: it
-pulls triton), and for byte-level BPE tokenizers of each vocabulary size (trained on BBC News with the
+For each candidate that imports here (llguidance, a dependency; outlines-core and lm-format-enforcer when
+installed beside it, e.g. ``pip install --target /tmp/cd outlines-core lm-format-enforcer`` and
+``PYTHONPATH=/tmp/cd``; xgrammar is not tried: its wheel pulls triton and apache-tvm-ffi), and for byte-level BPE tokenizers of each vocabulary size (trained on BBC News with the
 ``tokenizers`` library, so no hub download), it measures: the one-time tokenizer set-up, compiling the
 AgentSampler's schema of ``lora-paper`` (enums) and of a space with int/float ranges, the mean time of one
 allowed-token mask, and whether 20 replies decoded from random logits under the masks all parse and validate.
@@ -89,12 +90,16 @@ class OutlinesCore:
         self.vocabulary = Vocabulary(tokenizer.eos_token_id, table)
         self.vocab = len(tokenizer)
         self.eos = tokenizer.eos_token_id
+        self.indexes = {}
 
     def start(self, schema):
         from outlines_core import Guide, Index
         from outlines_core.json_schema import build_regex_from_schema
 
-        return Guide(Index(build_regex_from_schema(json.dumps(schema)), self.vocabulary))
+        key = json.dumps(schema)
+        if key not in self.indexes:  # the index is the expensive part; a server would cache it per schema
+            self.indexes[key] = Index(build_regex_from_schema(key), self.vocabulary)
+        return Guide(self.indexes[key])
 
     def allowed(self, guide) -> np.ndarray:
         mask = np.zeros(self.vocab, dtype=bool)

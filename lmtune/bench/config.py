@@ -55,8 +55,12 @@ class BenchSamplersConfig(BaseModel):
                                       "ones", json_schema_extra={"metavar": "DIR"})
     agent_temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="agent: sampling "
                                      "temperature (each call is seeded)")
+    agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
+    agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
+                                    "config (0: none)")
 
     @property
     def agent_options(self) -> dict:
         return {"endpoint": self.endpoint, "model": self.agent_model, "prompts": self.agent_prompts,
-                "temperature": self.agent_temperature}
+                "temperature": self.agent_temperature,
+                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars}

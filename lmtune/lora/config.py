@@ -57,6 +57,9 @@ class LoraRunConfig(BaseModel):
                                       json_schema_extra={"metavar": "DIR"})
     agent_temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="agent: sampling "
                                      "temperature of the model's replies (each call is seeded)")
+    agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
+    agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
+                                    "config (0: none)")
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
@@ -111,7 +114,8 @@ class LoraRunConfig(BaseModel):
     @property
     def agent_options(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "model": self.agent_model, "prompts": self.agent_prompts,
-                "temperature": self.agent_temperature}
+                "temperature": self.agent_temperature,
+                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars}
 
     @property
     def sampler_options(self) -> dict[str, Any]:
