@@ -4,8 +4,9 @@
 
 For each candidate that imports here (llguidance, a dependency; outlines-core and lm-format-enforcer when
 installed beside it, e.g. ``pip install --target /tmp/cd outlines-core lm-format-enforcer`` and
-``PYTHONPATH=/tmp/cd``; xgrammar is not tried: its wheel pulls triton and apache-tvm-ffi), and for byte-level BPE tokenizers of each vocabulary size (trained on BBC News with the
-``tokenizers`` library, so no hub download), it measures: the one-time tokenizer set-up, compiling the
+``PYTHONPATH=/tmp/cd``; xgrammar is not tried: its wheel pulls triton and apache-tvm-ffi), and for byte-level
+BPE tokenizers of each vocabulary size (trained on BBC News with the ``tokenizers`` library, so no hub
+download), it measures: the one-time tokenizer set-up, compiling the
 AgentSampler's schema of ``lora-paper`` (enums) and of a space with int/float ranges, the mean time of one
 allowed-token mask, and whether 20 replies decoded from random logits under the masks all parse and validate.
 Prints a Markdown table and writes ``benchmarks/results/constrained_decoding.json``.

@@ -186,3 +186,18 @@ def test_prompt_folders_replace_built_in_templates_and_typos_are_refused(tmp_pat
     (tmp_path / "analyser.txt").write_text("typo")
     with pytest.raises(InputError, match="analyser.txt is not a prompt"):
         Prompts.load(tmp_path)
+
+
+def test_a_worker_rebuilds_the_agent_sampler_from_the_study_job(misbehaving, tmp_path):
+    from lmtune.lora.config import LoraRunConfig
+    from lmtune.lora.tune import job_config, worker_parts
+    from lmtune.samplers.agent import AgentSampler
+
+    (tmp_path / "retry.txt").write_text("Rejected: $error")
+    job = job_config(LoraRunConfig(sampler="agent", endpoint=misbehaving[1], agent_model="m", agent_temperature=0.5,
+                                   agent_prompts=str(tmp_path)))
+    assert json.loads(json.dumps(job))["agent_model"] == "m"  # the job is stored as JSON in the study
+    parts = worker_parts(job, space=SPACE, objective=False)
+    assert isinstance(parts.sampler, AgentSampler)
+    assert (parts.sampler.endpoint, parts.sampler.model, parts.sampler.temperature) == (misbehaving[1], "m", 0.5)
+    assert parts.sampler.prompts.render("retry", error="x") == "Rejected: x"
