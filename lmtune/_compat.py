@@ -35,6 +35,11 @@ def set_trial_system_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial
     storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
 
 
+def set_trial_user_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial, key: str, value: Any) -> None:
+    """Write a user attribute of a running trial from a sampler (what the agent sampler records per trial)."""
+    storage_of(study).set_trial_user_attr(trial_id(trial), key, value)
+
+
 def stored_trial(trial: optuna.Trial) -> FrozenTrial:
     """The trial as stored now, with the system attributes Optuna wrote when it was enqueued or retried."""
     return storage_of(trial.study).get_trial(trial_id(trial))

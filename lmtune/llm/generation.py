@@ -36,6 +36,8 @@ class GenerationRequest:
 
     ``prompt`` for a completion endpoint, or ``messages`` ((role, content), ...) for a chat endpoint.
     ``seed`` tells batches of one prompt apart, so asking for more samples later gives new ones.
+    ``response_format`` is OpenAI's ``response_format`` object as JSON text (text keeps the request hashable),
+    e.g. ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``; None asks for free text.
     """
 
     model: str
@@ -47,6 +49,7 @@ class GenerationRequest:
     max_tokens: int = 16
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    response_format: str | None = None
 
     def __post_init__(self):
         if (self.prompt is None) == (self.messages is None):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmtune._compat import output_cache, with_cache
 from lmtune.errors import InputError
+from lmtune.llm import constrained
 from lmtune.llm.generation import ExtraCallHook, Generation, GenerationError, GenerationRequest, Generator
 
 #: Requests decoded together at most (each sampled request adds n rows).
@@ -28,13 +29,14 @@ class LocalGenerator(Generator):
 
         self.path = resolve_model(model)
         if not Path(self.path).is_dir():
-            raise InputError("local_model", f"{model!r} is not a model folder (or the alias arith-lm)")
-        self.name = name or (model if model == "arith-lm" else Path(self.path).name)
+            raise InputError("local_model", f"{model!r} is not a model folder (or the alias arith-lm or agent-lm)")
+        self.name = name or (model if model in ("arith-lm", "agent-lm") else Path(self.path).name)
         self.backend_id = f"local:{Path(self.path).resolve()}"
         self.device = device
         self._lock = threading.Lock()
         self._pending: list = []
         self._drainer = None
+        self._grammars: constrained.Grammars | None = None
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,12 +50,28 @@ class LocalGenerator(Generator):
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None and getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": role, "content": content} for role, content in request.messages]
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns a BatchEncoding
         # Without a chat template the messages' contents, joined by newlines, are the prompt.
         return self.tokenizer(request.text())["input_ids"]
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self._prompt_ids(request))
+
+    @property
+    def grammars(self) -> constrained.Grammars:
+        """Grammars for ``response_format`` requests (schema-constrained decoding, ``lmtune.llm.constrained``)."""
+        if self._grammars is None:
+            self._grammars = constrained.Grammars(self.tokenizer)
+        return self._grammars
+
+    def _constraint(self, request: GenerationRequest) -> constrained.Constraint | None:
+        if request.response_format is None:
+            return None
+        try:
+            return self.grammars.constraint(request.response_format)
+        except constrained.GrammarError as exc:
+            raise GenerationError(str(exc)) from None
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -98,7 +116,7 @@ class LocalGenerator(Generator):
         """
         import torch
 
-        rows = []  # (request index, prompt ids, temperature or 0, top_p, max_tokens, rng)
+        rows = []  # (request index, prompt ids, temperature or 0, top_p, max_tokens, rng, constraint or None)
         prompt_lengths = []
         for index, request in enumerate(requests):
             ids = self._prompt_ids(request)
@@ -108,7 +126,8 @@ class LocalGenerator(Generator):
             top_p = request.top_p if request.top_p is not None else 1.0
             seed = request.seed if request.seed is not None else 0
             for sample in range(1 if greedy else request.n):
-                rows.append((index, ids, temperature, top_p, request.max_tokens, random.Random(f"{seed}:{sample}")))
+                rows.append((index, ids, temperature, top_p, request.max_tokens, random.Random(f"{seed}:{sample}"),
+                             self._constraint(request)))
         with self._lock, torch.no_grad():
             try:
                 tokens = self._decode(rows)
@@ -143,11 +162,14 @@ class LocalGenerator(Generator):
         past, logits, position = output_cache(out), out.logits[:, -1, :].float(), positions[:, -1] + 1
         done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         generated: list[list[int]] = [[] for _ in rows]
+        constraints = [r[6] for r in rows]
         for step in range(int(limits.max())):
             uniforms = torch.tensor([r[5].random() for r in rows], device=self.device)
+            constrained.mask_logits(logits, constraints, done)
             token = torch.where(greedy, logits.argmax(-1), _sample(logits, temperature, top_p, uniforms))
             for i in (~done).nonzero().flatten().tolist():
                 generated[i].append(int(token[i]))
+            constrained.consume(token, constraints, done)
             done |= (token == eos) | (step + 1 >= limits)
             if bool(done.all()):
                 break

@@ -16,6 +16,7 @@ call for the caller's budget. The API key comes from the environment and is neve
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import random
@@ -106,6 +107,12 @@ class OpenAIGenerator(Generator):
             params["stop"] = list(request.stop)
         if seed is not None:
             params["seed"] = seed
+        if request.response_format is not None:  # chat: a documented field; completions: vLLM/lmtune serve's extra
+            response_format = json.loads(request.response_format)
+            if request.messages is not None:
+                params["response_format"] = response_format
+            else:
+                params["extra_body"] = {"response_format": response_format}
         attempt = 0
         maybe_billed = False  # whether an earlier attempt may have been billed
         while True:

@@ -15,7 +15,7 @@ from lmtune.samplers.registry import PRUNERS, SAMPLERS
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
                           "grace_period", "final_train", "device"})
 #: Config fields that may name a local file or folder; a worker gets them as absolute paths.
-PATH_FIELDS = ("model", "dataset", "space", "template", "encoder")
+PATH_FIELDS = ("model", "dataset", "space", "template", "encoder", "agent_prompts")
 
 
 class LoraRunConfig(BaseModel):
@@ -38,7 +38,7 @@ class LoraRunConfig(BaseModel):
     proxy_fraction: float = Field(0.1, gt=0.0, le=1.0, allow_inf_nan=False,
                                   description="fraction of the training split each trial "
                                   "trains on")
-    sampler: str = Field("tpe", description="random, tpe, gp, botorch or language-bo",
+    sampler: str = Field("tpe", description="random, tpe, gp, botorch, language-bo or agent",
                          json_schema_extra={"metavar": "NAME"})
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
     pruner: str = Field("none", description="none, median or hyperband", json_schema_extra={"metavar": "NAME"})
@@ -49,6 +49,18 @@ class LoraRunConfig(BaseModel):
     projection: bool = Field(True, description="language-bo: learnable projection (off: Table 6 ablation)")
     learnable_token: bool = Field(True, description="language-bo: learnable soft token (off: Table 6 ablation)")
     shortlist_k: int = Field(16, ge=1, description="language-bo: candidates re-embedded exactly per suggestion")
+    endpoint: str | None = Field(None, description="agent: base URL of an OpenAI-compatible server (Ollama: "
+                                 "http://127.0.0.1:11434/v1)", json_schema_extra={"metavar": "URL"})
+    agent_model: str | None = Field(None, description="agent: the model the endpoint serves (e.g. "
+                                    "qwen2.5:7b-instruct)", json_schema_extra={"metavar": "NAME"})
+    agent_prompts: str | None = Field(None, description="agent: folder of prompt templates replacing the built-in "
+                                      "ones (system, analyzer, optimizer, retry .txt)",
+                                      json_schema_extra={"metavar": "DIR"})
+    agent_temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="agent: sampling "
+                                     "temperature of the model's replies (each call is seeded)")
+    agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
+    agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
+                                    "config (0: none)")
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
@@ -113,10 +125,17 @@ class LoraRunConfig(BaseModel):
                 "device": str(resolve_device(self.device))}
 
     @property
+    def agent_options(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "model": self.agent_model, "prompts": self.agent_prompts,
+                "temperature": self.agent_temperature,
+                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars}
+
+    @property
     def sampler_options(self) -> dict[str, Any]:
         """Keyword arguments of ``make_sampler`` for this run (its name and space aside)."""
         options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
-        return {**options, **(self.language_bo_options if self.sampler == "language-bo" else {})}
+        extra = {"language-bo": self.language_bo_options, "agent": self.agent_options}.get(self.sampler, {})
+        return {**options, **extra}
 
     @property
     def out_dir(self) -> Path:

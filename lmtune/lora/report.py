@@ -12,6 +12,8 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import attrs
 from lmtune.files import write_atomic
 from lmtune.runtime.trials import constant_of, counted_trials, learned_nothing
+from lmtune.space import SearchSpace
+from lmtune.trajectory import learned_sentences, summarize_study
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -36,6 +38,19 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     return study.best_trial if complete else None
+
+
+def study_learned(study: optuna.Study, space: SearchSpace | None = None, metric: str | None = None) -> list[str]:
+    """What the study learned, as plain sentences from the Trajectory Context Summarizer's report: which
+    parameters mattered and how, which trials overfit, diverged or were still improving, what failed. No model."""
+    return learned_sentences(summarize_study(study, space=space, metric=metric))
+
+
+def learned_markdown(sentences: list[str]) -> list[str]:
+    """The "What the study learned" section of a summary, as Markdown lines (nothing without sentences)."""
+    if not sentences:
+        return []
+    return ["", "## What the study learned", "", *[f"- {s}" for s in sentences]]
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
@@ -86,6 +101,7 @@ def markdown_summary(results: dict[str, Any]) -> str:
     seconds = [r["seconds"] for r in results["trials"] if r["seconds"] is not None]
     if seconds:
         lines.append(f"- time per trial: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
+    lines += learned_markdown(results.get("learned") or [])
     names = list(results["trials"][0]["params"]) if results["trials"] else []
     lines += [
         "",

@@ -31,7 +31,7 @@ from lmtune.lora.recipe import (
     rerun_config,
     write_rerun_yaml,
 )
-from lmtune.lora.report import best_trial, trial_rows, write_results
+from lmtune.lora.report import best_trial, study_learned, trial_rows, write_results
 from lmtune.results import Result
 from lmtune.runtime.loop import TrialListener, run_trials
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url
@@ -248,6 +248,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
         result.best["learned_nothing"] = nothing
         log.warning("the best trial %s: try other learning rates, more epochs or a larger --proxy-fraction", nothing)
     target_modules = cfg.target_modules
+    result.learned = study_learned(study, space, objective.metric_name)
     if cfg.final_train:
         final = result.final = _final_train(hp, splits, model, settings, cfg, listener, objective.reuse)
         target_modules = finish_adapter(Path(final["adapter_dir"]), base_id=hub_id(cfg.model), model_path=model,

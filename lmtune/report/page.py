@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from lmtune.files import write_atomic
 from lmtune.inference.config import stop_text
 from lmtune.report import figures
 from lmtune.runtime.trials import constant_of, counted_trials, describe_failure, learned_nothing
+from lmtune.trajectory import learned_sentences, summarize_study
 from lmtune.version import __version__
 
 #: The study attribute ``lmtune infer`` stores what it searched in.
@@ -73,24 +73,9 @@ def readable_params(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     return params
 
 
-def trajectory_sentences(study: optuna.Study) -> list[str] | None:
-    """The Trajectory Context Summarizer's plain sentences about the study, when ``lmtune.trajectory`` exists
-    (issue 14 builds it); None without it, so the report works either way."""
-    try:
-        import lmtune.trajectory as trajectory
-    except ImportError:
-        return None
-    summarize = getattr(trajectory, "summarize", None)
-    if summarize is None:  # issue 14 may name its entry point otherwise: adjust here when it lands
-        logging.getLogger(__name__).warning("lmtune.trajectory has no summarize(study); its sentences are left out")
-        return None
-    summary = summarize(study)
-    sentences = getattr(summary, "sentences", None)
-    if sentences is None and isinstance(summary, dict):
-        sentences = summary.get("sentences")
-    if sentences is None:
-        sentences = str(getattr(summary, "text", summary)).splitlines()
-    return [str(s) for s in sentences if str(s).strip()]
+def trajectory_sentences(study: optuna.Study) -> list[str]:
+    """The Trajectory Context Summarizer's plain sentences about the study (the same ones ``summary.md`` lists)."""
+    return learned_sentences(summarize_study(study, metric=metric_of(study)))
 
 
 def build_page(study: optuna.Study) -> tuple[str, int]:

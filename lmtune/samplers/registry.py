@@ -25,6 +25,7 @@ SAMPLERS: dict[str, str] = {
     "gp": "Gaussian process with log EI on the numbers (Optuna's GPSampler)",
     "botorch": "BoTorch qLogEI through optuna-integration's BoTorchSampler",
     "language-bo": "language-aided BO: configs as text, embedded by a frozen LM, deep-kernel GP",
+    "agent": "a language model at --endpoint proposes configs from a summary of the study (TPE fallback)",
 }
 #: The ablations of the language-BO paper's Table 6, cumulative: none, +projection, +domain prompt, +token.
 LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
@@ -46,7 +47,8 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
 
     With a discrete ``space`` and ``distinct`` (the default) no config is proposed twice (``DistinctSampler``).
     ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
-    its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...).
+    its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...), or for ``agent``
+    the ``AgentSampler``'s (endpoint, model, prompts, temperature, ...); its fallback is this registry's TPE.
     """
     if name in LANGUAGE_BO_ABLATIONS:
         if space is None:
@@ -55,6 +57,13 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
 
         options = {**LANGUAGE_BO_ABLATIONS[name], **language_bo} if name != "language-bo" else language_bo
         return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
+    if name == "agent":
+        if space is None:
+            raise InputError("sampler", "the agent sampler needs the search space it proposes from")
+        from lmtune.samplers.agent import AgentSampler
+
+        fallback = make_sampler("tpe", seed=seed, n_startup_trials=n_startup_trials, space=space, distinct=distinct)
+        return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **language_bo)
     if name not in SAMPLERS:
         raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if distinct and space is not None and space.is_discrete:
@@ -63,6 +72,7 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         return DistinctSampler(functools.partial(optuna_sampler, name, n_startup_trials=n_startup_trials), space,
                                seed=seed)
     return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
+
 
 
 def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:

@@ -244,3 +244,29 @@ def test_cli_reports_bad_tables_and_methods_in_one_line(tmp_path):
     shown = bench("show", "--table", "full.json.gz")
     assert shown.returncode == 0 and "| synthetic | 72 | 0 | accuracy | 0.9000 |" in shown.stdout
     assert not (tmp_path / "benchmarks").exists()  # failed commands wrote nothing
+
+
+def test_agent_replay_shows_the_rows_curves_to_the_model_and_reports_its_fallbacks(tmp_path):
+    """A real HTTP server on 127.0.0.1 whose Optimizer replies are never JSON: every asked suggestion falls back,
+    and the Analyzer's prompt holds the TCS report of the rows' trajectories."""
+    from tests.samplers.test_agent import Misbehaving
+    from tests.servers import Server
+
+    table = synthetic_table(fail={3})
+    for i, row in enumerate(table.rows):  # curves as a table build stores them; every fifth row overfits
+        overfit = i % 5 == 0
+        row["trajectory"] = [{"step": 5, "epoch": 0.5, "train_loss": 1.2, "eval_loss": 1.0, "accuracy": 0.5},
+                             {"step": 10, "epoch": 1.0, "train_loss": 0.6, "eval_loss": 1.3 if overfit else 0.8,
+                              "accuracy": 0.6}]
+        row["step_losses"] = [1.5 - 0.08 * s for s in range(10)]
+    server = Misbehaving()
+    with Server(server.app()) as url:
+        agent = {"endpoint": url, "model": "m", "timeout": 5.0}
+        report = compare_samplers([table], ["agent", "random"], seeds=2, budget=8, output=tmp_path, agent=agent)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    agent_runs = [r for r in runs if r["method"] == "agent:m"]
+    assert len(agent_runs) == 2 and all(r["extra"]["fallback_rate"] == 1.0 for r in agent_runs)
+    assert all(r["extra"]["suggestions"] == 3 for r in agent_runs)  # 8 trials, 5 start-up
+    assert "| agent:m | 6 | 6 (100%) | 3.00 |" in report
+    prompts = [r["messages"][1]["content"] for r in server.requests if not r.get("response_format")]
+    assert len(prompts) == 6 and any("overfitting" in p for p in prompts)

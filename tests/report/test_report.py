@@ -1,5 +1,6 @@
 """``lmtune report``: one self-contained page per study, every plot drawn in headless Chromium without a JS error."""
 
+import html
 import os
 import subprocess
 import sys
@@ -123,21 +124,13 @@ def test_a_page_that_cannot_be_made_after_a_run_is_a_warning_not_a_lost_run(tmp_
     assert not (tmp_path / "gone.html").exists()
 
 
-def test_the_trajectory_summarizers_sentences_appear_once_it_exists(tmp_path, monkeypatch):
-    """``lmtune.trajectory`` (issue 14) is optional: without it the page has no such section; with a module that
-    has ``summarize(study)`` its sentences are listed. (A module object stands in for the one not merged yet.)"""
-    import sys
-    import types
+def test_the_page_lists_what_the_trajectory_summarizer_learned(tmp_path):
+    """The page's "What the study learned" lists the TCS's sentences about this study, as summary.md does."""
+    from lmtune.report.page import trajectory_sentences
 
     study = lora_study(f"sqlite:///{tmp_path / 'd.db'}")
-    monkeypatch.setitem(sys.modules, "lmtune.trajectory", None)  # as if not installed: import raises ImportError
-    without, _ = build_page(study)
-    assert "What the study learned" not in without
-    monkeypatch.setitem(sys.modules, "lmtune.trajectory", types.ModuleType("lmtune.trajectory"))
-    other_api, _ = build_page(study)  # a module without summarize(study): no sentences, but still a page
-    assert "What the study learned" not in other_api and "Parameter importances" in other_api
-    summarizer = types.ModuleType("lmtune.trajectory")
-    summarizer.summarize = lambda s: {"sentences": [f"{len(s.trials)} trials; learning_rate mattered most."]}
-    monkeypatch.setitem(sys.modules, "lmtune.trajectory", summarizer)
-    with_sentences, _ = build_page(study)
-    assert "What the study learned" in with_sentences and "7 trials; learning_rate mattered most." in with_sentences
+    sentences = trajectory_sentences(study)
+    assert sentences, "the TCS found nothing to say about a 7-trial study"
+    page, _ = build_page(study)
+    assert "What the study learned" in page
+    assert all(html.escape(s) in page for s in sentences)
