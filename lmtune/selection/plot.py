@@ -7,14 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lmtune.selection.ats import tail_lines
+from lmtune.selection.ats import ats_line
 from lmtune.selection.curves import Curves
+from lmtune.selection.guard import Setting, extrapolations, guarded
 from lmtune.selection.laws import FitError, NTKLaw
+from lmtune.selection.predictors import DESIGNED
 
 
-def plot_curves(curves: Curves, target: int, budget: float, path: str | Path) -> Path:
+def plot_curves(curves: Curves, target: int, budget: float, path: str | Path, setting: Setting | None = None) -> Path:
     """One panel per model: points seen under the budget (filled), held-out points (hollow), the rectified-family
-    fit (LENSLLM form; solid) and the proposed tail-median extrapolation (dashed) up to the target."""
+    fit (LENSLLM form; solid), AtS's line (dashed) up to the target, and there the guarded prediction of
+    ``setting`` (default: the proposed method's) with the interval its alternatives span."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,6 +28,10 @@ def plot_curves(curves: Curves, target: int, budget: float, path: str | Path) ->
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     seen = curves.up_to(budget)
+    setting = DESIGNED if setting is None else setting
+    extra = extrapolations(seen, target)
+    low, high = extra.interval(setting)
+    proposed = np.exp(guarded(extra.ats, low, high, setting.weight))
     positive = curves.sizes > 0
     grid = np.geomspace(curves.positive_sizes.min(), max(target, curves.sizes.max()), 200)
     for i, name in enumerate(curves.names):
@@ -40,10 +47,12 @@ def plot_curves(curves: Curves, target: int, budget: float, path: str | Path) ->
             ax.plot(grid, law.predict(grid), color="C1", lw=1, label="LENSLLM/rectified fit")
         except FitError:
             pass
-        lines = tail_lines(seen.sizes, seen.losses[i])
         span = np.geomspace(budget, target, 20)
-        median = np.exp(np.median([line(np.log(span)) for line in lines], axis=0))
-        ax.plot(span, median, color="C2", lw=1, ls="--", label="ats-median")
+        ax.plot(span, np.exp(ats_line(seen.sizes, seen.losses[i])(np.log(span))), color="C2", lw=1, ls="--",
+                label="AtS")
+        if np.isfinite(low[i]):
+            ax.plot([target, target], np.exp([low[i], high[i]]), color="C3", lw=3, alpha=0.4)
+        ax.scatter([target], [proposed[i]], marker="x", color="C3", s=20, label=f"guard ({setting.name})")
         ax.axvline(budget, color="grey", lw=0.5)
         ax.set_xscale("log")
         ax.set_yscale("log")
