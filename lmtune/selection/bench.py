@@ -113,13 +113,15 @@ def _fmt(value: float | None) -> str:
 
 def lodo_table(files, as_json: bool = False) -> str:
     """Leave-one-dataset-out: for each file, every method designed on the others and scored on it (held-out
-    scores only). JSON: ``{"folds": {file: {"designed_on", "notes", "scores": {method: {ratio: {"pearcorr",
+    scores only), then the guard's setting designed on all the files (for the default, not scored here). JSON:
+    ``{"design_all": {...}, "folds": {file: {"designed_on", "notes", "scores": {method: {ratio: {"pearcorr",
     "relacc"}}}}}}``."""
     from lmtune.selection.protocol import leave_one_out
 
     folds = leave_one_out(files)
+    everything = design_report(files)  # the setting DESIGNED holds; the fits are memoised, so this is cheap
     if as_json:
-        return json.dumps({"folds": {fold.name: {
+        return json.dumps({"design_all": json.loads(design_report(files, True)), "folds": {fold.name: {
             "designed_on": fold.design, "notes": fold.notes,
             "scores": {m: {r: {"pearcorr": nan_to_none(res.pearcorr), "relacc": nan_to_none(res.relacc)}
                            for r, res in by_ratio.items()} for m, by_ratio in fold.results.items()}}
@@ -140,6 +142,7 @@ def lodo_table(files, as_json: bool = False) -> str:
                 cells = [_fmt(getattr(fold.results[m][r], metric)) if r in fold.results[m] else "n/a" for r in ratios]
                 lines.append(f"| {label} | {m} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [everything, ""]
     lines += _lodo_summary(folds, methods)
     return "\n".join(lines).rstrip() + "\n"
 

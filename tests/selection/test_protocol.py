@@ -157,6 +157,7 @@ def test_bench_select_lodo_and_design_through_files(tmp_path):
     assert "AtS" in markdown.splitlines()[-1]
     design = json.loads(bench_select(curves=paths, protocol="design", ratios=[4, 16], as_json=True))
     assert Setting.parse(design["setting"]) == design_guard([design_file(p, [4, 16]) for p in paths])[0]
+    assert out["design_all"] == design and f"Design on f0, f1, f2: `{design['setting']}`" in markdown
     several = json.loads(bench_select(curves=paths[:2], ratios=[16], as_json=True))
     assert set(several) == {"f0", "f1"} and "best" in several["f0"]
     with pytest.raises(InputError, match="two or more"):
