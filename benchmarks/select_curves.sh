@@ -11,7 +11,10 @@ FAMILY=$OUT/arith-family
 mkdir -p "$OUT" "$DATA"
 stamp() { echo "[$(date -u +%FT%TZ)] $*"; }
 # the committed copy names each model by its folder name, not by the path it was measured from
-publish() { sed -E "s#^$OUT/[a-z-]+-family/##" "$OUT/$1.csv" > "$DATA/$1.csv"; cp "$OUT/$1.csv.json" "$DATA/$1.csv.json"; }
+publish() {
+  sed -E "s#^$OUT/[a-z-]+-family/##" "$OUT/$1.csv" > "$DATA/$1.csv"
+  sed -E "s#\"$OUT/[a-z-]+-family/#\"#" "$OUT/$1.csv.json" > "$DATA/$1.csv.json"
+}
 
 arith_family() {
   # four widths/depths, each saved after 200 and 800 steps of the arith-lm recipe (seed 0)
