@@ -47,7 +47,7 @@ def plot_curves(curves: Curves, target: int, budget: float, path: str | Path, se
             ax.plot(grid, law.predict(grid), color="C1", lw=1, label="LENSLLM/rectified fit")
         except FitError:
             pass
-        span = np.geomspace(budget, target, 20)
+        span = np.geomspace(max(curves.positive_sizes.min(), budget / 16), target, 40)  # visible next to the points
         ax.plot(span, np.exp(ats_line(seen.sizes, seen.losses[i])(np.log(span))), color="C2", lw=1, ls="--",
                 label="AtS")
         if np.isfinite(low[i]):
