@@ -1,6 +1,8 @@
 """Leave-one-dataset-out: no method ever receives the file it is scored on, neither to design nor to predict."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +10,8 @@ import pytest
 from lmtune.errors import InputError
 from lmtune.selection.bench import bench_select
 from lmtune.selection.curves import save_curves
-from lmtune.selection.guard import Setting
-from lmtune.selection.predictors import PROPOSED, AtS, GuardedAtS, Prediction, Predictor
+from lmtune.selection.guard import Setting, settings_grid
+from lmtune.selection.predictors import DESIGNED, PROPOSED, AtS, GuardedAtS, Prediction, Predictor
 from lmtune.selection.protocol import (
     DesignFile,
     Fixed,
@@ -170,3 +172,11 @@ def test_bench_select_lodo_and_design_through_files(tmp_path):
     save_curves(files(1)[0].curves, twin / "f0.csv")
     with pytest.raises(InputError, match="share a name"):
         bench_select(curves=[paths[0], twin / "f0.csv"], protocol="lodo")
+
+
+def test_the_default_setting_is_the_one_the_committed_run_designed_on_every_file():
+    text = (Path(__file__).parents[2] / "benchmarks/results/select_lodo.md").read_text()
+    chosen = re.search(r"^Design on (.+?): `([^`]+)`", text, re.MULTILINE)
+    assert chosen, "benchmarks/select_lodo.sh output lacks its 'Design on' line"
+    assert "flan" in chosen.group(1) and "bbc-minilm" in chosen.group(1)
+    assert Setting.parse(chosen.group(2)) == DESIGNED and DESIGNED in settings_grid()
