@@ -65,8 +65,11 @@ class BenchSelectConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    curves: Path = Field(description="curves CSV with the true losses at the target size",
-                         json_schema_extra={"metavar": "FILE"})
+    curves: list[Path] = Field(description="curves CSV with the true losses at the target size; repeat for several "
+                               "(--curves A --curves B)", json_schema_extra={"metavar": "FILE"})
+    protocol: Literal["single", "lodo", "design"] = Field(
+        "single", description="single: the paper table of each file; lodo: leave-one-dataset-out, each file scored "
+        "by methods designed on the others (held-out scores only); design: the guard's setting chosen on all files")
     ratios: list[int] = Field([8, 16, 32, 64, 128, 256, 512], description="budget ratios, comma-separated",
                               json_schema_extra={"split": ",", "metavar": "N,N..."})
     as_json: bool = Field(False, description="one JSON object instead of Markdown",
@@ -80,3 +83,8 @@ class BenchSelectConfig(BaseModel):
     @classmethod
     def _ratios(cls, value: Any) -> list[int]:
         return parse_ints(value)
+
+    @field_validator("curves", mode="before")
+    @classmethod
+    def _curves(cls, value: Any) -> list[Any]:
+        return [value] if isinstance(value, str | Path) else value

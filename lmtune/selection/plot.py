@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from lmtune.files import write_atomic
-from lmtune.selection.ats import tail_lines
+from lmtune.selection.ats import ats_line
 from lmtune.selection.curves import Curves
+from lmtune.selection.guard import Setting, extrapolations, guarded
 from lmtune.selection.laws import FitError, NTKLaw
+from lmtune.selection.predictors import DESIGNED, PROPOSED
 
-#: Colours: seen and held-out points, the rectified-family fit, the proposed extrapolation, the chosen model.
-SEEN, FIT, MEDIAN, CHOSEN = "C0", "C1", "C2", "#d62728"
+#: Colours: seen and held-out points, the rectified-family fit, AtS's line, the guarded prediction, the chosen model.
+SEEN, FIT, ATS, GUARD, CHOSEN = "C0", "C1", "C2", "C4", "#d62728"
 
 
 def plot_curves(curves: Curves, target: int, budget: float, path: str | Path, **options) -> Path:
@@ -30,11 +32,13 @@ def plot_curves(curves: Curves, target: int, budget: float, path: str | Path, **
 
 
 def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequence[int] | None = None,
-                  scores: Sequence[float] | None = None, chosen: int = 1, method: str = "ats-median"):
+                  scores: Sequence[float] | None = None, chosen: int = 1, method: str = PROPOSED,
+                  setting: Setting | None = None):
     """One panel per model, in ``ranking`` order (predicted best first; file order without one): points seen under
-    the budget (filled), held-out points (hollow), the rectified-family fit (LENSLLM form; solid) and the proposed
-    tail-median extrapolation (dashed) up to the target. The first ``chosen`` models of the ranking are marked; the
-    budget and the target are labelled lines; one legend serves every panel."""
+    the budget (filled), held-out points (hollow), the rectified-family fit (LENSLLM form; solid), AtS's line
+    (dashed) up to the target, and there the guarded prediction of ``setting`` (default: the proposed method's) with
+    the interval its alternatives span. The first ``chosen`` models of the ranking are marked; the budget and the
+    target are labelled lines; one legend serves every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,6 +54,10 @@ def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequen
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(3.3 * cols, 7.0), 2.7 * rows + 1.0), squeeze=False)
     seen = curves.up_to(budget)
+    setting = DESIGNED if setting is None else setting
+    extra = extrapolations(seen, target)
+    low, high = extra.interval(setting)
+    proposed = np.exp(guarded(extra.ats, low, high, setting.weight))
     positive = curves.sizes > 0
     grid = np.geomspace(curves.positive_sizes.min(), max(target, curves.sizes.max()), 200)
     for place, i in enumerate(order):
@@ -64,10 +72,11 @@ def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequen
             ax.plot(grid, law.predict(grid), color=FIT, lw=1)
         except FitError:
             pass
-        lines = tail_lines(seen.sizes, seen.losses[i])
-        span = np.geomspace(budget, target, 20)
-        median = np.exp(np.median([line(np.log(span)) for line in lines], axis=0))
-        ax.plot(span, median, color=MEDIAN, lw=1, ls="--")
+        span = np.geomspace(max(curves.positive_sizes.min(), budget / 16), target, 40)  # visible next to the points
+        ax.plot(span, np.exp(ats_line(seen.sizes, seen.losses[i])(np.log(span))), color=ATS, lw=1, ls="--")
+        if np.isfinite(low[i]):
+            ax.plot([target, target], np.exp([low[i], high[i]]), color=GUARD, lw=3, alpha=0.4)
+        ax.scatter([target], [proposed[i]], marker="x", color=GUARD, s=20)
         ax.axvline(budget, color="grey", lw=0.8)
         ax.axvline(target, color="black", lw=0.8, ls=":")
         ax.set_xscale("log")
@@ -90,7 +99,8 @@ def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequen
         Line2D([], [], color=SEEN, marker="o", ls="", markersize=4, label=f"seen (size <= budget {budget:,.0f})"),
         Line2D([], [], color=SEEN, marker="o", ls="", markersize=4, markerfacecolor="none", label="held out"),
         Line2D([], [], color=FIT, lw=1, label="LENSLLM/rectified fit"),
-        Line2D([], [], color=MEDIAN, lw=1, ls="--", label=f"{method} extrapolation"),
+        Line2D([], [], color=ATS, lw=1, ls="--", label="AtS line"),
+        Line2D([], [], color=GUARD, marker="x", ls="", markersize=5, label=f"guarded prediction ({setting.name})"),
         Line2D([], [], color="grey", lw=0.8, label=f"budget: {budget:,.0f} examples"),
         Line2D([], [], color="black", lw=0.8, ls=":", label=f"target: {target:,} examples"),
     ]

@@ -40,6 +40,6 @@ def test_panels_follow_the_ranking_the_chosen_model_is_marked_and_everything_is_
     assert len(fig.legends) == 1  # one legend for every panel
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "budget: 1,600 examples" in labels and "target: 25,600 examples" in labels
-    assert "chosen by ats-median" in labels
+    assert "chosen by ats-guard" in labels and "AtS line" in labels
     texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
     assert "training examples (log scale)" in texts and "loss (log scale)" in texts  # the axes say what they show
