@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, SAMPLERS
+from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, LANGUAGE_BO_PLUS, SAMPLERS
 
 #: Methods ``bench samplers`` replays: lmtune's samplers, the language-BO ablations and NOMAD (PyNomadBBO).
-METHODS = (*SAMPLERS, "nomad", *(name for name in LANGUAGE_BO_ABLATIONS if name not in SAMPLERS))
+METHODS = (*SAMPLERS, "nomad", *(name for name in (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS) if name not in SAMPLERS))
 
 
 class BuildTableConfig(BaseModel):
@@ -47,3 +47,6 @@ class BenchSamplersConfig(BaseModel):
                          "samplers.md/.json/.png")
     threads: int = Field(1, ge=1, description="torch CPU threads for the model-based samplers")
     jobs: int = Field(1, ge=1, description="replays run in this many processes at once (each with --threads)")
+    transfer_from: list[Path] = Field([], description="more table files whose rows language-bo+ remembers, besides "
+                                      "the other --table files (a table is never its own memory)",
+                                      json_schema_extra={"metavar": "FILE"})

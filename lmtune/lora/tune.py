@@ -28,7 +28,8 @@ from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
 from lmtune.runtime.trials import counted_trials
 from lmtune.runtime.worker import WorkerParts
-from lmtune.samplers.registry import make_pruner, make_sampler
+from lmtune.samplers.language_bo.transfer import check_compatible, describe_task, load_source
+from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
 from lmtune.space import Categorical, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,29 @@ def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
     for name in PATH_FIELDS:
         if job.get(name) and Path(job[name]).exists():
             job[name] = str(Path(job[name]).resolve())
+    job["transfer_from"] = [str(Path(s).resolve()) if Path(s).is_file() else s for s in job["transfer_from"]]
     return job
+
+
+def lora_sampler(cfg: LoraRunConfig, space: SearchSpace, storage, description: str) -> BaseSampler:
+    """The configured sampler; ``language-bo+`` also gets this study's description and, with ``--transfer-from``,
+    the observations of those tables or studies (read now: a bad source fails before any trial)."""
+    options = dict(cfg.sampler_options)
+    if cfg.sampler in LANGUAGE_BO_PLUS:
+        options["description"] = description
+    if cfg.transfer_from:
+        sources = [load_source(spec, storage) for spec in cfg.transfer_from]
+        for source in sources:
+            check_compatible(source, space)
+            log.info("Transferring %d results of %s: %s", len(source.values), source.name, source.description)
+        options["transfer"] = sources
+    return make_sampler(cfg.sampler, space=space, **options)
+
+
+def study_description(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, metric: str,
+                      direction: str) -> str:
+    return describe_task(model=cfg.model, dataset=splits.name, task=splits.task, metric=metric, direction=direction,
+                         fixed=space.fixed)
 
 
 def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objective: bool = True,
@@ -152,18 +175,20 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     setup, so their names are not compared: the study stored them as typed on the machine that created it.
     """
     cfg = build_config(LoraRunConfig, **job)
+    storage = make_storage(cfg.storage, existing=True) if cfg.transfer_from else None
     if not objective:  # the worker brings its own objective for the space the study stored
         space = space or resolve_space(cfg)
-        return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
-                           make_pruner(cfg.pruner), None)
+        return WorkerParts(space, lora_sampler(cfg, space, storage, "LoRA fine-tuning."), make_pruner(cfg.pruner),
+                           None)
     space, splits, model, settings = prepare_run(cfg)
     on_step = listener.step if listener is not None else None
     lora_objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                                    settings=settings, seed=cfg.seed, target_modules=cfg.target_modules,
                                    progress=on_step)
     stored = {k: v for k, v in study_attrs(cfg, space, splits).items() if k != "model"}
-    return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
-                       make_pruner(cfg.pruner), lora_objective, stored)
+    description = study_description(cfg, space, splits, lora_objective.metric_name, lora_objective.direction)
+    return WorkerParts(space, lora_sampler(cfg, space, storage, description), make_pruner(cfg.pruner),
+                       lora_objective, stored)
 
 
 def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | None = None,
@@ -178,17 +203,18 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     cfg = config or build_config(LoraRunConfig, **fields)
     started = time.perf_counter()
     space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched
-    sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
     pruner = make_pruner(cfg.pruner)
     storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction, settings=settings,
                               seed=cfg.seed, target_modules=cfg.target_modules,
                               progress=listener.step if listener is not None else None)
+    description = study_description(cfg, space, splits, objective.metric_name, objective.direction)
+    sampler = sampler or lora_sampler(cfg, space, storage, description)
     warn_if_tiny(space, len(objective.train_rows), settings)
     check_same_data(storage, cfg.study_name, splits)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
                        direction=objective.direction, attrs=study_attrs(cfg, space, splits),
-                       info={"dataset": splits.name})
+                       info={"dataset": splits.name, "task": splits.task})
     publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
     storage_shown = mask_url(normalize_url(cfg.storage))
     result = LoraResult(study_name=cfg.study_name, storage=storage_shown, budget=cfg.trials,
