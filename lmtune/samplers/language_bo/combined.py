@@ -105,11 +105,31 @@ def fit_lbfgs(gp, x: torch.Tensor, y: torch.Tensor) -> None:
         fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 200}})
 
 
+def loo_log_predictive(gp, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean leave-one-out log predictive density of ``y`` under the fitted ``gp`` ("Gaussian Processes for Machine
+    Learning", Rasmussen and Williams, section 5.4.2): from one Cholesky factor, without the hyperparameters'
+    priors, so two models with different priors compare on their predictions alone."""
+    from linear_operator.utils.cholesky import psd_safe_cholesky
+
+    with torch.no_grad():
+        noise = gp.likelihood.noise.squeeze(-1)
+        chol = psd_safe_cholesky(gp.covar_module(x).to_dense() + noise * torch.eye(len(x), dtype=x.dtype))
+        inverse = torch.cholesky_inverse(chol)
+        variance = 1.0 / inverse.diagonal()
+        residual = (inverse @ (y - gp.mean_module(x))) * variance  # y_i - (LOO mean)_i
+        return float((-0.5 * variance.log() - 0.5 * residual.square() / variance).mean() - 0.5 * math.log(2 * math.pi))
+
+
 class CombinedSurrogate:
     """A GP over pool configs from any of three blocks: numbers (``numeric``, (N, d)), text (``text``, a
     ``TextSurrogate`` whose projection and ψ are used, not its GP) and source predictions (``prior``, (N, S)).
 
     Kept between suggestions: the GP and the projection warm-start the next fit.
+
+    With both numbers and text, a GP on the numbers alone (and the same prior mean) is fitted beside the sum, and
+    the text kernel stays only while it predicts left-out observations better (``loo_log_predictive``): the
+    marginal likelihood of a model with more freedom is higher on the data it was fitted to whether or not the
+    freedom helps, so it cannot be the judge of whether the language model earns its place.
     """
 
     def __init__(self, *, numeric: torch.Tensor | None, text: TextSurrogate | None, prior: torch.Tensor | None,
@@ -128,6 +148,11 @@ class CombinedSurrogate:
         self.numeric_dims, self.text_dims = list(range(d)), list(range(d, d + p))
         self.prior_dims = list(range(d + p, d + p + s))
         self.gp = None
+        #: The numbers-only GP beside the sum (numbers and text both on), and whether the text kernel is used.
+        self.gp_numeric = None
+        self.uses_text = text is not None
+        #: Leave-one-out log predictive density of the last fit: ``{"with_text": .., "numbers_only": ..}``.
+        self.last_loo: dict[str, float] = {}
 
     @property
     def base(self) -> torch.Tensor | None:
@@ -139,13 +164,16 @@ class CombinedSurrogate:
                                           or self.text.psi is not None)
 
     # -- inputs ----------------------------------------------------------------------------------
-    def inputs(self, indices: Sequence[int], *, exact: bool = True) -> torch.Tensor:
-        """GP inputs of these pool configs; ``exact=False`` uses the cached ψ-free embeddings (with ``shift``)."""
+    def inputs(self, indices: Sequence[int], *, exact: bool = True, text: bool = True) -> torch.Tensor:
+        """GP inputs of these pool configs; ``exact=False`` uses the cached ψ-free embeddings (with ``shift``);
+        ``text=False`` leaves the text block at zero (for the numbers-only GP, which does not read it)."""
         blocks = []
         index = list(indices)
         if self.numeric is not None:
             blocks.append(self.numeric[index])
-        if self.text is not None:
+        if self.text is not None and not text:
+            blocks.append(torch.zeros(len(index), len(self.text_dims), dtype=torch.float64))
+        elif self.text is not None:
             h = self.text.embeddings(index) if exact else self.text.base[index] + self._shift
             blocks.append(self.text.features(h))
         if self.prior is not None:
@@ -184,9 +212,23 @@ class CombinedSurrogate:
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+        x = self._eval_inputs(indices)
         if self.lbfgs or not self.trains_features:
-            fit_lbfgs(self.gp, self._eval_inputs(indices), y)
+            fit_lbfgs(self.gp, x, y)
+        if self.text is not None and self.numeric is not None:
+            if self.gp_numeric is None:
+                self.gp_numeric = make_gp(x, y, numeric_dims=self.numeric_dims, prior_dims=self.prior_dims,
+                                          weight_mean=self.weight_mean, weight_sd=self.weight_sd)
+            fit_lbfgs(self.gp_numeric, x, y)
+            self.last_loo = {"with_text": loo_log_predictive(self.gp, x, y),
+                             "numbers_only": loo_log_predictive(self.gp_numeric, x, y)}
+            self.uses_text = self.last_loo["with_text"] > self.last_loo["numbers_only"]
         return FitReport(before, self._exact_mll(indices, y, mll), steps, warm)
+
+    @property
+    def model(self):
+        """The GP that scores candidates: the sum, or the numbers alone when the text kernel did not earn its place."""
+        return self.gp if self.uses_text or self.gp_numeric is None else self.gp_numeric
 
     def _eval_inputs(self, indices: Sequence[int]) -> torch.Tensor:
         if self.text is not None:
@@ -207,14 +249,15 @@ class CombinedSurrogate:
         """The candidate of highest log-EI; returns its pool index and stage timings."""
         timings = {}
         started = time.perf_counter()
+        gp = self.model
         with torch_threads(threads), torch.no_grad():
-            self.gp.eval()
+            gp.eval()
             x = self._eval_inputs(observed)
             if pending:  # constant liar: pending configs count as bad, so EI looks elsewhere
                 x = torch.cat([x, self._eval_inputs(pending)])
                 y = torch.cat([y, y.min().expand(len(pending))])
-            acquisition = log_ei_scorer(self.gp, x, y, best)
-            psi = self.text is not None and self.text.psi is not None
+            acquisition = log_ei_scorer(gp, x, y, best)
+            psi = self.uses_text and self.text is not None and self.text.psi is not None
             if psi and len(candidates) > shortlist_k:
                 self._shift = (self.text.embeddings(list(observed)) - self.text.base[list(observed)]).mean(0)
                 rough = self._score(acquisition, candidates, exact=False)
@@ -230,13 +273,14 @@ class CombinedSurrogate:
 
     def mean(self, indices: Sequence[int]) -> torch.Tensor:
         """Posterior mean at these pool configs (for tests and diagnostics)."""
+        gp = self.model
         with torch.no_grad():
-            self.gp.eval()
-            return self.gp.posterior(self._eval_inputs(indices)).mean.squeeze(-1)
+            gp.eval()
+            return gp.posterior(self._eval_inputs(indices)).mean.squeeze(-1)
 
     def _score(self, acquisition, candidates: np.ndarray, *, exact: bool) -> torch.Tensor:
         out = []
         for start in range(0, len(candidates), SCORE_CHUNK):
             chunk = candidates[start:start + SCORE_CHUNK].tolist()
-            out.append(acquisition(self.inputs(chunk, exact=exact)))
+            out.append(acquisition(self.inputs(chunk, exact=exact, text=self.uses_text)))
         return torch.cat(out)

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from lmtune.space import SearchSpace
 #: costs n³, and 800 rows of a smooth landscape pin its shape down (800-2,000-row synthetic tables,
 #: benchmarks/language_bo_plus_design.py).
 MAX_SOURCE_ROWS = 800
+#: How lmtune's task names read in a description.
+TASK_WORDS = {"causal": "causal language modelling", "classification": "sequence classification"}
 #: Rows per chunk when predicting over the pool.
 CHUNK = 8192
 
@@ -85,6 +88,7 @@ def model_summary(model: str | None) -> str:
 def describe_task(*, model: str | None, dataset: str | None, task: str | None, metric: str | None,
                   direction: str, fixed: dict[str, Any] | None = None) -> str:
     """One sentence naming what a study tunes: model, data, task, metric and its direction, fixed settings."""
+    task = TASK_WORDS.get(task, task)
     text = (f"LoRA fine-tuning of {model_summary(model)} for {task or 'a task'} on {dataset or 'a dataset'}; "
             f"metric {metric or 'objective'}, {'higher' if direction == 'maximize' else 'lower'} is better")
     if fixed:
@@ -115,13 +119,14 @@ def source_from_rows(name: str, space: SearchSpace, direction: str, rows: Sequen
 
 
 def read_table_file(path: Path) -> TransferSource:
-    """A benchmark table file (``lmtune bench build-table``: gzipped JSON, format 1) as a source."""
+    """A benchmark table file (``lmtune bench build-table``: gzipped JSON, format 1; plain JSON is read too) as a
+    source."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            data = json.load(f)
+        blob = path.read_bytes()
+        data = json.loads(gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob)
         recipe, rows = data["recipe"], data["rows"]
         space = SearchSpace.from_dict(recipe["grid"], source=f"table {path}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
         raise InputError("transfer_from", f"{path} is not an lmtune table file: {exc}") from None
     description = describe_recipe(recipe, data.get("metric_name"), data["direction"], space.fixed)
     return source_from_rows(str(data.get("name", path)), space, data["direction"],
