@@ -15,7 +15,10 @@ Experiments:
 * ``replay``: searches of 30 trials, as ``lmtune bench samplers`` replays them (same lookups, the same Optuna
   baselines on integer-coded variables), normalized regret at 5/10/20/30 trials and mean rank.
 
-Run: ``HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python benchmarks/language_bo_plus_design.py surrogate``
+Run: ``HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python benchmarks/language_bo_plus_design.py surrogate``, or, for
+the replay behind ``transfer_design=2`` (results/plus-design/replay-1.md; its methods in replay-1.methods.json):
+``... language_bo_plus_design.py replay --tasks 4 --seeds 3 --tag=-1 --methods "$(cat
+benchmarks/results/plus-design/replay-1.methods.json)"``
 """
 
 from __future__ import annotations
