@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, SAMPLERS
+from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, LANGUAGE_BO_PLUS, SAMPLERS
 
 #: Methods ``bench samplers`` replays: lmtune's samplers, the language-BO ablations and NOMAD (PyNomadBBO).
-METHODS = (*SAMPLERS, "nomad", *(name for name in LANGUAGE_BO_ABLATIONS if name not in SAMPLERS))
+METHODS = (*SAMPLERS, "nomad", *(name for name in (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS) if name not in SAMPLERS))
 
 
 class BuildTableConfig(BaseModel):
@@ -47,6 +47,9 @@ class BenchSamplersConfig(BaseModel):
                          "samplers.md/.json/.png")
     threads: int = Field(1, ge=1, description="torch CPU threads for the model-based samplers")
     jobs: int = Field(1, ge=1, description="replays run in this many processes at once (each with --threads)")
+    transfer_from: list[Path] = Field([], description="more table files whose rows language-bo+ remembers, besides "
+                                      "the other --table files (a table is never its own memory)",
+                                      json_schema_extra={"metavar": "FILE"})
     endpoint: str | None = Field(None, description="agent: base URL of an OpenAI-compatible server (Ollama: "
                                  "http://127.0.0.1:11434/v1)", json_schema_extra={"metavar": "URL"})
     agent_model: str | None = Field(None, description="agent: the model the endpoint serves",

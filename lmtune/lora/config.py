@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from lmtune.finetune.hparams import VARIANTS
 from lmtune.runtime.storage import STORAGE_HELP
-from lmtune.samplers.registry import PRUNERS, SAMPLERS
+from lmtune.samplers.registry import LANGUAGE_BO_PLUS, PRUNERS, SAMPLERS, TRANSFER_SAMPLERS
 
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
@@ -38,7 +38,7 @@ class LoraRunConfig(BaseModel):
     proxy_fraction: float = Field(0.1, gt=0.0, le=1.0, allow_inf_nan=False,
                                   description="fraction of the training split each trial "
                                   "trains on")
-    sampler: str = Field("tpe", description="random, tpe, gp, botorch, language-bo or agent",
+    sampler: str = Field("tpe", description="random, tpe, gp, botorch, language-bo, language-bo+ or agent",
                          json_schema_extra={"metavar": "NAME"})
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
     pruner: str = Field("none", description="none, median or hyperband", json_schema_extra={"metavar": "NAME"})
@@ -61,6 +61,9 @@ class LoraRunConfig(BaseModel):
     agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
     agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
                                     "config (0: none)")
+    transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in --storage "
+                                     "whose results inform this study from its first trial (they take no trial of "
+                                     "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
@@ -93,6 +96,15 @@ class LoraRunConfig(BaseModel):
     def _known_sampler(cls, value: str) -> str:
         if value not in SAMPLERS:
             raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(SAMPLERS)}")
+        return value
+
+    @field_validator("transfer_from")
+    @classmethod
+    def _transfer_needs_a_transferring_sampler(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        sampler = info.data.get("sampler")
+        if value and sampler not in TRANSFER_SAMPLERS:
+            raise ValueError(f"sampler {sampler} does not use transferred results; use --sampler "
+                             f"{TRANSFER_SAMPLERS[0]}")
         return value
 
     @field_validator("pruner")
@@ -132,8 +144,11 @@ class LoraRunConfig(BaseModel):
 
     @property
     def sampler_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``make_sampler`` for this run (its name and space aside)."""
+        """Keyword arguments of ``make_sampler`` for this run (its name and space aside; ``language-bo+``'s
+        transferred observations and description are added by ``tune_lora``)."""
         options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
+        if self.sampler in LANGUAGE_BO_PLUS:  # its own settings of the token and projection (registry)
+            return {**options, "template": self.template, "encoder": self.encoder, "shortlist_k": self.shortlist_k}
         extra = {"language-bo": self.language_bo_options, "agent": self.agent_options}.get(self.sampler, {})
         return {**options, **extra}
 

@@ -38,7 +38,8 @@ from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
 from lmtune.runtime.trials import counted_trials
 from lmtune.runtime.worker import WorkerParts
-from lmtune.samplers.registry import make_pruner, make_sampler
+from lmtune.samplers.language_bo.transfer import TransferSource, check_compatible, describe_task, load_source
+from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
 from lmtune.space import Categorical, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,43 @@ def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
     for name in PATH_FIELDS:
         if isinstance(job.get(name), str) and Path(job[name]).exists():
             job[name] = str(Path(job[name]).resolve())
+    job["transfer_from"] = [str(Path(s).resolve()) if Path(s).is_file() else s for s in job["transfer_from"]]
     return job
+
+
+def transfer_sources(cfg: LoraRunConfig, space: SearchSpace) -> list[TransferSource]:
+    """The tables and studies of ``--transfer-from``, read and checked against the space before anything is stored
+    (a study is looked up in ``--storage``, which must exist then)."""
+    sources, storage = [], None
+    for spec in cfg.transfer_from:
+        if not Path(spec).expanduser().is_file() and storage is None:
+            try:
+                storage = make_storage(cfg.storage, existing=True)
+            except InputError as exc:
+                raise InputError("transfer_from", f"{spec!r} is not a file, and no study can be read from the "
+                                 f"storage: {exc.message}") from None
+        source = load_source(spec, storage)
+        check_compatible(source, space)
+        log.info("Transferring %d results of %s: %s", len(source.values), source.name, source.description)
+        sources.append(source)
+    return sources
+
+
+def lora_sampler(cfg: LoraRunConfig, space: SearchSpace, sources: list[TransferSource],
+                 description: str) -> BaseSampler:
+    """The configured sampler; ``language-bo+`` also gets this study's description and its transfer sources."""
+    options = dict(cfg.sampler_options)
+    if cfg.sampler in LANGUAGE_BO_PLUS:
+        options["description"] = description
+    if sources:
+        options["transfer"] = sources
+    return make_sampler(cfg.sampler, space=space, **options)
+
+
+def study_description(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, metric: str,
+                      direction: str) -> str:
+    return describe_task(model=cfg.model, dataset=splits.name, task=splits.task, metric=metric, direction=direction,
+                         fixed=space.fixed)
 
 
 def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objective: bool = True,
@@ -174,15 +211,16 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     cfg = build_config(LoraRunConfig, **job)
     if not objective:  # the worker brings its own objective for the space the study stored
         space = space or resolve_space(cfg)
-        return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
-                           make_pruner(cfg.pruner), None)
+        sampler = lora_sampler(cfg, space, transfer_sources(cfg, space), "LoRA fine-tuning.")
+        return WorkerParts(space, sampler, make_pruner(cfg.pruner), None)
     space, splits, model, settings = prepare_run(cfg)
     on_step = listener.step if listener is not None else None
     lora_objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction,
                                    settings=settings, seed=cfg.seed, target_modules=cfg.target_modules,
                                    progress=on_step)
     stored = {k: v for k, v in study_attrs(cfg, space, splits).items() if k != "model"}
-    return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
+    description = study_description(cfg, space, splits, lora_objective.metric_name, lora_objective.direction)
+    return WorkerParts(space, lora_sampler(cfg, space, transfer_sources(cfg, space), description),
                        make_pruner(cfg.pruner), lora_objective, stored)
 
 
@@ -199,17 +237,19 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     started = time.perf_counter()
     space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched
     sampler_name = cfg.sampler if sampler is None else type(sampler).__name__
-    sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
+    sources = transfer_sources(cfg, space)
     pruner = make_pruner(cfg.pruner)
     storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction, settings=settings,
                               seed=cfg.seed, target_modules=cfg.target_modules,
                               progress=listener.step if listener is not None else None)
+    description = study_description(cfg, space, splits, objective.metric_name, objective.direction)
+    sampler = sampler or lora_sampler(cfg, space, sources, description)
     warn_if_tiny(space, len(objective.train_rows), settings)
     check_same_data(storage, cfg.study_name, splits)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
                        direction=objective.direction, attrs=study_attrs(cfg, space, splits),
-                       info={"dataset": splits.name}, metric_names=[objective.metric_name])
+                       info={"dataset": splits.name, "task": splits.task}, metric_names=[objective.metric_name])
     publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
     constant = constant_score(splits, objective.metric_name)
     if constant is not None and attrs.CONSTANT_SCORE not in study.user_attrs:

@@ -113,7 +113,7 @@ def test_summary_matches_an_independent_computation_from_the_runs():
         assert stats["regret"][10][0] == pytest.approx(np.mean(finals))
         assert stats["regret"][10][1] == pytest.approx(np.std(finals, ddof=1) / np.sqrt(6))
         assert stats["regret"][20][0] <= stats["regret"][5][0]  # best so far never gets worse
-        assert 1 <= stats["mean_rank"] <= 3
+        assert 1 <= stats["mean_rank"] <= 3 and stats["mean_rank_at"][20] == stats["mean_rank"]
     assert sum(s["mean_rank"] for s in summary["methods"].values()) == pytest.approx(1 + 2 + 3)
 
 
@@ -148,6 +148,25 @@ def test_language_bo_replay_is_deterministic(tmp_path, monkeypatch):
     first = replay(table, "language-bo-plain", 1, 7)  # five random trials, then two chosen by the surrogate
     assert replay(table, "language-bo-plain", 1, 7).values == first.values
     assert len(set(map(str, first.values))) > 1
+
+
+def test_transferring_methods_remember_the_other_tables_never_the_one_they_search(tmp_path, monkeypatch):
+    """Leave one out: each table's transferring replays remember the other table (and an extra file), never the
+    table itself, even when it is passed again as an extra; other methods remember nothing."""
+    monkeypatch.setenv("LMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    first = synthetic_table()
+    second = Table(name="shifted", recipe={"grid": SMALL_GRID.to_dict()}, metric_name="accuracy",
+                   direction="maximize", rows=synthetic_table(grid=SMALL_GRID).rows)
+    report = compare_samplers([first, second], ["language-bo+", "random"], seeds=1, budget=6,
+                              output=tmp_path / "out", transfer_from=[first])
+    assert "synthetic remembers shifted; shifted remembers synthetic" in report
+    runs = [json.loads(line) for line in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
+    prior = {(r["table"], r["method"]): r["prior"] for r in runs}
+    assert prior[("synthetic", "language-bo+")] == f"shifted:{second.fingerprint()}"
+    assert prior[("shifted", "language-bo+")] == f"synthetic:{first.fingerprint()}"
+    assert prior[("synthetic", "random")] == prior[("shifted", "random")] == ""
+    assert all(len(r["values"]) == 6 for r in runs)  # remembered rows never took a trial of the budget
+    assert "| mean rank @5 |" in report
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def encoders(encoders, agent_endpoint):
 def make(name: str, encoders, tmp_path, seed: int = 0):
     if name == "grid":
         return ShuffledGridSampler(list(SPACE.iter_pool()), seed=seed)
-    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if name == "language-bo" else {}
+    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if name.startswith("language-bo") else {}
     if name == "agent":
         options = {"endpoint": encoders["agent"], **AGENT_TEST_OPTIONS, "retries": 1}
     return make_sampler(name, seed=seed, n_startup_trials=3, space=SPACE, **options)
