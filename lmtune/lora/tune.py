@@ -77,6 +77,8 @@ class LoraResult(Result):
     #: Everything to train the best config again (``lmtune.lora.recipe.build_recipe``); ``best.yaml`` is its
     #: ``lmtune`` part.
     recipe: dict[str, Any] | None = None
+    #: What the study learned: plain sentences from the Trajectory Context Summarizer (``summary.md`` lists them).
+    learned: list[str] = field(default_factory=list)
 
 
 def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
