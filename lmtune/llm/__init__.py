@@ -4,6 +4,8 @@ from pathlib import Path
 
 #: lmtune's small arithmetic causal LM (``scripts/train_arith_lm.py``), shipped inside the package.
 ARITH_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "arith-lm"
+#: lmtune's small model for per-input decoding (``scripts/train_hag_lm.py``, ``lmtune hag``).
+HAG_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "hag-lm"
 
 
 def default_encoder_path() -> str:
@@ -14,11 +16,14 @@ def default_encoder_path() -> str:
 
 
 def resolve_model(name: str | None) -> str:
-    """A model id, folder or alias (``minilm``, ``arith-lm``) as something ``from_pretrained`` loads; None is MiniLM."""
+    """A model id, folder or alias (``minilm``, ``arith-lm``, ``hag-lm``) as something ``from_pretrained`` loads;
+    None is MiniLM."""
     if name is None or name == "minilm":
         return default_encoder_path()
     if name == "arith-lm":
         return str(ARITH_LM_DIR)
+    if name == "hag-lm":
+        return str(HAG_LM_DIR)
     return name
 
 
