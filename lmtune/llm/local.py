@@ -155,8 +155,9 @@ class LocalGenerator(Generator):
                                                                    top_k if bool(top_k.any()) else None))
             if seen is not None:
                 seen[torch.arange(len(rows), device=self.device), token] = True
+            chosen = token.tolist()  # one copy per step, not one device sync per row
             for i in (~done).nonzero().flatten().tolist():
-                generated[i].append(int(token[i]))
+                generated[i].append(chosen[i])
             done |= (token == eos) | (step + 1 >= limits)
             if bool(done.all()):
                 break
