@@ -73,8 +73,9 @@ class HagTrainConfig(BaseModel):
     output: Path = Field(description="the HAG model folder to write (hag.json and the adapter or head)",
                          json_schema_extra={"metavar": "DIR"})
     learner: Literal["adapter", "head"] = Field("adapter", description="adapter: LoRA instruction tuning, the "
-                                                "model emits its hyperparameters; head: a classifier over the "
-                                                "training labels on the frozen model's last hidden state")
+                                                "model emits its hyperparameters; head: a regressor of each "
+                                                "candidate config's score (the label search's) on the frozen "
+                                                "model's last hidden state")
     fallback: Path | None = Field(None, description="results.json of lmtune infer: its best config is used when a "
                                   "stage-1 reply cannot be read (default: the API default decoding)",
                                   json_schema_extra={"metavar": "FILE"})
@@ -87,7 +88,9 @@ class HagTrainConfig(BaseModel):
     learning_rate: float = Field(3e-3, gt=0, description="learning rate")
     epochs: float = Field(20.0, gt=0, description="passes over the training labels")
     batch_size: int = Field(16, ge=1, description="adapter: batch size")
-    head_hidden: int = Field(64, ge=0, description="head: hidden units (0: a linear classifier)")
+    min_steps: int = Field(400, ge=1, description="adapter: optimizer steps at least, passing over the labels "
+                           "again if epochs would give fewer")
+    head_hidden: int = Field(64, ge=0, description="head: hidden units (0: linear)")
     seed: int = Field(0, description="seed of the learner")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
 

@@ -3,7 +3,8 @@
 A HAG model folder (written by ``lmtune hag train``) holds ``hag.json`` (the base model, the learner kind, the
 stage-1 instruction, the decoding space that bounds emitted values and the fallback config) and either
 ``adapter/`` (a LoRA adapter: the model, prompted with the instruction, emits ``t=.. p=.. k=.. r=..``) or
-``head.safetensors`` (a classifier over the training labels on the frozen base model's last hidden state).
+``head.safetensors`` (a regressor of each candidate config's score on the frozen base model's last hidden
+state).
 
 ``TwoStageGenerator`` is a ``Generator`` like any other, so ``lmtune serve --model FOLDER`` serves it on the
 OpenAI-compatible API. Fields a request sets itself (say ``temperature``) win over the chosen ones. Every

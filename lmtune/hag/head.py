@@ -1,7 +1,8 @@
-"""The predictor head of a HAG model folder: features from the frozen model, a small classifier over labels.
+"""The predictor head of a HAG model folder: features from the frozen model, a small network that scores
+candidate configs.
 
 The feature of an input is the final-layer hidden state at its last token, what the model "knows" about the
-input just before it would answer; ``lmtune.hag.learners`` trains the classifier, ``lmtune.hag.generation``
+input just before it would answer; ``lmtune.hag.learners`` trains the network, ``lmtune.hag.generation``
 uses it.
 """
 
@@ -34,7 +35,7 @@ def last_hidden(model, tokenizer, prompts: list[str], device, batch_size: int = 
 
 
 class Head:
-    """Standardized features -> (hidden layer) -> logits over the label classes."""
+    """Standardized features -> (hidden layer) -> one output per candidate config."""
 
     def __init__(self, net, mean, std):
         self.net, self.mean, self.std = net, mean, std
@@ -55,7 +56,7 @@ def network(width: int, hidden: int, classes: int):
 
 
 def load_head(directory: Path, meta: dict, device: str = "cpu") -> tuple[Head, list[Decoding]]:
-    """The classifier of a head HAG model folder and its classes, on ``device``."""
+    """The network of a head HAG model folder and its candidate configs, on ``device``."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(Path(directory) / HEAD_FILE), device=device)

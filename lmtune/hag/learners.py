@@ -4,10 +4,11 @@
   (arXiv:2402.11251): instruction tuning with LoRA (lmtune's own fine-tuning loop, ``lmtune.finetune``) on
   (instruction + input, label string) pairs, so that the model itself emits ``t=.. p=.. k=.. r=..``. The
   adapter touches every linear layer of the base, since the base has never written this format.
-* ``head``: a small classifier (one hidden layer, or linear) over the distinct training labels, on the frozen
-  base model's final-layer hidden state at the input's last token; features are computed once, and training is
-  a few hundred full-batch steps, seconds on a CPU. Stage 1 is then one forward pass over the input, with
-  nothing generated.
+* ``head``: a small network (one hidden layer, or linear) on the frozen base model's final-layer hidden state
+  at the input's last token that predicts the expected score of each candidate config (the coarse sweep's
+  configs and the distinct labels) from what the label search measured; stage 1 takes the best prediction.
+  Features are computed once, and training is a few hundred full-batch steps, seconds on a CPU. Stage 1 is
+  then one forward pass over the input, with nothing generated.
 
 Both write a HAG model folder (``lmtune.hag.generation``); ``validation_labels`` reports how often the learner
 picks the validation label exactly and how often its reply needed the fallback.
@@ -30,6 +31,7 @@ from lmtune.hag.config import HagTrainConfig
 from lmtune.hag.generation import HAG_FILE, HagModel
 from lmtune.hag.head import HEAD_FILE, last_hidden, network
 from lmtune.hag.labels import read_labels
+from lmtune.hag.search import simplicity
 from lmtune.hag.space import Decoding
 from lmtune.results import Result
 
@@ -120,13 +122,43 @@ def _train_adapter(cfg: HagTrainConfig, base: str, rows: list[dict]) -> None:
              for r in rows]
     hp = LoraHyperparams(rank=cfg.rank, alpha=cfg.alpha, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size)
     settings = TrainSettings(max_length=256, epochs=cfg.epochs, eval_points=1, exact_match=False, seed=cfg.seed,
-                             min_steps=max(4, math.ceil(len(pairs) / cfg.batch_size)))
+                             min_steps=max(cfg.min_steps, math.ceil(len(pairs) / cfg.batch_size)))
     result = train_and_evaluate(hp, pairs, pairs[:64], task="causal", model=base, settings=settings,
                                 target_modules="all-linear", save_adapter_to=cfg.output / "adapter")
     log.info("adapter: %d steps, final label loss %.4f", result.steps, result.eval_loss)
 
 
+def score_targets(rows: list[dict]) -> tuple[list[Decoding], list[list[float | None]]]:
+    """The head's candidates and, per input, each candidate's measured mean score (None: not measured).
+
+    Candidates are the configs the label search scored on every training input (the coarse sweep) and every
+    distinct label. A row without search scores (a label file written by hand) scores its label 1 and every
+    other candidate 0, which makes the head a plain classifier over the labels.
+    """
+    measured = []
+    for row in rows:
+        scores = {Decoding.from_dict(c): sum(v) / len(v) for c, v in row.get("scores") or [] if v}
+        measured.append(scores)
+    labels = [Decoding.from_dict(r["label"]) for r in rows]
+    shared = set.intersection(*(set(m) for m in measured)) if all(measured) else set()
+    candidates = [c for c, _ in Counter(labels).most_common()] + sorted(shared - set(labels), key=simplicity)
+    targets = []
+    for row, label, scores in zip(rows, labels, measured, strict=True):
+        if scores:
+            targets.append([scores.get(c) for c in candidates])
+        else:
+            targets.append([float(row.get("score", 1.0)) if c == label else 0.0 for c in candidates])
+    return candidates, targets
+
+
 def _train_head(cfg: HagTrainConfig, base: str, rows: list[dict], meta: dict) -> int:
+    """Features once from the frozen base, then a small network that predicts every candidate's expected score
+    (masked squared error on what the label search measured); stage 1 takes the best predicted candidate.
+
+    Regressing scores rather than classifying labels pools evidence: on a task where many configs are about as
+    good (the labels of open-ended inputs spread over dozens of nearly tied hot configs), each label is a class
+    seen once, while every input's scores of the shared coarse configs say which *kind* of decoding it wants.
+    """
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,21 +167,21 @@ def _train_head(cfg: HagTrainConfig, base: str, rows: list[dict], meta: dict) ->
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).to(cfg.device).eval()
     features, _ = last_hidden(model, tokenizer, [r["prompt"] for r in rows], cfg.device)
-    texts = [Decoding.from_dict(r["label"]) for r in rows]
-    classes = [c for c, _ in Counter(texts).most_common()]
-    target = torch.tensor([classes.index(t) for t in texts], device=cfg.device)
+    classes, targets = score_targets(rows)
+    mask = torch.tensor([[t is not None for t in row] for row in targets], device=cfg.device)
+    target = torch.tensor([[0.0 if t is None else t for t in row] for row in targets], device=cfg.device)
     mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
     net = network(features.shape[1], cfg.head_hidden, len(classes)).to(cfg.device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
     x = (features - mean) / std
     for _ in range(HEAD_STEPS):
-        loss = torch.nn.functional.cross_entropy(net(x), target)
+        loss = ((net(x) - target) ** 2)[mask].mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    log.info("head: %d classes, final loss %.4f", len(classes), loss.item())
+    log.info("head: %d candidates, final loss %.4f", len(classes), loss.item())
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file({**tensors, "mean": mean.cpu().contiguous(), "std": std.cpu().contiguous()}, str(cfg.output / HEAD_FILE))
-    meta["head"] = {"hidden": cfg.head_hidden, "width": features.shape[1],
+    meta["head"] = {"hidden": cfg.head_hidden, "width": features.shape[1], "target": "score",
                     "classes": [c.as_dict() for c in classes]}
     return len(classes)

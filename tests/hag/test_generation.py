@@ -55,7 +55,7 @@ def folders(tmp_path_factory):
     head = train_hag(labels=root / "labels.jsonl", output=root / "head", learner="head", fallback=root / "infer.json",
                      validation_labels=root / "labels.jsonl")
     adapter = train_hag(labels=root / "labels.jsonl", output=root / "adapter", learner="adapter", epochs=0.1,
-                        fallback=root / "infer.json")
+                        min_steps=4, fallback=root / "infer.json")
     return root, head, adapter
 
 
