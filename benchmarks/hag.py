@@ -1,7 +1,7 @@
 """The whole ``lmtune hag`` study on the offline hag-mix task, one command per step, as a user would run them.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on validation        # a check that never sees test
-    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on validation test   # the final run, settings fixed
+    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on test --task-size 120   # docs/benchmarks.md
+    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on validation test         # larger, both splits
 
 Steps (each resumes, so a rerun after a stop finishes the work and pays for nothing twice):
 
@@ -14,9 +14,10 @@ Steps (each resumes, so a rerun after a stop finishes the work and pays for noth
 4. ``lmtune hag evaluate`` on each split asked for, in order. Writes ``OUTPUT/summary-<split>.json`` and prints
    the table.
 
-Every setting (task size, grids, search, learners) is a default fixed before any evaluation ran; the validation
-split only reports how well each learner agrees with its labels and gives a first table, and nothing was changed
-after it. ``--device cuda`` runs the model on a GPU (labels, lmtune infer, learners, evaluation).
+Every setting (grids, search, learners, seeds) is a default fixed before any evaluation ran; the validation
+labels only report how well each learner agrees with them (``logs/train-*.log``), and ``--evaluate-on
+validation`` gives a table that never sees the test inputs. ``--device cuda`` runs the model on a GPU (labels,
+lmtune infer, learners, evaluation).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-TASK = ["--task", "hag-mix", "--n", "8", "--max-tokens", "16", "--seed", "0"]
+TASK = ["--task", "hag-mix", "--n", "8", "--max-tokens", "16"]
 GRID = {"temperature": "0,0.25,0.5,0.75,1,1.25,1.5,1.75,2", "top_p": "0.5,0.7,0.8,0.9,0.95,1",
         "top_k": "2,4,8,16,32,0", "repetition_penalty": "1,1.1,1.2,1.35,1.5,1.75,2"}
 
@@ -60,7 +61,8 @@ def write(path: Path, text: str) -> None:
 
 
 def label(out: Path, args, split: str) -> list[str]:
-    return ["hag", "label", "--model", args.model, *TASK, "--task-size", str(args.task_size), "--split", split,
+    return ["hag", "label", "--model", args.model, *TASK, "--seed", str(args.task_seed), "--task-size",
+            str(args.task_size), "--split", split,
             "--storage", f"sqlite:///{out}/label-{split}.db", "--output-dir", str(out), "--cache",
             str(out / f"responses-{split}.sqlite"), "--device", args.device]
 
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--model", default="hag-lm")
     parser.add_argument("--task-size", type=int, default=300, help="hag-mix instances (50%% train, 20%% validation, "
                         "30%% test)")
+    parser.add_argument("--task-seed", type=int, default=0, help="seed of the hag-mix instances and their split")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/hag"))
