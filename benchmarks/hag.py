@@ -1,7 +1,10 @@
 """The whole ``lmtune hag`` study on the offline hag-mix task, one command per step, as a user would run them.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on test --task-size 120   # docs/benchmarks.md
-    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on validation test         # larger, both splits
+    # the table in docs/benchmarks.md (about 10 minutes on 2 shared cores)
+    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on validation test --task-size 300 --task-seed 1 \
+        --output benchmarks/results/hag-final
+    # the first, smaller run whose validation split chose the learners' settings (benchmarks/results/hag)
+    PYTHONPATH=. .venv/bin/python benchmarks/hag.py --evaluate-on test --task-size 120
 
 Steps (each resumes, so a rerun after a stop finishes the work and pays for nothing twice):
 
@@ -100,8 +103,8 @@ def main() -> None:
 
     # 2. the best task-level config at the same generation budget
     rows = [json.loads(line) for line in (out / "labels-train.jsonl").read_text().splitlines()[1:]]
-    (out / "train-task.jsonl").write_text("".join(json.dumps(r["instance"]) + "\n" for r in rows))
-    (out / "prices.yaml").write_text(f"{Path(args.model).name}: {{input: 0.001, output: 0.001}}\n")
+    write(out / "train-task.jsonl", "".join(json.dumps(r["instance"]) + "\n" for r in rows))
+    write(out / "prices.yaml", f"{Path(args.model).name}: {{input: 0.001, output: 0.001}}\n")
     step = time.time()
     if not (out / "infer" / "results.json").is_file():
         lmtune("infer", "--local-model", args.model, "--task", str(out / "train-task.jsonl"), "--metric",
@@ -127,7 +130,7 @@ def main() -> None:
                        "--validation-labels", str(out / "labels-validation.jsonl"), "--seed", str(seed),
                        "--device", args.device]
             log = logs / f"train-{learner}-seed{seed}.log"
-            log.write_text(f"$ lmtune {' '.join(command)}\n")
+            write(log, f"$ lmtune {' '.join(command)}\n")
             jobs.append((folder, spawn(command, log)))
     for folder, job in jobs:
         if job.wait() != 0:
