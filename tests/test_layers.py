@@ -20,7 +20,7 @@ LAYERS = {
     "lmtune.space": 2, "lmtune.arithmetic": 2,
     "lmtune.llm": 3, "lmtune.trajectory": 3,
     "lmtune.runtime": 4, "lmtune.finetune": 4, "lmtune.samplers": 4,
-    "lmtune.lora": 5, "lmtune.inference": 5, "lmtune.selection": 5,
+    "lmtune.lora": 5, "lmtune.inference": 5, "lmtune.selection": 5, "lmtune.hag": 5,
     "lmtune.bench": 6, "lmtune.report": 6,
     "lmtune.cli": 7,
     "lmtune": 8, "lmtune.study": 8, "lmtune.synthetic": 8,  # the package's lazy exports and moved-name shims

@@ -52,6 +52,8 @@ class InferConfig(BaseModel):
                                  json_schema_extra={"metavar": "URL"})
     local_model: str | None = Field(None, description="local HF causal LM folder, or arith-lm",
                                     json_schema_extra={"metavar": "PATH"})
+    device: str = Field("cpu", description="with --local-model: torch device (cpu, cuda, ...)",
+                        json_schema_extra={"metavar": "DEVICE"})
     models: list[str] = Field(default_factory=list, description="with --endpoint: model names to search, "
                               "comma-separated", json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
     metric: str = Field("success", description="success, expected_success, vote, pass@K, or module:function",
@@ -62,11 +64,18 @@ class InferConfig(BaseModel):
     stops: list[list[str]] = Field(default_factory=list, description="stop choice: strings joined by '|', "
                                    "escapes allowed, 'none' for none; repeat to search several (default: the "
                                    "task's)", json_schema_extra={"flags": ["--stop"], "metavar": "STOP"})
-    sampling: Literal["temperature", "top_p"] = Field("temperature", description="search temperature or top_p")
+    sampling: Literal["temperature", "top_p", "both"] = Field("temperature", description="search temperature or "
+                                                              "top_p (EcoOptiGen), or both")
     temperature: tuple[float, float] = Field((0.0, 2.0), description="range LOW,HIGH",
                                              json_schema_extra={"metavar": "LOW,HIGH"})
     top_p: tuple[float, float] = Field((0.0, 1.0), description="range LOW,HIGH",
                                        json_schema_extra={"metavar": "LOW,HIGH"})
+    top_k: list[int] | None = Field(None, description="top_k values to search, comma-separated (0: no cut; "
+                                    "default: not searched, the endpoint's default)",
+                                    json_schema_extra={"split": ",", "metavar": "N,N..."})
+    repetition_penalty: tuple[float, float] | None = Field(None, description="range LOW,HIGH to search "
+                                                           "(default: not searched, the endpoint's default)",
+                                                           json_schema_extra={"metavar": "LOW,HIGH"})
     max_tokens: tuple[int, int] | None = Field(None, description="range LOW,HIGH (log scale; default: the task's)",
                                                json_schema_extra={"metavar": "LOW,HIGH"})
     n: tuple[int, int] = Field((1, 16), description="responses per request, range LOW,HIGH (log scale)",
@@ -97,9 +106,11 @@ class InferConfig(BaseModel):
     test_pareto: bool = Field(True, description="also evaluate every config of the cost/quality front on the test "
                               "split (each costs test spend)")
 
-    @field_validator("temperature", "top_p", mode="before")
+    @field_validator("temperature", "top_p", "repetition_penalty", mode="before")
     @classmethod
-    def _float_range(cls, value: Any, info: ValidationInfo) -> tuple[float, float]:
+    def _float_range(cls, value: Any, info: ValidationInfo) -> tuple[float, float] | None:
+        if value is None:
+            return None
         low, high = parse_range(value, float)
         if info.field_name == "top_p" and (low < 0 or high > 1):
             raise ValueError("expected values within [0, 1]")

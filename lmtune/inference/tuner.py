@@ -120,6 +120,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
             prices[model]  # noqa: B018  (an unknown model is an input error now, not a crash mid-search)
         space = InferenceSpace(models=models, templates=len(task.templates), stops=len(task.stops),
                                sampling=s.sampling, temperature=tuple(s.temperature), top_p=tuple(s.top_p),
+                               top_k=tuple(s.top_k) if s.top_k else None, repetition_penalty=s.repetition_penalty,
                                max_tokens=tuple(s.max_tokens or task.max_tokens), n=tuple(s.n))
         tuning, test = task.split(s.test_fraction, s.seed)
         study_name = s.study_name or f"infer-{Path(task.name).stem}"
@@ -181,9 +182,10 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
                                     timeout=s.timeout, max_retries=s.retries)
         loop.run(generator.check())
         return generator, list(s.models)
+    from lmtune.llm import check_device
     from lmtune.llm.local import LocalGenerator
 
-    generator = LocalGenerator(s.local_model)
+    generator = LocalGenerator(s.local_model, device=check_device(s.device))
     if s.models and s.models != [generator.name]:
         raise InputError("models", f"a local model is one model, {generator.name!r}; leave --models out")
     return generator, [generator.name]
@@ -275,7 +277,8 @@ def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
 def config_of(trial) -> InferenceConfig:
     p = trial.params
     return InferenceConfig(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
-                           n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"))
+                           n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
+                           repetition_penalty=p.get("repetition_penalty"))
 
 
 def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:

@@ -8,6 +8,8 @@ ARITH_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "arith-lm"
 DEFAULT_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: lmtune's tiny untrained chat model that speaks the agent sampler's protocol (``scripts/build_agent_lm.py``).
 AGENT_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "agent-lm"
+#: lmtune's small model for per-input decoding (``scripts/train_hag_lm.py``, ``lmtune hag``).
+HAG_LM_DIR = Path(__file__).resolve().parent.parent / "models" / "hag-lm"
 
 
 def default_encoder_path() -> str:
@@ -18,7 +20,8 @@ def default_encoder_path() -> str:
 
 
 def resolve_model(name: str | None) -> str:
-    """A model id, folder or alias (``minilm``, ``arith-lm``, ``agent-lm``) as something ``from_pretrained`` loads;
+    """A model id, folder or alias (``minilm``, ``arith-lm``, ``agent-lm``, ``hag-lm``) as something
+    ``from_pretrained`` loads;
     None is MiniLM."""
     if name is None or name == "minilm":
         return default_encoder_path()
@@ -26,6 +29,8 @@ def resolve_model(name: str | None) -> str:
         return str(ARITH_LM_DIR)
     if name == "agent-lm":
         return str(AGENT_LM_DIR)
+    if name == "hag-lm":
+        return str(HAG_LM_DIR)
     return name
 
 
@@ -37,7 +42,7 @@ def hub_id(name: str | None) -> str | None:
     """
     if name is None or name == "minilm":
         return DEFAULT_ENCODER_HUB_ID
-    if name == "arith-lm" or Path(name).exists():
+    if name in ("arith-lm", "agent-lm", "hag-lm") or Path(name).exists():
         return None
     return name
 

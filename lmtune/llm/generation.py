@@ -38,6 +38,9 @@ class GenerationRequest:
     ``seed`` tells batches of one prompt apart, so asking for more samples later gives new ones.
     ``response_format`` is OpenAI's ``response_format`` object as JSON text (text keeps the request hashable),
     e.g. ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``; None asks for free text.
+    ``top_k`` (0: no cut) and ``repetition_penalty`` (1: none) are vLLM's and transformers' extensions of the
+    OpenAI API; None leaves them to the backend and keeps them out of the cache key, so caches made before they
+    existed still answer.
     """
 
     model: str
@@ -50,15 +53,25 @@ class GenerationRequest:
     stop: tuple[str, ...] | None = None
     seed: int | None = None
     response_format: str | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
 
     def __post_init__(self):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("a request has a prompt or messages, not both and not neither")
         if self.n < 1 or self.max_tokens < 1:
             raise ValueError(f"n and max_tokens must be >= 1, got n={self.n}, max_tokens={self.max_tokens}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: no cut), got {self.top_k}")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     def key(self) -> dict:
-        return asdict(self)
+        key = asdict(self)
+        for name in ("top_k", "repetition_penalty"):
+            if key[name] is None:
+                del key[name]
+        return key
 
     def text(self) -> str:
         """The prompt text (chat messages joined), for token estimates and local models without a chat template."""
@@ -76,6 +89,8 @@ class Generation:
     completion_tokens: int
     finish_reasons: list[str] = field(default_factory=list)
     cached: bool = False
+    #: The decoding hyperparameters a backend chose itself (two-stage generation), for the response.
+    hyperparameters: dict | None = None
 
 
 class Generator(ABC):

@@ -105,6 +105,10 @@ class OpenAIGenerator(Generator):
                 params[name] = getattr(request, name)
         if request.stop:
             params["stop"] = list(request.stop)
+        extra = {name: getattr(request, name) for name in ("top_k", "repetition_penalty")
+                 if getattr(request, name) is not None}
+        if extra:  # not OpenAI's fields: vLLM, lmtune serve and others read them from the body
+            params["extra_body"] = extra
         if seed is not None:
             params["seed"] = seed
         if request.response_format is not None:  # chat: a documented field; completions: vLLM/lmtune serve's extra

@@ -5,8 +5,9 @@
 cache (docs/decisions.md). This server implements what the tuner needs and nothing more:
 ``/v1/completions`` and ``/v1/chat/completions`` with n, temperature, top_p, max_tokens, stop, seed,
 ``response_format`` (JSON schema or JSON object, decoded under the schema's grammar: ``lmtune.llm.constrained``)
-and a usage block, and ``/v1/models``. Sampling is ``LocalGenerator``'s; concurrent requests are decoded as one
-batch.
+and a usage block (plus vLLM's top_k and repetition_penalty), and ``/v1/models``. Sampling is ``LocalGenerator``'s;
+concurrent requests are decoded as one batch. A generator that chooses its own decoding (``lmtune hag``'s
+two-stage model) reports the hyperparameters it used in a ``hyperparameters`` field of every choice.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def make_app(generator: LocalGenerator) -> Starlette:
         else:
             choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
                        for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))]
+        if result.hyperparameters is not None:
+            for choice in choices:
+                choice["hyperparameters"] = result.hyperparameters
         return JSONResponse({
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "object": "chat.completion" if chat
             else "text_completion", "created": int(time.time()), "model": generator.name, "choices": choices,
@@ -108,7 +112,9 @@ def _parse(body: dict, chat: bool) -> GenerationRequest:
                "temperature": _float(body.get("temperature")), "top_p": _float(body.get("top_p")),
                "stop": tuple(stop) if stop else None, "seed": None if body.get("seed") is None else int(body["seed"]),
                "response_format": None if body.get("response_format") is None
-               else json.dumps(body["response_format"])}
+               else json.dumps(body["response_format"]),
+               "top_k": None if body.get("top_k") in (None, -1) else int(body["top_k"]),  # vLLM: -1 is no cut
+               "repetition_penalty": _float(body.get("repetition_penalty"))}
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -126,13 +132,13 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def serve(config: ServeConfig | None = None, **fields: Any) -> None:
-    """Run the server until interrupted."""
+def serve(config: ServeConfig | None = None, *, generator=None, **fields: Any) -> None:
+    """Run the server until interrupted; ``generator`` replaces the local model ``config.model`` names."""
     import uvicorn
 
     from lmtune.llm.local import LocalGenerator
 
     cfg = config or build_config(ServeConfig, **fields)
     check_device(cfg.device)
-    uvicorn.run(make_app(LocalGenerator(cfg.model, device=cfg.device)), host=cfg.host, port=cfg.port,
-                log_level="warning")
+    generator = generator or LocalGenerator(cfg.model, device=cfg.device)
+    uvicorn.run(make_app(generator), host=cfg.host, port=cfg.port, log_level="warning")
