@@ -213,7 +213,6 @@ def lmtune_trial(setup: Setup, model, precision: str, shape: str) -> Row:
 
 def trainer_trial(setup: Setup, model, precision: str, shape: str) -> Row:
     """The same trial through ``transformers.Trainer`` + ``peft.get_peft_model`` on the same base."""
-    from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
@@ -224,9 +223,9 @@ def trainer_trial(setup: Setup, model, precision: str, shape: str) -> Row:
 
     def dataset(rows):
         encoded = encoder.encode(rows)
-        return Dataset.from_dict({"input_ids": [p + r for p, r in encoded],
-                                  "attention_mask": [[1] * (len(p) + len(r)) for p, r in encoded],
-                                  "labels": [[-100] * len(p) + r for p, r in encoded]})
+        # A list of rows: Trainer takes any sized dataset, and the GPU image has no ``datasets`` package.
+        return [{"input_ids": p + r, "attention_mask": [1] * (len(p) + len(r)), "labels": [-100] * len(p) + r}
+                for p, r in encoded]
 
     train, evaluation = dataset(setup.train), dataset(setup.evaluation)
     total = max(setup.settings.min_steps, math.ceil(len(setup.train) / HP.batch_size))
