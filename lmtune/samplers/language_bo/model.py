@@ -75,7 +75,7 @@ class TextSurrogate:
         self.pool = pool
         self.device = pool.device
         self.base = base.to(self.device)  # (N, width) float32, ψ-free
-        mean, std = base.double().mean(0), base.double().std(0)
+        mean, std = self.base.double().mean(0), self.base.double().std(0)
         # Dimensions constant over the pool (MiniLM has two) keep scale 1: dividing by ~0 would blow up
         # the tiny differences ψ makes in them.
         self.shift, self.scale = mean, torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
