@@ -241,12 +241,12 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | Non
     sampler_name = cfg.sampler if sampler is None else type(sampler).__name__
     sources = transfer_sources(cfg, space)
     pruner = make_pruner(cfg.pruner)
-    storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     objective = LoraObjective(space, splits, model=model, proxy_fraction=cfg.proxy_fraction, settings=settings,
                               seed=cfg.seed, target_modules=cfg.target_modules,
                               progress=listener.step if listener is not None else None)
     description = study_description(cfg, space, splits, objective.metric_name, objective.direction)
-    sampler = sampler or lora_sampler(cfg, space, sources, description)
+    sampler = sampler or lora_sampler(cfg, space, sources, description)  # an agent endpoint answers before storage
+    storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     warn_if_tiny(space, len(objective.train_rows), settings)
     check_same_data(storage, cfg.study_name, splits)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
