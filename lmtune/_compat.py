@@ -40,6 +40,19 @@ def set_trial_user_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial, 
     storage_of(study).set_trial_user_attr(trial_id(trial), key, value)
 
 
+def discard_session(study: optuna.Study) -> None:
+    """Drop this thread's database session of a study's storage (RDB storages; others have none).
+
+    A KeyboardInterrupt raised in the middle of a query leaves that session's transaction open, and with SQLite
+    its lock then refuses the writes that record the interrupted trial ("database is locked").
+    """
+    storage = storage_of(study)
+    storage = getattr(storage, "_backend", storage)  # Optuna's cache in front of an RDBStorage passes nothing on
+    remove = getattr(storage, "remove_session", None)
+    if remove is not None:
+        remove()
+
+
 def stored_trial(trial: optuna.Trial) -> FrozenTrial:
     """The trial as stored now, with the system attributes Optuna wrote when it was enqueued or retried."""
     return storage_of(trial.study).get_trial(trial_id(trial))

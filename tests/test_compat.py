@@ -93,3 +93,27 @@ def test_unload_adapter_gives_back_the_base_with_its_original_head(tiny_bert):
     assert restored is base and restored.classifier is head
     assert all(torch.equal(restored.state_dict()[k], v) for k, v in before.items())
     assert not any("lora" in name for name, _ in restored.named_modules())
+
+
+def test_discard_session_frees_a_lock_an_interrupted_query_left(tmp_path):
+    """A transaction left open (as a KeyboardInterrupt mid-query leaves it) holds SQLite's lock against other
+    connections; after ``discard_session`` another connection can write again. In memory it does nothing."""
+    import sqlite3
+
+    from lmtune._compat import discard_session, storage_of
+
+    path = tmp_path / "s.db"
+    study = optuna.create_study(storage=f"sqlite:///{path}")
+    study.set_user_attr("before", 1)
+    backend = getattr(storage_of(study), "_backend", storage_of(study))
+    session = backend.scoped_session()
+    session.connection().exec_driver_sql("BEGIN IMMEDIATE")  # this thread's session now holds the write lock
+    with sqlite3.connect(path, timeout=0.1) as other, pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("update studies set study_name = study_name")
+    discard_session(study)
+    with sqlite3.connect(path, timeout=5) as other:
+        other.execute("update studies set study_name = study_name")
+    study.set_user_attr("after", 2)
+    assert optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{path}").user_attrs == {
+        "before": 1, "after": 2}
+    discard_session(optuna.create_study())  # in-memory storage: nothing to drop
