@@ -21,7 +21,6 @@ from optuna.trial import TrialState
 
 from lmtune import attrs
 from lmtune.runtime.trials import counted_trials, describe_failure, is_budget_stub
-from lmtune.samplers.registry import SAMPLERS
 from tests.pg_cluster import PostgresCluster, free_port
 
 SPACE_YAML = """name: tiny
@@ -113,8 +112,10 @@ def test_four_workers_reach_the_budget_exactly_and_language_bo_never_repeats_a_c
     assert len({t.user_attrs["worker"] for t in ran}) >= 2
 
 
-# The agent needs an endpoint; its never-repeat rule is tested against lmtune serve in tests/samplers/test_agent.py.
-@pytest.mark.parametrize("sampler", [name for name in SAMPLERS if name != "agent"])
+# One Optuna sampler (every one goes through the same DistinctSampler, seeded per trial; each sampler's own
+# never-repeat rule is in tests/samplers/test_contract.py) and the pool samplers with their own claims. The agent
+# needs an endpoint: tests/samplers/test_agent.py runs it against lmtune serve.
+@pytest.mark.parametrize("sampler", ["tpe", "language-bo", "language-bo+"])
 def test_no_sampler_repeats_a_config_across_workers_or_on_resume(sampler, pg_url, tmp_path, postgres):
     """Every worker and every resumed run used to seed its sampler alike and replay the same draws."""
     name = f"distinct-{sampler}"
