@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from lmtune import attrs
 from lmtune.runtime.trials import counted_trials, describe_failure, is_budget_stub
+from lmtune.space import load_space
 from tests.pg_cluster import PostgresCluster, free_port
 
 SPACE_YAML = """name: tiny
@@ -130,14 +131,14 @@ def test_no_sampler_repeats_a_config_across_workers_or_on_resume(sampler, pg_url
     assert len(ran) == 12 and len({config_of(t) for t in ran}) == 12
 
 
-def running_trial_of(url: str, name: str, pid: int):
+def running_trial_of(url: str, name: str, pid: int, params: int = SPACE_PARAMS):
     try:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:  # not created yet
         return None
     # A trial whose config is still being suggested holds only some of its params: wait for all of them.
     return next((t for t in study.get_trials(states=(TrialState.RUNNING,))
-                 if t.user_attrs.get("worker", "").endswith(f":{pid}") and len(t.params) == SPACE_PARAMS), None)
+                 if t.user_attrs.get("worker", "").endswith(f":{pid}") and len(t.params) == params), None)
 
 
 def test_worker_killed_mid_trial_is_retried_once_and_the_study_completes(pg_url, tmp_path, postgres):
@@ -183,7 +184,7 @@ def test_main_process_killed_and_lmtune_lora_resumes_the_study(pg_url, tmp_path,
                             text=True)
     deadline, killed = time.time() + 300, None
     while killed is None and time.time() < deadline:
-        killed = running_trial_of(pg_url, "main", proc.pid)
+        killed = running_trial_of(pg_url, "main", proc.pid, params=len(load_space("lora-small").params))
         if killed is not None and killed.number == 0:
             killed = None  # let one trial finish first
         time.sleep(0.2)
