@@ -26,8 +26,6 @@ three kinds of input that want different decoding, each with its own metric:
 
 from __future__ import annotations
 
-import importlib
-import json
 import random
 import string
 from collections import Counter
@@ -35,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmtune.config import import_function, read_jsonl
 from lmtune.errors import InputError
 
 BUILTIN = ("hag-mix",)
@@ -103,19 +102,7 @@ def load_task(name: str, *, metric: str | None = None, template: str | None = No
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise InputError("task", f"task file {path} does not exist")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError("task", f"{path}:{number}: not JSON: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise InputError("task", f"{path}:{number}: each line must be a JSON object")
-        rows.append(row)
+    rows = read_jsonl(path, "task")
     if len(rows) < 3:
         raise InputError("task", f"{path} holds {len(rows)} instances; need at least 3 (train, validation, test)")
     return rows
@@ -144,13 +131,7 @@ def make_metric(spec: str) -> SetMetric:
         return builtin[spec]
     if ":" not in spec:
         raise InputError("metric", f"unknown metric {spec!r}; allowed: exact, vote, mix, or module:function")
-    module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InputError("metric", f"cannot import {spec!r}: {exc}") from None
-    if not callable(function):
-        raise InputError("metric", f"{spec!r} is not a function")
+    function = import_function(spec, "metric")
     return lambda instance, responses: float(function(instance, responses))
 
 
