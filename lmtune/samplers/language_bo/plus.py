@@ -31,7 +31,6 @@ from optuna.trial import FrozenTrial
 
 from lmtune.errors import InputError
 from lmtune.samplers.language_bo.combined import CombinedSurrogate
-from lmtune.samplers.language_bo.model import torch_threads
 from lmtune.samplers.language_bo.numeric import NumericFeatures, space_filling
 from lmtune.samplers.language_bo.sampler import LanguageBOSampler
 from lmtune.samplers.language_bo.transfer import (
@@ -165,30 +164,10 @@ class LanguageBOPlusSampler(LanguageBOSampler):
                 return index
         return int(rng.choice(np.flatnonzero(free)))
 
-    def _model_based(self, observed: dict[int, float], failed: list[int], busy: list[int], free: np.ndarray,
-                     number: int, rng: np.random.Generator) -> int:
-        from linear_operator.utils.errors import NanError, NotPSDError
+    label = "language-BO+"
 
-        self.prepare()
-        model = self._combined
-        values = np.array(list(observed.values()))
-        indices = list(observed) + failed
-        raw = np.concatenate([values, np.full(len(failed), values.min())])  # failures imputed as the worst
-        scale = raw.std() if raw.std() > 0 else 1.0
-        y = torch.tensor((raw - raw.mean()) / scale, dtype=torch.float64)
-        best = float((values.max() - raw.mean()) / scale)
-        steps = self.warm_mll_steps if model.gp is not None else self.mll_steps
-        started = time.perf_counter()
-        try:
-            with torch.random.fork_rng(), torch_threads(self._fit_threads):
-                torch.manual_seed(self._seed + number)  # dropout masks and fit restarts: same seed, same proposals
-                self.last_fit = model.fit(indices, y, steps, lr_gp=0.2, lr_features=0.002, decay=0.95)
-            fitted = time.perf_counter() - started
-            index, timings = model.propose(indices, y, best, busy, np.flatnonzero(free), self.shortlist_k,
-                                           self._fit_threads)
-        except (NotPSDError, NanError) as exc:  # a degenerate fit: start the model afresh next time
-            warnings.warn(f"language-BO+: GP fit failed ({exc}); this trial is random", stacklevel=4)
-            self._combined = self._new_model(model.prior, model.weight_mean)
-            return int(rng.choice(np.flatnonzero(free)))
-        self.last_timings = {"fit_s": fitted, **timings, "total_s": time.perf_counter() - started}
-        return index
+    def _fitted_model(self) -> CombinedSurrogate:
+        return self._combined
+
+    def _start_afresh(self, model: CombinedSurrogate) -> None:
+        self._combined = self._new_model(model.prior, model.weight_mean)

@@ -264,7 +264,7 @@ class LanguageBOSampler(BaseSampler):
         from linear_operator.utils.errors import NanError, NotPSDError
 
         self.prepare()
-        surrogate = self._surrogate
+        surrogate = self._fitted_model()
         values = np.array(list(observed.values()))
         indices = list(observed) + failed
         raw = np.concatenate([values, np.full(len(failed), values.min())])  # failures imputed as the worst
@@ -275,14 +275,23 @@ class LanguageBOSampler(BaseSampler):
         started = time.perf_counter()
         try:
             with torch.random.fork_rng(), torch_threads(self._fit_threads):
-                torch.manual_seed(self._seed + number)  # dropout masks: same seed, same proposals
+                torch.manual_seed(self._seed + number)  # dropout masks, fit restarts: same seed, same proposals
                 self.last_fit = surrogate.fit(indices, y, steps, lr_gp=0.2, lr_features=0.002, decay=0.95)
             fitted = time.perf_counter() - started
             index, timings = surrogate.propose(indices, y, best, busy, np.flatnonzero(free), self.shortlist_k,
                                                self._fit_threads)
         except (NotPSDError, NanError) as exc:  # a degenerate fit: start the model afresh next time
-            warnings.warn(f"language-BO: GP fit failed ({exc}); this trial is random", stacklevel=4)
-            self._surrogate = TextSurrogate(self.text_pool, surrogate.base, **self._options, seed=self._seed)
+            warnings.warn(f"{self.label}: GP fit failed ({exc}); this trial is random", stacklevel=4)
+            self._start_afresh(surrogate)
             return int(rng.choice(np.flatnonzero(free)))
         self.last_timings = {"fit_s": fitted, **timings, "total_s": time.perf_counter() - started}
         return index
+
+    # The model ``_model_based`` fits and proposes with; a subclass with another model overrides these two.
+    label = "language-BO"
+
+    def _fitted_model(self) -> TextSurrogate:
+        return self._surrogate
+
+    def _start_afresh(self, model: TextSurrogate) -> None:
+        self._surrogate = TextSurrogate(self.text_pool, model.base, **self._options, seed=self._seed)
