@@ -7,8 +7,8 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.lmtune-installed
 #: What test-min runs at the declared lower bounds: the fast tests of every layer.
 FAST_TESTS := tests/test_space.py tests/test_compat.py tests/test_layers.py tests/runtime/test_loop.py \
-	tests/samplers/test_grid.py tests/samplers/test_contract.py tests/finetune/test_data.py \
-	tests/selection/test_selection.py tests/inference/test_parts.py
+	tests/samplers/test_grid.py tests/finetune/test_data.py tests/inference/test_parts.py tests/cli/test_bad_input.py \
+	tests/selection/test_selection.py tests/report/test_report.py
 
 .PHONY: demo test lint test-min
 

@@ -8,7 +8,8 @@ Measures, in one run:
    ``--sample`` texts and extrapolated;
 2. the time per suggestion after that pass, at 10 and 30 observed trials (median over
    ``--repeats`` runs of a study on the synthetic objective, suggestions with 9-11 and 29-31
-   observed trials), with its stages (MLL fit, pool ranking, exact shortlist);
+   observed trials), with its stages (MLL fit, pool ranking, exact shortlist), for ``language-bo`` and for
+   ``language-bo+`` (registry defaults), and ``language-bo+``'s one-time preparation with a transfer source;
 3. peak resident memory of the process after 1-2;
 4. the prior system's cost per suggestion (GOLLuM-style: the whole pool re-embedded with ψ at
    every acquisition, and the surrogate rebuilt with 100 MLL steps that re-embed the observed
@@ -32,10 +33,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from language_bo_synthetic import SPACE, machine, objective, write_section
+from language_bo_synthetic import SPACE, machine, objective, true_score, write_section
 
 from lmtune.llm.embeddings import TextPool, cache_root
 from lmtune.samplers import LanguageBOSampler
+from lmtune.samplers.language_bo.transfer import source_from_rows
+from lmtune.samplers.registry import make_sampler
 
 WINDOWS = {10: (9, 10, 11), 30: (29, 30, 31)}
 
@@ -65,11 +68,12 @@ def whole_text_pass(sampler: LanguageBOSampler, sample: list[int]) -> float:
     return (time.perf_counter() - started) / len(sample)
 
 
-def suggestion_times(repeats: int) -> dict[int, list[dict]]:
-    """Per-suggestion wall time and stages, keyed by the number of observed trials."""
+def suggestion_times(repeats: int, name: str = "language-bo") -> dict[int, list[dict]]:
+    """Per-suggestion wall time and stages, keyed by the number of observed trials, for a registry sampler."""
     out: dict[int, list[dict]] = {n: [] for n in WINDOWS}
     for seed in range(repeats):
-        sampler = LanguageBOSampler(SPACE, seed=seed)
+        sampler = LanguageBOSampler(SPACE, seed=seed) if name == "language-bo" else make_sampler(name, space=SPACE,
+                                                                                                  seed=seed)
         study = optuna.create_study(direction="maximize", sampler=sampler)
         run = objective(seed)
         for number in range(max(WINDOWS[30]) + 1):
@@ -81,8 +85,21 @@ def suggestion_times(repeats: int) -> dict[int, list[dict]]:
             for n, window in WINDOWS.items():
                 if number in window:
                     out[n].append({"total": elapsed, **sampler.last_timings})
-        print(f"repeat {seed}: best {study.best_value:.4f}", flush=True)
+        print(f"{name} repeat {seed}: best {study.best_value:.4f}", flush=True)
     return out
+
+
+def transfer_preparation() -> tuple[float, int]:
+    """Seconds of ``language-bo+``'s one-time preparation with one transfer source of 800 observations (a related
+    synthetic objective on random lora-paper configs): the source's GP fit and its prediction over the pool."""
+    rng = np.random.default_rng(0)
+    configs = [SPACE.pool_config(int(i)) for i in rng.choice(SPACE.pool_size, 800, replace=False)]
+    rows = [(c, true_score({**SPACE.fixed, **c, "learning_rate": 2 * c["learning_rate"]})) for c in configs]
+    source = source_from_rows("related", SPACE, "maximize", rows, "LoRA fine-tuning of MiniLM on a related task.")
+    sampler = make_sampler("language-bo+", space=SPACE, seed=0, transfer=[source])
+    started = time.perf_counter()
+    sampler.prepare()
+    return time.perf_counter() - started, len(source.values)
 
 
 def reembedding_baseline(sampler: LanguageBOSampler, sample: list[int], observed: int, steps: int) -> tuple:
@@ -127,13 +144,15 @@ def main() -> None:
     pool_size = len(sampler.text_pool)
     print(f"one-time pass: {embed_s:.1f} s embedding ({prepare_s:.1f} s with model load and rendering)", flush=True)
     times = suggestion_times(args.repeats)
+    plus_times = suggestion_times(args.repeats, "language-bo+")
+    plus_prepare, source_rows = transfer_preparation()
     peak = peak_mb()
     sample = np.random.default_rng(0).choice(pool_size, args.sample, replace=False).tolist()
     whole_s = whole_text_pass(sampler, sample) * pool_size
     pool_s, fit_s = reembedding_baseline(sampler, sample, observed=30, steps=sampler.mll_steps)
 
-    def median(n: int, key: str) -> float:
-        return float(np.median([t.get(key, 0.0) for t in times[n]]))
+    def median(n: int, key: str, table: dict | None = None) -> float:
+        return float(np.median([t.get(key, 0.0) for t in (table or times)[n]]))
 
     lines = [
         "| quantity | value |",
@@ -147,6 +166,16 @@ def main() -> None:
             f"| median time per suggestion, {n} observed ({len(times[n])} suggestions) | "
             f"{median(n, 'total'):.2f} s (fit {median(n, 'fit_s'):.2f}, rank pool {median(n, 'rank_pool_s'):.2f}, "
             f"exact top-{sampler.shortlist_k} {median(n, 'exact_s'):.2f}) |")
+    for n in WINDOWS:
+        lines.append(
+            f"| language-bo+ (defaults, no transfer): median time per suggestion, {n} observed "
+            f"({len(plus_times[n])} suggestions) | {median(n, 'total', plus_times):.2f} s (fit "
+            f"{median(n, 'fit_s', plus_times):.2f}, score pool {median(n, 'exact_s', plus_times):.2f}) |")
+    lines += [
+        f"| language-bo+: max time per suggestion, 30 observed | {max(t['total'] for t in plus_times[30]):.2f} s |",
+        f"| language-bo+: one-time preparation with a transfer source of {source_rows} results (source GP fit and "
+        f"its prediction over the pool; the pool's embeddings cached) | {plus_prepare:.1f} s |",
+    ]
     baseline = pool_s + fit_s
     lines += [
         f"| max time per suggestion, 30 observed | {max(t['total'] for t in times[30]):.2f} s |",

@@ -6,7 +6,7 @@ The public API is imported lazily so that ``lmtune --help`` does not load torch.
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.2.0"
+from lmtune.version import __version__
 
 _EXPORTS = {
     "tune_lora": "lmtune.lora.tune",
@@ -16,6 +16,10 @@ _EXPORTS = {
     "InferConfig": "lmtune.inference.config",
     "choose_model": "lmtune.selection.select",
     "SelectConfig": "lmtune.selection.config",
+    "label_task": "lmtune.hag.labels",
+    "train_hag": "lmtune.hag.learners",
+    "evaluate_hag": "lmtune.hag.evaluate",
+    "TwoStageGenerator": "lmtune.hag.generation",
     "SearchSpace": "lmtune.space",
     "load_space": "lmtune.space",
     "open_study": "lmtune.runtime.study",

@@ -35,6 +35,24 @@ def set_trial_system_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial
     storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
 
 
+def set_trial_user_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial, key: str, value: Any) -> None:
+    """Write a user attribute of a running trial from a sampler (what the agent sampler records per trial)."""
+    storage_of(study).set_trial_user_attr(trial_id(trial), key, value)
+
+
+def discard_session(study: optuna.Study) -> None:
+    """Drop this thread's database session of a study's storage (RDB storages; others have none).
+
+    A KeyboardInterrupt raised in the middle of a query leaves that session's transaction open, and with SQLite
+    its lock then refuses the writes that record the interrupted trial ("database is locked").
+    """
+    storage = storage_of(study)
+    storage = getattr(storage, "_backend", storage)  # Optuna's cache in front of an RDBStorage passes nothing on
+    remove = getattr(storage, "remove_session", None)
+    if remove is not None:
+        remove()
+
+
 def stored_trial(trial: optuna.Trial) -> FrozenTrial:
     """The trial as stored now, with the system attributes Optuna wrote when it was enqueued or retried."""
     return storage_of(trial.study).get_trial(trial_id(trial))
@@ -132,3 +150,46 @@ def is_masked_lm_type(model_type: str) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether a causal LM's forward takes ``logits_to_keep`` (positions at which to apply the output head;
+    transformers >= 4.50 names it so), so that a loss over a few response tokens need not project every
+    position onto the vocabulary."""
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass (non-reentrant, so frozen inputs need no gradient hook).
+    transformers 5.x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_activation_checkpointing(model: Any) -> bool:
+    """Whether ``enable_activation_checkpointing`` is in effect on ``model``."""
+    name = "is_activation_checkpointing" if hasattr(model, "activation_checkpointing_enable") else (
+        "is_gradient_checkpointing")
+    return bool(getattr(model, name))
+
+
+# -- PEFT ----------------------------------------------------------------------------------------------------
+# lmtune keeps one base model per process and swaps adapters on it between trials. ``PeftModel.unload()``
+# removes the LoRA layers but keeps the trained copy of every ``modules_to_save`` module (a classification head)
+# in place of the original; the untouched original is the wrapper's ``original_module`` attribute.
+
+
+def unload_adapter(peft_model: Any) -> Any:
+    """The base model as it was before ``get_peft_model``: LoRA layers removed (not merged) and every
+    ``modules_to_save`` module (e.g. a classification head trained as a copy) back to its untouched original."""
+    from peft.utils import ModulesToSaveWrapper
+
+    root = peft_model.get_base_model()
+    originals = {name: module.original_module for name, module in root.named_modules()
+                 if isinstance(module, ModulesToSaveWrapper)}
+    base = peft_model.unload()
+    for name, module in originals.items():
+        base.set_submodule(name, module)
+    return base

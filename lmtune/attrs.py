@@ -42,14 +42,40 @@ INFEASIBLE = "infeasible"
 #: Pruning knowledge: the (model, template, stop) key, whether the config fit, and whether that was inferred.
 TOKEN_KEY, VALID, INFERRED = "token_key", "valid", "inferred"
 INSTANCES = "instances"
+#: The trial's prompt template and stop choice as text (its parameters ``template`` and ``stop`` are indices into
+#: the study's lists), so optuna-dashboard and reports show what was tried.
+TEMPLATE_TEXT, STOP_TEXT = "template_text", "stop_text"
+#: A trial whose score is no better than answering without learning (see ``CONSTANT_SCORE``): ``true`` and why.
+LEARNED_NOTHING = "learned_nothing"
+
+# -- trials proposed by AgentSampler (a language model through an endpoint) -----------------------------------
+#: Who proposed the config: ``agent`` (the model's reply), ``fallback`` (TPE, after the model failed), ``startup``
+#: (TPE's random start-up trials) or ``queued`` (a retry keeps its config).
+AGENT_SOURCE = "agent_source"
+#: Tokens of every prompt and every reply of the trial's calls (the Analyzer's and each Optimizer attempt).
+AGENT_PROMPT_TOKENS, AGENT_REPLY_TOKENS = "agent_prompt_tokens", "agent_reply_tokens"
+#: What the calls cost at the sampler's prices (0 for a local model), and their wall-clock seconds.
+AGENT_COST, AGENT_SECONDS = "agent_cost", "agent_seconds"
+#: Optimizer replies rejected before one was taken (bad JSON, outside the space, already tried) and why.
+AGENT_RETRIES, AGENT_ERRORS = "agent_retries", "agent_errors"
+#: The model gave no usable config, so TPE proposed this trial's; and why.
+AGENT_FELL_BACK, AGENT_FALLBACK_REASON = "agent_fell_back", "agent_fallback_reason"
+#: The Analyzer's diagnosis and the Optimizer's one-sentence reason, for people reading the study.
+AGENT_DIAGNOSIS, AGENT_REASON = "agent_diagnosis", "agent_reason"
 
 # -- studies -------------------------------------------------------------------------------------------------
 #: What a worker needs to join: ``{"command", "factory", "config"}``; and the trial budget.
 JOB, BUDGET = "lmtune_job", "budget"
 SPACE = "space"
 OPTIMIZATION_BUDGET = "optimization_budget"
+#: An inference study's account in its spend journal, and the journal file (``lmtune.inference.spend``).
+SPEND_ACCOUNT, SPEND_JOURNAL = "spend_account", "spend_journal"
 #: A benchmark build study: the table's recipe, and (full-split runs) the configs chosen to train.
 TABLE, CHOSEN_CONFIGS = "table", "configs"
+#: What a constant answer scores on the data trials are scored on: ``{"value", "what"}`` (the majority-class
+#: rate for classification, the most common response for exact match, 0 for an inference task). A trial at or
+#: below it learned nothing.
+CONSTANT_SCORE = "constant_score"
 
 # -- trial system attributes (samplers' own bookkeeping) -----------------------------------------------------
 #: The grid config a ``ShuffledGridSampler`` trial holds.

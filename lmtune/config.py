@@ -5,7 +5,10 @@ Errors become one-line ``InputError``s that name the field.
 
 from __future__ import annotations
 
+import importlib
+import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,8 @@ def _message(err: dict[str, Any]) -> str:
         return f"{words} {err['ctx'][key]}, got {got!r}"
     if err["type"] == "missing":
         return "is required"
+    if err["type"] == "finite_number":
+        return f"must be a finite number, got {got!r}"
     if err["type"] == "literal_error":
         return f"must be one of {err['ctx']['expected']}, got {got!r}"
     if err["type"] == "value_error":  # our validators' messages already say what was given
@@ -77,3 +82,35 @@ def __getattr__(name: str) -> Any:
 
         return LoraRunConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_jsonl(path: Path, field: str, *, valid: Callable[[dict], bool] = lambda row: True,
+               row_error: str = "each line must be a JSON object") -> list[dict]:
+    """The JSON objects of a user's JSONL file, one per non-blank line; a missing file, a line that is not JSON
+    or a row that ``valid`` refuses is an ``InputError`` on ``field`` naming the file and line."""
+    if not path.is_file():
+        raise InputError(field, f"task file {path} does not exist")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(field, f"{path}:{number}: not JSON: {exc.msg}") from None
+        if not isinstance(row, dict) or not valid(row):
+            raise InputError(field, f"{path}:{number}: {row_error}")
+        rows.append(row)
+    return rows
+
+
+def import_function(spec: str, field: str) -> Callable:
+    """A user's ``module:function``, imported; anything that cannot be is an ``InputError`` on ``field``."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(field, f"cannot import {spec!r}: {exc}") from None
+    if not callable(function):
+        raise InputError(field, f"{spec!r} is not a function")
+    return function

@@ -2,6 +2,13 @@
 
     .venv/bin/python scripts/train_arith_lm.py --steps 2500 --output lmtune/models/arith-lm
 
+Smaller or shorter-trained relatives (candidates for model selection, benchmarks/data/curves/README.md):
+
+    .venv/bin/python scripts/train_arith_lm.py --hidden-size 64 --layers 2 --steps 800 --checkpoints 200 \
+        --output lmtune-out/arith-family/h64-l2
+
+saves the final model to ``--output`` and the model after 200 steps to ``<output>-step200``.
+
 The model (a 4-layer Llama, about 0.8M parameters, character tokens) learns addition of numbers up to
 three digits and subtraction up to two. It is deliberately imperfect: greedy decoding solves most but not
 all 3-digit additions, so sampling temperature, the number of samples n and max_tokens really change the
@@ -69,13 +76,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path("lmtune/models/arith-lm"))
+    parser.add_argument("--hidden-size", type=int, default=128, help="width; heads = width / 32")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--checkpoints", default="", help="steps at which to save <output>-step<N> as well")
     args = parser.parse_args()
+    checkpoints = {int(s) for s in args.checkpoints.split(",") if s.strip()}
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     tokenizer = make_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+    heads = max(1, args.hidden_size // 32)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size,
+                         intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=32,
                          tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = LlamaForCausalLM(config)
@@ -100,19 +113,27 @@ def main() -> None:
             accuracy = greedy_accuracy(model, tokenizer, held_out[:200])
             print(f"step {step}/{args.steps} loss {loss.item():.4f} greedy 3-digit addition {accuracy:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-    seconds = time.perf_counter() - started
+        if step in checkpoints and step != args.steps:
+            save(model, tokenizer, args, step, loss.item(), time.perf_counter() - started, held_out,
+                 args.output.with_name(f"{args.output.name}-step{step}"))
+    save(model, tokenizer, args, args.steps, loss.item(), time.perf_counter() - started, held_out, args.output)
+
+
+def save(model, tokenizer, args, step: int, loss: float, seconds: float, held_out, output: Path) -> None:
+    """The model, its tokenizer and ``training.json`` (what it was trained on, how long, how well it adds)."""
     accuracy = greedy_accuracy(model, tokenizer, held_out)
     tokenizer.padding_side = "right"
-    args.output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output)
-    tokenizer.save_pretrained(args.output)
-    report = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    report = {"steps": step, "schedule_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+              "seed": args.seed, "hidden_size": args.hidden_size, "layers": args.layers,
               "train_seconds": round(seconds, 1), "threads": args.threads,
               "parameters": sum(p.numel() for p in model.parameters()),
               "greedy_accuracy_3digit_addition": accuracy, "held_out": len(held_out),
-              "final_loss": round(loss.item(), 4), "ppl": round(math.exp(loss.item()), 3)}
-    (args.output / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
+              "final_loss": round(loss, 4), "ppl": round(math.exp(loss), 3)}
+    (output / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared fixtures: offline hub, the bundled MiniLM tokenizer, and tiny models built from configs."""
 
+import logging
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere: never touch the network
@@ -50,3 +51,29 @@ def sentiment_rows():
 @pytest.fixture
 def qa_rows():
     return [{"prompt": f"question {i}", "response": "yes"} for i in range(8)]
+
+
+@pytest.fixture(scope="session")
+def agent_endpoint():
+    """``lmtune serve``'s app with the committed tiny chat model (agent-lm) on 127.0.0.1: constrained decoding on."""
+    from lmtune.llm.local import LocalGenerator
+    from lmtune.llm.server import make_app
+    from tests.servers import Server
+
+    with Server(make_app(LocalGenerator("agent-lm"))) as url:
+        yield url
+
+
+#: AgentSampler options that keep tests fast with agent-lm: sampled replies (greedy ones of an untrained model
+#: hardly depend on the prompt), a few Analyzer tokens, no free-text reason before the config.
+AGENT_TEST_OPTIONS = {"model": "agent-lm", "temperature": 1.0, "analyzer_tokens": 8, "reason_chars": 0}
+
+
+@pytest.fixture(autouse=True)
+def _lmtune_logger_restored():
+    """A CLI call in-process points lmtune's logger at its console and stops propagation (``cli.progress.log_to``);
+    put it back after each test, so a later test's ``caplog`` does not depend on which tests ran before it."""
+    logger = logging.getLogger("lmtune")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

@@ -23,6 +23,8 @@ def test_storage_trial_id_and_system_attrs_from_a_sampler(study):
     assert _compat.trial_id(frozen) == _compat.trial_id(trial)
     _compat.set_trial_system_attr(study, frozen, "mark", {"a": 1})
     assert study.trials[trial.number].system_attrs["mark"] == {"a": 1}
+    _compat.set_trial_user_attr(study, frozen, "seen", 3)
+    assert study.trials[trial.number].user_attrs["seen"] == 3
 
 
 def test_queued_params_of_an_enqueued_trial(study):
@@ -64,3 +66,54 @@ def test_masked_lm_types_tell_encoders_from_causal_lms():
     assert _compat.is_masked_lm_type("bert") and not _compat.is_masked_lm_type("llama")
 
 
+
+
+def test_logits_to_keep_and_activation_checkpointing_match_this_transformers(tiny_llama, tiny_bert):
+    assert _compat.accepts_logits_to_keep(tiny_llama) and not _compat.accepts_logits_to_keep(tiny_bert)
+    import copy
+
+    model = copy.deepcopy(tiny_llama)
+    assert not _compat.is_activation_checkpointing(model)
+    _compat.enable_activation_checkpointing(model)
+    assert _compat.is_activation_checkpointing(model)
+
+
+def test_unload_adapter_gives_back_the_base_with_its_original_head(tiny_bert):
+    import copy
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    base = copy.deepcopy(tiny_bert)
+    head, before = base.classifier, {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=2))
+    trained = next(p for n, p in peft_model.named_parameters() if "classifier" in n and p.requires_grad)
+    with torch.no_grad():
+        trained.add_(1.0)  # as training changes the head's copy
+    restored = _compat.unload_adapter(peft_model)
+    assert restored is base and restored.classifier is head
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in before.items())
+    assert not any("lora" in name for name, _ in restored.named_modules())
+
+
+def test_discard_session_frees_a_lock_an_interrupted_query_left(tmp_path):
+    """A transaction left open (as a KeyboardInterrupt mid-query leaves it) holds SQLite's lock against other
+    connections; after ``discard_session`` another connection can write again. In memory it does nothing."""
+    import sqlite3
+
+    from lmtune._compat import discard_session, storage_of
+
+    path = tmp_path / "s.db"
+    study = optuna.create_study(storage=f"sqlite:///{path}")
+    study.set_user_attr("before", 1)
+    backend = getattr(storage_of(study), "_backend", storage_of(study))
+    session = backend.scoped_session()
+    session.connection().exec_driver_sql("BEGIN IMMEDIATE")  # this thread's session now holds the write lock
+    with sqlite3.connect(path, timeout=0.1) as other, pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("update studies set study_name = study_name")
+    discard_session(study)
+    with sqlite3.connect(path, timeout=5) as other:
+        other.execute("update studies set study_name = study_name")
+    study.set_user_attr("after", 2)
+    assert optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{path}").user_attrs == {
+        "before": 1, "after": 2}
+    discard_session(optuna.create_study())  # in-memory storage: nothing to drop

@@ -15,13 +15,13 @@ ROOT = Path(__file__).resolve().parents[1] / "lmtune"
 
 #: Lower numbers sit lower; a module may import from a lower layer or from its own package.
 LAYERS = {
-    "lmtune.errors": 0, "lmtune.attrs": 0, "lmtune.files": 0,
+    "lmtune.errors": 0, "lmtune.attrs": 0, "lmtune.files": 0, "lmtune.version": 0,
     "lmtune.results": 1, "lmtune._compat": 1, "lmtune.config": 1,
     "lmtune.space": 2, "lmtune.arithmetic": 2,
-    "lmtune.llm": 3,
+    "lmtune.llm": 3, "lmtune.trajectory": 3,
     "lmtune.runtime": 4, "lmtune.finetune": 4, "lmtune.samplers": 4,
-    "lmtune.lora": 5, "lmtune.inference": 5, "lmtune.selection": 5,
-    "lmtune.bench": 6,
+    "lmtune.lora": 5, "lmtune.inference": 5, "lmtune.selection": 5, "lmtune.hag": 5,
+    "lmtune.bench": 6, "lmtune.report": 6,
     "lmtune.cli": 7,
     "lmtune": 8, "lmtune.study": 8, "lmtune.synthetic": 8,  # the package's lazy exports and moved-name shims
 }

@@ -92,7 +92,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     configs = list(spec.grid.iter_pool())
     sampler = ShuffledGridSampler(configs, seed=None)  # each worker its own draw order
     study = open_study(study_name or spec.name, storage=storage, sampler=sampler, direction=setup.direction,
-                       attrs={attrs.TABLE: spec.recipe()})
+                       attrs={attrs.TABLE: spec.recipe()}, metric_names=[setup.metric_name])
     if seed_from is not None and not study.get_trials(deepcopy=False):
         _import_rows(study, seed_from, spec, sampler)
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=spec.proxy_fraction,
@@ -259,7 +259,8 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
     chosen = stored.get(attrs.CHOSEN_CONFIGS) or fresh
     sampler = ShuffledGridSampler(chosen)
     study = open_study(name, storage=store, sampler=sampler, direction=setup.direction,
-                       attrs={attrs.TABLE: spec.recipe(), attrs.CHOSEN_CONFIGS: chosen})
+                       attrs={attrs.TABLE: spec.recipe(), attrs.CHOSEN_CONFIGS: chosen},
+                       metric_names=[setup.metric_name])
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=1.0,
                               settings=setup.settings, seed=spec.seed,
                               progress=listener.step if listener is not None else None)

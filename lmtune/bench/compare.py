@@ -16,11 +16,20 @@ import numpy as np
 import scipy.stats
 
 from lmtune.bench.config import BenchSamplersConfig
-from lmtune.bench.replay import Run, check_complete, check_methods, regret_curve, replay, trials_to_reach
+from lmtune.bench.replay import (
+    Run,
+    check_complete,
+    check_methods,
+    regret_curve,
+    replay,
+    table_source,
+    trials_to_reach,
+)
 from lmtune.bench.table import Table
 from lmtune.config import build_config
 from lmtune.files import write_atomic
 from lmtune.runtime.quiet import quiet_libraries
+from lmtune.samplers.registry import TRANSFER_SAMPLERS
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +38,28 @@ TOP_FRACTION = 0.01
 
 
 def summarize(table: Table, runs: list[Run], budget: int) -> dict[str, Any]:
-    """Per method: mean and standard error of normalized regret at each checkpoint, mean rank, trials to top 1%."""
+    """Per method: mean and standard error of normalized regret and mean rank (over seeds, among the methods) at
+    each checkpoint, mean rank at the budget, trials to the top 1%."""
     curves: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     reach: dict[str, list[float]] = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
     threshold = table.top_threshold(TOP_FRACTION)
+    agent: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         curves[run.method][run.seed] = regret_curve(table, run.values, budget)
+        if run.extra:
+            agent[run.method].append(run.extra)
         reach[run.method].append(trials_to_reach(table, run.values, threshold))
         seconds[run.method].append(run.seconds)
     methods = list(curves)
     seeds = sorted(set.intersection(*(set(c) for c in curves.values())))
-    final = np.array([[curves[m][s][-1] for m in methods] for s in seeds])  # seeds x methods
-    ranks = np.array([scipy.stats.rankdata(row) for row in final]).mean(axis=0)
+
+    def mean_ranks(trials: int) -> np.ndarray:
+        regrets = np.array([[curves[m][s][trials - 1] for m in methods] for s in seeds])  # seeds x methods
+        return np.array([scipy.stats.rankdata(row) for row in regrets]).mean(axis=0)
+
+    ranks = mean_ranks(budget)
+    ranks_at = {c: mean_ranks(c) for c in CHECKPOINTS if c <= budget}
     result: dict[str, Any] = {"table": table.name, "budget": budget, "seeds": len(seeds),
                               "top_threshold": threshold, "methods": {}}
     for i, method in enumerate(methods):
@@ -49,6 +67,7 @@ def summarize(table: Table, runs: list[Run], budget: int) -> dict[str, Any]:
         result["methods"][method] = {
             "regret": {c: _mean_se(stacked[:, c - 1]) for c in CHECKPOINTS if c <= budget},
             "mean_rank": float(ranks[i]),
+            "mean_rank_at": {c: float(r[i]) for c, r in ranks_at.items()},
             "median_trials_to_top1pct": float(np.median(reach[method])),
             "reached_top1pct": int(np.isfinite(reach[method]).sum()),
             "seconds_per_run": float(np.mean(seconds[method])),
@@ -56,7 +75,38 @@ def summarize(table: Table, runs: list[Run], budget: int) -> dict[str, Any]:
             "curve_se": (stacked.std(axis=0, ddof=1) / math.sqrt(len(seeds))).tolist() if len(seeds) > 1
             else [0.0] * budget,
         }
+        if agent.get(method):
+            result["methods"][method]["agent"] = _agent_usage(agent[method])
     return result
+
+
+def _agent_usage(extras: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agent's usage over all its runs: fallback rate and means per suggestion."""
+    asked = sum(e["suggestions"] for e in extras)
+
+    def per_suggestion(key: str) -> float:
+        return sum(e[key] * e["suggestions"] for e in extras) / asked if asked else 0.0
+
+    return {"suggestions": asked, "fell_back": sum(e["fell_back"] for e in extras),
+            "fallback_rate": sum(e["fell_back"] for e in extras) / asked if asked else 0.0,
+            "retries_per_suggestion": sum(e["retries"] for e in extras) / asked if asked else 0.0,
+            "prompt_tokens": per_suggestion("prompt_tokens_per_suggestion"),
+            "reply_tokens": per_suggestion("reply_tokens_per_suggestion"),
+            "seconds": per_suggestion("seconds_per_suggestion")}
+
+
+def agent_markdown(summary: dict[str, Any]) -> str:
+    """The agent methods' usage: suggestions asked of the model, fallback rate, rejected replies, tokens, seconds."""
+    rows = [(m, d["agent"]) for m, d in summary["methods"].items() if "agent" in d]
+    if not rows:
+        return ""
+    lines = ["| method | suggestions asked | fell back to TPE | rejected replies per suggestion | prompt tokens | "
+             "reply tokens | s per suggestion |", "|" + " --- |" * 7]
+    for method, a in rows:
+        lines.append(f"| {method} | {a['suggestions']} | {a['fell_back']} ({a['fallback_rate']:.0%}) | "
+                     f"{a['retries_per_suggestion']:.2f} | {a['prompt_tokens']:.0f} | {a['reply_tokens']:.0f} | "
+                     f"{a['seconds']:.2f} |")
+    return "\n".join(lines)
 
 
 def _mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -68,14 +118,16 @@ def markdown(summary: dict[str, Any]) -> str:
     """The comparison table of one benchmark table, best mean rank first."""
     checkpoints = [c for c in CHECKPOINTS if c <= summary["budget"]]
     head = ("| method | " + " | ".join(f"regret@{c}" for c in checkpoints)
-            + " | mean rank | median trials to top 1% | reached top 1% | s per run |")
+            + " | mean rank @" + "/".join(str(c) for c in checkpoints)
+            + " | median trials to top 1% | reached top 1% | s per run |")
     lines = [head, "|" + " --- |" * (len(checkpoints) + 5)]
     order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["mean_rank"])
     for method, m in order:
         cells = [f"{mean:.3f} ± {se:.3f}" for mean, se in (m["regret"][c] for c in checkpoints)]
+        ranks = " / ".join(f"{m['mean_rank_at'][c]:.2f}" for c in checkpoints)
         median = m["median_trials_to_top1pct"]
         reach = f"{median:.0f}" if math.isfinite(median) else f"> {summary['budget']}"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {m['mean_rank']:.2f} | {reach} | "
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {ranks} | {reach} | "
                      f"{m['reached_top1pct']}/{summary['seeds']} | {m['seconds_per_run']:.1f} |")
     return "\n".join(lines)
 
@@ -127,17 +179,29 @@ def bench_samplers(config: BenchSamplersConfig | None = None, **fields: Any) -> 
     """``lmtune bench samplers``: load the tables and compare the methods on them (see ``compare_samplers``)."""
     cfg = config or build_config(BenchSamplersConfig, **fields)
     tables = [Table.load(path) for path in cfg.table]
+    check_methods(list(cfg.samplers))
+    agent = None
+    if "agent" in cfg.samplers:  # an unreachable endpoint or unknown model fails now, before any replay
+        from lmtune.samplers.agent import AgentSampler
+
+        agent = cfg.agent_options
+        AgentSampler(tables[0].grid, **agent).check()
+    memory = [Table.load(path) for path in cfg.transfer_from]
     return compare_samplers(tables, list(cfg.samplers), cfg.seeds, cfg.budget, cfg.output, threads=cfg.threads,
-                            jobs=cfg.jobs)
+                            jobs=cfg.jobs, agent=agent, transfer_from=memory)
 
 
 def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget: int, output: Path, *,
-                     threads: int = 1, jobs: int = 1) -> str:
+                     threads: int = 1, jobs: int = 1, agent: dict[str, Any] | None = None,
+                     transfer_from: list[Table] = ()) -> str:
     """Replay every method on every table; write runs.jsonl (resumable), samplers.md/.json and samplers.png.
 
-    Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget are reused, so an
-    interrupted comparison continues where it stopped. ``jobs`` > 1 replays in that many processes;
-    a replay depends only on its seed, so the report is the same. Returns the Markdown report.
+    Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget (and, for methods that
+    transfer, the same memory) are reused, so an interrupted comparison continues where it stopped. ``jobs`` > 1
+    replays in that many processes; a replay depends only on its seed, so the report is the same. ``agent`` holds
+    the agent sampler's options; its runs are labelled ``agent:<model>``, so runs of different models are kept
+    apart. Methods that transfer (``TRANSFER_SAMPLERS``) remember every other table of the run and every
+    ``transfer_from`` table, never the table they search (leave one out). Returns the Markdown report.
     """
     check_methods(methods)
     for table in tables:
@@ -146,26 +210,41 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     runs_log = output / "runs.jsonl"
     done = _read_log(runs_log)
     fingerprints = {table.name: table.fingerprint() for table in tables}
+    memory = _memories(tables, list(transfer_from)) if set(methods) & set(TRANSFER_SAMPLERS) else {}
+
+    def label(method: str) -> str:
+        return f"agent:{(agent or {}).get('model')}" if method == "agent" else method
 
     def key(table: Table, method: str, seed: int) -> tuple:
-        return table.name, fingerprints[table.name], method, seed, budget
+        prior = "+".join(m.name + ":" + fp for m, fp in memory[table.name]) if method in TRANSFER_SAMPLERS else ""
+        return table.name, fingerprints[table.name], label(method), seed, budget, prior
 
-    pending = [(table, method, seed) for table in tables for method in methods for seed in range(seeds)
-               if key(table, method, seed) not in done]
-    for table, run in _replay_all(pending, budget, threads, jobs):
+    def sources(table: Table, method: str) -> tuple:
+        return tuple(table_source(m) for m, _ in memory[table.name]) if method in TRANSFER_SAMPLERS else ()
+
+    pending = [(table, method, seed, sources(table, method)) for table in tables for method in methods
+               for seed in range(seeds) if key(table, method, seed) not in done]
+    for table, run in _replay_all(pending, budget, threads, jobs, agent):
         done[key(table, run.method, run.seed)] = run
+        run.method = label(run.method)
         with runs_log.open("a") as f:
             record = dict(zip(_LOG_KEY, key(table, run.method, run.seed), strict=True))
-            f.write(json.dumps({**record, "values": run.values, "seconds": run.seconds}) + "\n")
+            extra = {"extra": run.extra} if run.extra else {}
+            f.write(json.dumps({**record, "values": run.values, "seconds": run.seconds, **extra}) + "\n")
         final = regret_curve(table, run.values, budget)[-1]
         log.info("%s %s seed %d: regret %.3f after %d trials (%.1f s)", table.name, run.method, run.seed, final,
                  budget, run.seconds)
     summaries, sections = [], [table_summary_markdown(tables)]
+    if memory:
+        sections.append("Memory of the methods that transfer (" + ", ".join(TRANSFER_SAMPLERS) + "): "
+                        + "; ".join(f"{name} remembers {', '.join(m.name for m, _ in kept) or 'nothing'}"
+                                    for name, kept in memory.items()) + ".")
     for table in tables:
         runs = [done[key(table, method, seed)] for method in methods for seed in range(seeds)]
         summary = summarize(table, runs, budget)
         summaries.append(summary)
-        sections.append(f"### {table.name}\n\n{markdown(summary)}")
+        usage = agent_markdown(summary)
+        sections.append(f"### {table.name}\n\n{markdown(summary)}" + (f"\n\n{usage}" if usage else ""))
     report = "\n\n".join(sections) + "\n"
     write_atomic(output / "samplers.md", report)
     write_atomic(output / "samplers.json", json.dumps(summaries, indent=1) + "\n")
@@ -173,8 +252,9 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     return report
 
 
-#: What identifies a replay in runs.jsonl; a changed table (fingerprint) or budget is replayed again.
-_LOG_KEY = ("table", "fingerprint", "method", "seed", "budget")
+#: What identifies a replay in runs.jsonl; a changed table (fingerprint), budget or memory is replayed again.
+#: ``prior`` (the tables a transferring method remembers) is empty for the other methods and in older logs.
+_LOG_KEY = ("table", "fingerprint", "method", "seed", "budget", "prior")
 
 
 def _read_log(log: Path) -> dict[tuple, Run]:
@@ -182,22 +262,34 @@ def _read_log(log: Path) -> dict[tuple, Run]:
     if log.exists():
         for line in log.read_text().splitlines():
             r = json.loads(line)
-            done[tuple(r[field] for field in _LOG_KEY)] = Run(r["method"], r["seed"], r["values"], r["seconds"])
+            done[tuple(r.get(field, "") for field in _LOG_KEY)] = Run(r["method"], r["seed"], r["values"],
+                                                                      r["seconds"], r.get("extra"))
     return done
 
 
-def _replay_all(pending: list[tuple[Table, str, int]], budget: int, threads: int,
-                jobs: int) -> Iterator[tuple[Table, Run]]:
+def _memories(tables: list[Table], extra: list[Table]) -> dict[str, list[tuple[Table, str]]]:
+    """Per searched table: the other tables of the run and the extra ones, with their fingerprints; never a table
+    with the searched table's rows (the same file given twice, or under another name)."""
+    everything = {t.fingerprint(): t for t in [*tables, *extra]}
+    memory = {}
+    for table in tables:
+        own = table.fingerprint()
+        memory[table.name] = [(t, fp) for fp, t in everything.items() if fp != own]
+    return memory
+
+
+def _replay_all(pending: list[tuple[Table, str, int, tuple]], budget: int, threads: int, jobs: int,
+                agent: dict[str, Any] | None = None) -> Iterator[tuple[Table, Run]]:
     """Yield each finished replay as soon as it is done; with ``jobs`` > 1 the slowest methods start first."""
     if jobs <= 1:
-        for table, method, seed in pending:
-            yield table, replay(table, method, seed, budget, threads=threads)
+        for table, method, seed, sources in pending:
+            yield table, replay(table, method, seed, budget, threads=threads, agent=agent, sources=sources)
         return
     pending = sorted(pending, key=lambda item: not item[1].startswith("language-bo"))  # stable: seeds keep order
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared through fork
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=quiet_libraries) as pool:
-        futures = {pool.submit(replay, table, method, seed, budget, threads=threads): table
-                   for table, method, seed in pending}
+        futures = {pool.submit(replay, table, method, seed, budget, threads=threads, agent=agent, sources=sources):
+                   table for table, method, seed, sources in pending}
         try:
             for future in concurrent.futures.as_completed(futures):
                 yield futures[future], future.result()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, SAMPLERS
+from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, LANGUAGE_BO_PLUS, SAMPLERS
 
 #: Methods ``bench samplers`` replays: lmtune's samplers, the language-BO ablations and NOMAD (PyNomadBBO).
-METHODS = (*SAMPLERS, "nomad", *(name for name in LANGUAGE_BO_ABLATIONS if name not in SAMPLERS))
+METHODS = (*SAMPLERS, "nomad", *(name for name in (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS) if name not in SAMPLERS))
 
 
 class BuildTableConfig(BaseModel):
@@ -47,3 +47,23 @@ class BenchSamplersConfig(BaseModel):
                          "samplers.md/.json/.png")
     threads: int = Field(1, ge=1, description="torch CPU threads for the model-based samplers")
     jobs: int = Field(1, ge=1, description="replays run in this many processes at once (each with --threads)")
+    transfer_from: list[Path] = Field([], description="more table files whose rows language-bo+ remembers, besides "
+                                      "the other --table files (a table is never its own memory)",
+                                      json_schema_extra={"metavar": "FILE"})
+    endpoint: str | None = Field(None, description="agent: base URL of an OpenAI-compatible server (Ollama: "
+                                 "http://127.0.0.1:11434/v1)", json_schema_extra={"metavar": "URL"})
+    agent_model: str | None = Field(None, description="agent: the model the endpoint serves",
+                                    json_schema_extra={"metavar": "NAME"})
+    agent_prompts: str | None = Field(None, description="agent: folder of prompt templates replacing the built-in "
+                                      "ones", json_schema_extra={"metavar": "DIR"})
+    agent_temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="agent: sampling "
+                                     "temperature (each call is seeded)")
+    agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
+    agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
+                                    "config (0: none)")
+
+    @property
+    def agent_options(self) -> dict:
+        return {"endpoint": self.endpoint, "model": self.agent_model, "prompts": self.agent_prompts,
+                "temperature": self.agent_temperature,
+                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars}

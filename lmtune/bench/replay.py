@@ -13,17 +13,25 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 
+from lmtune import attrs
 from lmtune.bench.config import METHODS
 from lmtune.bench.table import Table
 from lmtune.errors import InputError, TrialFailed
-from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, make_sampler
+from lmtune.runtime.status import agent_summary
+from lmtune.runtime.study import name_metrics
+from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, LANGUAGE_BO_PLUS, TRANSFER_SAMPLERS, make_sampler
+
+if TYPE_CHECKING:
+    from lmtune.samplers.language_bo.transfer import TransferSource
 
 STARTUP_TRIALS = 5  # random trials before every model-based method, the same for all
+#: Methods that rank the table's grid as a pool of configs (the others see integer-coded variables).
+POOL_METHODS = (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class Run:
     seed: int
     values: list[float | None]
     seconds: float
+    extra: dict[str, Any] | None = None  # the agent's usage: fallbacks, tokens and seconds per suggestion
 
 
 def check_methods(names: list[str]) -> list[str]:
@@ -49,56 +58,96 @@ def check_complete(table: Table) -> None:
                          "configs; replay needs every config of the grid")
 
 
-def replay(table: Table, method: str, seed: int, budget: int, *, threads: int = 1) -> Run:
-    """Run ``method`` for ``budget`` trials against ``table`` with ``seed``."""
+def replay(table: Table, method: str, seed: int, budget: int, *, threads: int = 1,
+           agent: dict[str, Any] | None = None, sources: tuple[TransferSource, ...] = ()) -> Run:
+    """Run ``method`` for ``budget`` trials against ``table`` with ``seed``; ``agent`` holds the agent sampler's
+    options (endpoint, model, prompts, temperature); ``sources`` (other tables, never this one) are the memory of
+    the methods that transfer (``TRANSFER_SAMPLERS``), and ignored by the others."""
     check_complete(table)
     check_methods([method])
     import torch
 
     torch.set_num_threads(threads)  # the GP-based samplers' fits; one thread each is fastest for models this small
     started = time.perf_counter()
+    extra = {}
     values = _replay_nomad(table, seed, budget) if method == "nomad" else _replay_optuna(table, method, seed, budget,
-                                                                                       threads)
-    return Run(method, seed, values, time.perf_counter() - started)
+                                                                                       threads, agent, extra,
+                                                                                       sources)
+    return Run(method, seed, values, time.perf_counter() - started, extra or None)
 
 
 def _lookup_value(table: Table, params: dict[str, Any]) -> float | None:
     return table.lookup(params)["metric"]
 
 
-def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: int) -> list[float | None]:
-    """Language-BO sees the grid as its pool of configs; the other samplers see integer-coded variables.
+def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: int, agent: dict[str, Any] | None,
+                   extra: dict[str, Any], sources: tuple[TransferSource, ...] = ()) -> list[float | None]:
+    """Language-BO and the agent see the grid as it is (a model reads ``learning_rate 0.0005``, not an index);
+    the other samplers see integer-coded variables. The agent's trials carry the row's curves as user
+    attributes, so its Trajectory Context Summarizer reads them as it would in a live study.
 
     Every grid parameter is an ordered, roughly log-spaced list, so an index keeps the order that
     Optuna's GP and BoTorch can exploit (as categorical choices BoTorch enumerates every combination
     at each step, minutes per trial on a 1,200-config grid). NOMAD is coded the same way.
     """
-    sampler = _sampler(table, method, seed, threads)
+    sampler = _sampler(table, method, seed, threads, agent, sources)
     study = optuna.create_study(sampler=sampler, direction=table.direction, pruner=optuna.pruners.NopPruner())
+    name_metrics(study, [table.metric_name])
     params = table.grid.params
     values: list[float | None] = []
 
     def suggest(trial: optuna.Trial) -> dict[str, Any]:
-        if method in LANGUAGE_BO_ABLATIONS:
+        if method in POOL_METHODS or method == "agent":
             return table.grid.suggest(trial)
         return {p.name: p.values()[trial.suggest_int(p.name, 0, len(p.values()) - 1)] for p in params}
 
     def objective(trial: optuna.Trial) -> float:
-        value = _lookup_value(table, suggest(trial))
+        row = table.lookup(suggest(trial))
+        value = row["metric"]
         values.append(value)
+        if method == "agent":  # what a live LoRA trial stores
+            trial.set_user_attr(attrs.METRIC_NAME, table.metric_name)
+            trial.set_user_attr(attrs.TRAJECTORY, row.get("trajectory") or [])
+            trial.set_user_attr(attrs.STEP_LOSSES, row.get("step_losses") or [])
         if value is None:
+            trial.set_user_attr(attrs.FAIL_REASON, row.get("fail_reason") or "failed when the table was built")
             raise TrialFailed("this config failed when the table was built")
         return value
 
     study.optimize(objective, n_trials=budget, catch=(TrialFailed,))
+    if method == "agent":
+        extra.update(agent_summary(study.trials) or {})
     return values
 
 
-def _sampler(table: Table, method: str, seed: int, threads: int) -> optuna.samplers.BaseSampler:
+def _sampler(table: Table, method: str, seed: int, threads: int, agent: dict[str, Any] | None = None,
+             sources: tuple[TransferSource, ...] = ()) -> optuna.samplers.BaseSampler:
+    if method == "agent":  # its fallback is TPE as Optuna ships it, like the tpe baseline of these replays
+        return make_sampler("agent", seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid, distinct=False,
+                            check=False, **(agent or {}))
+    if method in LANGUAGE_BO_PLUS:
+        transfer = tuple(sources) if method in TRANSFER_SAMPLERS else ()
+        return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
+                            fit_threads=threads, transfer=transfer, description=table_description(table))
     if method in LANGUAGE_BO_ABLATIONS:
         return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
                             fit_threads=threads, **LANGUAGE_BO_ABLATIONS[method])
     return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS)
+
+
+def table_description(table: Table) -> str:
+    """What a table's rows measure, in words (the description ``language-bo+`` compares between studies)."""
+    from lmtune.samplers.language_bo.transfer import describe_recipe
+
+    return describe_recipe(table.recipe, table.metric_name, table.direction, table.grid.fixed)
+
+
+def table_source(table: Table) -> TransferSource:
+    """A table's rows as the memory of another study (``language-bo+``'s transfer)."""
+    from lmtune.samplers.language_bo.transfer import source_from_rows
+
+    return source_from_rows(table.name, table.grid, table.direction,
+                            [(row["params"], row["metric"]) for row in table.rows], table_description(table))
 
 
 def _replay_nomad(table: Table, seed: int, budget: int) -> list[float | None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from lmtune.cli import bench, infer, lora, select, serve, workers  # noqa: F401  (they register their commands)
+from lmtune.cli import bench, hag, infer, lora, report, select, serve, workers  # noqa: F401  (they register their commands)
 from lmtune.cli.app import app, console
 from lmtune.errors import InputError, NoResult
 from lmtune.runtime.loop import Interrupted

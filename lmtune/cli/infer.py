@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lmtune.cli.app import app, console
@@ -29,15 +30,32 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
     spend = results.spend
     print(f"spent {spend['real']:.6g} of {cfg.optimization_budget:.6g} (cached {spend['cached']:.6g}); "
           f"{results.configs_scored} configs scored, {results.configs_over_budget_measured} over budget, "
-          f"{results.configs_pruned_by_knowledge} pruned by knowledge")
+          f"{results.configs_pruned_by_knowledge} pruned by knowledge"
+          + (f"; {spend['unsettled']:.6g} of it counted at worst case (calls whose bill is unknown)"
+             if spend.get("unsettled", 0) > 0 else ""))
     best = results.best
+    if results.stopped == "endpoint":  # not bad input (exit 2): the backend failed; results.json says how
+        if cfg.output_dir is not None:
+            print(f"results: {cfg.output_dir / 'results.json'}")
+        field = "endpoint" if cfg.endpoint is not None else "local_model" if cfg.local_model is not None else "models"
+        print(f"error: {field}: {results.error}", file=sys.stderr)
+        raise SystemExit(1)
     if best is None:
         print("no config met the per-instance budget")
     else:
         print(f"best config: {best['config']}")
+        tested = best.get("test")
         print(f"tuning {cfg.metric}: {best['tuning']['quality']:.4f} at {best['tuning']['cost_per_instance']:.6g} "
-              f"per instance; test {cfg.metric}: {best['test']['quality']:.4f} at "
-              f"{best['test']['cost_per_instance']:.6g} per instance")
+              "per instance" + (f"; test {cfg.metric}: {tested['quality']:.4f} at {tested['cost_per_instance']:.6g} "
+                                "per instance" if tested else "; not tested"))
         print(f"pareto front: {len(results.pareto_front)} configs")
     if cfg.output_dir is not None:
+        from lmtune.report.reports import report_study
+
         print(f"results: {cfg.output_dir / 'results.json'}")
+        report = report_study(cfg.storage, results.study_name, cfg.output_dir / "report.html", dashboard=True)
+        if report is not None:
+            print(f"report: {report}")
+    if results.error is not None:  # the search finished but the test evaluation failed
+        print(f"error: endpoint: {results.error}", file=sys.stderr)
+        raise SystemExit(1)

@@ -23,8 +23,10 @@ from rich.progress import (
 )
 
 from lmtune.runtime.loop import TrialListener
-from lmtune.runtime.trials import Budget, counted_trials, describe_failure
+from lmtune.runtime.trials import Budget, constant_of, counted_trials, describe_failure, learned_nothing
 
+#: Seconds of progress the time-left estimate averages over: a whole run, since one trial may take minutes.
+SPEED_WINDOW = 24 * 3600.0
 #: How a finished trial reads in its line (after "trial N [k/total]"); the default shows value or reason.
 Describe = Callable[[optuna.Study, FrozenTrial], str]
 
@@ -44,8 +46,10 @@ class TrialProgress(TrialListener):
     def __init__(self, console: Console, describe: Describe = default_outcome):
         self.console = console
         self.describe = describe
+        # rich estimates speed from the last 30 s by default: with trials of minutes "time left" never showed
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                                 speed_estimate_period=SPEED_WINDOW)
         self.trials_task = None
         self.steps_task = self.progress.add_task("steps", total=None)
         self.total: int | None = None
@@ -87,7 +91,10 @@ class TrialProgress(TrialListener):
             best = _best_so_far(study)
             self.progress.update(self.trials_task, completed=finished,
                                  description="trials" + (f" (best {best:.4g})" if best is not None else ""))
-        self.console.print(f"trial {trial.number} [{finished}/{self.total}] {self.describe(study, trial)}")
+        line = f"trial {trial.number} \\[{finished}/{self.total}] {escape(self.describe(study, trial))}"
+        constant, maximize = constant_of(study)
+        nothing = learned_nothing(constant, trial, maximize)
+        self.console.print(line + (f" [yellow]{escape(nothing)}[/]" if nothing else ""))
 
     def waiting(self, state: Budget) -> None:
         """Say once which trials of other workers this one waits for (see ``run_trials``)."""

@@ -16,8 +16,9 @@ from lmtune.selection.config import BenchSelectConfig, SelectConfig
 @app.command("select", context_settings={"allow_extra_args": True})
 @config_options(SelectConfig)
 def select_command(ctx: typer.Context, values: dict[str, Any] | None = None) -> None:
-    """Choose the model to fine-tune: rank candidates with ZeroShot, SubTuning, ModelSize, AtS, ats-median and
-    fitted scaling laws, from a curves file or from curves measured here (--models A B C --dataset --sizes)."""
+    """Choose the model to fine-tune: rank candidates with ZeroShot, SubTuning, ModelSize, AtS, ats-median, ats-guard
+    (the default ranking) and fitted scaling laws, from a curves file or from curves measured here (--models A B C
+    --dataset --sizes)."""
     from lmtune.cli.progress import log_to
     from lmtune.runtime.quiet import quiet_libraries
     from lmtune.selection.select import choose_model
@@ -36,7 +37,8 @@ def select_command(ctx: typer.Context, values: dict[str, Any] | None = None) -> 
 @bench_app.command("select")
 @config_options(BenchSelectConfig)
 def select_bench_command(values: dict[str, Any] | None = None) -> None:
-    """The model-selection paper table: PearCorr, RelAcc and compute of every method at every budget ratio."""
+    """The model-selection paper table: PearCorr, RelAcc and compute of every method at every budget ratio; with
+    --protocol lodo and several --curves, leave-one-dataset-out held-out scores."""
     from lmtune.selection.bench import bench_select
 
     print(bench_select(build_config(BenchSelectConfig, **values)))

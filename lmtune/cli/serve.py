@@ -14,9 +14,15 @@ from lmtune.runtime.quiet import quiet_libraries
 @app.command("serve")
 @config_options(ServeConfig)
 def serve_command(values: dict[str, Any] | None = None) -> None:
-    """Serve a local causal LM on an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models)."""
+    """Serve a local causal LM, or a HAG model folder (lmtune hag train), on an OpenAI-compatible API
+    (/v1/completions, /v1/chat/completions, /v1/models)."""
+    from lmtune.hag.generation import TwoStageGenerator, is_hag_model
+    from lmtune.llm import check_device
     from lmtune.llm.server import serve
 
     cfg = build_config(ServeConfig, **values)
     quiet_libraries()
-    serve(cfg)
+    generator = None
+    if is_hag_model(cfg.model):  # chooses each request's decoding, then answers with it
+        generator = TwoStageGenerator(cfg.model, device=check_device(cfg.device))
+    serve(cfg, generator=generator)

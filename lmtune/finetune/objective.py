@@ -13,6 +13,7 @@ from lmtune import attrs
 from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import DatasetSplits, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
 
 
@@ -34,6 +35,8 @@ class LoraObjective:
     ``TrialFailed`` with the reason in the ``fail_reason`` user attribute, so optimise with
     ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step. The steps a
     trial took (also a pruned or failed one) are its ``train_steps`` user attribute.
+    With ``reuse_model`` (the default) the base model is loaded once and each trial attaches a fresh adapter to
+    it (``lmtune.finetune.reuse``: the same results as a fresh build, which ``reuse_model=False`` makes).
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class LoraObjective:
         target_modules: list[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
         metric: str | None = None,
+        reuse_model: bool = True,
     ):
         self.space = space
         self.splits = splits
@@ -62,6 +66,7 @@ class LoraObjective:
         if metric not in (None, self.task_metric, "eval_loss"):
             raise InputError("proxy_metric", f"{metric!r} is not allowed; allowed: {self.task_metric}, eval_loss")
         self.metric_name = metric or self.task_metric
+        self.reuse = ReusableBase() if reuse_model else None
         self.direction = metric_direction(self.metric_name)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -89,7 +94,7 @@ class LoraObjective:
             result = train_and_evaluate(
                 hp, self.train_rows, self.splits.validation, task=self.splits.task, model=self.model,
                 tokenizer=self.tokenizer, label_names=self.splits.label_names, settings=self.settings,
-                target_modules=self.target_modules, on_eval=on_eval, on_step=on_step,
+                target_modules=self.target_modules, on_eval=on_eval, on_step=on_step, reuse=self.reuse,
             )
         except TrialFailed as error:
             trial.set_user_attr(attrs.FAIL_REASON, str(error))

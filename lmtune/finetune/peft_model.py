@@ -19,13 +19,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lmtune._compat import enable_activation_checkpointing
 from lmtune.errors import InputError
+from lmtune.finetune.device import Precision, quantization_config
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.llm import default_encoder_path
 
 TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal": TaskType.CAUSAL_LM}
 # Exact SVD of every target matrix is slow past this width; PEFT's fast randomized SVD is close enough there.
 PISSA_EXACT_MAX_WIDTH = 2048
+#: Names PEFT gives a sequence classifier's head (trained as a full copy, never quantized).
+CLASSIFIER_HEADS = ("classifier", "score")
 
 
 def check_model(model: str, task: str | None = None, target_modules: list[str] | None = None) -> None:
@@ -66,17 +70,48 @@ def build_peft_model(
     injects layers in place and PiSSA rewrites base weights, and callers reuse the base across trials.
     Torch is seeded first so the classifier head and the LoRA matrices start the same for a given seed.
     """
+    base, tokenizer = prepare_base(model, task=task, tokenizer=tokenizer, num_labels=num_labels, seed=seed)
+    return attach_adapter(base, hp, task=task, target_modules=target_modules), tokenizer
+
+
+def prepare_base(
+    model: str | PreTrainedModel | None,
+    *,
+    task: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    num_labels: int | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
+    quantize: str = "none",
+    gradient_checkpointing: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model of a run, seeded, on ``device``, ready for an adapter (see ``build_peft_model``).
+
+    Under 16-bit ``precision`` the base is held in that type (its trainable copies go back to float32 in
+    ``attach_adapter``); ``quantize="4bit"`` loads it in NF4 through bitsandbytes (QLoRA) and prepares it with
+    PEFT's ``prepare_model_for_kbit_training``. ``gradient_checkpointing`` recomputes activations in the
+    backward pass instead of storing them (non-reentrant, so frozen inputs need no gradient hook).
+    """
     if task not in TASK_TYPES:
         raise InputError("task", f"must be one of {', '.join(TASK_TYPES)}, got {task!r}")
     if task == "classification" and num_labels is None:
         raise InputError("num_labels", "classification needs the number of labels")
+    precision = precision or Precision("fp32")
     torch.manual_seed(seed)
     if isinstance(model, PreTrainedModel):
         if tokenizer is None:
             raise InputError("tokenizer", "pass the tokenizer together with a built model")
+        if quantize != "none":
+            raise InputError("quantize", "a 4-bit base is loaded from a folder or hub id; pass the model's path")
         base = copy.deepcopy(model)
+        if precision.autocast is not None:  # parameters only: buffers such as rotary frequencies stay float32
+            for parameter in base.parameters():
+                if parameter.is_floating_point():
+                    parameter.data = parameter.data.to(precision.autocast)
     else:
-        base, tokenizer = load_base_model(model or default_encoder_path(), task, num_labels)
+        base, tokenizer = load_base_model(model or default_encoder_path(), task, num_labels, device=device,
+                                          precision=precision, quantize=quantize)
 
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -85,7 +120,28 @@ def build_peft_model(
     if task == "causal" and tokenizer.eos_token_id is None:
         raise InputError("model", "causal fine-tuning needs a tokenizer with an eos token to end responses")
     base.config.pad_token_id = tokenizer.pad_token_id
+    if quantize != "none":
+        from peft import prepare_model_for_kbit_training
 
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        if device is not None:
+            base.to(device)
+        if gradient_checkpointing:
+            if not base.supports_gradient_checkpointing:
+                raise InputError("gradient_checkpointing", f"{type(base).__name__} does not support it")
+            enable_activation_checkpointing(base)
+    return base, tokenizer
+
+
+def attach_adapter(base: PreTrainedModel, hp: LoraHyperparams, *, task: str,
+                   target_modules: list[str] | None = None) -> PeftModel:
+    """Wrap ``base`` in a fresh LoRA adapter of ``hp`` (PEFT injects its layers in place).
+
+    Every trainable parameter is float32 even on a 16-bit base: PEFT upcasts the adapter itself, and a
+    classification head's trainable copy is upcast here, so the optimizer updates float32 master weights.
+    """
     config = LoraConfig(
         task_type=TASK_TYPES[task],
         r=hp.rank,
@@ -97,7 +153,7 @@ def build_peft_model(
         init_lora_weights=_pissa_init(base) if hp.variant == "pissa" else True,
     )
     try:
-        return get_peft_model(base, config), tokenizer
+        peft_model = get_peft_model(base, config)
     except ValueError as error:
         message = str(error).replace("_", " ").lower()
         if "target modules" not in message:
@@ -106,6 +162,10 @@ def build_peft_model(
             raise InputError("target_modules", f"PEFT has no default for {type(base).__name__}; "
                                                "name the modules to adapt") from error
         raise InputError("target_modules", str(error)) from error
+    for parameter in peft_model.parameters():
+        if parameter.requires_grad and parameter.dtype in (torch.bfloat16, torch.float16):
+            parameter.data = parameter.data.float()
+    return peft_model
 
 
 def save_adapter(
@@ -148,14 +208,27 @@ def _restore_modules_to_save(model: PeftModel, weights: Path) -> None:
         save_file({**saved, **dropped}, str(weights), metadata={"format": "pt"})
 
 
-def load_base_model(path: str, task: str, num_labels: int | None):
-    """The base model (a fresh classification head for encoders) and its tokenizer, from a folder or hub id."""
+def load_base_model(path: str, task: str, num_labels: int | None, *, device: torch.device | None = None,
+                    precision: Precision | None = None, quantize: str = "none"):
+    """The base model (a fresh classification head for encoders) and its tokenizer, from a folder or hub id.
+
+    float32 unless ``precision`` holds the base in 16 bits; on an accelerator the weights load straight onto
+    ``device``; ``quantize="4bit"`` loads them in NF4 (a fresh head stays unquantized, to be trained).
+    """
+    options = {}
+    if precision is not None:
+        options["dtype"] = precision.base_dtype
+    if device is not None and device.type != "cpu":
+        options["device_map"] = {"": str(device)}
+    if quantize != "none":
+        skip = list(CLASSIFIER_HEADS) if task == "classification" else None
+        options["quantization_config"] = quantization_config(precision or Precision("fp32"), skip)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if task == "classification":  # a checkpoint head of another size is replaced by a new one
             return AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, ignore_mismatched_sizes=True), tokenizer
-        return AutoModelForCausalLM.from_pretrained(path), tokenizer
+                path, num_labels=num_labels, ignore_mismatched_sizes=True, **options), tokenizer
+        return AutoModelForCausalLM.from_pretrained(path, **options), tokenizer
     except OSError as error:
         raise InputError("model", f"cannot load {path!r}: {str(error).splitlines()[0]}") from error
 

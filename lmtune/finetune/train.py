@@ -25,11 +25,14 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from lmtune._compat import accepts_logits_to_keep
 from lmtune.errors import InputError, TrialFailed
+from lmtune.finetune.batches import IGNORE_INDEX, chunks, example_length, grouped_batches, response_targets, to_device
+from lmtune.finetune.device import PRECISIONS, QUANTIZE, Precision, prepare_hardware
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.peft_model import build_peft_model, save_adapter, save_initial_adapter
+from lmtune.finetune.peft_model import attach_adapter, prepare_base, save_adapter, save_initial_adapter
+from lmtune.finetune.reuse import ReusableBase
 
-IGNORE_INDEX = -100  # label value that cross-entropy skips: prompt and padding tokens
 DIVERGENCE_WINDOW = 3  # training steps averaged before comparing with the initial loss
 #: Optimizer steps a run takes at least (passing over a tiny subset again): one step trains almost nothing,
 #: and with warmup it trained nothing at all, so every config of a tiny proxy scored the same.
@@ -47,6 +50,12 @@ class TrainSettings:
     is then unused): a proxy sized by steps trains every config as many updates.
     ``exact_match`` scores causal runs by greedy generation against the reference responses; turn it off
     to score by eval loss alone, which is much faster. ``threads`` sets torch's CPU thread count.
+
+    ``device`` (None: CUDA if present, else CPU), ``precision``, ``quantize`` and ``gradient_checkpointing``
+    say how a run uses the hardware (``lmtune.finetune.device``); ``group_by_length`` batches examples of
+    similar length (less padding, still seeded). On an accelerator losses are read every ``check_every`` steps
+    and at evaluations (the divergence guard checks each step's loss then), unpadded batches go without an
+    attention mask, and a causal LM's output head runs only at scored positions.
     """
 
     max_length: int = 128
@@ -61,6 +70,12 @@ class TrainSettings:
     threads: int | None = None
     min_steps: int = MIN_STEPS
     steps: int | None = None
+    device: str | None = None
+    precision: str = "auto"
+    quantize: str = "none"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = False
+    check_every: int = 32
 
     def __post_init__(self):
         checks = {
@@ -74,6 +89,9 @@ class TrainSettings:
             "threads": self.threads is None or self.threads >= 1,
             "min_steps": self.min_steps >= 1,
             "steps": self.steps is None or self.steps >= 1,
+            "precision": self.precision in PRECISIONS,
+            "quantize": self.quantize in QUANTIZE,
+            "check_every": self.check_every >= 1,
         }
         for field, ok in checks.items():
             if not ok:
@@ -129,6 +147,7 @@ def train_and_evaluate(
     on_eval: Callable[[int, dict], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     save_adapter_to: Path | None = None,
+    reuse: ReusableBase | None = None,
 ) -> TrainResult:
     """Fine-tune a fresh LoRA adapter on ``train_rows`` and score it on ``eval_rows``.
 
@@ -136,6 +155,7 @@ def train_and_evaluate(
     ``tokenizer``. ``on_eval(step, record)`` sees each trajectory record as it is made (exceptions it raises,
     such as ``optuna.TrialPruned``, stop the run); ``on_step(step, total)`` is for progress bars. Raises
     ``TrialFailed`` when the loss is not finite or diverges, or when the device runs out of memory.
+    ``reuse`` keeps the base model between calls (``lmtune.finetune.reuse``); without it each call builds one.
     """
     started = time.perf_counter()
     settings = settings or TrainSettings()
@@ -143,17 +163,23 @@ def train_and_evaluate(
         raise InputError("dataset", "training and evaluation both need at least one row")
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    device, precision = prepare_hardware(settings.device, settings.precision, settings.quantize, [hp.variant])
     metric = metric_name(task, settings)
     num_labels = None
     if task == "classification":
         num_labels = len(label_names) if label_names else 1 + max(r["label"] for r in train_rows + eval_rows)
+    peft_model, options = None, dict(task=task, tokenizer=tokenizer, num_labels=num_labels, seed=settings.seed,
+                                     device=device, precision=precision, quantize=settings.quantize,
+                                     gradient_checkpointing=settings.gradient_checkpointing)
     try:
-        peft_model, tokenizer = build_peft_model(model, hp, task=task, tokenizer=tokenizer,
-                                                 num_labels=num_labels, target_modules=target_modules,
-                                                 seed=settings.seed)
-        peft_model.to("cuda" if torch.cuda.is_available() else "cpu")
-        run = TrainingRun(peft_model, tokenizer, task, metric, settings)
-        train, evaluation = run.encode(train_rows), run.encode(eval_rows)
+        if reuse is not None:
+            peft_model, tokenizer = reuse.acquire(model, hp, target_modules=target_modules, **options)
+        else:
+            base, tokenizer = prepare_base(model, **options)
+            peft_model = attach_adapter(base, hp, task=task, target_modules=target_modules)
+        run = TrainingRun(peft_model, tokenizer, task, metric, settings, precision=precision)
+        encode = run.encode if reuse is None else lambda rows: reuse.encoded(rows, run)
+        train, evaluation = encode(train_rows), encode(eval_rows)
         with tempfile.TemporaryDirectory(prefix="lmtune-") as scratch:
             initial = None
             if save_adapter_to is not None and hp.variant == "pissa":
@@ -169,6 +195,9 @@ def train_and_evaluate(
         if "out of memory" in str(error).lower():
             raise TrialFailed(f"out of memory: {str(error).splitlines()[0]}") from error
         raise
+    finally:
+        if reuse is not None and peft_model is not None:
+            reuse.release(peft_model)
     final = trajectory[-1]
     return TrainResult(metric_name=metric, metric=final[metric], eval_loss=final["eval_loss"],
                        trajectory=trajectory, train_seconds=time.perf_counter() - started,
@@ -176,12 +205,22 @@ def train_and_evaluate(
 
 
 class TrainingRun:
-    """Encoding, batching, the training loop and evaluation for one model and task."""
+    """Encoding, batching, the training loop and evaluation for one model and task.
 
-    def __init__(self, model, tokenizer, task: str, metric: str, settings: TrainSettings):
+    ``precision`` (default float32) sets autocast and loss scaling. Off the CPU the host avoids waiting for the
+    device (see ``TrainSettings``); the CPU path computes exactly what it did before (tables stay reproducible).
+    """
+
+    def __init__(self, model, tokenizer, task: str, metric: str, settings: TrainSettings,
+                 precision: Precision | None = None):
         self.model, self.tokenizer, self.task, self.metric = model, tokenizer, task, metric
         self.settings = settings
         self.device = next(model.parameters()).device
+        self.precision = precision or Precision("fp32")
+        on_cpu = self.device.type == "cpu"
+        self.read_every = 1 if on_cpu else settings.check_every
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.keep_logits = not on_cpu and task == "causal" and accepts_logits_to_keep(base)
 
     def encode(self, rows: list[dict]) -> list[tuple[list[int], int | list[int]]]:
         """Tokenize once per run: (text ids, label) or (prompt ids, response ids + eos), within max_length."""
@@ -208,23 +247,33 @@ class TrainingRun:
         eval_at = {math.ceil(total * k / settings.eval_points) for k in range(1, settings.eval_points + 1)}
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # weight_decay=0 as in transformers.Trainer's default: decay would pull LoRA updates back to zero
-        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0)
+        fused = {"fused": True} if self.device.type == "cuda" else {}  # Trainer's default optimizer on CUDA
+        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0, **fused)
         warmup = min(math.ceil(settings.warmup_ratio * total), total - 1)  # the last step never has lr 0
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)  # float16 only
         guard = _DivergenceGuard(settings.divergence_factor)
-        batches = _shuffled_batches(len(train), hp.batch_size, settings.seed)
+        batches = (grouped_batches([example_length(x) for x in train], hp.batch_size, settings.seed)
+                   if settings.group_by_length else _shuffled_batches(len(train), hp.batch_size, settings.seed))
         trajectory: list[dict] = []
         losses: list[float] = []
         step_losses: list[float] = []
+        unread: list[torch.Tensor] = []  # losses still on the device
         self.model.train()
         for step in range(1, total + 1):
             loss_sum, count, _ = self.loss_of([train[i] for i in next(batches)])
             loss = loss_sum / count
-            losses.append(loss.item())
-            step_losses.append(losses[-1])
-            guard.check(losses[-1], step)
-            loss.backward()
-            optimizer.step()
+            unread.append(loss.detach())
+            if len(unread) >= self.read_every or step in eval_at or step == total:
+                first = step - len(unread) + 1
+                for offset, value in enumerate(torch.stack(unread).tolist()):  # one wait for the device
+                    losses.append(value)
+                    step_losses.append(value)
+                    guard.check(value, first + offset)
+                unread = []
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if on_step is not None:
@@ -245,16 +294,19 @@ class TrainingRun:
     def evaluate(self, examples) -> dict:
         """Mean eval loss (per example, or per response token) plus accuracy or exact match."""
         self.model.eval()
-        loss_total, count, correct = 0.0, 0, 0
-        for chunk in _chunks(examples, self.settings.eval_batch_size):
+        if self.settings.group_by_length:  # less padding; the sums do not depend on the order
+            examples = sorted(examples, key=example_length, reverse=True)
+        # summed on the device (float64, as Python summed the float32 items) and read once at the end
+        loss_total, correct, count = torch.zeros((), dtype=torch.float64, device=self.device), 0, 0
+        for chunk in chunks(examples, self.settings.eval_batch_size):
             loss_sum, n, logits = self.loss_of(chunk)
-            loss_total, count = loss_total + loss_sum.item(), count + n
+            loss_total, count = loss_total + loss_sum.double(), count + n
             if self.task == "classification":
-                predicted = logits.argmax(-1).tolist()
-                correct += sum(p == label for p, (_, label) in zip(predicted, chunk, strict=True))
-        result = {"eval_loss": loss_total / count}
+                labels = to_device(torch.tensor([label for _, label in chunk]), self.device)
+                correct += (logits.argmax(-1) == labels).sum()
+        result = {"eval_loss": loss_total.item() / count}
         if self.metric == "accuracy":
-            result["accuracy"] = correct / len(examples)
+            result["accuracy"] = int(correct) / len(examples)
         elif self.metric == "exact_match":
             result["exact_match"] = self._exact_match(examples)
         return result
@@ -264,16 +316,39 @@ class TrainingRun:
         pad = self.tokenizer.pad_token_id
         if self.task == "classification":
             input_ids, mask = _pad([ids for ids, _ in examples], pad, self.device)
-            labels = torch.tensor([label for _, label in examples], device=self.device)
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+            mask = self._mask(mask, examples)
+            labels = to_device(torch.tensor([label for _, label in examples]), self.device)
+            with self.precision.context(self.device):
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
             return F.cross_entropy(logits, labels, reduction="sum"), len(examples), logits
         input_ids, mask = _pad([p + r for p, r in examples], pad, self.device)
+        mask = self._mask(mask, examples)
+        count = sum(len(r) - (not p) for p, r in examples)  # scored targets, counted here: no wait for the device
+        if self.keep_logits:
+            loss, logits = self._response_loss(examples, input_ids, mask)
+            return loss, count, logits
         labels, _ = _pad([[IGNORE_INDEX] * len(p) + r for p, r in examples], IGNORE_INDEX, self.device)
-        logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+        with self.precision.context(self.device):
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
         targets = labels[:, 1:]
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss, int((targets != IGNORE_INDEX).sum()), logits
+        return loss, count, logits
+
+    def _mask(self, mask, examples):
+        """None for a batch without padding off the CPU: transformers would test the mask on the device (a wait)."""
+        return mask if self.device.type == "cpu" or len({example_length(x) for x in examples}) > 1 else None
+
+    def _response_loss(self, examples, input_ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss, logits) with the output head only where some row has a target (a 150k vocabulary's head
+        is much of a small model's work, its float32 logits most of a step's memory)."""
+        positions, targets = response_targets(examples)
+        keep = to_device(torch.tensor(positions, dtype=torch.long), self.device)
+        with self.precision.context(self.device):
+            logits = self.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), to_device(targets, self.device).reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss, logits
 
     def _exact_match(self, examples) -> float:
         """Share of greedy generations equal to the reference after whitespace normalisation.
@@ -284,9 +359,10 @@ class TrainingRun:
         config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         hits = 0
-        for chunk in _chunks(examples, self.settings.eval_batch_size):
+        for chunk in chunks(examples, self.settings.eval_batch_size):
             input_ids, mask = _pad([p for p, _ in chunk], tokenizer.pad_token_id, self.device, left=True)
-            output = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            with self.precision.context(self.device):
+                output = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
             for generated, (_, reference) in zip(output[:, input_ids.size(1):], chunk, strict=True):
                 hits += _normalise(tokenizer.decode(generated, skip_special_tokens=True)) == _normalise(
                     tokenizer.decode(reference, skip_special_tokens=True))
@@ -336,7 +412,7 @@ def _pad(sequences: list[list[int]], value: int, device, left: bool = False):
         span = slice(width - len(seq), width) if left else slice(0, len(seq))
         ids[row, span] = torch.tensor(seq, dtype=torch.long)
         mask[row, span] = 1
-    return ids.to(device), mask.to(device)
+    return to_device(ids, device), to_device(mask, device)
 
 
 def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
@@ -347,11 +423,6 @@ def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]
         rng.shuffle(order)
         for start in range(0, n, batch_size):
             yield order[start:start + batch_size]
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _normalise(text: str) -> str:

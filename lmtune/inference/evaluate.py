@@ -160,6 +160,7 @@ class Evaluator:
         digest = hashlib.sha256(f"{self.salt}:{self.seed}:{prompt}:{start}".encode()).hexdigest()
         return GenerationRequest(model=config.model, prompt=prompt, n=count, temperature=config.temperature,
                                  top_p=config.top_p, max_tokens=config.max_tokens, stop=self.task.stops[config.stop],
+                                 top_k=config.top_k, repetition_penalty=config.repetition_penalty,
                                  seed=int(digest[:8], 16))
 
     def _cost(self, config: InferenceConfig, r: _Responses, n: int, used: int | None = None) -> float:

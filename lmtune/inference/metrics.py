@@ -8,12 +8,12 @@ k/n contain a correct one; it separates configs that plain success ties.
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from math import comb
 
+from lmtune.config import import_function
 from lmtune.errors import InputError
 
 BUILTIN = ("success", "expected_success", "vote", "pass@K (e.g. pass@1)", "module:function")
@@ -83,11 +83,5 @@ def make_metric(name: str) -> tuple[InstanceMetric, bool]:
 
 
 def _user_metric(spec: str) -> InstanceMetric:
-    module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InputError("metric", f"cannot import {spec!r}: {exc}") from None
-    if not callable(function):
-        raise InputError("metric", f"{spec!r} is not a function")
+    function = import_function(spec, "metric")
     return lambda inst, resp, ok, ans: float(function(inst, resp))

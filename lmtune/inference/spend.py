@@ -1,26 +1,42 @@
-"""Spending that never passes the optimization budget: every call reserves its worst-case cost first.
+"""Spending that never passes the optimization budget, whatever kills the process: every call's worst case is
+written down before the call, and replaced by the billed cost when the reply is stored.
 
 The worst case of a call is its prompt (counted exactly by local models, else as one token per UTF-8 byte plus
 chat overhead until the server has told us the count for that model and prompt) plus ``n * max_tokens``
-completion tokens. A call is made only when what was spent plus what other calls have reserved plus this
-reservation fits in the budget; afterwards the reservation is replaced by the billed cost. So any number of
-concurrent calls stop short of the budget instead of overshooting it (FLAML overshot by ~8%).
+completion tokens. A call is made only when everything the study's account holds (billed calls, calls in
+flight here or in another process, calls a dead process left open) plus this reservation fits in the budget.
+The account lives in the response cache's SQLite file (``lmtune.llm.cache``): the reservation is committed
+before the call, and the bill and the reply are committed together after it. So a process killed at any
+moment leaves every call that may have been billed counted, at its billed cost or at its worst case; the
+next run starts from that total (FLAML overshot by ~8%, and lmtune by 18% after a kill, before this).
 
-Answers from the response cache cost nothing now: their cost is counted as cached spend, apart.
+What a server reports as usage is clamped to what the request could bill (completion tokens within
+[0, n * max_tokens], prompt tokens within [0, the prompt bound]), so a server that reports nonsense cannot push
+the spend below zero or past the reservation. A call that fails may still have been billed when the server
+answered something unusable or too late (``GenerationError.maybe_billed``), or when the process gave up on it
+(an interrupt): it keeps its worst case. A call the server refused with an error status is released.
+
+Answers from the response cache cost nothing now: they were paid when first asked (that bill is in the
+account that asked), and are counted here as cached spend, apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 from dataclasses import dataclass
 
 from lmtune.inference.prices import PriceTable
-from lmtune.llm.cache import CachedGenerator
-from lmtune.llm.generation import Generation, GenerationRequest
+from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.llm.generation import Generation, GenerationError, GenerationRequest, Stopped
+from lmtune.runtime.loop import worker_id
 
 #: Tokens a chat template may add per message and per request, on top of one token per byte of content.
 CHAT_OVERHEAD = 16
+
+log = logging.getLogger(__name__)
 
 
 class BudgetExhausted(RuntimeError):
@@ -29,46 +45,110 @@ class BudgetExhausted(RuntimeError):
 
 @dataclass(frozen=True)
 class Reservation:
+    call: int  # the call's row in the journal
     amount: float
 
 
 class SpendLedger:
-    """Real spend, outstanding reservations and cached spend against an optional total budget (thread-safe)."""
+    """One account of the spend journal against an optional budget (thread-safe; processes sharing the journal
+    file share the account's budget).
 
-    def __init__(self, budget: float | None = None, *, spent: float = 0.0, cached: float = 0.0):
+    ``spent`` is everything the account counts except this process's calls in flight (``reserved``);
+    ``unsettled`` is the part of ``spent`` whose bill is unknown (calls a dead or interrupted process left,
+    counted at their worst case). ``session`` is what this process has spent; ``cached``, ``calls`` and
+    ``cached_calls`` count this process's calls (``cached`` starts from ``cached``).
+    """
+
+    def __init__(self, budget: float | None = None, *, journal: ResponseCache | None = None,
+                 account: str = "default", cached: float = 0.0):
         self.budget = budget
-        self.spent = spent
+        self.journal = journal if journal is not None else ResponseCache(":memory:")
+        self.account = account
         self.cached = cached
+        self.session = 0.0
         self.reserved = 0.0
         self.calls = 0
         self.cached_calls = 0
         self.refused = 0
+        self._estimate = 0.0  # the account's total as last seen, with this process's changes since
         self._lock = threading.Lock()
+        self._worker = worker_id()
+
+    @property
+    def total(self) -> float:
+        return self.journal.total(self.account)[0]
+
+    @property
+    def spent(self) -> float:
+        return self.total - self.reserved
+
+    @property
+    def unsettled(self) -> float:
+        return max(0.0, self.journal.total(self.account)[1] - self.reserved)
+
+    def _unreserve(self, amount: float) -> None:
+        self.reserved -= amount
+        if self.reserved < 1e-12:  # no float drift around zero
+            self.reserved = 0.0
 
     @property
     def left(self) -> float:
-        return float("inf") if self.budget is None else self.budget - self.spent - self.reserved
+        return float("inf") if self.budget is None else self.budget - self.total
 
     def reserve(self, amount: float) -> Reservation:
         with self._lock:
-            if self.budget is not None and self.spent + self.reserved + amount > self.budget:
+            busy = self.reserved > 0
+            if self.budget is not None and busy and self._estimate + amount > self.budget:
+                self.refused += 1  # surely does not fit now: no need to ask the journal
+                raise BudgetExhausted(self._refusal(amount, self._estimate))
+            call, before = self.journal.reserve(self.account, amount, self.budget, self._worker)
+            if call is None:
+                self._estimate = before
                 self.refused += 1
-                raise BudgetExhausted(f"a call that may cost {amount:.6g} does not fit: {self.spent:.6g} spent and "
-                                      f"{self.reserved:.6g} reserved of {self.budget:.6g}")
+                raise BudgetExhausted(self._refusal(amount, before))
+            self._estimate = before + amount
             self.reserved += amount
-            return Reservation(amount)
+            return Reservation(call, amount)
 
-    def settle(self, reservation: Reservation, cost: float) -> None:
-        """Replace a reservation by the billed cost (never more than reserved: the bound is a worst case)."""
+    def _refusal(self, amount: float, total: float) -> str:
+        return (f"a call that may cost {amount:.6g} does not fit: {total - self.reserved:.6g} spent and "
+                f"{self.reserved:.6g} reserved of {self.budget:.6g}")
+
+    def settle(self, reservation: Reservation | list[Reservation], cost: float,
+               reply: tuple[str, Generation] | None = None) -> None:
+        """Replace reservations by the billed cost (never more than reserved: the bound is a worst case) and
+        store ``reply`` (key, generation) in the journal's cache in the same transaction."""
+        reservations = reservation if isinstance(reservation, list) else [reservation]
+        amount = sum(r.amount for r in reservations)
+        cost = min(max(cost, 0.0), amount)
+        self.journal.settle([r.call for r in reservations], cost, reply)
         with self._lock:
-            self.reserved = max(0.0, self.reserved - reservation.amount)  # no float drift below zero
-            self.spent += cost
+            self._unreserve(amount)
+            self._estimate += cost - amount
+            self.session += cost
             self.calls += 1
 
-    def release(self, reservation: Reservation) -> None:
-        """A call that failed: nothing was billed (rate limits and dropped connections are not)."""
+    def give_up(self, reservations: list[Reservation]) -> None:
+        """Calls that may have been billed, bill unknown: they stay counted at their worst case."""
+        if not reservations:
+            return
+        self.journal.give_up([r.call for r in reservations])
         with self._lock:
-            self.reserved = max(0.0, self.reserved - reservation.amount)
+            amount = sum(r.amount for r in reservations)
+            self._unreserve(amount)
+            self.session += amount
+            self.calls += 1
+
+    def release(self, reservations: Reservation | list[Reservation]) -> None:
+        """Calls the server refused: nothing was billed (rate limits and error statuses are not)."""
+        reservations = reservations if isinstance(reservations, list) else [reservations]
+        if not reservations:
+            return
+        self.journal.release([r.call for r in reservations])
+        with self._lock:
+            amount = sum(r.amount for r in reservations)
+            self._unreserve(amount)
+            self._estimate -= amount
 
     def add_cached(self, cost: float) -> None:
         with self._lock:
@@ -77,14 +157,24 @@ class SpendLedger:
 
 
 class MeteredGenerator:
-    """A cached generator whose every fresh call is priced and reserved in a ledger first."""
+    """A cached generator whose every fresh call is priced and reserved in a ledger first.
 
-    def __init__(self, generator: CachedGenerator, prices: PriceTable, ledger: SpendLedger):
+    ``concurrency`` limits the calls this generator has in flight; a call waiting for its turn holds no
+    reservation, so an interrupt leaves only calls that were really made counted at their worst case. Once
+    ``stop`` is set (``BackgroundLoop.stopping``: an interrupt), no new call is made (``Stopped``).
+    """
+
+    def __init__(self, generator: CachedGenerator, prices: PriceTable, ledger: SpendLedger, *,
+                 concurrency: int | None = None, stop: threading.Event | None = None):
         self.generator = generator
         self.prices = prices
         self.ledger = ledger
+        self.concurrency = concurrency
+        self.stop = stop
+        self._slots: asyncio.Semaphore | None = None
         self._prompt_tokens: dict[tuple[str, str, bool], int] = {}  # per model and prompt, as billed
         self._lock = threading.Lock()
+        self.clamped = 0  # calls whose reported usage was outside what the request could bill
 
     def cost(self, model: str, generation: Generation) -> float:
         return self.prices[model].cost(generation.prompt_tokens, generation.completion_tokens)
@@ -110,27 +200,66 @@ class MeteredGenerator:
         if hit is not None:
             self.ledger.add_cached(self.cost(request.model, hit))
             return hit
-        reservations = [await self._reserve_when_possible(self.worst_case(request))]
+        if self.concurrency is not None and self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)  # made in the loop that uses it
+        async with self._slots or contextlib.nullcontext():
+            return await self._fresh(request)
 
-        def extra_call(req: GenerationRequest) -> None:  # a server that ignores n: the prompt is billed again
-            reservations.append(self.ledger.reserve(self.prices[req.model].cost(self.prompt_bound(req), 0)))
+    async def _fresh(self, request: GenerationRequest) -> Generation:
+        self._check_stop()
+        price = self.prices[request.model]
+        bound = self.prompt_bound(request)
+        caps = [bound, request.n * request.max_tokens]  # tokens the calls may bill, as reserved
+        reservations = [await self._reserve_when_possible(price.cost(*caps))]
+
+        def extra_call(req: GenerationRequest, completions: int) -> None:  # another call: reserve it too
+            extra = [self.prompt_bound(req), completions * req.max_tokens]
+            reservations.append(self.ledger.reserve(price.cost(*extra)))
+            caps[0] += extra[0]
+            caps[1] += extra[1]
 
         try:
-            generation = await self.generator.fresh(request, before_extra_call=extra_call)
-        except BaseException:
-            for reservation in reservations:
-                self.ledger.release(reservation)
+            generation = await self.generator.fresh(request, before_extra_call=extra_call, store=False)
+        except GenerationError as exc:
+            if exc.maybe_billed or len(reservations) > 1:
+                self.ledger.give_up(reservations)
+            else:
+                self.ledger.release(reservations)
             raise
-        calls = len(reservations)
+        except BaseException:  # interrupted, or no budget for an extra call: what was sent may be billed
+            self.ledger.give_up(reservations)
+            raise
+        billed = self._clamp(request, generation, caps)
+        if 0 < generation.prompt_tokens <= caps[0]:  # learn the server's own count, unless it was nonsense
+            with self._lock:
+                self._prompt_tokens[self._prompt_key(request)] = max(1, billed.prompt_tokens // len(reservations))
+        cache = self.generator.cache
+        reply = (self.generator.key(request), billed) if cache is not None else None
+        same_file = cache is self.ledger.journal
+        self.ledger.settle(reservations, self.cost(request.model, billed), reply if same_file else None)
+        if reply is not None and not same_file:
+            cache.put(*reply)  # after the bill: a kill between them asks again and pays again, counted
+        return billed
+
+    def _clamp(self, request: GenerationRequest, generation: Generation, caps: list[int]) -> Generation:
+        """The generation with its usage clamped to what the calls could bill (a server may report anything)."""
+        prompt = min(max(generation.prompt_tokens, 0), caps[0])
+        completion = min(max(generation.completion_tokens, 0), caps[1])
+        if (prompt, completion) == (generation.prompt_tokens, generation.completion_tokens):
+            return generation
         with self._lock:
-            self._prompt_tokens[self._prompt_key(request)] = max(1, generation.prompt_tokens // calls)
-        total = Reservation(sum(r.amount for r in reservations))
-        self.ledger.settle(total, self.cost(request.model, generation))
-        return generation
+            self.clamped += 1
+            first = self.clamped == 1
+        if first:
+            log.warning("%s reported usage outside what the request could bill (%d prompt tokens of at most %d, %d "
+                        "completion tokens of at most %d); lmtune counts it within those bounds",
+                        request.model, generation.prompt_tokens, caps[0], generation.completion_tokens, caps[1])
+        return Generation(texts=generation.texts, prompt_tokens=prompt, completion_tokens=completion,
+                          finish_reasons=generation.finish_reasons, cached=generation.cached)
 
     async def _reserve_when_possible(self, amount: float) -> Reservation:
-        """Reserve, waiting while other calls hold reservations (they usually cost less than reserved);
-        give up only when nothing else is pending and it still does not fit."""
+        """Reserve, waiting while this process's other calls hold reservations (they usually cost less than
+        reserved); give up only when none is pending and it still does not fit."""
         while True:
             try:
                 return self.ledger.reserve(amount)
@@ -138,6 +267,11 @@ class MeteredGenerator:
                 if self.ledger.reserved <= 1e-12:
                     raise
             await asyncio.sleep(0.005)
+            self._check_stop()
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped("interrupted: no new calls")
 
     @staticmethod
     def _prompt_key(request: GenerationRequest) -> tuple[str, str, bool]:

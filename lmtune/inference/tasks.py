@@ -8,7 +8,6 @@ template's fields and an ``answer``).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmtune.config import read_jsonl
 from lmtune.errors import InputError
 
 BUILTIN = ("arith-add3", "humaneval")
@@ -112,19 +112,8 @@ def _first_line(text: str) -> str:
 
 
 def _jsonl(path: Path) -> Task:
-    if not path.is_file():
-        raise InputError("task", f"task file {path} does not exist")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError("task", f"{path}:{number}: not JSON: {exc.msg}") from None
-        if not isinstance(row, dict) or "answer" not in row:
-            raise InputError("task", f"{path}:{number}: each line must be an object with an 'answer' field")
-        rows.append(row)
+    rows = read_jsonl(path, "task", valid=lambda row: "answer" in row,
+                      row_error="each line must be an object with an 'answer' field")
     if len(rows) < 2:
         raise InputError("task", f"{path} holds {len(rows)} problems; need at least 2 (tuning and test)")
     default = ["{prompt}"] if all("prompt" in r for r in rows) else []

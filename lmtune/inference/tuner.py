@@ -4,15 +4,20 @@ Input is checked first (task, templates, prices of every model, metric, budgets,
 input leaves nothing in storage. Each trial is one config (``Evaluator``); a config over the per-instance
 budget is stored PRUNED with its reason and its estimated cost, a config that could not be evaluated (endpoint
 error, budget exhausted mid-way) FAIL with its reason; neither ever gets a score. The first trial is the
-low-cost corner of the space. The study stops when the next call would not fit in the optimization budget.
-Running the same command again resumes: the spend so far is read back from the trials, pruning knowledge is
-rebuilt from them, and the response cache answers what was already asked (counted as cached spend).
+low-cost corner of the space. The study stops when the next call would not fit in the optimization budget, or
+when the backend keeps failing (``stopped == "endpoint"``, with the last reason in ``error``; the CLI exits 1).
+Running the same command again resumes: the spend so far is the study's account in its spend journal (every
+call that may have been billed, whatever killed an earlier run; ``lmtune.inference.spend``), trials an earlier
+process left running are failed and queued again, pruning knowledge is rebuilt from the trials, and the
+response cache answers what was already asked (counted as cached spend). SIGTERM is an interrupt, like Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,22 +29,26 @@ from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
-from lmtune.inference.config import InferConfig, parse_range, parse_stop  # noqa: F401  (public names)
+from lmtune.inference.config import InferConfig, parse_range, parse_stop, stop_text  # noqa: F401  (public names)
 from lmtune.inference.evaluate import Evaluator
 from lmtune.inference.metrics import make_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
+from lmtune.inference.resume import fail_dead_trials, open_journal, spend_account
 from lmtune.inference.space import InferenceConfig, InferenceSpace
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.inference.tasks import Task, load_task
 from lmtune.llm.cache import CachedGenerator, ResponseCache
 from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator
 from lmtune.results import Result
-from lmtune.runtime.loop import Interrupted, TrialListener, run_trials
+from lmtune.runtime.loop import Interrupted, TrialListener, run_trials, sigterm_as_interrupt
 from lmtune.runtime.study import open_study
+from lmtune.runtime.trials import counted_trials
 
 #: Consecutive failed trials (endpoint errors) after which the search stops instead of burning trials.
 MAX_CONSECUTIVE_FAILURES = 5
+#: A config scoring 0 solved no instance: the floor every metric of ``lmtune infer`` starts from.
+NOTHING_SOLVED = {"value": 0.0, "label": "solved nothing", "what": "no instance answered correctly"}
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,13 @@ class InferResult(Result):
     test_instances: int
     best: dict[str, Any] | None = None
     pareto_front: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the search stopped: "max_trials", "budget" (the next call did not fit), "endpoint" (the backend kept
+    #: failing; ``error`` says how), or "done" (no trial left to run).
+    stopped: str = "done"
+    #: The backend's last failure when it stopped the search or the test evaluation, else None.
+    error: str | None = None
+    #: Things the user should act on, e.g. a best config that solves nothing, with a budget to try instead.
+    warnings: list[str] = field(default_factory=list)
 
 
 def __getattr__(name: str) -> Any:
@@ -79,49 +95,72 @@ def tune_inference(config: InferConfig | None = None, *, generator: Generator | 
     """Run (or resume) the search and return the results (also written to ``output_dir/results.json``).
 
     ``generator`` replaces the backend named by ``endpoint`` or ``local_model`` (then ``models`` names what it
-    serves); ``listener`` sees the trials (the CLI draws its progress from it).
+    serves); ``listener`` sees the trials (the CLI draws its progress from it). Ctrl-C or SIGTERM raises
+    ``Interrupted`` once the calls in flight have finished (briefly) or been given up (at their worst case).
     """
     s = config or build_config(InferConfig, **fields)
+    try:
+        with sigterm_as_interrupt():
+            return _tune(s, generator, listener)
+    except KeyboardInterrupt:
+        raise Interrupted("before the search started; nothing was spent") from None
+
+
+def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener | None) -> InferResult:
     stops = [tuple(x) if x else None for x in s.stops] or None
     task = load_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
     metric, needs_check = make_metric(s.metric)
     prices = PriceTable.load(s.prices)
-    loop = BackgroundLoop()
-    generator, models = _backend(s, generator, loop)
-    for model in models:
-        prices[model]  # noqa: B018  (an unknown model is an input error now, not a crash mid-search)
-    space = InferenceSpace(models=models, templates=len(task.templates), stops=len(task.stops), sampling=s.sampling,
-                           temperature=tuple(s.temperature), top_p=tuple(s.top_p),
-                           max_tokens=tuple(s.max_tokens or task.max_tokens), n=tuple(s.n))
-    tuning, test = task.split(s.test_fraction, s.seed)
-    study_name = s.study_name or f"infer-{Path(task.name).stem}"
-    study_attrs = {"lmtune_infer": {"task": s.task, "models": models, "space": space.describe(), "metric": s.metric,
-                                    "inference_budget": s.inference_budget, "templates": task.templates,
-                                    "stops": [list(x) if x else None for x in task.stops], "seed": s.seed,
-                                    "task_size": s.task_size, "test_fraction": s.test_fraction,
-                                    "pruning": s.pruning}}
-    study = open_study(study_name, storage=s.storage, sampler=optuna.samplers.TPESampler(seed=s.seed),
-                       direction="maximize", attrs=study_attrs)
-    study.set_user_attr(attrs.OPTIMIZATION_BUDGET, s.optimization_budget)
-    trials = study.get_trials(deepcopy=False)
-    ledger = SpendLedger(s.optimization_budget, spent=sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in trials),
-                         cached=sum(t.user_attrs.get(attrs.CACHED_SPEND, 0.0) for t in trials))
-    cache_path = s.cache or Path(s.output_dir or ".") / "responses.sqlite"
-    cache = None if s.cache == "none" else ResponseCache(cache_path)
-    metered = MeteredGenerator(CachedGenerator(generator, cache), prices, ledger)
-    evaluator = Evaluator(task, tuning, metric, needs_check, metered, loop,
-                          s.inference_budget, pruning=s.pruning, knowledge=_knowledge_from(trials), seed=s.seed)
-    if not trials:
-        study.enqueue_trial(space.low_cost_params(prices))
+    # On an interrupt, calls in flight get until their timeout (10 s at most) to finish and be recorded.
+    loop = BackgroundLoop(drain=min(s.timeout, 10.0))
+    journal = cache = None
     try:
-        _search(study, space, evaluator, ledger, s.max_trials, listener)
-        results = _results(study, s, task, tuning, test, metric, needs_check, metered, loop, prices, ledger,
-                           study_name)
-    except Interrupted:
-        raise Interrupted(f"spent {ledger.spent:.6g} of {s.optimization_budget:.6g}") from None
+        generator, models = _backend(s, generator, loop)
+        for model in models:
+            prices[model]  # noqa: B018  (an unknown model is an input error now, not a crash mid-search)
+        space = InferenceSpace(models=models, templates=len(task.templates), stops=len(task.stops),
+                               sampling=s.sampling, temperature=tuple(s.temperature), top_p=tuple(s.top_p),
+                               top_k=tuple(s.top_k) if s.top_k else None, repetition_penalty=s.repetition_penalty,
+                               max_tokens=tuple(s.max_tokens or task.max_tokens), n=tuple(s.n))
+        tuning, test = task.split(s.test_fraction, s.seed)
+        study_name = s.study_name or f"infer-{Path(task.name).stem}"
+        study_attrs = {"lmtune_infer": {"task": s.task, "models": models, "space": space.describe(),
+                                        "metric": s.metric, "inference_budget": s.inference_budget,
+                                        "templates": task.templates, "seed": s.seed,
+                                        "stops": [list(x) if x else None for x in task.stops],
+                                        "task_size": s.task_size, "test_fraction": s.test_fraction,
+                                        "pruning": s.pruning}}
+        study = open_study(study_name, storage=s.storage, sampler=optuna.samplers.TPESampler(seed=s.seed),
+                           direction="maximize", attrs=study_attrs, metric_names=[s.metric],
+                           info={attrs.CONSTANT_SCORE: NOTHING_SOLVED})
+        study.set_user_attr(attrs.OPTIMIZATION_BUDGET, s.optimization_budget)
+        fail_dead_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        cache_path = s.cache or Path(s.output_dir or ".") / "responses.sqlite"
+        cache = None if s.cache == "none" else ResponseCache(cache_path)
+        journal = open_journal(study, cache, s.output_dir)
+        account = spend_account(study, journal, trials)
+        ledger = SpendLedger(s.optimization_budget, journal=journal, account=account,
+                             cached=sum(t.user_attrs.get(attrs.CACHED_SPEND, 0.0) for t in trials))
+        metered = MeteredGenerator(CachedGenerator(generator, cache), prices, ledger, stop=loop.stopping,
+                                   concurrency=s.concurrency if s.endpoint is not None else None)
+        evaluator = Evaluator(task, tuning, metric, needs_check, metered, loop, s.inference_budget,
+                              pruning=s.pruning, knowledge=_knowledge_from(trials), seed=s.seed)
+        if not trials:
+            study.enqueue_trial(space.low_cost_params(prices))
+        try:
+            stopped, error = _search(study, space, evaluator, ledger, s.max_trials, listener)
+            results = _results(study, s, task, tuning, test, metric, needs_check, metered, loop, prices, ledger,
+                               study_name, stopped, error)
+        except (Interrupted, KeyboardInterrupt):
+            raise Interrupted(f"spent {ledger.spent:.6g} of {s.optimization_budget:.6g}") from None
     finally:
-        loop.run(metered.generator.aclose())
+        if generator is not None:
+            with contextlib.suppress(Exception):
+                loop.run(generator.aclose())
         loop.close()
+        for store in {id(x): x for x in (cache, journal) if x is not None}.values():
+            store.close()
     if s.output_dir is not None:
         write_atomic(Path(s.output_dir) / "results.json", json.dumps(results.to_dict(), indent=2))
     return results
@@ -139,12 +178,14 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
 
         if not s.models:
             raise InputError("models", "name the endpoint's model(s) to search, e.g. --models gpt-4o-mini,gpt-4o")
-        generator = OpenAIGenerator(s.endpoint, api_key_env=s.api_key_env, concurrency=s.concurrency)
+        generator = OpenAIGenerator(s.endpoint, api_key_env=s.api_key_env, concurrency=s.concurrency,
+                                    timeout=s.timeout, max_retries=s.retries)
         loop.run(generator.check())
         return generator, list(s.models)
+    from lmtune.llm import check_device
     from lmtune.llm.local import LocalGenerator
 
-    generator = LocalGenerator(s.local_model)
+    generator = LocalGenerator(s.local_model, device=check_device(s.device))
     if s.models and s.models != [generator.name]:
         raise InputError("models", f"a local model is one model, {generator.name!r}; leave --models out")
     return generator, [generator.name]
@@ -160,18 +201,21 @@ def _knowledge_from(trials) -> PruningKnowledge:
 
 
 def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLedger, max_trials: int,
-            listener: TrialListener | None) -> None:
-    state = {"exhausted": False, "failures": 0}
+            listener: TrialListener | None) -> tuple[str, str | None]:
+    """Run the trials; returns why the search stopped and the backend's last failure (see ``InferResult``)."""
+    state = {"exhausted": False, "failures": 0, "results": 0, "error": None}
 
     def objective(trial: optuna.Trial) -> float:
         config = space.suggest(trial)
-        spent0, cached0 = ledger.spent, ledger.cached
+        spent0, cached0 = ledger.session, ledger.cached
 
         def store_spend():
-            trial.set_user_attr(attrs.SPEND, ledger.spent - spent0)
+            trial.set_user_attr(attrs.SPEND, ledger.session - spent0)
             trial.set_user_attr(attrs.CACHED_SPEND, ledger.cached - cached0)
 
         trial.set_user_attr(attrs.TOKEN_KEY, config.token_key)
+        trial.set_user_attr(attrs.TEMPLATE_TEXT, evaluator.task.templates[config.template])
+        trial.set_user_attr(attrs.STOP_TEXT, stop_text(evaluator.task.stops[config.stop]))
         try:
             result = evaluator.evaluate(config, on_progress=store_spend)
         except BudgetExhausted as exc:
@@ -180,11 +224,14 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
             raise
         except GenerationError as exc:
             state["failures"] += 1
+            state["error"] = " ".join(str(exc).split())[:400]
             trial.set_user_attr(attrs.FAIL_REASON, f"generation failed: {exc}"[:500])
             raise
         finally:
             store_spend()
+            study.set_user_attr(attrs.SPEND, ledger.spent)  # the study's total, for progress lines
         state["failures"] = 0
+        state["results"] += 1
         trial.set_user_attr(attrs.INSTANCES, result.instances)
         if result.cost_per_instance is not None:
             trial.set_user_attr(attrs.COST_PER_INSTANCE, result.cost_per_instance)
@@ -202,6 +249,15 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
 
     run_trials(study, objective, max_trials, listener=listener, catch=(BudgetExhausted, GenerationError),
                stop_when=stop)
+    # The backend is to blame when it failed trials in a row, or failed every trial of this run that ended
+    # before the budget did (calls that time out keep their worst case, so they can use the budget up first).
+    if state["failures"] >= MAX_CONSECUTIVE_FAILURES or (state["error"] and not state["results"]):
+        return "endpoint", f"{state['failures'] or 'every'} trial(s) in a row failed; the last: {state['error']}"
+    if state["exhausted"] or ledger.left <= 0:
+        return "budget", None
+    if len(counted_trials(study)) >= max_trials:
+        return "max_trials", None
+    return "done", None
 
 
 def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
@@ -211,7 +267,9 @@ def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
     else:
         why = trial.user_attrs.get(attrs.INFEASIBLE) or trial.user_attrs.get(attrs.FAIL_REASON)
         outcome = f"{trial.state.name} ({why})"
-    spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
+    spent = study.user_attrs.get(attrs.SPEND)
+    if spent is None:
+        spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
     budget = study.user_attrs.get(attrs.OPTIMIZATION_BUDGET)
     return f"{outcome}; spent {spent:.4g} of {budget:.4g} {trial.params}"
 
@@ -219,7 +277,8 @@ def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
 def config_of(trial) -> InferenceConfig:
     p = trial.params
     return InferenceConfig(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
-                           n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"))
+                           n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
+                           repetition_penalty=p.get("repetition_penalty"))
 
 
 def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
@@ -232,7 +291,8 @@ def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, fl
 
 
 def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
-             prices: PriceTable, ledger: SpendLedger, study_name: str) -> InferResult:
+             prices: PriceTable, ledger: SpendLedger, study_name: str, stopped: str, error: str | None
+             ) -> InferResult:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE
                 and t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= s.inference_budget]
@@ -241,21 +301,36 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
         study_name=study_name, task=s.task, metric=s.metric,
         models=sorted({t.params.get("model") for t in trials if t.params}),
         inference_budget=s.inference_budget, optimization_budget=s.optimization_budget,
-        spend={"real": ledger.spent, "cached": ledger.cached, "calls": ledger.calls,
+        spend={"real": ledger.spent, "unsettled": ledger.unsettled, "cached": ledger.cached, "calls": ledger.calls,
                "cached_calls": ledger.cached_calls},
         trials={k: v for k, v in by_state.items() if v},
         configs_scored=len(complete),
         configs_pruned_by_knowledge=sum(1 for t in trials if t.user_attrs.get(attrs.INFERRED)),
         configs_over_budget_measured=sum(1 for t in trials if t.state == TrialState.PRUNED
                                          and not t.user_attrs.get(attrs.INFERRED)),
-        tuning_instances=len(tuning), test_instances=len(test),
+        tuning_instances=len(tuning), test_instances=len(test), stopped=stopped, error=error,
     )
     if not complete:
         return results
     best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))
     front = pareto_front([(t.user_attrs[attrs.COST_PER_INSTANCE], t.value, t) for t in complete])
-    test_ledger = SpendLedger(None)
-    test_metered = MeteredGenerator(metered.generator, prices, test_ledger)
+
+    def describe(trial) -> dict:
+        return {"trial": trial.number, "config": _readable(config_of(trial), task),
+                "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
+
+    results.best = describe(best)
+    results.pareto_front = [describe(t) for _, _, t in front]
+    if best.value <= NOTHING_SOLVED["value"]:
+        results.best["solved_nothing"] = True
+        results.warnings.append(_budget_advice(trials, s, ledger))
+        log.warning(results.warnings[-1])
+    if stopped == "endpoint":  # the test evaluation would fail the same way
+        return results
+    # The test split is paid apart from the optimization budget, in an account of its own.
+    test_ledger = SpendLedger(None, journal=ledger.journal, account=f"{ledger.account}:test")
+    test_metered = MeteredGenerator(metered.generator, prices, test_ledger, concurrency=metered.concurrency,
+                                    stop=metered.stop)
     tester = Evaluator(task, test, metric, needs_check, test_metered, loop,
                        float("inf"), pruning=False, seed=s.seed, salt="test")
     tested: dict[int, dict] = {}
@@ -267,15 +342,43 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
                                     "within_inference_budget": result.cost_per_instance <= s.inference_budget}
         return tested[trial.number]
 
-    def describe(trial) -> dict:
-        return {"trial": trial.number, "config": _readable(config_of(trial), task),
-                "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
-
-    results.best = {**describe(best), "test": on_test(best)}
-    results.pareto_front = [{**describe(t), **({"test": on_test(t)} if s.test_pareto else {})} for _, _, t in front]
+    try:
+        results.best["test"] = on_test(best)
+        if s.test_pareto:
+            for entry, (_, _, t) in zip(results.pareto_front, front, strict=True):
+                entry["test"] = on_test(t)
+    except GenerationError as exc:
+        results.error = f"the test evaluation failed: {' '.join(str(exc).split())[:400]}"
     results.spend["test_real"] = test_ledger.spent
     results.spend["test_cached"] = test_ledger.cached
     return results
+
+
+def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
+    """What to try when the best config within the per-instance budget solves nothing: a per-instance budget that
+    admits the cheapest config measured over it (rounded up), or, when no config was over it, a wider space;
+    and more search budget if it ran out."""
+    over = sorted(cost for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get(attrs.INFERRED)
+                  and (cost := t.user_attrs.get(attrs.COST_PER_INSTANCE, 0.0)) > s.inference_budget * (1 + 1e-9))
+    advice = (f"the best config within --inference-budget {s.inference_budget:g} solves no instance "
+              f"({s.metric} 0 on the tuning split): ")
+    if over:
+        suggested = _round_up(over[0])
+        advice += (f"try --inference-budget {suggested:g} (the cheapest config measured above {s.inference_budget:g} "
+                   f"costs {over[0]:.3g} per instance)")
+    else:
+        advice += ("no config tried was over that budget, so the budget is not what limits: widen --max-tokens or "
+                   "--n, or check the template and the metric")
+    if ledger.left is not None and ledger.left < 0.1 * s.optimization_budget:
+        advice += f"; more configs need a larger --optimization-budget (all but {ledger.left:.3g} of " \
+                  f"{s.optimization_budget:g} was spent)"
+    return advice
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to two significant digits (a budget that admits it)."""
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale - 1e-9) * scale
 
 
 def _readable(config: InferenceConfig, task: Task) -> dict:

@@ -1,14 +1,14 @@
 """Frozen language-model embeddings of a fixed pool of texts, with an optional learnable soft token ψ.
 
-Language-aided BO ("Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian
-Optimization") embeds every candidate config's text with a frozen LM plus one
-appended learnable token ψ and reads the embedding at ψ's position. Re-embedding a pool of
-45,360 texts at every iteration is what made the prior system slow; this module makes it cheap.
+Language-aided BO ("Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization")
+embeds every candidate config's text with a frozen LM plus one appended learnable token ψ and reads the
+embedding at ψ's position. Re-embedding a pool of 45,360 texts at every iteration is what made the prior
+system slow; this module makes it cheap.
 
-Block structure. Each text is split into a *shared prefix* (identical for every config, e.g. the
-explanation paragraphs of the domain template) and a config-specific *suffix* (the value lines).
-The model runs with a block-causal attention mask: the prefix attends to itself, the suffix to
-the prefix and to itself, ψ to everything; nothing attends to ψ. Hence:
+Block structure. Each text is split into a *shared prefix* (identical for every config, e.g. the explanation
+paragraphs of the domain template) and a config-specific *suffix* (the value lines). The model runs with a
+block-causal attention mask: the prefix attends to itself, the suffix to the prefix and to itself, ψ to
+everything; nothing attends to ψ. Hence:
 
 * the prefix's keys/values are computed once (one forward pass for the whole pool);
 * the ψ-free suffix states do not depend on ψ, so they are computed once per config and, pooled,
@@ -16,12 +16,11 @@ the prefix and to itself, ψ to everything; nothing attends to ψ. Hence:
 * a new ψ needs one position per config: the ψ query attends to the stored prefix+suffix
   keys/values (packed into one sequence), which makes MLL steps over ψ cost milliseconds.
 
-For a causal LM this mask *is* the model's own causal mask, so all of the above is exact. For a
-bidirectional encoder (MiniLM, the offline default) it is a modelling choice: ψ acts as a
-read-out token, exactly as it does in the paper's causal LM (ψ is last and nothing before it can
-see it), and the explanation is a shared context that the values read but that does not read the
-values. ``share_prefix=False`` drops the second choice (each text is encoded whole,
-bidirectionally) at ~7x the cost of the one-time pass for the domain template.
+For a causal LM this mask *is* the model's own causal mask, so all of the above is exact. For a bidirectional
+encoder (MiniLM, the offline default) it is a modelling choice: ψ acts as a read-out token, exactly as it does
+in the paper's causal LM (ψ is last and nothing before it can see it), and the explanation is a shared context
+that the values read but that does not read the values. ``share_prefix=False`` drops the second choice (each
+text is encoded whole, bidirectionally) at ~7x the cost of the one-time pass for the domain template.
 
 Pooling: causal LMs use the last position (the paper's last-token pooling: the last suffix token
 without ψ, ψ itself with ψ); encoders use the mean over the suffix positions (plus ψ with ψ).
@@ -238,12 +237,14 @@ class TextPool:
     """Texts of a candidate pool embedded by a frozen encoder.
 
     ``psi_free()`` gives the ψ-free embedding of every text (cached on disk); ``psi_batch(indices)``
-    gives a function ψ -> embeddings of those texts with ψ appended, differentiable in ψ.
+    gives a function ψ -> embeddings of those texts with ψ appended, differentiable in ψ, on ``device``: the
+    encoder's CUDA device (the GP and pool ranking then run there too), else the CPU.
     """
 
     def __init__(self, encoder: FrozenEncoder, texts: Sequence[str], *, share_prefix: bool = True,
                  batch_size: int = 64):
         self.encoder = encoder
+        self.device = encoder.device if encoder.device.type == "cuda" else torch.device("cpu")
         self.texts = list(texts)
         self.batch_size = batch_size
         self.share_prefix = share_prefix
@@ -398,16 +399,16 @@ class _PsiBatch:
         for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
             allowed[0, row, start:start + length] = True
             allowed[0, row, total + row] = True
-        self.allowed = allowed
-        self.positions = torch.tensor([[p + n for n in lengths]])
-        self.lengths = torch.tensor(lengths, dtype=torch.float32)[:, None]
-        self.pooled = torch.stack([s.pooled for s in states])
+        self.allowed = allowed.to(encoder.device)  # moved once, not at every MLL step
+        self.positions = torch.tensor([[p + n for n in lengths]]).to(encoder.device)
+        self.lengths = torch.tensor(lengths, dtype=torch.float32)[:, None].to(pool.device)
+        self.pooled = torch.stack([s.pooled for s in states]).to(pool.device)
 
     def __call__(self, psi: torch.Tensor) -> torch.Tensor:
         encoder = self.pool.encoder
         embeds = psi.to(encoder.dtype)[None, None].expand(1, len(self.lengths), -1)
         hidden, _ = encoder.forward_block(embeds, self.positions, self.allowed, self.context)
-        state = hidden[0].float().cpu()
+        state = hidden[0].float().to(self.pool.device)
         if encoder.causal:
             return state
         return (self.pooled * self.lengths + state) / (self.lengths + 1)

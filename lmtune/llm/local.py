@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmtune._compat import output_cache, with_cache
 from lmtune.errors import InputError
+from lmtune.llm import constrained
 from lmtune.llm.generation import ExtraCallHook, Generation, GenerationError, GenerationRequest, Generator
 
 #: Requests decoded together at most (each sampled request adds n rows).
@@ -28,13 +29,14 @@ class LocalGenerator(Generator):
 
         self.path = resolve_model(model)
         if not Path(self.path).is_dir():
-            raise InputError("local_model", f"{model!r} is not a model folder (or the alias arith-lm)")
-        self.name = name or (model if model == "arith-lm" else Path(self.path).name)
+            raise InputError("local_model", f"{model!r} is not a model folder (or the alias arith-lm or agent-lm)")
+        self.name = name or (model if model in ("arith-lm", "agent-lm") else Path(self.path).name)
         self.backend_id = f"local:{Path(self.path).resolve()}"
         self.device = device
         self._lock = threading.Lock()
         self._pending: list = []
         self._drainer = None
+        self._grammars: constrained.Grammars | None = None
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,12 +50,28 @@ class LocalGenerator(Generator):
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None and getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": role, "content": content} for role, content in request.messages]
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns a BatchEncoding
         # Without a chat template the messages' contents, joined by newlines, are the prompt.
         return self.tokenizer(request.text())["input_ids"]
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self._prompt_ids(request))
+
+    @property
+    def grammars(self) -> constrained.Grammars:
+        """Grammars for ``response_format`` requests (schema-constrained decoding, ``lmtune.llm.constrained``)."""
+        if self._grammars is None:
+            self._grammars = constrained.Grammars(self.tokenizer)
+        return self._grammars
+
+    def _constraint(self, request: GenerationRequest) -> constrained.Constraint | None:
+        if request.response_format is None:
+            return None
+        try:
+            return self.grammars.constraint(request.response_format)
+        except constrained.GrammarError as exc:
+            raise GenerationError(str(exc)) from None
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -98,7 +116,8 @@ class LocalGenerator(Generator):
         """
         import torch
 
-        rows = []  # (request index, prompt ids, temperature or 0, top_p, max_tokens, rng)
+        rows = []  # (request index, prompt ids, temperature or 0, top_p, max_tokens, rng, constraint or None,
+        #          top_k, repetition penalty)
         prompt_lengths = []
         for index, request in enumerate(requests):
             ids = self._prompt_ids(request)
@@ -108,7 +127,8 @@ class LocalGenerator(Generator):
             top_p = request.top_p if request.top_p is not None else 1.0
             seed = request.seed if request.seed is not None else 0
             for sample in range(1 if greedy else request.n):
-                rows.append((index, ids, temperature, top_p, request.max_tokens, random.Random(f"{seed}:{sample}")))
+                rows.append((index, ids, temperature, top_p, request.max_tokens, random.Random(f"{seed}:{sample}"),
+                             self._constraint(request), request.top_k or 0, request.repetition_penalty or 1.0))
         with self._lock, torch.no_grad():
             try:
                 tokens = self._decode(rows)
@@ -139,15 +159,27 @@ class LocalGenerator(Generator):
         top_p = torch.tensor([r[3] for r in rows], device=self.device)
         limits = torch.tensor([r[4] for r in rows], device=self.device)
         greedy = temperature == 0
+        top_k = torch.tensor([r[7] for r in rows], device=self.device)
+        penalty = torch.tensor([r[8] for r in rows], device=self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         past, logits, position = output_cache(out), out.logits[:, -1, :].float(), positions[:, -1] + 1
+        seen = _seen(ids, mask, logits.shape[-1]) if bool((penalty != 1).any()) else None
         done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         generated: list[list[int]] = [[] for _ in rows]
+        constraints = [r[6] for r in rows]
         for step in range(int(limits.max())):
             uniforms = torch.tensor([r[5].random() for r in rows], device=self.device)
-            token = torch.where(greedy, logits.argmax(-1), _sample(logits, temperature, top_p, uniforms))
+            if seen is not None:
+                logits = _penalize(logits, seen, penalty)
+            constrained.mask_logits(logits, constraints, done)
+            token = torch.where(greedy, logits.argmax(-1), _sample(logits, temperature, top_p, uniforms,
+                                                                   top_k if bool(top_k.any()) else None))
+            if seen is not None:
+                seen[torch.arange(len(rows), device=self.device), token] = True
+            chosen = token.tolist()  # one copy per step, not one device sync per row
             for i in (~done).nonzero().flatten().tolist():
-                generated[i].append(int(token[i]))
+                generated[i].append(chosen[i])
+            constrained.consume(token, constraints, done)
             done |= (token == eos) | (step + 1 >= limits)
             if bool(done.all()):
                 break
@@ -175,15 +207,43 @@ class LocalGenerator(Generator):
         return text, len(tokens), reason
 
 
-def _sample(logits, temperature, top_p, uniforms):
-    """One token per row by inverse-CDF sampling from softmax(logits / T), cut to the top-p nucleus."""
+def _seen(ids, mask, vocab: int):
+    """(rows, vocab) booleans: which tokens each row's prompt holds (padding left out)."""
+    import torch
+
+    counts = torch.zeros(ids.shape[0], vocab, device=ids.device).scatter_add_(1, ids, mask.float())
+    return counts > 0
+
+
+def _penalize(logits, seen, penalty):
+    """The repetition penalty of "CTRL: A Conditional Transformer Language Model for Controllable Generation"
+    (arXiv:1909.05858), as transformers and vLLM apply it: a token already in the prompt or the output has its
+    logit divided by the penalty when positive and multiplied by it when negative."""
+    import torch
+
+    factor = penalty[:, None]
+    penalized = torch.where(logits < 0, logits * factor, logits / factor)
+    return torch.where(seen, penalized, logits)
+
+
+def _sample(logits, temperature, top_p, uniforms, top_k=None):
+    """One token per row by inverse-CDF sampling from softmax(logits / T), cut to the top-k tokens (0: no cut)
+    and then to the top-p nucleus of what is left, in transformers' order."""
     import torch
 
     scaled = logits / temperature.clamp(min=1e-5)[:, None]
     probs = torch.softmax(scaled, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
-    before = sorted_probs.cumsum(-1) - sorted_probs
-    sorted_probs = torch.where(before < top_p.clamp(min=1e-8)[:, None], sorted_probs, torch.zeros_like(sorted_probs))
+    if top_k is None:
+        before = sorted_probs.cumsum(-1) - sorted_probs
+        keep = before < top_p.clamp(min=1e-8)[:, None]
+    else:
+        rank = torch.arange(sorted_probs.shape[-1], device=sorted_probs.device)[None, :]
+        sorted_probs = torch.where((top_k[:, None] == 0) | (rank < top_k[:, None]), sorted_probs,
+                                   torch.zeros_like(sorted_probs))
+        before = sorted_probs.cumsum(-1) - sorted_probs
+        keep = before < (top_p.clamp(min=1e-8) * sorted_probs.sum(-1))[:, None]
+    sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
     cdf = sorted_probs.cumsum(-1)
     pick = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None].contiguous()).clamp(max=cdf.shape[-1] - 1)
     return order.gather(-1, pick).squeeze(-1)

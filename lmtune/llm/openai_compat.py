@@ -2,17 +2,25 @@
 through the official ``openai`` client.
 
 What the client does not do for a tuner, this does: a concurrency limit, retries with exponential backoff and
-jitter on rate limits, timeouts, dropped connections and 5xx answers (and nothing else: a bad request fails at
-once), more calls when a server returns fewer than ``n`` choices (Ollama and ``transformers serve`` ignore
-``n``), and a clear error when the server cannot be reached. The API key comes from the environment and is
-never printed, logged or stored.
+jitter on rate limits, dropped connections and 5xx answers (and nothing else: a bad request fails at once), a
+deadline per request (a request that passes it fails, and is not retried: it may have been billed, and a server
+that slow is found out in one timeout rather than six), more calls when a server returns fewer than ``n``
+choices (Ollama and ``transformers serve`` ignore ``n``), and a clear error when the server cannot be reached.
+
+The client checks nothing of what a server answers (an HTML page or a list comes back as a string or a list),
+so every answer is checked here; one that is not a completion with token counts is a ``GenerationError``
+marked as possibly billed. A retry after a call that may have been billed (a dropped connection) is an extra
+call for the caller's budget. The API key comes from the environment and is never printed, logged or stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import random
+from typing import Any
 
 from lmtune.errors import InputError
 from lmtune.llm.generation import ExtraCallHook, Generation, GenerationError, GenerationRequest, Generator
@@ -25,6 +33,8 @@ class OpenAIGenerator(Generator):
 
     def __init__(self, base_url: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  max_retries: int = 5, timeout: float = 60.0, backoff: float = 1.0, max_backoff: float = 30.0):
+        """``timeout``: seconds one request may take, start to end; ``max_retries``: tries after a rate limit,
+        a 5xx answer or a dropped connection."""
         import openai
 
         if not base_url.startswith(("http://", "https://")):
@@ -36,6 +46,7 @@ class OpenAIGenerator(Generator):
         # Local servers want no key; the client insists on a string, so a placeholder stands in.
         key = os.environ.get(api_key_env) or "not-needed"
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
+        self.timeout = timeout
         self.semaphore = asyncio.Semaphore(concurrency)
         self.max_retries = max_retries
         self.backoff = backoff
@@ -48,7 +59,7 @@ class OpenAIGenerator(Generator):
         import openai
 
         try:
-            await self.client.with_options(timeout=10.0, max_retries=1).models.list()
+            await self.client.with_options(timeout=min(10.0, self.timeout), max_retries=1).models.list()
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise InputError("endpoint", f"cannot reach {self.base_url}: {_reason(exc)}") from None
         except openai.AuthenticationError:
@@ -66,12 +77,17 @@ class OpenAIGenerator(Generator):
         while len(texts) < request.n:
             calls += 1
             if calls > request.n:
-                raise GenerationError(f"{self.base_url} returned no choices")
+                raise GenerationError(f"{self.base_url} returned no choices", maybe_billed=True)
             if calls > 1 and before_extra_call is not None:
-                before_extra_call(request)
+                before_extra_call(request, 0)
             missing = request.n - len(texts)
             seed = None if request.seed is None else request.seed + calls - 1
-            answer = await self._call(request, missing, seed)
+            try:
+                answer = await self._call(request, missing, seed, before_extra_call)
+            except GenerationError as exc:
+                if calls > 1:  # the earlier calls were billed
+                    raise GenerationError(str(exc), maybe_billed=True) from None
+                raise
             texts += answer.texts[:missing]
             reasons += answer.finish_reasons[:missing]
             prompt_tokens += answer.prompt_tokens
@@ -79,7 +95,8 @@ class OpenAIGenerator(Generator):
         return Generation(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                           finish_reasons=reasons)
 
-    async def _call(self, request: GenerationRequest, n: int, seed: int | None) -> Generation:
+    async def _call(self, request: GenerationRequest, n: int, seed: int | None,
+                    before_extra_call: ExtraCallHook | None) -> Generation:
         import openai
 
         params = {"model": request.model, "n": n, "max_tokens": request.max_tokens}
@@ -88,45 +105,101 @@ class OpenAIGenerator(Generator):
                 params[name] = getattr(request, name)
         if request.stop:
             params["stop"] = list(request.stop)
+        extra = {name: getattr(request, name) for name in ("top_k", "repetition_penalty")
+                 if getattr(request, name) is not None}
+        if extra:  # not OpenAI's fields: vLLM, lmtune serve and others read them from the body
+            params["extra_body"] = extra
         if seed is not None:
             params["seed"] = seed
+        if request.response_format is not None:  # chat: a documented field; completions: vLLM/lmtune serve's extra
+            response_format = json.loads(request.response_format)
+            if request.messages is not None:
+                params["response_format"] = response_format
+            else:
+                params["extra_body"] = {"response_format": response_format}
         attempt = 0
+        maybe_billed = False  # whether an earlier attempt may have been billed
         while True:
             try:
                 async with self.semaphore:
                     self.calls += 1
-                    if request.messages is not None:
-                        messages = [{"role": r, "content": c} for r, c in request.messages]
-                        response = await self.client.chat.completions.create(messages=messages, **params)
-                        texts = [c.message.content or "" for c in response.choices]
-                    else:
-                        response = await self.client.completions.create(prompt=request.prompt, **params)
-                        texts = [c.text for c in response.choices]
-                break
-            except (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
-                    openai.InternalServerError) as exc:
-                error = exc
+                    async with asyncio.timeout(self.timeout):  # the client's timeout is per read, this per request
+                        if request.messages is not None:
+                            messages = [{"role": r, "content": c} for r, c in request.messages]
+                            response = await self.client.chat.completions.create(messages=messages, **params)
+                        else:
+                            response = await self.client.completions.create(prompt=request.prompt, **params)
+                return self._read(response, request.messages is not None)
+            except (openai.APITimeoutError, TimeoutError):
+                raise GenerationError(f"{self.base_url}: no answer within {self.timeout:g} s (--timeout)",
+                                      maybe_billed=True) from None
+            except openai.APIConnectionError as exc:  # dropped, reset, refused: it may have reached the server
+                error, billed = exc, True
+            except (openai.RateLimitError, openai.InternalServerError) as exc:
+                error, billed = exc, False
             except openai.APIStatusError as exc:
                 if exc.status_code not in RETRYABLE_STATUS:
-                    raise GenerationError(f"{self.base_url}: HTTP {exc.status_code}: {_reason(exc)}") from None
-                error = exc
+                    raise GenerationError(f"{self.base_url}: HTTP {exc.status_code}: {_reason(exc)}",
+                                          maybe_billed=maybe_billed) from None
+                error, billed = exc, False
+            except GenerationError:
+                raise
+            except Exception as exc:  # the client could not even parse the body (invalid JSON)
+                raise GenerationError(f"{self.base_url} answered something that is not a completion: "
+                                      f"{type(exc).__name__}: {_reason(exc)}", maybe_billed=True) from None
             attempt += 1
             if attempt > self.max_retries:
-                raise GenerationError(f"{self.base_url}: gave up after {attempt} tries: {_reason(error)}") from None
+                raise GenerationError(f"{self.base_url}: gave up after {attempt} tries: {_reason(error)}",
+                                      maybe_billed=maybe_billed or billed) from None
+            if billed and before_extra_call is not None:
+                before_extra_call(request, n)  # the retry is another call that may be billed in full
+            maybe_billed = maybe_billed or billed
             self.retries += 1
             delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
             await asyncio.sleep(delay)
-        usage = response.usage
+
+    def _read(self, response: Any, chat: bool) -> Generation:
+        """Texts and token counts of an answer, or a ``GenerationError`` (possibly billed) saying what is wrong."""
+        def bad(what: str) -> GenerationError:
+            return GenerationError(f"{self.base_url} answered {what}", maybe_billed=True)
+
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list):
+            shown = " ".join(str(response).split())[:120]
+            raise bad(f"something that is not a completion (no list of choices): {shown!r}")
+        texts = []
+        for choice in choices:
+            text = getattr(getattr(choice, "message", None), "content", None) if chat else getattr(choice, "text",
+                                                                                                    None)
+            if text is None and chat:
+                text = ""  # a chat answer with no content (a refusal, a tool call)
+            if not isinstance(text, str):
+                raise bad(f"a choice without text: {choice!r:.120}")
+            texts.append(text)
+        usage = getattr(response, "usage", None)
         if usage is None:
-            raise GenerationError(f"{self.base_url} sent no usage block; lmtune needs token counts to price calls")
-        return Generation(texts=texts, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                          finish_reasons=[str(c.finish_reason) for c in response.choices])
+            raise bad("without a usage block; lmtune needs token counts to price calls")
+        prompt, completion = _count(getattr(usage, "prompt_tokens", None)), _count(getattr(usage, "completion_tokens",
+                                                                                             None))
+        if prompt is None or completion is None:
+            raise bad(f"usage that is not token counts: {usage!r:.160}")
+        return Generation(texts=texts, prompt_tokens=prompt, completion_tokens=completion,
+                          finish_reasons=[str(getattr(c, "finish_reason", None)) for c in choices])
 
     async def aclose(self) -> None:
         await self.client.close()
 
 
+def _count(value: Any) -> int | None:
+    """A token count as an int (rounded up), or None when it is not a finite number. Out-of-range counts pass:
+    the caller clamps them to what the request could bill."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return math.ceil(value)
+
+
 def _reason(exc: Exception) -> str:
-    cause = exc.__cause__ or exc.__context__
+    """The error in one short line; a status error's own text (the server's message) is enough."""
+    cause = None if getattr(exc, "status_code", None) is not None else exc.__cause__ or exc.__context__
     text = str(exc) if cause is None else f"{exc} ({cause})"
     return " ".join(text.split())[:200]

@@ -3,12 +3,16 @@
 ``transformers serve`` (5.23) was tried first; for lmtune's arithmetic model it ignores ``n`` and
 ``temperature``, crashes on stop strings with a character tokenizer and on ``/v1/models`` without a hub
 cache (docs/decisions.md). This server implements what the tuner needs and nothing more:
-``/v1/completions`` and ``/v1/chat/completions`` with n, temperature, top_p, max_tokens, stop, seed and a usage
-block, and ``/v1/models``. Sampling is ``LocalGenerator``'s; concurrent requests are decoded as one batch.
+``/v1/completions`` and ``/v1/chat/completions`` with n, temperature, top_p, max_tokens, stop, seed,
+``response_format`` (JSON schema or JSON object, decoded under the schema's grammar: ``lmtune.llm.constrained``)
+and a usage block (plus vLLM's top_k and repetition_penalty), and ``/v1/models``. Sampling is ``LocalGenerator``'s;
+concurrent requests are decoded as one batch. A generator that chooses its own decoding (``lmtune hag``'s
+two-stage model) reports the hyperparameters it used in a ``hyperparameters`` field of every choice.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -21,6 +25,7 @@ from starlette.routing import Route
 
 from lmtune.config import build_config
 from lmtune.llm import check_device
+from lmtune.llm.constrained import GrammarError
 from lmtune.llm.generation import GenerationError, GenerationRequest
 
 if TYPE_CHECKING:
@@ -65,6 +70,11 @@ def make_app(generator: LocalGenerator) -> Starlette:
             gen_request = _parse(body, chat)
         except (TypeError, ValueError) as exc:
             return _error(400, str(exc))
+        if gen_request.response_format is not None:
+            try:
+                generator.grammars.check(gen_request.response_format)
+            except GrammarError as exc:
+                return _error(400, str(exc))
         try:
             result = await generator.generate(gen_request)  # concurrent requests decode as one batch
         except GenerationError as exc:
@@ -75,6 +85,9 @@ def make_app(generator: LocalGenerator) -> Starlette:
         else:
             choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
                        for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons, strict=True))]
+        if result.hyperparameters is not None:
+            for choice in choices:
+                choice["hyperparameters"] = result.hyperparameters
         return JSONResponse({
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "object": "chat.completion" if chat
             else "text_completion", "created": int(time.time()), "model": generator.name, "choices": choices,
@@ -97,7 +110,11 @@ def _parse(body: dict, chat: bool) -> GenerationRequest:
         stop = [stop]
     options = {"model": body["model"], "n": int(body.get("n") or 1), "max_tokens": int(body.get("max_tokens") or 16),
                "temperature": _float(body.get("temperature")), "top_p": _float(body.get("top_p")),
-               "stop": tuple(stop) if stop else None, "seed": None if body.get("seed") is None else int(body["seed"])}
+               "stop": tuple(stop) if stop else None, "seed": None if body.get("seed") is None else int(body["seed"]),
+               "response_format": None if body.get("response_format") is None
+               else json.dumps(body["response_format"]),
+               "top_k": None if body.get("top_k") in (None, -1) else int(body["top_k"]),  # vLLM: -1 is no cut
+               "repetition_penalty": _float(body.get("repetition_penalty"))}
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -115,13 +132,13 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def serve(config: ServeConfig | None = None, **fields: Any) -> None:
-    """Run the server until interrupted."""
+def serve(config: ServeConfig | None = None, *, generator=None, **fields: Any) -> None:
+    """Run the server until interrupted; ``generator`` replaces the local model ``config.model`` names."""
     import uvicorn
 
     from lmtune.llm.local import LocalGenerator
 
     cfg = config or build_config(ServeConfig, **fields)
     check_device(cfg.device)
-    uvicorn.run(make_app(LocalGenerator(cfg.model, device=cfg.device)), host=cfg.host, port=cfg.port,
-                log_level="warning")
+    generator = generator or LocalGenerator(cfg.model, device=cfg.device)
+    uvicorn.run(make_app(generator), host=cfg.host, port=cfg.port, log_level="warning")

@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from lmtune.finetune.hparams import VARIANTS
 from lmtune.runtime.storage import STORAGE_HELP
-from lmtune.samplers.registry import PRUNERS, SAMPLERS
+from lmtune.samplers.registry import LANGUAGE_BO_PLUS, PRUNERS, SAMPLERS, TRANSFER_SAMPLERS
 
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
-                          "grace_period", "final_train"})
+                          "grace_period", "final_train", "device"})
 #: What trials may be ranked by: the validation loss, or the task's metric (checked against the task later).
 PROXY_METRICS = ("eval_loss", "accuracy", "exact_match")
 #: Config fields that may name a local file or folder; a worker gets them as absolute paths.
-PATH_FIELDS = ("model", "dataset", "space", "template", "encoder")
+PATH_FIELDS = ("model", "dataset", "space", "template", "encoder", "agent_prompts")
 
 
 class LoraRunConfig(BaseModel):
@@ -31,8 +31,9 @@ class LoraRunConfig(BaseModel):
                                 json_schema_extra={"metavar": "DATA"})
     task: Literal["classification", "causal"] | None = Field(None, description="what to train (default: from the "
                                                                                "data's columns)")
-    space: str = Field("lora-small", description="preset (lora-small, lora-paper) or a YAML file",
-                       json_schema_extra={"metavar": "SPACE"})
+    space: str | dict[str, Any] = Field("lora-small", description="preset (lora-small, lora-paper) or a YAML file "
+                                        "(in a --config file also the space itself, as best.yaml holds it)",
+                                        json_schema_extra={"metavar": "SPACE"})
     variant: str | None = Field(None, description="lora, rslora, dora, pissa, or 'search' for all four "
                                 "(default: the space's)", json_schema_extra={"metavar": "VARIANT"})
     trials: int = Field(10, ge=1, description="finished trials the study should hold (with a budget: at most)")
@@ -55,7 +56,7 @@ class LoraRunConfig(BaseModel):
                                          description="stop starting trials once a whole trial (its mean time so "
                                          "far) no longer fits in this many seconds of trials",
                                          json_schema_extra={"metavar": "SECONDS"})
-    sampler: str = Field("tpe", description="random, tpe, gp, botorch or language-bo",
+    sampler: str = Field("tpe", description="random, tpe, gp, botorch, language-bo, language-bo+ or agent",
                          json_schema_extra={"metavar": "NAME"})
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
     pruner: str = Field("none", description="none, median, successive-halving or hyperband: stop trials that "
@@ -67,6 +68,21 @@ class LoraRunConfig(BaseModel):
     projection: bool = Field(True, description="language-bo: learnable projection (off: Table 6 ablation)")
     learnable_token: bool = Field(True, description="language-bo: learnable soft token (off: Table 6 ablation)")
     shortlist_k: int = Field(16, ge=1, description="language-bo: candidates re-embedded exactly per suggestion")
+    endpoint: str | None = Field(None, description="agent: base URL of an OpenAI-compatible server (Ollama: "
+                                 "http://127.0.0.1:11434/v1)", json_schema_extra={"metavar": "URL"})
+    agent_model: str | None = Field(None, description="agent: the model the endpoint serves (e.g. "
+                                    "qwen2.5:7b-instruct)", json_schema_extra={"metavar": "NAME"})
+    agent_prompts: str | None = Field(None, description="agent: folder of prompt templates replacing the built-in "
+                                      "ones (system, analyzer, optimizer, retry .txt)",
+                                      json_schema_extra={"metavar": "DIR"})
+    agent_temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="agent: sampling "
+                                     "temperature of the model's replies (each call is seeded)")
+    agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
+    agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
+                                    "config (0: none)")
+    transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in --storage "
+                                     "whose results inform this study from its first trial (they take no trial of "
+                                     "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
@@ -85,12 +101,30 @@ class LoraRunConfig(BaseModel):
                                              "PEFT's for the model type)",
                                              json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
     final_train: bool = Field(True, description="retrain the best config on the full training split and test it")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N or mps; also language-bo's encoder (default: "
+                               "cuda when present, else cpu)", json_schema_extra={"metavar": "DEVICE"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA with bfloat16, else fp16 with loss scaling; fp32 elsewhere")
+    quantize: Literal["none", "4bit"] = Field("none", description="4bit: QLoRA, an NF4 base through bitsandbytes "
+                                              "(CUDA only)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory, one more forward pass of time")
+    group_by_length: bool = Field(False, description="batch examples of similar length (less padding; seeded)")
 
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
         if value not in SAMPLERS:
             raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(SAMPLERS)}")
+        return value
+
+    @field_validator("transfer_from")
+    @classmethod
+    def _transfer_needs_a_transferring_sampler(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        sampler = info.data.get("sampler")
+        if value and sampler not in TRANSFER_SAMPLERS:
+            raise ValueError(f"sampler {sampler} does not use transferred results; use --sampler "
+                             f"{TRANSFER_SAMPLERS[0]}")
         return value
 
     @field_validator("pruner")
@@ -123,14 +157,27 @@ class LoraRunConfig(BaseModel):
 
     @property
     def language_bo_options(self) -> dict[str, Any]:
+        from lmtune.finetune.device import resolve_device  # imports torch: only when a sampler is made
+
         return {"template": self.template, "encoder": self.encoder, "use_projection": self.projection,
-                "use_learnable_token": self.learnable_token, "shortlist_k": self.shortlist_k}
+                "use_learnable_token": self.learnable_token, "shortlist_k": self.shortlist_k,
+                "device": str(resolve_device(self.device))}
+
+    @property
+    def agent_options(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "model": self.agent_model, "prompts": self.agent_prompts,
+                "temperature": self.agent_temperature,
+                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars}
 
     @property
     def sampler_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``make_sampler`` for this run (its name and space aside)."""
+        """Keyword arguments of ``make_sampler`` for this run (its name and space aside; ``language-bo+``'s
+        transferred observations and description are added by ``tune_lora``)."""
         options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
-        return {**options, **(self.language_bo_options if self.sampler == "language-bo" else {})}
+        if self.sampler in LANGUAGE_BO_PLUS:  # its own settings of the token and projection (registry)
+            return {**options, "template": self.template, "encoder": self.encoder, "shortlist_k": self.shortlist_k}
+        extra = {"language-bo": self.language_bo_options, "agent": self.agent_options}.get(self.sampler, {})
+        return {**options, **extra}
 
     @property
     def out_dir(self) -> Path:

@@ -22,6 +22,7 @@ from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.proxy import full_run_steps
+from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import metric_direction, train_and_evaluate
 from lmtune.lora.config import LoraRunConfig
 from lmtune.lora.tune import prepare_run, proxy_plan
@@ -96,6 +97,7 @@ def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:
     plan = proxy_plan(cfg, space, splits, settings)
     trial_settings = dataclasses.replace(settings, steps=plan.steps)
     proxy_rows = proxy_subset(splits.train, plan.fraction, cfg.seed)
+    reuse = ReusableBase()  # one base for every run: all use the same seed
     rows = []
     for i, params in enumerate(sample_configs(space, configs, cfg.seed), 1):
         hp = LoraHyperparams.from_params(params)
@@ -104,7 +106,7 @@ def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:
             try:
                 result = train_and_evaluate(hp, train_rows, splits.validation, task=splits.task, model=model,
                                             label_names=splits.label_names, settings=run_settings,
-                                            target_modules=cfg.target_modules)
+                                            target_modules=cfg.target_modules, reuse=reuse)
             except TrialFailed as error:
                 row[name], row[f"{name}_fail_reason"] = None, str(error)
                 continue

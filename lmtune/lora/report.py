@@ -11,7 +11,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.files import write_atomic
-from lmtune.runtime.trials import counted_trials
+from lmtune.runtime.trials import constant_of, counted_trials, learned_nothing
+from lmtune.space import SearchSpace
+from lmtune.trajectory import learned_sentences, summarize_study
 
 
 def last_metrics(trial: FrozenTrial) -> dict[str, float]:
@@ -22,8 +24,9 @@ def last_metrics(trial: FrozenTrial) -> dict[str, float]:
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per counted trial: state, value, params, seconds, steps, its last validation metrics and the
-    reason of a failure (or of pruning)."""
+    """One row per counted trial: state, value, params, seconds, steps, its last validation metrics, the reason of
+    a failure (or of pruning), and whether it learned nothing (no better than a constant answer)."""
+    constant, maximize = constant_of(study)
     rows = []
     for t in sorted(counted_trials(study), key=lambda t: t.number):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
@@ -42,6 +45,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "batch_size": t.params.get("batch_size", hyperparams.get("batch_size")),
             "metrics": last_metrics(t),
             "fail_reason": reason,
+            "learned_nothing": learned_nothing(constant, t, maximize),
         })
     return rows
 
@@ -49,6 +53,19 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     return study.best_trial if complete else None
+
+
+def study_learned(study: optuna.Study, space: SearchSpace | None = None, metric: str | None = None) -> list[str]:
+    """What the study learned, as plain sentences from the Trajectory Context Summarizer's report: which
+    parameters mattered and how, which trials overfit, diverged or were still improving, what failed. No model."""
+    return learned_sentences(summarize_study(study, space=space, metric=metric))
+
+
+def learned_markdown(sentences: list[str]) -> list[str]:
+    """The "What the study learned" section of a summary, as Markdown lines (nothing without sentences)."""
+    if not sentences:
+        return []
+    return ["", "## What the study learned", "", *[f"- {s}" for s in sentences]]
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
@@ -100,6 +117,15 @@ def markdown_summary(results: dict[str, Any]) -> str:
         + (f"; {others}" if others else ""),
         *proxy_lines(results),
     ]
+    constant = results.get("constant_score")
+    if constant:
+        lines.append(f"- trials at or below {constant['value']:.4f} {constant.get('label', 'learned nothing')}: "
+                     f"{constant['what']}")
+    if best.get("learned_nothing"):
+        lines.append(f"- **warning**: the best trial {best['learned_nothing']}")
+    nothing = [r["number"] for r in results["trials"] if r.get("learned_nothing")]
+    if nothing:
+        lines.append(f"- {len(nothing)} of {len(results['trials'])} trials learned nothing (note column)")
     final = results.get("final")
     if final:
         test_metric = final.get("metric_name", metric)
@@ -109,9 +135,13 @@ def markdown_summary(results: dict[str, Any]) -> str:
         lines.append(f"- adapter: `{final['adapter_dir']}`")
         if final.get("warning"):
             lines.append(f"- **warning**: {final['warning']}")
+    if results.get("recipe"):
+        lines.append("- the whole recipe: `recipe` in `results.json`; train it again with "
+                     "`lmtune lora --config best.yaml`")
     seconds = [r["seconds"] for r in results["trials"] if r["seconds"] is not None]
     if seconds:
         lines.append(f"- time per trial: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
+    lines += learned_markdown(results.get("learned") or [])
     names = list(results["trials"][0]["params"]) if results["trials"] else []
     shown = sorted({k for r in results["trials"] for k in r.get("metrics") or {}})
     lines += [
@@ -127,7 +157,7 @@ def markdown_summary(results: dict[str, Any]) -> str:
         else:
             values = ["" if r["value"] is None else f"{r['value']:.4f}"]
         cells = [str(r["params"].get(n, "")) for n in names]
-        note = r["fail_reason"] or ""
+        note = r["fail_reason"] or r.get("learned_nothing") or ""
         lines.append(f"| {r['number']} | {r['state']} | " + " | ".join(values) + " | " + " | ".join(cells)
                      + f" | {r.get('steps') or ''} | {r['seconds'] if r['seconds'] is not None else ''} | {note} |")
     return "\n".join(lines) + "\n"

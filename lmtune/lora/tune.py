@@ -16,15 +16,25 @@ from optuna.samplers import BaseSampler
 from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError, NoResult
+from lmtune.files import write_atomic
 from lmtune.finetune.data import DatasetSplits, load_dataset
+from lmtune.finetune.device import prepare_hardware
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.proxy import ProxyPlan, plan_proxy
 from lmtune.finetune.train import TrainSettings, metric_name, train_and_evaluate
-from lmtune.llm import resolve_model
+from lmtune.llm import hub_id, resolve_model
 from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
-from lmtune.lora.report import best_trial, last_metrics, trial_rows, write_results
+from lmtune.lora.recipe import (
+    build_recipe,
+    constant_score,
+    finish_adapter,
+    model_card,
+    rerun_config,
+    write_rerun_yaml,
+)
+from lmtune.lora.report import best_trial, last_metrics, study_learned, trial_rows, write_results
 from lmtune.results import Result
 from lmtune.runtime.compute import ComputeBudget, spent
 from lmtune.runtime.loop import TrialListener, run_trials
@@ -32,7 +42,8 @@ from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
 from lmtune.runtime.trials import counted_trials
 from lmtune.runtime.worker import WorkerParts
-from lmtune.samplers.registry import make_pruner, make_sampler
+from lmtune.samplers.language_bo.transfer import TransferSource, check_compatible, describe_task, load_source
+from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
 from lmtune.space import Categorical, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -76,6 +87,13 @@ class LoraResult(Result):
     budget_seconds: float | None = None
     #: What the trials took (``Spent``), and ``full_runs``: their training examples over a full run's.
     spent: dict[str, Any] | None = None
+    #: What one constant answer scores on validation (``{"value", "what", "label"}``); trials at it learned nothing.
+    constant_score: dict[str, Any] | None = None
+    #: Everything to train the best config again (``lmtune.lora.recipe.build_recipe``); ``best.yaml`` is its
+    #: ``lmtune`` part.
+    recipe: dict[str, Any] | None = None
+    #: What the study learned: plain sentences from the Trajectory Context Summarizer (``summary.md`` lists them).
+    learned: list[str] = field(default_factory=list)
 
 
 def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
@@ -106,10 +124,15 @@ def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, Tr
     Raises ``InputError`` for bad input before anything is trained or stored.
     """
     space = resolve_space(cfg)
+    searched = {p.name: p for p in space.params}
+    variants = searched["variant"].values() if "variant" in searched else [space.fixed.get("variant", "lora")]
+    prepare_hardware(cfg.device, cfg.precision, cfg.quantize, variants)
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
     model = resolve_model(cfg.model)
     check_model(model, splits.task, cfg.target_modules)
-    return space, splits, model, TrainSettings(max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed)
+    return space, splits, model, TrainSettings(
+        max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
+        quantize=cfg.quantize, gradient_checkpointing=cfg.gradient_checkpointing, group_by_length=cfg.group_by_length)
 
 
 def proxy_plan(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, settings: TrainSettings) -> ProxyPlan:
@@ -185,9 +208,45 @@ def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
     """The fields a worker needs to rebuild this run's objective and sampler (local paths made absolute)."""
     job = cfg.model_dump(mode="json", exclude=LOCAL_FIELDS)
     for name in PATH_FIELDS:
-        if job.get(name) and Path(job[name]).exists():
+        if isinstance(job.get(name), str) and Path(job[name]).exists():
             job[name] = str(Path(job[name]).resolve())
+    job["transfer_from"] = [str(Path(s).resolve()) if Path(s).is_file() else s for s in job["transfer_from"]]
     return job
+
+
+def transfer_sources(cfg: LoraRunConfig, space: SearchSpace) -> list[TransferSource]:
+    """The tables and studies of ``--transfer-from``, read and checked against the space before anything is stored
+    (a study is looked up in ``--storage``, which must exist then)."""
+    sources, storage = [], None
+    for spec in cfg.transfer_from:
+        if not Path(spec).expanduser().is_file() and storage is None:
+            try:
+                storage = make_storage(cfg.storage, existing=True)
+            except InputError as exc:
+                raise InputError("transfer_from", f"{spec!r} is not a file, and no study can be read from the "
+                                 f"storage: {exc.message}") from None
+        source = load_source(spec, storage)
+        check_compatible(source, space)
+        log.info("Transferring %d results of %s: %s", len(source.values), source.name, source.description)
+        sources.append(source)
+    return sources
+
+
+def lora_sampler(cfg: LoraRunConfig, space: SearchSpace, sources: list[TransferSource],
+                 description: str) -> BaseSampler:
+    """The configured sampler; ``language-bo+`` also gets this study's description and its transfer sources."""
+    options = dict(cfg.sampler_options)
+    if cfg.sampler in LANGUAGE_BO_PLUS:
+        options["description"] = description
+    if sources:
+        options["transfer"] = sources
+    return make_sampler(cfg.sampler, space=space, **options)
+
+
+def study_description(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, metric: str,
+                      direction: str) -> str:
+    return describe_task(model=cfg.model, dataset=splits.name, task=splits.task, metric=metric, direction=direction,
+                         fixed=space.fixed)
 
 
 def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objective: bool = True,
@@ -201,13 +260,14 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     cfg = build_config(LoraRunConfig, **job)
     if not objective:  # the worker brings its own objective for the space the study stored
         space = space or resolve_space(cfg)
-        return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options),
-                           make_pruner(cfg.pruner, min_resource=1, max_resource=1), None)
+        sampler = lora_sampler(cfg, space, transfer_sources(cfg, space), "LoRA fine-tuning.")
+        return WorkerParts(space, sampler, make_pruner(cfg.pruner, min_resource=1, max_resource=1), None)
     space, splits, model, settings = prepare_run(cfg)
     plan, lora_objective, pruner = search_parts(cfg, space, splits, model, settings,
                                                 listener.step if listener is not None else None)
     stored = {k: v for k, v in study_attrs(cfg, space, splits, plan).items() if k != "model"}
-    return WorkerParts(space, make_sampler(cfg.sampler, space=space, **cfg.sampler_options), pruner,
+    description = study_description(cfg, space, splits, lora_objective.metric_name, lora_objective.direction)
+    return WorkerParts(space, lora_sampler(cfg, space, transfer_sources(cfg, space), description), pruner,
                        lora_objective, stored, stop_when=lambda study: compute_budget(cfg, study, plan))
 
 
@@ -229,16 +289,22 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
     cfg = config or build_config(LoraRunConfig, **fields)
     started = time.perf_counter()
     space, splits, model, settings = prepare_run(cfg)  # bad input fails here and below, before storage is touched
-    sampler = sampler or make_sampler(cfg.sampler, space=space, **cfg.sampler_options)
+    sampler_name = cfg.sampler if sampler is None else type(sampler).__name__
+    sources = transfer_sources(cfg, space)
     plan, objective, pruner = search_parts(cfg, space, splits, model, settings,
                                            listener.step if listener is not None else None)
+    description = study_description(cfg, space, splits, objective.metric_name, objective.direction)
+    sampler = sampler or lora_sampler(cfg, space, sources, description)  # an agent endpoint answers before storage
     storage = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     warn_if_tiny(plan, settings)
     check_same_data(storage, cfg.study_name, splits)
     study = open_study(cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
                        direction=objective.direction, attrs=study_attrs(cfg, space, splits, plan),
-                       info={"dataset": splits.name})
+                       info={"dataset": splits.name, "task": splits.task}, metric_names=[objective.metric_name])
     publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
+    constant = constant_score(splits, objective.task_metric)
+    if constant is not None and attrs.CONSTANT_SCORE not in study.user_attrs:
+        study.set_user_attr(attrs.CONSTANT_SCORE, constant)
     storage_shown = mask_url(normalize_url(cfg.storage))
     result = LoraResult(study_name=cfg.study_name, storage=storage_shown, budget=cfg.trials,
                         finished=len(counted_trials(study)))
@@ -261,7 +327,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
     hp = LoraHyperparams.from_params({**best.params, **space.fixed})
     log.info("Best trial %d: %s %.4f with %s", best.number, objective.metric_name, best.value, hp.to_dict())
     result.finished = len(counted_trials(study))
-    result.sampler = type(sampler).__name__
+    result.sampler = sampler_name
     result.space, result.dataset, result.task = space.name, splits.name, splits.task
     result.model = cfg.model or f"MiniLM ({model})"
     result.metric_name, result.direction = objective.metric_name, objective.direction
@@ -271,12 +337,21 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
     result.budget_steps, result.budget_seconds = cfg.budget_steps, cfg.budget_seconds
     result.best = {"trial": best.number, "params": best.params, "hyperparams": hp.to_dict(),
                    "proxy_metric": best.value, "proxy_metrics": last_metrics(best)}
+    result.constant_score = constant
     result.trials = trial_rows(study)
     result.spent = spent(study).to_dict()
     result.spent["full_runs"] = round(sum(r["steps"] * r["batch_size"] for r in result.trials if r["steps"])
                                       / (len(splits.train) * cfg.epochs), 2)
+    nothing = next((row["learned_nothing"] for row in result.trials if row["number"] == best.number), None)
+    if nothing:
+        result.best["learned_nothing"] = nothing
+        log.warning("the best trial %s: try other learning rates, more --proxy-steps or more epochs", nothing)
+    target_modules = cfg.target_modules
+    result.learned = study_learned(study, space, objective.metric_name)
     if cfg.final_train:
-        final = result.final = _final_train(hp, splits, model, settings, cfg, listener)
+        final = result.final = _final_train(hp, splits, model, settings, cfg, listener, objective.reuse)
+        target_modules = finish_adapter(Path(final["adapter_dir"]), base_id=hub_id(cfg.model), model_path=model,
+                                        task=splits.task, label_names=splits.label_names)
         proxy_task = result.best["proxy_metrics"].get(final["metric_name"])
         worse = proxy_task is not None and (final["test_metric"] < proxy_task if final["metric_name"] != "eval_loss"
                                             else final["test_metric"] > proxy_task)
@@ -284,14 +359,34 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
             final["warning"] = (f"the full-data run scored {final['test_metric']:.4f} on test, worse than its proxy "
                                 f"trial ({proxy_task:.4f}): the proxy did not predict full training for this config")
             log.warning(final["warning"])
+    rerun = rerun_config(job_config(cfg), hp, cfg.study_name)
+    result.recipe = build_recipe(rerun=rerun, model=cfg.model, model_path=model, base_id=hub_id(cfg.model),
+                                 splits=splits, settings=settings, hp=hp, proxy_fraction=plan.fraction,
+                                 proxy_examples=result.proxy_examples,
+                                 target_modules=target_modules or _default_targets(model))
     result.wall_seconds = round(time.perf_counter() - started, 1)
+    write_rerun_yaml(cfg.out_dir / "best.yaml", rerun,
+                     f"lmtune lora --config {cfg.out_dir / 'best.yaml'}\ntrains trial {best.number} of study "
+                     f"{cfg.study_name} again ({objective.metric_name} {best.value:.4f} on validation): the same "
+                     "model, data, proxy subset and seed, then retrains it on the full training split and tests it.")
+    if result.final is not None:
+        write_atomic(Path(result.final["adapter_dir"]) / "README.md", model_card(result.to_dict()))
     json_path, md_path = write_results(cfg.out_dir, result.to_dict())
-    log.info("Wrote %s and %s", json_path, md_path)
+    log.info("Wrote %s, %s and %s", json_path, md_path, cfg.out_dir / "best.yaml")
     return result
 
 
+def _default_targets(model: str) -> list[str] | None:
+    """PEFT's default LoRA target modules for the model's type (what it adapts when none are named)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    from transformers import AutoConfig
+
+    found = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(AutoConfig.from_pretrained(model).model_type)
+    return sorted(found) if found else None
+
+
 def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, settings: TrainSettings,
-                 cfg: LoraRunConfig, listener: TrialListener | None) -> dict[str, Any]:
+                 cfg: LoraRunConfig, listener: TrialListener | None, reuse=None) -> dict[str, Any]:
     """Retrain the chosen config on the whole training split, test it, save the adapter."""
     adapter_dir = cfg.out_dir / "adapter"
     log.info("Retraining the best config on the full training split (%d examples)...", len(splits.train))
@@ -299,7 +394,7 @@ def _final_train(hp: LoraHyperparams, splits: DatasetSplits, model: str, setting
                                 settings=dataclasses.replace(settings, eval_points=1), label_names=splits.label_names,
                                 target_modules=cfg.target_modules,
                                 on_step=listener.step if listener is not None else None,
-                                save_adapter_to=adapter_dir)
+                                save_adapter_to=adapter_dir, reuse=reuse)
     log.info("Test %s: %.4f (loss %.4f)", result.metric_name, result.metric, result.eval_loss)
     return {"test_metric": result.metric, "test_loss": result.eval_loss, "metric_name": result.metric_name,
             "train_seconds": round(result.train_seconds, 1), "train_examples": result.train_examples,

@@ -29,7 +29,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
-from lmtune._compat import heartbeat_interval, storage_of, stored_trial, trial_id
+from lmtune._compat import discard_session, heartbeat_interval, storage_of, stored_trial, trial_id
 from lmtune.errors import TrialFailed
 from lmtune.runtime.trials import (
     Budget,
@@ -193,6 +193,7 @@ def _run_one(study: optuna.Study, objective, total: int, listener: TrialListener
         with heartbeats(study, trial, interval):
             state, value = _evaluate(trial, objective, catch)
     except KeyboardInterrupt:
+        discard_session(study)  # the interrupt may have cut a query short, leaving its transaction's lock
         set_attr(trial, attrs.INTERRUPTED, True)
         set_attr(trial, attrs.FAIL_REASON, "interrupted before the trial finished")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

@@ -56,6 +56,27 @@ class StudyStatus(Result):
     compute_seconds: float
     spend: float | None
     failures: list[dict[str, Any]]
+    agent: dict[str, Any] | None = None
+
+
+def agent_summary(trials: list) -> dict[str, Any] | None:
+    """How the agent sampler did: suggestions asked of the model, how many fell back to TPE (the rate), and
+    tokens and seconds per suggestion. None when no trial was proposed by an ``AgentSampler``."""
+    asked = [t for t in trials if t.user_attrs.get(attrs.AGENT_SOURCE) in ("agent", "fallback")]
+    if not asked:
+        return None
+    fell = [t for t in asked if t.user_attrs.get(attrs.AGENT_FELL_BACK)]
+
+    def mean(key: str) -> float:
+        return sum(float(t.user_attrs.get(key, 0) or 0) for t in asked) / len(asked)
+
+    return {"suggestions": len(asked), "fell_back": len(fell), "fallback_rate": round(len(fell) / len(asked), 4),
+            "retries": sum(int(t.user_attrs.get(attrs.AGENT_RETRIES, 0) or 0) for t in asked),
+            "prompt_tokens_per_suggestion": round(mean(attrs.AGENT_PROMPT_TOKENS), 1),
+            "reply_tokens_per_suggestion": round(mean(attrs.AGENT_REPLY_TOKENS), 1),
+            "seconds_per_suggestion": round(mean(attrs.AGENT_SECONDS), 3),
+            "cost": round(sum(float(t.user_attrs.get(attrs.AGENT_COST, 0) or 0) for t in asked), 6),
+            "last_fallback": next((str(t.user_attrs.get(attrs.AGENT_FALLBACK_REASON)) for t in reversed(fell)), None)}
 
 
 def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None = None, **fields: Any
@@ -77,7 +98,7 @@ def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None 
         pick = max if summary.direction.name == "MAXIMIZE" else min
         b = pick(complete, key=lambda t: t.value)
         best = {"number": b.number, "value": b.value, "params": b.params,
-                "metric": b.user_attrs.get(attrs.METRIC_NAME, "value")}
+                "metric": (study.metric_names or [b.user_attrs.get(attrs.METRIC_NAME, "value")])[0]}
 
     def seconds(t) -> float:
         end = t.datetime_complete or (now if t.state == TrialState.RUNNING else None)
@@ -114,6 +135,7 @@ def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None 
         spend=round(sum(costs), 6) if costs else None,
         failures=[{"number": t.number, "reason": describe_failure(t), "retried": t.number in retried}
                   for t in trials if t.state == TrialState.FAIL],
+        agent=agent_summary(trials),
     )
 
 
@@ -137,6 +159,13 @@ def format_status(status: StudyStatus) -> str:
     hours = status["compute_seconds"] / 3600
     spend = f", spend {status['spend']:.6g}" if status["spend"] is not None else ""
     lines.append(f"compute: {status['compute_seconds']:.1f} trial-seconds ({hours:.2f} h){spend}")
+    agent = status.get("agent")
+    if agent:
+        lines.append(f"agent: {agent['fell_back']} of {agent['suggestions']} suggestions fell back to TPE "
+                     f"({agent['fallback_rate']:.0%}), {agent['retries']} replies rejected; per suggestion "
+                     f"{agent['prompt_tokens_per_suggestion']:.0f} prompt + {agent['reply_tokens_per_suggestion']:.0f}"
+                     f" reply tokens, {agent['seconds_per_suggestion']:.2f} s"
+                     + (f"; last fallback: {agent['last_fallback'][:120]}" if agent["last_fallback"] else ""))
     for f in status["failures"][-5:]:
         lines.append(f"  FAIL trial {f['number']}: {f['reason']}" + (" (retried)" if f["retried"] else ""))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ study searches are stored on creation and compared on every resume.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -27,13 +28,17 @@ def open_study(
     direction: str = "maximize",
     attrs: dict[str, Any] | None = None,
     info: dict[str, Any] | None = None,
+    metric_names: list[str] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it if it exists (same name = resume).
 
     No pruner means no pruning (Optuna's own default would be a median pruner).
     ``attrs`` describe what the study searches (space, model, data). They are stored on creation
     and compared on resume, so a study is never silently continued with a different setup. ``info`` is
-    stored on creation and never compared (a dataset path as typed, for people to read).
+    stored on creation and never compared (a dataset path as typed, for people to read). ``metric_names`` name
+    the objective's values (``accuracy``, ``success``...), so optuna-dashboard and ``optuna.visualization`` say
+    what was optimized instead of "Objective 0"; a study created without them (by an older lmtune) gets them on
+    resume.
     """
     storage = storage if isinstance(storage, BaseStorage) else make_storage(storage)
     existing = {s.study_name: s for s in storage.get_all_studies()}
@@ -47,8 +52,11 @@ def open_study(
             if stored is not None and stored != value:
                 raise InputError(key, f"study {study_name!r} was created with a different {key}; "
                                  "rerun with the same settings or pick another study name")
-        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
-                                 pruner=pruner or optuna.pruners.NopPruner())
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                  pruner=pruner or optuna.pruners.NopPruner())
+        if metric_names and study.metric_names is None:
+            name_metrics(study, metric_names)
+        return study
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
                                     pruner=pruner or optuna.pruners.NopPruner(), direction=direction)
@@ -58,7 +66,16 @@ def open_study(
         raise InputError("storage", f"cannot create study {study_name!r}: {reason}") from None
     for key, value in {**(info or {}), **(attrs or {})}.items():
         study.set_user_attr(key, value)
+    if metric_names:
+        name_metrics(study, metric_names)
     return study
+
+
+def name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """``study.set_metric_names`` without its experimental-feature warning (stable in use since Optuna 3.2)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(names))
 
 
 def find_study(storage: BaseStorage, study_name: str, url: str | None) -> optuna.study.FrozenStudy:

@@ -6,6 +6,7 @@ from typing import Any
 
 _EXPORTS = {
     "LanguageBOSampler": "lmtune.samplers.language_bo",
+    "AgentSampler": "lmtune.samplers.agent",
     "ShuffledGridSampler": "lmtune.samplers.grid",
     "Template": "lmtune.samplers.templates",
     "make_sampler": "lmtune.samplers.registry",

@@ -26,6 +26,9 @@ SAMPLERS: dict[str, str] = {
     "gp": "Gaussian process with log EI on the numbers (Optuna's GPSampler)",
     "botorch": "BoTorch qLogEI through optuna-integration's BoTorchSampler",
     "language-bo": "language-aided BO: configs as text, embedded by a frozen LM, deep-kernel GP",
+    "agent": "a language model at --endpoint proposes configs from a summary of the study (TPE fallback)",
+    "language-bo+": "language-BO with a numeric kernel beside the text one, memory of past studies "
+                    "(--transfer-from) and a space-filling start",
 }
 #: The ablations of the language-BO paper's Table 6, cumulative: none, +projection, +domain prompt, +token.
 LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
@@ -34,6 +37,16 @@ LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
     "language-bo-plain": {"template": "plain", "use_projection": True, "use_learnable_token": False},
     "language-bo-none": {"template": "plain", "use_projection": False, "use_learnable_token": False},
 }
+#: ``language-bo+`` and each of its three ideas alone on top of the paper's sampler (``language_bo.plus``).
+LANGUAGE_BO_PLUS: dict[str, dict[str, Any]] = {
+    "language-bo+": {"numeric": True, "start": "space-filling", "use_learnable_token": False},
+    "language-bo+numeric": {"numeric": True, "start": "random"},
+    "language-bo+transfer": {"numeric": False, "start": "random", "lbfgs": False},
+    "language-bo+start": {"numeric": False, "start": "space-filling", "lbfgs": False},
+    "language-bo+no-transfer": {"numeric": True, "start": "space-filling", "use_learnable_token": False},
+}
+#: The names that use transferred observations (``transfer=``; ``--transfer-from``).
+TRANSFER_SAMPLERS = ("language-bo+", "language-bo+transfer")
 PRUNERS: dict[str, str] = {
     "none": "no pruning",
     "median": "stop a trial below the median of earlier trials at the same step (after 5 trials)",
@@ -50,8 +63,20 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
 
     With a discrete ``space`` and ``distinct`` (the default) no config is proposed twice (``DistinctSampler``).
     ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
-    its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...).
+    its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...), or for ``agent``
+    the ``AgentSampler``'s (endpoint, model, prompts, temperature, ...); its fallback is this registry's TPE.
+    ``language-bo+`` (and its ablations) also takes ``transfer`` (``TransferSource``s) and ``description``.
     """
+    if name in LANGUAGE_BO_PLUS:
+        if space is None:
+            raise InputError("sampler", f"{name} needs the search space whose pool it ranks")
+        if language_bo.get("transfer") and name not in TRANSFER_SAMPLERS:
+            raise InputError("transfer_from", f"{name} does not use transferred observations; "
+                             f"use {' or '.join(TRANSFER_SAMPLERS)}")
+        from lmtune.samplers.language_bo.plus import LanguageBOPlusSampler
+
+        return LanguageBOPlusSampler(space, seed=seed, n_startup_trials=n_startup_trials,
+                                     **{**LANGUAGE_BO_PLUS[name], **language_bo})
     if name in LANGUAGE_BO_ABLATIONS:
         if space is None:
             raise InputError("sampler", "language-bo needs the search space whose pool it ranks")
@@ -59,6 +84,13 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
 
         options = {**LANGUAGE_BO_ABLATIONS[name], **language_bo} if name != "language-bo" else language_bo
         return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
+    if name == "agent":
+        if space is None:
+            raise InputError("sampler", "the agent sampler needs the search space it proposes from")
+        from lmtune.samplers.agent import AgentSampler
+
+        fallback = make_sampler("tpe", seed=seed, n_startup_trials=n_startup_trials, space=space, distinct=distinct)
+        return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **language_bo)
     if name not in SAMPLERS:
         raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if not distinct:
@@ -76,6 +108,7 @@ def observing_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5)
     from lmtune.samplers.fidelity import ObservingSampler
 
     return ObservingSampler(optuna_sampler(name, seed, n_startup_trials=n_startup_trials))
+
 
 
 def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:

@@ -2,7 +2,7 @@
 
 "Selecting Large Language Model to Fine-tune via Rectified Scaling Law" (Lin et al., ICML 2024,
 arXiv:2402.02314: the rectified law and Accept-then-Stop) and "LENSLLM: Unveiling Fine-Tuning Dynamics for
-LLM Selection" (the NTK term).
+LLM Selection" (the NTK term); lmtune's guard around AtS and the leave-one-dataset-out protocol it is designed in.
 
 Names are imported on first use so the CLI starts without scipy, torch or matplotlib.
 """
@@ -13,7 +13,9 @@ _EXPORTS = {
     "Curves": "curves", "load_curves": "curves", "save_curves": "curves",
     "FitError": "laws", "PowerLaw": "laws", "VanillaLaw": "laws", "RectifiedLaw": "laws", "NTKLaw": "laws",
     "transition_index": "ats", "ats_predict": "ats", "tail_median_predict": "ats",
-    "all_predictors": "predictors", "PROPOSED": "predictors",
+    "all_predictors": "predictors", "PROPOSED": "predictors", "DESIGNED": "predictors", "GuardedAtS": "predictors",
+    "Setting": "guard", "extrapolations": "guard", "choose_setting": "guard",
+    "leave_one_out": "protocol", "design_guard": "protocol", "design_file": "protocol",
     "pearcorr": "metrics", "relacc": "metrics", "finetune_flops": "metrics",
     "run_selection": "evaluate", "sweep": "evaluate",
     "bench_select": "bench",

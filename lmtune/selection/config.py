@@ -38,7 +38,8 @@ class SelectConfig(BaseModel):
     budget_ratio: float | None = Field(None, ge=1, allow_inf_nan=False,
                                        description="methods see sizes <= target/ratio (default 8 for --curves; "
                                        "every measured size for --models)")
-    plot: Path | None = Field(None, description="PNG of points and fitted curves (default: by the CSV)",
+    plot: Path | None = Field(None, description="PNG of points and fitted curves (default: <curves>-select.png in "
+                              "the folder of --out)",
                               json_schema_extra={"metavar": "FILE"})
     tokens_per_sample: float | None = Field(None, gt=0, allow_inf_nan=False, description="mean tokens per example, "
                                             "for FLOPs")
@@ -64,8 +65,11 @@ class BenchSelectConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    curves: Path = Field(description="curves CSV with the true losses at the target size",
-                         json_schema_extra={"metavar": "FILE"})
+    curves: list[Path] = Field(description="curves CSV with the true losses at the target size; repeat for several "
+                               "(--curves A --curves B)", json_schema_extra={"metavar": "FILE"})
+    protocol: Literal["single", "lodo", "design"] = Field(
+        "single", description="single: the paper table of each file; lodo: leave-one-dataset-out, each file scored "
+        "by methods designed on the others (held-out scores only); design: the guard's setting chosen on all files")
     ratios: list[int] = Field([8, 16, 32, 64, 128, 256, 512], description="budget ratios, comma-separated",
                               json_schema_extra={"split": ",", "metavar": "N,N..."})
     as_json: bool = Field(False, description="one JSON object instead of Markdown",
@@ -79,3 +83,8 @@ class BenchSelectConfig(BaseModel):
     @classmethod
     def _ratios(cls, value: Any) -> list[int]:
         return parse_ints(value)
+
+    @field_validator("curves", mode="before")
+    @classmethod
+    def _curves(cls, value: Any) -> list[Any]:
+        return [value] if isinstance(value, str | Path) else value

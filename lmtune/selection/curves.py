@@ -66,8 +66,12 @@ class Curves:
         return self.losses[:, hits[0]]
 
 
-def load_curves(path: str | Path) -> Curves:
-    """Read and validate a curves CSV; bad files raise ``InputError('curves', ...)`` saying what is wrong."""
+def load_curves(path: str | Path, partial: bool = False) -> Curves:
+    """Read and validate a curves CSV; bad files raise ``InputError('curves', ...)`` saying what is wrong.
+
+    ``partial``: a file still being measured (``lmtune select --models``, interrupted), where a model may have
+    fewer than two losses yet; only resuming reads it so.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError("curves", f"file not found: {path}")
@@ -116,7 +120,7 @@ def load_curves(path: str | Path) -> Curves:
                                            f"number, got {cell}")
             values.append(value)
         seen = sum(1 for (_, size), value in zip(size_cols, values, strict=True) if size > 0 and math.isfinite(value))
-        if seen < 2:
+        if seen < 2 and not partial:
             raise InputError("curves", f"{path} line {line}: model {name!r} has losses at {seen} positive training "
                                        "size(s); two or more are needed to rank it")
         count = _number(row[col[PARAMS_COLUMN]].strip(), path, line, PARAMS_COLUMN)

@@ -124,7 +124,7 @@ def _resume(out: Path, meta_path: Path, models, sizes, setup: MeasureSetup, with
         if stored != setup.to_dict():
             changed = sorted(k for k in setup.to_dict() if stored.get(k) != setup.to_dict()[k])
             raise InputError("out", f"{out} was measured with a different {', '.join(changed)}; use another --out")
-        old = load_curves(out)
+        old = load_curves(out, partial=True)
         for i, name in enumerate(models):
             if name in old.names:
                 k = old.names.index(name)
@@ -146,7 +146,9 @@ def _build(name: str, splits: DatasetSplits, mode: str, hp: LoraHyperparams, see
     import torch
 
     from lmtune.finetune.peft_model import build_peft_model, load_base_model
+    from lmtune.llm import resolve_model
 
+    name = resolve_model(name)  # an alias (arith-lm, minilm) as a folder; the curves keep the name given
     num_labels = len(splits.label_names) if splits.task == "classification" else None
     if mode == "lora":
         model, tokenizer = build_peft_model(name, hp, task=splits.task, num_labels=num_labels, seed=seed)

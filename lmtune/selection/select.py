@@ -41,7 +41,7 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     from lmtune.selection.curves import load_curves
 
     cfg = config or build_config(SelectConfig, **fields)
-    plot_target(cfg.plot, cfg.curves or cfg.out)  # an unwritable --plot fails now, not after measuring
+    plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable --plot fails now, not later
     if (cfg.curves is None) == (not cfg.models):
         raise InputError("curves", "give either --curves FILE or --models A B C (with --dataset and --sizes)")
     if cfg.curves is not None:
@@ -55,7 +55,7 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     else:
         table, target, ratio, tokens, note = _measure(cfg)
         source = cfg.out
-    plot_path = plot_target(cfg.plot, source)
+    plot_path = plot_target(cfg.plot, source, cfg.out.parent)
     selection = select_models(table, target, ratio, tokens_per_sample=tokens, plot_path=plot_path)
     text = format_selection(selection, table)
     if note:
@@ -64,11 +64,12 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     return SelectResult(ranking, selection, table, source, plot_path, text + f"plot: {plot_path}\n")
 
 
-def plot_target(plot: Path | None, source: Path) -> Path:
-    """Where the PNG goes: ``plot`` (a folder gets ``<curves>-select.png`` inside), by default beside the curves.
-    A folder lmtune cannot write to is an ``InputError`` naming ``plot``."""
+def plot_target(plot: Path | None, source: Path, output: Path) -> Path:
+    """Where the PNG goes: ``plot`` (a folder gets ``<curves>-select.png`` inside), by default ``output`` (the
+    folder of ``--out``), never the data folder a curves file was read from. A folder lmtune cannot write to is an
+    ``InputError`` naming ``plot``."""
     name = Path(source).stem + "-select.png"
-    path = Path(source).with_name(name) if plot is None else (
+    path = Path(output) / name if plot is None else (
         Path(plot) / name if Path(plot).is_dir() or str(plot).endswith(("/", os.sep)) else Path(plot))
     folder = path.parent if path.parent != Path("") else Path(".")
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
@@ -108,7 +109,10 @@ def select_models(curves: Curves, target: int, ratio: float, *, tokens_per_sampl
     if plot_path is not None:
         from lmtune.selection.plot import plot_curves
 
-        plot_curves(curves, target, selection.budget, plot_path)
+        proposed = selection.results[PROPOSED].prediction
+        plot_curves(curves, target, selection.budget, plot_path, method=PROPOSED,
+                    ranking=None if proposed is None else proposed.ranking(),
+                    scores=None if proposed is None else proposed.scores)
     return selection
 
 

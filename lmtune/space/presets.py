@@ -46,8 +46,10 @@ def _lora_small() -> SearchSpace:
 PRESETS = {"lora-paper": _lora_paper, "lora-small": _lora_small}
 
 
-def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A preset by name, or a YAML file."""
+def load_space(name_or_path: str | Path | dict) -> SearchSpace:
+    """A preset by name, a YAML file, or a space's mapping as a YAML file would hold it (``name``, ``params``)."""
+    if isinstance(name_or_path, dict):
+        return SearchSpace.from_dict(name_or_path, source=str(name_or_path.get("name", "space")))
     key = str(name_or_path)
     if key in PRESETS:
         return PRESETS[key]()

@@ -113,7 +113,7 @@ def test_summary_matches_an_independent_computation_from_the_runs():
         assert stats["regret"][10][0] == pytest.approx(np.mean(finals))
         assert stats["regret"][10][1] == pytest.approx(np.std(finals, ddof=1) / np.sqrt(6))
         assert stats["regret"][20][0] <= stats["regret"][5][0]  # best so far never gets worse
-        assert 1 <= stats["mean_rank"] <= 3
+        assert 1 <= stats["mean_rank"] <= 3 and stats["mean_rank_at"][20] == stats["mean_rank"]
     assert sum(s["mean_rank"] for s in summary["methods"].values()) == pytest.approx(1 + 2 + 3)
 
 
@@ -150,6 +150,25 @@ def test_language_bo_replay_is_deterministic(tmp_path, monkeypatch):
     assert len(set(map(str, first.values))) > 1
 
 
+def test_transferring_methods_remember_the_other_tables_never_the_one_they_search(tmp_path, monkeypatch):
+    """Leave one out: each table's transferring replays remember the other table (and an extra file), never the
+    table itself, even when it is passed again as an extra; other methods remember nothing."""
+    monkeypatch.setenv("LMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    first = synthetic_table()
+    second = Table(name="shifted", recipe={"grid": SMALL_GRID.to_dict()}, metric_name="accuracy",
+                   direction="maximize", rows=synthetic_table(grid=SMALL_GRID).rows)
+    report = compare_samplers([first, second], ["language-bo+", "random"], seeds=1, budget=6,
+                              output=tmp_path / "out", transfer_from=[first])
+    assert "synthetic remembers shifted; shifted remembers synthetic" in report
+    runs = [json.loads(line) for line in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
+    prior = {(r["table"], r["method"]): r["prior"] for r in runs}
+    assert prior[("synthetic", "language-bo+")] == f"shifted:{second.fingerprint()}"
+    assert prior[("shifted", "language-bo+")] == f"synthetic:{first.fingerprint()}"
+    assert prior[("synthetic", "random")] == prior[("shifted", "random")] == ""
+    assert all(len(r["values"]) == 6 for r in runs)  # remembered rows never took a trial of the budget
+    assert "| mean rank @5 |" in report
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path_factory, tiny_bert, tokenizer):
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -174,6 +193,7 @@ def test_build_resumes_without_training_finished_rows_again(tmp_path, tiny_model
     partial = build_table(spec, storage=storage, max_trials=3, output=output)
     assert len(partial.rows) == 3 and Table.load(output).rows == partial.rows
     first_trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert optuna.load_study(study_name="tiny", storage=storage).metric_names == ["accuracy"]  # not "Objective 0"
 
     full = build_table(spec, storage=storage, output=output)
     trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
@@ -243,3 +263,29 @@ def test_cli_reports_bad_tables_and_methods_in_one_line(tmp_path):
     shown = bench("show", "--table", "full.json.gz")
     assert shown.returncode == 0 and "| synthetic | 72 | 0 | accuracy | 0.9000 |" in shown.stdout
     assert not (tmp_path / "benchmarks").exists()  # failed commands wrote nothing
+
+
+def test_agent_replay_shows_the_rows_curves_to_the_model_and_reports_its_fallbacks(tmp_path):
+    """A real HTTP server on 127.0.0.1 whose Optimizer replies are never JSON: every asked suggestion falls back,
+    and the Analyzer's prompt holds the TCS report of the rows' trajectories."""
+    from tests.samplers.test_agent import Misbehaving
+    from tests.servers import Server
+
+    table = synthetic_table(fail={3})
+    for i, row in enumerate(table.rows):  # curves as a table build stores them; every fifth row overfits
+        overfit = i % 5 == 0
+        row["trajectory"] = [{"step": 5, "epoch": 0.5, "train_loss": 1.2, "eval_loss": 1.0, "accuracy": 0.5},
+                             {"step": 10, "epoch": 1.0, "train_loss": 0.6, "eval_loss": 1.3 if overfit else 0.8,
+                              "accuracy": 0.6}]
+        row["step_losses"] = [1.5 - 0.08 * s for s in range(10)]
+    server = Misbehaving()
+    with Server(server.app()) as url:
+        agent = {"endpoint": url, "model": "m", "timeout": 5.0}
+        report = compare_samplers([table], ["agent", "random"], seeds=2, budget=8, output=tmp_path, agent=agent)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    agent_runs = [r for r in runs if r["method"] == "agent:m"]
+    assert len(agent_runs) == 2 and all(r["extra"]["fallback_rate"] == 1.0 for r in agent_runs)
+    assert all(r["extra"]["suggestions"] == 3 for r in agent_runs)  # 8 trials, 5 start-up
+    assert "| agent:m | 6 | 6 (100%) | 3.00 |" in report
+    prompts = [r["messages"][1]["content"] for r in server.requests if not r.get("response_format")]
+    assert len(prompts) == 6 and any("overfitting" in p for p in prompts)

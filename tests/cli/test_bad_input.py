@@ -17,6 +17,13 @@ from lmtune.cli import main
 ONE_CLASS = "text,label\n" + "".join(f"review number {i},good\n" for i in range(30))
 TWO_CLASSES = "text,label\n" + "".join(f"{'great' if i % 2 else 'awful'} film {i},{i % 2}\n" for i in range(40))
 CURVES = "config name,0,100,200,400,size\nA,3.0,2.5,2.2,2.0,1000\nB,3.2,2.4,2.1,1.9,2000\n"
+#: A table whose grid searches warmup instead of dropout: not a memory for a lora-small study.
+OTHER_TABLE = ('{"format": 1, "name": "old", "metric_name": "accuracy", "direction": "maximize", "recipe": {"grid": '
+               '{"params": {"rank": {"type": "categorical", "choices": [4]}, "alpha_ratio": {"type": "categorical", '
+               '"choices": [1.0]}, "batch_size": {"type": "categorical", "choices": [8]}, "learning_rate": {"type": '
+               '"categorical", "choices": [0.001]}, "warmup": {"type": "categorical", "choices": [10]}}}}, "rows": '
+               '[{"params": {"rank": 4, "alpha_ratio": 1.0, "batch_size": 8, "learning_rate": 0.001, "warmup": 10}, '
+               '"metric": 0.5}]}')
 
 
 def space(body: str) -> str:
@@ -54,6 +61,14 @@ CASES = [
      "does not exist"),
     ("a read-only database", {}, ["lora", "--storage", "sqlite:///file:ro.db?mode=ro&uri=true", "--no-run"],
      "storage", "readonly"),
+    ("transfer with a sampler that does not transfer", {}, ["lora", "--transfer-from", "old.json", "--storage",
+                                                            "sqlite:///s.db"], "transfer_from", "language-bo+"),
+    ("a transfer table with another space", {"old.json": OTHER_TABLE},
+     ["lora", "--sampler", "language-bo+", "--transfer-from", "old.json", "--storage", "sqlite:///s.db"],
+     "transfer_from", "only in the source: warmup; only in this study: dropout"),
+    ("a transfer study in a storage that does not exist", {},
+     ["lora", "--sampler", "language-bo+", "--transfer-from", "old-study", "--storage", "sqlite:///s.db"],
+     "transfer_from", "no study can be read"),
     ("a port above 65535", {}, ["serve", "--port", "99999"], "port", "at most 65535"),
     ("an absent device", {}, ["serve", "--device", "cuda:7"], "device", "no cuda device"),
     ("target size 0", {"c.csv": CURVES}, ["select", "--curves", "c.csv", "--target-size", "0"], "target_size",

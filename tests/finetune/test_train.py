@@ -186,7 +186,7 @@ def test_objective_runs_in_a_study_and_records_attributes(tiny_bert, tokenizer, 
         attrs = trial.user_attrs
         assert attrs["metric_name"] == "accuracy" and attrs["train_examples"] == 12
         assert attrs["hyperparams"]["alpha"] == 2.0 * trial.params["rank"]
-        assert [r["step"] for r in attrs["trajectory"]] == [1, 2]
+        assert [r["step"] for r in attrs["trajectory"]] == [2, 4]  # 12 rows: at least MIN_STEPS steps
         assert trial.intermediate_values == {r["step"]: r["accuracy"] for r in attrs["trajectory"]}
         assert attrs["trajectory"][-1]["accuracy"] == trial.value and attrs["train_seconds"] > 0
 

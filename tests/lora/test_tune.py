@@ -20,6 +20,10 @@ def test_tune_lora_accepts_any_optuna_sampler(tmp_path):
     study = optuna.load_study(study_name="api", storage=storage)
     assert len(study.trials) == 3 and len({tuple(sorted(t.params.items())) for t in study.trials}) == 3
     assert json.loads((tmp_path / "out" / "results.json").read_text())["best"]["trial"] == study.best_trial.number
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    learned = summary.split("## What the study learned\n\n")[1].split("\n\n")[0]
+    assert learned.startswith("- ") and learned.count("\n- ") >= 2  # plain sentences from the TCS report
+    assert "Too few completed trials with different values to say how rank matters." in learned
 
 
 @pytest.fixture(scope="module")

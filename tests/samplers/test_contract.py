@@ -20,6 +20,7 @@ from lmtune.runtime.study import open_study
 from lmtune.samplers.grid import ShuffledGridSampler
 from lmtune.samplers.registry import SAMPLERS, make_sampler
 from lmtune.space import Categorical, SearchSpace
+from tests.conftest import AGENT_TEST_OPTIONS
 
 #: 24 configs: small enough to exhaust in a test, ordered numbers for the numeric samplers.
 SPACE = SearchSpace(
@@ -34,10 +35,18 @@ SPACE = SearchSpace(
 NAMES = [*SAMPLERS, "grid"]
 
 
+@pytest.fixture
+def encoders(encoders, agent_endpoint):
+    """What the model-based samplers need: tiny encoders (language-BO), and lmtune serve with agent-lm (agent)."""
+    return {**encoders, "agent": agent_endpoint}
+
+
 def make(name: str, encoders, tmp_path, seed: int = 0):
     if name == "grid":
         return ShuffledGridSampler(list(SPACE.iter_pool()), seed=seed)
-    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if name == "language-bo" else {}
+    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if name.startswith("language-bo") else {}
+    if name == "agent":
+        options = {"endpoint": encoders["agent"], **AGENT_TEST_OPTIONS, "retries": 1}
     return make_sampler(name, seed=seed, n_startup_trials=3, space=SPACE, **options)
 
 

@@ -104,8 +104,9 @@ def test_every_lmtune_sampler_of_a_discrete_space_sees_through_the_view(study, m
     assert any(seen.get(2) == pytest.approx(0.8) for seen in spy.seen)
 
 
-def test_language_bo_observes_a_pruned_trial_at_its_fidelity(study, encoders, tmp_path):
-    sampler = make_sampler("language-bo", seed=0, n_startup_trials=2, space=SPACE, encoder=encoders["bert"],
+@pytest.mark.parametrize("name", ["language-bo", "language-bo+no-transfer"])
+def test_language_bo_observes_a_pruned_trial_at_its_fidelity(study, encoders, tmp_path, name):
+    sampler = make_sampler(name, seed=0, n_startup_trials=2, space=SPACE, encoder=encoders["bert"],
                            cache_dir=tmp_path / "cache")
     add(study, {"rank": 64, "learning_rate": 1e-4}, TrialState.FAIL, 0.0, last_step=0)
     running = study.ask()
@@ -114,6 +115,16 @@ def test_language_bo_observes_a_pruned_trial_at_its_fidelity(study, encoders, tm
     assert observed == {index[0]: pytest.approx(0.9), index[1]: pytest.approx(0.7), index[2]: pytest.approx(0.8),
                         index[3]: pytest.approx(0.4)}
     assert failed == [index[4]]  # a failure is still imputed as the worst
+
+
+def test_the_agents_fallback_sees_pruned_trials_at_their_fidelity(study, monkeypatch):
+    """The AgentSampler reads pruned trials' curves in its summary; when it falls back, TPE sees them too."""
+    spy = Spy(monkeypatch)
+    sampler = make_sampler("agent", seed=0, n_startup_trials=2, space=SPACE, endpoint="http://127.0.0.1:9/v1",
+                           model="none", check=False)
+    study.sampler = sampler.fallback
+    SPACE.suggest(study.ask())
+    assert any(seen.get(2) == pytest.approx(0.8) and seen.get(3) == pytest.approx(0.4) for seen in spy.seen)
 
 
 def test_minimizing_uses_the_same_gains(study):

@@ -294,3 +294,27 @@ def test_real_minilm_on_lora_small(tmp_path):
     assert len(set(params)) == 9
     assert sampler.encoder.name == default_encoder_path() and not sampler.encoder.causal
     assert sampler.last_timings["total_s"] < 30
+
+
+def test_a_loaded_encoder_is_used_as_given_and_the_model_stays_on_the_cpu(encoders, tmp_path):
+    encoder = FrozenEncoder.load(encoders["llama"])
+    given, by_path = make(encoders, tmp_path, kind="llama", encoder=encoder), make(encoders, tmp_path, kind="llama")
+    runs = []
+    for sampler in (given, by_path):
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.optimize(objective, n_trials=6)
+        runs.append(configs(study))
+    assert runs[0] == runs[1] and given.encoder is encoder
+    surrogate = given.surrogate
+    assert given.text_pool.device == surrogate.device == surrogate.base.device == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_cuda_encoder_the_pool_projection_and_gp_live_on_it(encoders, tmp_path):
+    sampler = make(encoders, tmp_path, kind="llama", device="cuda")
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=8)
+    surrogate = sampler.surrogate
+    assert surrogate.base.device.type == "cuda" and surrogate.psi.device.type == "cuda"
+    assert {p.device.type for p in [*surrogate.gp.parameters(), *surrogate.projection.parameters()]} == {"cuda"}
+    assert len(set(configs(study))) == 8 and "rank_pool_s" in sampler.last_timings

@@ -11,9 +11,10 @@ from lmtune.errors import InputError
 from lmtune.finetune.data import DatasetSplits
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.train import TrainingRun, TrainSettings
-from lmtune.selection.curves import load_curves
+from lmtune.selection.curves import load_curves, save_curves
 from lmtune.selection.measure import measure_curves
 from lmtune.selection.ntk import ntk_term
+from lmtune.selection.predictors import PROPOSED
 
 
 def _brute_force(model, tokenizer, rows, task):
@@ -108,8 +109,30 @@ def test_measure_curves_is_nested_resumable_and_ranks(tiny_model_dirs, tmp_path,
     again, _ = measure_curves(tiny_model_dirs, splits, [0, 4, 8, 16], out, mode="lora", hp=hp,
                               settings=settings, ntk_examples=4, progress=messages.append)
     assert messages == [] and again.losses == pytest.approx(curves.losses)
+    # interrupted after one loss of the second model: the file does not rank yet, but resuming reads it
+    partial = load_curves(out)
+    partial.losses[1, 2:] = np.nan
+    save_curves(partial, out)
+    with pytest.raises(InputError, match="two or more"):
+        load_curves(out)
+    messages.clear()
+    resumed, _ = measure_curves(tiny_model_dirs, splits, [0, 4, 8, 16], out, mode="lora", hp=hp,
+                                settings=settings, ntk_examples=4, progress=messages.append)
+    assert len(messages) == 2 and np.isfinite(resumed.losses).all()
+    assert resumed.losses[0] == pytest.approx(curves.losses[0])
     with pytest.raises(InputError, match="different seed"):
         measure_curves(tiny_model_dirs, splits, [0, 4, 8, 16], out, seed=1, hp=hp, settings=settings, ntk_examples=4)
+
+
+def test_measure_takes_the_arith_lm_alias(tmp_path):
+    from lmtune.arithmetic import make_problems
+
+    rows = make_problems(40, op="-", digits=3, min_digits=3, seed=0)
+    splits = DatasetSplits("causal", rows[:24], rows[24:32], rows[32:], None, "sub3")
+    curves, _ = measure_curves(["arith-lm"], splits, [0, 8, 16], tmp_path / "a.csv", ntk_examples=0,
+                               hp=LoraHyperparams(learning_rate=2e-3, batch_size=8),
+                               settings=TrainSettings(max_length=16))
+    assert curves.names == ["arith-lm"] and np.isfinite(curves.losses).all() and curves.params[0] > 5e5
 
 
 def test_measure_full_fine_tuning_changes_the_loss(tiny_model_dirs, tmp_path, sentiment_rows):
@@ -129,7 +152,7 @@ def test_cli_select_from_measured_curves(tiny_model_dirs, tmp_path, sentiment_ro
                                       "--learning-rate", "0.02", "--batch-size", "4", "--epochs", "2",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "Ranking by ats-median" in result.output and "lensllm" in result.output
+    assert f"Ranking by {PROPOSED}" in result.output and "lensllm" in result.output
     assert out.exists() and (tmp_path / "m-select.png").stat().st_size > 1000
 
 

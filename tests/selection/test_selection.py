@@ -153,7 +153,7 @@ PUBLISHED = {  # METHODS.md section 2, x100, ratios 8..512
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="shared finetune-scaling data not present")
 @pytest.mark.parametrize("name", ["flan", "wmt19"])
-def test_harness_reproduces_published_numbers_and_proposed_beats_ats(name):
+def test_harness_reproduces_published_numbers_and_ats_median_beats_ats_on_its_design_files(name):
     curves = load_curves(DATA / f"{name}.csv")
     table = sweep(curves, 1638400, predictors=[ZeroShot(), SubTuning(), ModelSize(), AtS(), AtSMedian()])
     for method, (pear, rel) in PUBLISHED[name].items():
@@ -161,10 +161,10 @@ def test_harness_reproduces_published_numbers_and_proposed_beats_ats(name):
             assert table[ratio].results[method].pearcorr == pytest.approx(pear[k], abs=0.5), (method, ratio)
             if rel:
                 assert table[ratio].results[method].relacc == pytest.approx(rel[k], abs=0.5), (method, ratio)
-    for ratio in PAPER_RATIOS:
-        ats, best = table[ratio].results["ats"], table[ratio].results[PROPOSED]
-        assert best.pearcorr >= ats.pearcorr and best.relacc >= ats.relacc
-        assert best.flops == ats.flops
+    for ratio in PAPER_RATIOS:  # the files ats-median was chosen on (docs/benchmarks.md); not a held-out claim
+        ats, median = table[ratio].results["ats"], table[ratio].results["ats-median"]
+        assert median.pearcorr >= ats.pearcorr and median.relacc >= ats.relacc
+        assert median.flops == ats.flops
 
 
 def test_bench_json_shape(tmp_path):
@@ -173,7 +173,7 @@ def test_bench_json_shape(tmp_path):
         f"m{i}," + ",".join(f"{v:.6f}" for v in rectified(d, 4 + i / 10, -6 - i / 3, 0.6, 0.5)) + f",{10 ** (6 + i)}\n"
         for i in range(5))
     out = json.loads(bench_select(curves=_write(tmp_path, text), ratios=[8, 64], as_json=True, tokens_per_sample=10))
-    assert set(out) >= {"ats", "ats-median", "rectified", "lensllm", "zeroshot", "best"}
+    assert set(out) >= {"ats", "ats-median", "ats-guard", "rectified", "lensllm", "zeroshot", "best"}
     assert out["best"] == out[PROPOSED]
     assert set(out["ats"]) == {"8", "64"}
     total = 6 * sum(10 ** (6 + i) for i in range(5)) * 10

