@@ -107,19 +107,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, nargs="+", default=[RESULTS],
+                        help="JSONL file runs are appended to (the first); more files are read too, so that "
+                        "processes running other seeds side by side can be summarized together")
     args = parser.parse_args()
     quiet_libraries()
     import torch
 
     torch.set_num_threads(args.threads)
-    done = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
+    done = [json.loads(line) for path in args.output if path.exists() for line in path.read_text().splitlines()]
     searches = {(r["recipe"], r["seed"]): r for r in done if r["kind"] == "search"}
     finals = {(r["seed"], config_key(r["hyperparams"])): r for r in done if r["kind"] == "final"}
     validation = 213
     today_units = RECIPES["today"]["trials"] * (TRAIN_UNITS * 149 + EVAL_UNITS * 4 * validation)
 
     def record(row: dict) -> None:
-        with RESULTS.open("a") as handle:
+        with args.output[0].open("a") as handle:
             handle.write(json.dumps(row) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="lmtune-e2e-") as tmp:

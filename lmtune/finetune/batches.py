@@ -36,6 +36,28 @@ def example_length(example) -> int:
     return len(first) + (len(second) if isinstance(second, list) else 0)
 
 
+def pad_sequences(sequences: list[list[int]], value: int, device, left: bool = False):
+    """(ids, attention mask) padded to the longest sequence (dynamic padding); left-padded for generation."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return to_device(ids, device), to_device(mask, device)
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless index batches, reshuffled (seeded) at every epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
+
+
 def grouped_batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
     """Endless batches of indices of similar length, reshuffled (seeded) at every epoch.
 

@@ -8,11 +8,10 @@ see every evaluation as it happens (for pruning), and makes failure explicit: a 
 from __future__ import annotations
 
 import math
-import random
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,16 @@ from transformers import (
 
 from lmtune._compat import accepts_logits_to_keep
 from lmtune.errors import InputError, TrialFailed
-from lmtune.finetune.batches import IGNORE_INDEX, chunks, example_length, grouped_batches, response_targets, to_device
+from lmtune.finetune.batches import (
+    IGNORE_INDEX,
+    chunks,
+    example_length,
+    grouped_batches,
+    pad_sequences,
+    response_targets,
+    shuffled_batches,
+    to_device,
+)
 from lmtune.finetune.device import PRECISIONS, QUANTIZE, Precision, prepare_hardware
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.peft_model import attach_adapter, prepare_base, save_adapter, save_initial_adapter
@@ -254,7 +262,7 @@ class TrainingRun:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)  # float16 only
         guard = _DivergenceGuard(settings.divergence_factor)
         batches = (grouped_batches([example_length(x) for x in train], hp.batch_size, settings.seed)
-                   if settings.group_by_length else _shuffled_batches(len(train), hp.batch_size, settings.seed))
+                   if settings.group_by_length else shuffled_batches(len(train), hp.batch_size, settings.seed))
         trajectory: list[dict] = []
         losses: list[float] = []
         step_losses: list[float] = []
@@ -315,19 +323,19 @@ class TrainingRun:
         """Summed loss over a right-padded batch, the number of scored targets, and the logits."""
         pad = self.tokenizer.pad_token_id
         if self.task == "classification":
-            input_ids, mask = _pad([ids for ids, _ in examples], pad, self.device)
+            input_ids, mask = pad_sequences([ids for ids, _ in examples], pad, self.device)
             mask = self._mask(mask, examples)
             labels = to_device(torch.tensor([label for _, label in examples]), self.device)
             with self.precision.context(self.device):
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
             return F.cross_entropy(logits, labels, reduction="sum"), len(examples), logits
-        input_ids, mask = _pad([p + r for p, r in examples], pad, self.device)
+        input_ids, mask = pad_sequences([p + r for p, r in examples], pad, self.device)
         mask = self._mask(mask, examples)
         count = sum(len(r) - (not p) for p, r in examples)  # scored targets, counted here: no wait for the device
         if self.keep_logits:
             loss, logits = self._response_loss(examples, input_ids, mask)
             return loss, count, logits
-        labels, _ = _pad([[IGNORE_INDEX] * len(p) + r for p, r in examples], IGNORE_INDEX, self.device)
+        labels, _ = pad_sequences([[IGNORE_INDEX] * len(p) + r for p, r in examples], IGNORE_INDEX, self.device)
         with self.precision.context(self.device):
             logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
         targets = labels[:, 1:]
@@ -360,7 +368,7 @@ class TrainingRun:
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         hits = 0
         for chunk in chunks(examples, self.settings.eval_batch_size):
-            input_ids, mask = _pad([p for p, _ in chunk], tokenizer.pad_token_id, self.device, left=True)
+            input_ids, mask = pad_sequences([p for p, _ in chunk], tokenizer.pad_token_id, self.device, left=True)
             with self.precision.context(self.device):
                 output = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
             for generated, (_, reference) in zip(output[:, input_ids.size(1):], chunk, strict=True):
@@ -401,28 +409,6 @@ def _fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[
         return prompt, response
     keep = min(len(prompt), max(max_length - len(response), max_length // 2))
     return prompt[len(prompt) - keep:], response[: max_length - keep]
-
-
-def _pad(sequences: list[list[int]], value: int, device, left: bool = False):
-    """(ids, attention mask) padded to the longest sequence (dynamic padding); left-padded for generation."""
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), value, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        mask[row, span] = 1
-    return to_device(ids, device), to_device(mask, device)
-
-
-def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless index batches, reshuffled (seeded) at every epoch."""
-    rng = random.Random(seed)
-    while True:
-        order = list(range(n))
-        rng.shuffle(order)
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
 
 
 def _normalise(text: str) -> str:
