@@ -1,17 +1,18 @@
 """End to end: which config does each proxy recipe choose, and how good is it after full training?
 
 The default demo's search (``lmtune lora --trials 10 --max-length 64`` on BBC News, lora-small, TPE) is run as
-lmtune had it (one epoch of a 10% subset, ranked by accuracy: ``today``) and with the step-sized proxy, without
-and with successive halving, for each seed. Every recipe gets the compute of today's 10 trials: compute is
-counted as 3 units per training example (forward and backward) and 1 per evaluated example (forward only),
-all at the same sequence length, so today's budget is 10 x (3 x 149 + 4 x 213) units; the others get the
-``--budget-steps`` whose whole trials fit in it. The chosen config is then trained on the full training split
+lmtune had it (one epoch of a 10% subset, ranked by accuracy: ``today``) and with lmtune's default proxy now
+(30% of each config's own full run, ranked by validation loss: ``share``), without and with successive halving
+(``share+sh``), for each seed. Every recipe gets the compute of today's 10 trials: compute is counted as 3
+units per training example (forward and backward) and 1 per evaluated example (forward only), all at the same
+sequence length, so today's budget is 10 x (3 x 149 + 4 x 213) units; the others add trials while one more
+whole trial fits in it. The chosen config is then trained on the full training split
 and scored on the test split, as ``lmtune lora`` does after its search (the same settings and seed; a config
 chosen twice for one seed is trained once). Each search and each final run is appended to a JSONL file as it
 finishes, so the script resumes.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/proxy_end_to_end.py --seeds 0 1 2 3 4`` (not yet run to the end
-on lmtune's development machine: no results are committed, see docs/benchmarks.md)
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/proxy_end_to_end.py --seeds 0 1 2 3 4`` (results:
+``benchmarks/results/proxy_end_to_end*.jsonl``, docs/benchmarks.md)
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ RESULTS = Path("benchmarks/results/proxy_end_to_end.jsonl")
 COMMON = {"max_length": 64, "space": "lora-small", "sampler": "tpe", "final_train": False}
 RECIPES: dict[str, dict[str, Any]] = {
     "today": {"trials": 10, "proxy_steps": 0, "proxy_fraction": 0.1, "proxy_metric": "accuracy"},
-    "steps": {"trials": 1000},
-    "steps+sh": {"trials": 1000, "pruner": "successive-halving"},
+    "share": {},
+    "share+sh": {"pruner": "successive-halving"},
 }
 TRAIN_UNITS, EVAL_UNITS = 3, 1
 
@@ -53,42 +54,58 @@ def units(trial: dict, validation: int) -> int:
     return TRAIN_UNITS * trial["examples"] + EVAL_UNITS * trial["evaluations"] * validation
 
 
-def budget_steps(recipe: dict, seed: int, today_units: int) -> int:
-    """The steps budget whose whole trials fit in ``today_units`` at the space's mean batch size."""
+def whole_trial_units(recipe: dict, seed: int) -> float:
+    """The compute of one unpruned trial of ``recipe`` (mean over the space's batch sizes)."""
     cfg = LoraRunConfig(**COMMON, **recipe, seed=seed)
     splits = load_dataset(cfg.dataset, seed=seed)
     plan = proxy_plan(cfg, resolve_space(cfg), splits, TrainSettings(max_length=cfg.max_length, seed=seed))
     evals = PRUNED_EVALS if recipe.get("pruner") else PLAIN_EVALS
-    per_trial = (TRAIN_UNITS * plan.steps * statistics.fmean(plan.batch_sizes)
-                 + EVAL_UNITS * evals * len(splits.validation))
-    return int(today_units // per_trial) * plan.steps
+    return (TRAIN_UNITS * statistics.fmean(plan.steps_at(b) * b for b in plan.batch_sizes)
+            + EVAL_UNITS * evals * len(splits.validation))
 
 
 def search(recipe_name: str, seed: int, today_units: int, workdir: Path) -> dict[str, Any]:
+    """One search of ``recipe_name``: today's 10 trials, or trials added one at a time (the study resumes)
+    while one more whole trial fits in ``today_units`` (pruned trials cost less, so more of them fit)."""
     recipe = dict(RECIPES[recipe_name])
-    if recipe_name != "today":
-        recipe["budget_steps"] = budget_steps(recipe, seed, today_units)
     storage, study_name = f"sqlite:///{workdir / 'e2e.db'}", f"{recipe_name}-{seed}"
+    validation = len(load_dataset(None, seed=seed).validation)
     started = time.perf_counter()
-    result = tune_lora(**COMMON, **recipe, seed=seed, storage=storage, study_name=study_name,
-                       output_dir=workdir / study_name)
+    if recipe_name == "today":
+        result = tune_lora(**COMMON, **recipe, seed=seed, storage=storage, study_name=study_name,
+                           output_dir=workdir / study_name)
+    else:
+        per_trial, trials = whole_trial_units(recipe, seed), 1
+        while True:
+            result = tune_lora(**COMMON, **recipe, trials=trials, seed=seed, storage=storage,
+                               study_name=study_name, output_dir=workdir / study_name)
+            spent = sum(units(t, validation) for t in trial_costs(study_name, storage, result))
+            if spent + per_trial > today_units:
+                break
+            trials += 1
     wall = time.perf_counter() - started
     splits = load_dataset(None, seed=seed)
     labels = [row["label"] for row in splits.validation]
     majority = max(labels.count(label) for label in set(labels)) / len(labels)
+    trials = trial_costs(study_name, storage, result)
+    return {"kind": "search", "recipe": recipe_name, "seed": seed,
+            "proxy": result.proxy, "best": result.best, "trials": trials, "spent": result.spent,
+            "majority_share": majority, "wall_seconds": round(wall, 1)}
+
+
+def trial_costs(study_name: str, storage: str, result) -> list[dict[str, Any]]:
+    """Each counted trial's config, steps, training examples, evaluations and last metrics."""
     trials = []
     for t in counted_trials(optuna.load_study(study_name=study_name, storage=storage)):
         trajectory = t.user_attrs.get(attrs.TRAJECTORY) or []
         steps, batch = t.user_attrs.get(attrs.TRAIN_STEPS, 0), t.params["batch_size"]
-        examples = steps * batch if result.proxy["steps"] else result.proxy_examples * math.ceil(steps / max(
-            1, math.ceil(result.proxy_examples / batch)))
+        examples = (steps * batch if result.proxy["steps"] or result.proxy["share"] else
+                    result.proxy_examples * math.ceil(steps / max(1, math.ceil(result.proxy_examples / batch))))
         trials.append({"number": t.number, "state": t.state.name, "params": t.params, "steps": steps,
                        "examples": examples, "evaluations": len(trajectory),
                        "metrics": {k: v for k, v in (trajectory or [{}])[-1].items() if k in ("accuracy", "eval_loss")},
                        "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)})
-    return {"kind": "search", "recipe": recipe_name, "seed": seed, "budget_steps": recipe.get("budget_steps"),
-            "proxy": result.proxy, "best": result.best, "trials": trials, "spent": result.spent,
-            "majority_share": majority, "wall_seconds": round(wall, 1)}
+    return trials
 
 
 def final_run(seed: int, hyperparams: dict) -> dict[str, Any]:

@@ -14,13 +14,14 @@ Two config sets, so that a rule can be chosen on data that the reported numbers 
   the way the full-run configs were chosen, but none of them; their full runs are trained here first.
 
 A rule is ``table`` (the table's own proxy runs, ``--configs full`` only; nothing is trained), ``steps=N`` (N
-optimizer steps for every config), ``steps=auto`` (lmtune's default rule for the grid and the data),
-``share=R`` (R times the config's own full-run steps) or ``epochs=E`` (E passes over the proxy subset, the
+optimizer steps for every config), ``auto`` (lmtune's default proxy for the grid and the data, planned by
+``lmtune.finetune.proxy.plan_proxy``), ``share=R`` (R times the config's own full-run steps, on the subset
+a fixed-steps proxy of that length would draw from) or ``epochs=E`` (E passes over the proxy subset, the
 recipe of the tables), with ``fraction=F`` (the share of the training split the proxy draws from; ``auto``:
 lmtune's default) and ``evals=K`` (evaluations along the run; default 4).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/proxy_steps.py --table benchmarks/data/bbc-minilm.json.gz
---configs full --rule steps=auto``
+--configs full --rule auto``
 """
 
 from __future__ import annotations
@@ -71,11 +72,16 @@ def parse_rule(text: str) -> dict[str, Any]:
     rule: dict[str, Any] = {"evals": 4, "fraction": "auto"}
     for part in text.split(","):
         key, _, value = part.partition("=")
+        if key == "auto":
+            rule["auto"] = True
+            continue
         if key not in ("steps", "share", "epochs", "fraction", "evals"):
             raise SystemExit(f"unknown rule part {part!r}")
+        if key == "steps" and value == "auto":
+            raise SystemExit("steps=auto was lmtune's first default, 32 steps on both tables: write steps=32")
         rule[key] = value if value == "auto" else (int(value) if key in ("steps", "evals") else float(value))
-    if sum(k in rule for k in ("steps", "share", "epochs")) != 1:
-        raise SystemExit(f"rule {text!r} needs exactly one of steps=, share=, epochs=")
+    if sum(k in rule for k in ("steps", "share", "epochs", "auto")) != 1:
+        raise SystemExit(f"rule {text!r} needs exactly one of auto, steps=, share=, epochs=")
     return rule
 
 
@@ -133,12 +139,14 @@ class Bench:
             settings = dataclasses.replace(base, epochs=rule["epochs"], eval_points=rule["evals"])
             fraction = self.spec.proxy_fraction if rule["fraction"] == "auto" else rule["fraction"]
             return settings, proxy_subset(train, fraction, self.spec.seed)
-        if "share" in rule:
-            steps = max(base.min_steps, math.ceil(rule["share"] * full_steps))
-        else:
-            steps = None if rule["steps"] == "auto" else rule["steps"]
-        plan = plan_proxy(len(train), self.spec.grid, epochs=base.epochs, steps=steps,
-                          fraction=None if rule["fraction"] == "auto" else rule["fraction"])
+        fraction = None if rule["fraction"] == "auto" else rule["fraction"]
+        if "auto" in rule:  # lmtune's default proxy, planned as lmtune lora plans it
+            plan = plan_proxy(len(train), self.spec.grid, epochs=base.epochs, fraction=fraction)
+            steps = plan.trial_steps(batch)
+            settings = dataclasses.replace(base, steps=steps, eval_points=min(rule["evals"], steps))
+            return settings, proxy_subset(train, plan.fraction, self.spec.seed)
+        steps = max(base.min_steps, math.ceil(rule["share"] * full_steps)) if "share" in rule else rule["steps"]
+        plan = plan_proxy(len(train), self.spec.grid, epochs=base.epochs, steps=steps, fraction=fraction)
         settings = dataclasses.replace(base, steps=plan.steps, eval_points=min(rule["evals"], plan.steps))
         return settings, proxy_subset(train, plan.fraction, self.spec.seed)
 
@@ -158,7 +166,7 @@ def main() -> None:
     parser.add_argument("--design-count", type=int, default=20)
     parser.add_argument("--proxies-only", action="store_true", help="design: train no full run here")
     parser.add_argument("--limit", type=int, default=None, help="design: only the first N configs of the spread order")
-    parser.add_argument("--rule", nargs="+", default=["steps=auto"])
+    parser.add_argument("--rule", nargs="+", default=["auto"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--full-only", action="store_true", help="train the design configs' full runs and stop")
     parser.add_argument("--no-train", action="store_true", help="train nothing: print the table over the configs "

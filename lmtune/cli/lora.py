@@ -66,14 +66,15 @@ def proxy_check_command(
     from lmtune.lora.proxy_check import proxy_check
 
     result = proxy_check(ctx.obj, configs)
-    size = f"{result.proxy_steps} steps" if result.proxy_steps else "epochs"
+    size = (f"{result.proxy_steps} steps" if result.proxy_steps else
+            f"{result.proxy_share:.0%} of each full run" if result.proxy_share else "epochs")
     print(f"proxy ({size} on {result.proxy_examples} examples, {result.proxy_fraction:.0%}) vs full "
           f"({result.full_examples} examples) over {result.paired} configs:")
-    for metric, by_step in result.correlations.items():
-        if not by_step:
+    for metric, by_evaluation in result.correlations.items():
+        if not by_evaluation:
             continue
-        step = max(by_step)
-        pearson, spearman = by_step[step]["pearson"], by_step[step]["spearman"]
+        last = by_evaluation[max(by_evaluation)]
+        pearson, spearman = last["pearson"], last["spearman"]
         shown = "undefined (fewer than 3 paired results or no spread)" if spearman is None else (
             f"Pearson {pearson:.3f}, Spearman {spearman:.3f}")
         mark = " (ranks trials)" if metric == result.proxy_metric else ""

@@ -13,6 +13,7 @@ from lmtune import attrs
 from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import DatasetSplits, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.proxy import ProxyPlan
 from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
 
@@ -28,7 +29,9 @@ class LoraObjective:
 
     Every trial trains on the same seeded ``proxy_fraction`` of the training split, so trials differ only in
     their hyperparameters; ``settings.steps`` (when set) gives every trial that many optimizer steps whatever
-    its batch size. ``seed`` drives the proxy sample, shuffling and initialisation (it replaces
+    its batch size, and a ``plan`` (``lmtune.finetune.proxy``) sets each trial's steps from its batch size and
+    the axis its reports lie on (steps, or training examples when trials of different batch sizes take
+    different steps). ``seed`` drives the proxy sample, shuffling and initialisation (it replaces
     ``settings.seed``). ``metric`` is what a trial returns and reports: the task's metric (default) or
     ``"eval_loss"``; both are recorded in the trajectory either way. Each evaluation is reported to the trial
     at its optimizer step, so a pruner can stop it early; a run that cannot produce a score raises
@@ -53,6 +56,7 @@ class LoraObjective:
         progress: Callable[[int, int], None] | None = None,
         metric: str | None = None,
         reuse_model: bool = True,
+        plan: ProxyPlan | None = None,
     ):
         self.space = space
         self.splits = splits
@@ -67,6 +71,7 @@ class LoraObjective:
             raise InputError("proxy_metric", f"{metric!r} is not allowed; allowed: {self.task_metric}, eval_loss")
         self.metric_name = metric or self.task_metric
         self.reuse = ReusableBase() if reuse_model else None
+        self.plan = plan
         self.direction = metric_direction(self.metric_name)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -75,6 +80,10 @@ class LoraObjective:
         trial.set_user_attr(attrs.METRIC_NAME, self.metric_name)
         trajectory: list[dict] = []
         steps = [0, 0]  # steps taken, steps planned
+        settings = self.settings
+        if self.plan is not None and self.plan.trial_steps(hp.batch_size) is not None:
+            settings = dataclasses.replace(settings, steps=self.plan.trial_steps(hp.batch_size))
+        resource = (lambda step: step) if self.plan is None else (lambda step: self.plan.resource(step, hp.batch_size))
 
         def on_step(step: int, total: int) -> None:
             steps[:] = [step, total]
@@ -84,7 +93,7 @@ class LoraObjective:
         def on_eval(step: int, record: dict) -> None:
             trajectory.append(record)
             trial.set_user_attr(attrs.TRAJECTORY, trajectory)
-            trial.report(record[self.metric_name], step)
+            trial.report(record[self.metric_name], resource(step))
             # Optuna's successive halving has no last rung: it would prune a trial that already finished
             if step < steps[1] and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with {self.metric_name} "
@@ -93,7 +102,7 @@ class LoraObjective:
         try:
             result = train_and_evaluate(
                 hp, self.train_rows, self.splits.validation, task=self.splits.task, model=self.model,
-                tokenizer=self.tokenizer, label_names=self.splits.label_names, settings=self.settings,
+                tokenizer=self.tokenizer, label_names=self.splits.label_names, settings=settings,
                 target_modules=self.target_modules, on_eval=on_eval, on_step=on_step, reuse=self.reuse,
             )
         except TrialFailed as error:

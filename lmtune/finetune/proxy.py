@@ -1,16 +1,18 @@
-"""How long a search trial trains: a proxy sized by optimizer steps, and what it costs next to a full run.
+"""How long a search trial trains: a proxy sized by each config's own optimizer steps, and its cost.
 
 "Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization" trains each trial on a
 random 10% of the training data (its Table 7: Pearson 0.87-0.94 with the full run). Its training sets held
 100,000 examples, so one epoch of 10% was hundreds of optimizer steps. On a few thousand examples one epoch
 of 10% is a handful of steps at any batch size: most configs have not left chance when it ends, and the
-ranking measures how fast a config starts to learn, not where it ends (docs/benchmarks.md). What a proxy
-needs is enough optimizer steps, so lmtune sizes it in steps: every trial takes the same number of steps
-whatever its batch size, and draws its batches from a subset large enough that no trial sees an example
-twice. The data fraction then only sets the pool the steps draw from; the steps set the cost.
+ranking measures how fast a config starts to learn, not where it ends (docs/benchmarks.md).
 
-The default number of steps (``default_proxy_steps``) follows from the data size and the space's batch
-sizes; docs/decisions.md says how its constants were chosen and on which data.
+lmtune's default proxy (``DEFAULT_SHARE``) trains each config for a share of *its own* full run's optimizer
+steps, on batches from the whole training split that no trial sees twice: a batch-4 config takes 8 times the
+steps of a batch-32 one, every config processes the same number of examples, and the learning-rate schedule
+runs its whole course. Equal steps for every batch size (``--proxy-steps N``, which stays available) were the
+first default; they leave small-batch configs near where they started (docs/decisions.md says how the rule
+and its constants were chosen, and on which data). On large data the share is capped so that a trial takes at
+most ``MAX_PROXY_STEPS`` steps at the space's mean batch size, the paper's own range.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from lmtune.errors import InputError
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.space import Categorical, Float, SearchSpace
 
-#: The proxy of lmtune before steps: one epoch of this share of the training split.
+#: The proxy of lmtune's benchmark tables: one epoch of this share of the training split.
 EPOCH_PROXY_FRACTION = 0.1
-#: Default steps give a trial this share of a full run's training examples, averaged over the batch sizes ...
-COST_SHARE = 0.25
-#: ... but at least this many steps (fewer leave slowly learning configs where they started) ...
-MIN_PROXY_STEPS = 32
-#: ... and at most this many: on large data a proxy needs enough steps, not a share (the language-BO paper's
-#: Table 7: 5-10% of 100,000 examples, 300-600 steps at batch 16, track the full run; 1% does less well).
+#: Default: a trial trains on this share of its own full run (the issue's cost cap of 30%) ...
+DEFAULT_SHARE = 0.3
+#: ... but on at most as many examples as this many steps at the space's mean batch size (the language-BO
+#: paper's Table 7: 5-10% of 100,000 examples, 300-600 steps at batch 16, track the full run).
 MAX_PROXY_STEPS = 512
 
 
@@ -52,24 +52,21 @@ def full_run_steps(rows: int, batch_size: int, epochs: float) -> int:
     return max(1, math.ceil(math.ceil(rows / batch_size) * epochs))
 
 
-def default_proxy_steps(rows: int, space: SearchSpace, *, epochs: float = 1.0) -> int:
-    """Steps every trial takes by default on ``rows`` training examples with the space's batch sizes.
-
-    ``COST_SHARE`` of a full run on average over the batch sizes, within ``MIN_PROXY_STEPS`` and
-    ``MAX_PROXY_STEPS``, and never more than the longest full run (the one at the smallest batch).
-    """
+def default_share(rows: int, space: SearchSpace, *, epochs: float = 1.0) -> float:
+    """The share of each config's full run a default trial trains: ``DEFAULT_SHARE``, or less on data so large
+    that it would exceed ``MAX_PROXY_STEPS`` steps at the space's mean batch size."""
     sizes = batch_sizes(space)
-    steps = round(COST_SHARE * rows * epochs / (sum(sizes) / len(sizes)))
-    steps = min(MAX_PROXY_STEPS, max(MIN_PROXY_STEPS, steps))
-    return max(1, min(steps, full_run_steps(rows, min(sizes), epochs)))
+    cap = MAX_PROXY_STEPS * (sum(sizes) / len(sizes)) / max(1.0, rows * epochs)
+    return min(DEFAULT_SHARE, cap)
 
 
 @dataclass(frozen=True)
 class ProxyPlan:
     """What each trial trains on and for how long, and its cost next to a full run of the same config.
 
-    ``steps`` is None for an epoch-sized proxy (``epochs`` passes over the subset, the recipe of lmtune's
-    benchmark tables). ``fraction`` of the ``train_rows`` training examples form the subset (``rows`` of them).
+    Three kinds: ``share`` (each config trains that share of its own full run's steps), ``steps`` (every config
+    that many steps), or neither (``epochs`` passes over the subset, the recipe of lmtune's benchmark tables).
+    ``fraction`` of the ``train_rows`` training examples form the subset (``rows`` of them).
     """
 
     steps: int | None
@@ -82,11 +79,28 @@ class ProxyPlan:
     metric: str | None = None
     min_steps: int = 1
     notes: list[str] = field(default_factory=list)
+    share: float | None = None
 
     def steps_at(self, batch_size: int) -> int:
         if self.steps is not None:
             return self.steps
+        if self.share is not None:
+            return max(self.min_steps, math.ceil(self.share * full_run_steps(self.train_rows, batch_size, self.epochs)))
         return max(self.min_steps, full_run_steps(self.rows, batch_size, self.epochs))
+
+    def trial_steps(self, batch_size: int) -> int | None:
+        """``TrainSettings.steps`` of a trial at ``batch_size`` (None: an epoch-sized proxy counts its own)."""
+        return None if self.steps is None and self.share is None else self.steps_at(batch_size)
+
+    def resource(self, step: int, batch_size: int) -> int:
+        """Where a report at ``step`` lies on the pruner's axis: optimizer steps when every trial takes the same
+        number, else training examples, so that trials of every batch size meet at the same rungs."""
+        return step if self.steps is not None else step * batch_size
+
+    def rungs(self, evaluations: int) -> tuple[int, int]:
+        """The pruner's (min_resource, max_resource): the earliest first evaluation and the latest last one."""
+        first = min(self.resource(math.ceil(self.steps_at(b) / evaluations), b) for b in self.batch_sizes)
+        return max(1, first), max(self.resource(self.steps_at(b), b) for b in self.batch_sizes)
 
     def cost_share(self, batch_size: int) -> float:
         """Training examples a trial processes over those of a full run, at ``batch_size``."""
@@ -101,24 +115,29 @@ class ProxyPlan:
     def to_dict(self) -> dict[str, Any]:
         shares = {b: round(self.cost_share(b), 4) for b in self.batch_sizes}
         return {"steps": self.steps, "fraction": round(self.fraction, 4), "rows": self.rows,
-                "train_rows": self.train_rows, "epochs": self.epochs, "metric": self.metric, "rule": self.rule,
+                "share": self.share, "train_rows": self.train_rows, "epochs": self.epochs, "metric": self.metric,
+                "rule": self.rule,
                 "steps_by_batch": {b: self.steps_at(b) for b in self.batch_sizes},
                 "cost_share_by_batch": shares, "mean_cost_share": round(sum(shares.values()) / len(shares), 4),
                 "notes": list(self.notes)}
 
 
 def plan_proxy(train_rows: int, space: SearchSpace, *, epochs: float = 1.0, steps: int | None = None,
-               fraction: float | None = None, metric: str | None = None, min_steps: int = 1) -> ProxyPlan:
+               share: float | None = None, fraction: float | None = None, metric: str | None = None,
+               min_steps: int = 1) -> ProxyPlan:
     """The proxy of a search on ``train_rows`` training examples over ``space``.
 
-    ``steps``: None for the default (``default_proxy_steps``), 0 for an epoch-sized proxy (``epochs`` passes
-    over ``fraction``, default 10%), N for N optimizer steps. ``fraction``: None for the default (step-sized:
-    as many rows as the longest-batch trial uses, so no trial sees an example twice).
+    ``steps``: None for a share of each config's full run (``share``, default ``default_share``), 0 for an
+    epoch-sized proxy (``epochs`` passes over ``fraction``, default 10%), N for N optimizer steps (which wins
+    over ``share``). ``fraction``: None for the default (a share: the whole split; fixed steps: as many rows as
+    the trial that processes the most examples uses, so no trial sees an example twice).
     """
     if train_rows < 1:
         raise InputError("dataset", "no training rows")
     if steps is not None and steps < 0:
         raise InputError("proxy_steps", f"must be >= 0, got {steps}")
+    if share is not None and not 0 < share <= 1:
+        raise InputError("proxy_share", f"must be in (0, 1], got {share}")
     if fraction is not None and not 0 < fraction <= 1:
         raise InputError("proxy_fraction", f"must be in (0, 1], got {fraction}")
     sizes = batch_sizes(space)
@@ -127,19 +146,24 @@ def plan_proxy(train_rows: int, space: SearchSpace, *, epochs: float = 1.0, step
         rows = max(1, round(fraction * train_rows))
         return ProxyPlan(None, fraction, rows, train_rows, epochs, sizes, f"{epochs:g} epoch(s) of {fraction:.0%}",
                          metric, min_steps)
-    rule = f"{steps} steps (--proxy-steps)"
-    if steps is None:
-        steps = default_proxy_steps(train_rows, space, epochs=epochs)
-        rule = (f"{steps} steps (default: {COST_SHARE:.0%} of a full run at the mean batch size, within "
-                f"{MIN_PROXY_STEPS}-{MAX_PROXY_STEPS} steps)")
+    if steps:
+        rule = f"{steps} steps (--proxy-steps)"
+        probe = ProxyPlan(steps, 1.0, train_rows, train_rows, epochs, sizes, rule, metric, min_steps)
+    else:
+        given = share is not None
+        share = share if given else default_share(train_rows, space, epochs=epochs)
+        rule = (f"{share:.0%} of each config's full run" + (" (--proxy-share)" if given else " (default)"))
+        probe = ProxyPlan(None, 1.0, train_rows, train_rows, epochs, sizes, rule, metric, min_steps, share=share)
+    needed = max(probe.steps_at(b) * b for b in sizes)
     notes = []
-    if fraction is None:
-        fraction = min(1.0, steps * max(sizes) / train_rows)
+    if fraction is None:  # a share of a run never passes over the split twice: batches come from all of it
+        fraction = 1.0 if probe.share is not None else min(1.0, needed / train_rows)
     rows = max(1, round(fraction * train_rows))
-    if steps * max(sizes) > rows:
-        notes.append(f"at batch {max(sizes)} a trial passes {steps * max(sizes) / rows:.1f} times over its "
-                     f"{rows} rows")
-    plan = ProxyPlan(steps, fraction, rows, train_rows, epochs, sizes, rule, metric, min_steps, notes)
+    if needed > rows:
+        notes.append(f"at batch {max(sizes, key=lambda b: probe.steps_at(b) * b)} a trial passes "
+                     f"{needed / rows:.1f} times over its {rows} rows")
+    plan = ProxyPlan(probe.steps, fraction, rows, train_rows, epochs, sizes, rule, metric, min_steps, notes,
+                     share=probe.share)
     over = [b for b in sizes if plan.cost_share(b) > 1]
     if over:
         plan.notes.append(f"at batch {', '.join(map(str, over))} a trial trains longer than a full run "

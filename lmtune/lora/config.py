@@ -38,9 +38,15 @@ class LoraRunConfig(BaseModel):
                                 "(default: the space's)", json_schema_extra={"metavar": "VARIANT"})
     trials: int = Field(10, ge=1, description="finished trials the study should hold (with a budget: at most)")
     proxy_steps: int | None = Field(None, ge=0, description="optimizer steps every trial takes, whatever its "
-                                    "batch size (default: from the data size and the space's batch sizes; 0: "
+                                    "batch size (default: --proxy-share of each config's own full run; 0: "
                                     "--epochs passes over the --proxy-fraction subset instead). It wins over "
-                                    "--epochs, which then sets only the full run", json_schema_extra={"metavar": "N"})
+                                    "--proxy-share and --epochs (which then sets only the full run)",
+                                    json_schema_extra={"metavar": "N"})
+    proxy_share: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                      description="share of its own full run's optimizer steps each trial takes, "
+                                      "so every batch size sees as many examples (default 0.3, less on data so "
+                                      "large that a trial would pass 512 steps at the mean batch size)",
+                                      json_schema_extra={"metavar": "R"})
     proxy_fraction: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
                                          description="share of the training split trials draw their batches from "
                                          "(default: enough rows that no trial sees one twice; 0.1 with "

@@ -40,7 +40,7 @@ class ProxyCheckResult(Result):
 
     ``pearson``/``spearman`` compare the proxy's ranking metric with the full run's task metric (None: fewer
     than 3 pairs or no spread); ``correlations`` holds them for every proxy metric and for the proxy's
-    earlier evaluations (``{metric: {step: {"pearson", "spearman"}}}``). ``cost_share`` is the proxy's
+    earlier evaluations (``{metric: {evaluation number: {"pearson", "spearman"}}}``). ``cost_share`` is the proxy's
     training examples over a full run's (mean over the configs), ``seconds_share`` the same in measured time.
     """
 
@@ -51,6 +51,7 @@ class ProxyCheckResult(Result):
     paired: int
     pearson: float | None
     proxy_steps: int | None = None
+    proxy_share: float | None = None
     proxy_metric: str | None = None
     metric_name: str | None = None
     spearman: float | None = None
@@ -95,13 +96,13 @@ def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:
         raise InputError("configs", f"need at least 3 configs for a correlation, got {configs}")
     space, splits, model, settings = prepare_run(cfg)
     plan = proxy_plan(cfg, space, splits, settings)
-    trial_settings = dataclasses.replace(settings, steps=plan.steps)
     proxy_rows = proxy_subset(splits.train, plan.fraction, cfg.seed)
     reuse = ReusableBase()  # one base for every run: all use the same seed
     rows = []
     for i, params in enumerate(sample_configs(space, configs, cfg.seed), 1):
         hp = LoraHyperparams.from_params(params)
         row: dict[str, Any] = {"params": params, "batch_size": hp.batch_size}
+        trial_settings = dataclasses.replace(settings, steps=plan.trial_steps(hp.batch_size))
         for name, train_rows, run_settings in (("proxy", proxy_rows, trial_settings), ("full", splits.train, settings)):
             try:
                 result = train_and_evaluate(hp, train_rows, splits.validation, task=splits.task, model=model,
@@ -127,9 +128,9 @@ def _summarize(cfg: LoraRunConfig, plan, rows: list[dict], full_examples: int, e
     correlations: dict[str, dict[int, dict[str, float | None]]] = {}
     for metric in dict.fromkeys(m for m in (task_metric, "eval_loss") if m is not None):
         direction = 1.0 if metric_direction(metric) == "maximize" else -1.0
-        steps = sorted({rec["step"] for r in rows for rec in r.get("proxy_trajectory", [])})
+        evaluations = max((len(r.get("proxy_trajectory", [])) for r in rows), default=0)
         correlations[metric] = {
-            step: correlate([_at(r, step, metric) for r in rows], full, sign * direction) for step in steps}
+            k: correlate([_at(r, k, metric) for r in rows], full, sign * direction) for k in range(1, evaluations + 1)}
     paired = sum(1 for r in rows if r["proxy"] is not None and r["full"] is not None)
     last = {m: by_step[max(by_step)] if by_step else {"pearson": None, "spearman": None}
             for m, by_step in correlations.items()}
@@ -140,6 +141,7 @@ def _summarize(cfg: LoraRunConfig, plan, rows: list[dict], full_examples: int, e
     result = ProxyCheckResult(
         proxy_fraction=plan.fraction, proxy_examples=plan.rows, full_examples=full_examples, configs=rows,
         paired=paired, pearson=chosen["pearson"], spearman=chosen["spearman"], proxy_steps=plan.steps,
+        proxy_share=plan.share,
         proxy_metric=plan.metric, metric_name=task_metric, correlations=correlations,
         cost_share=float(np.mean(shares)) if shares else None,
         seconds_share=float(np.mean(seconds)) if seconds else None)
@@ -157,6 +159,11 @@ def _recommend(result: ProxyCheckResult, plan, last: dict, full_examples: int, e
         return f"rank trials by {better} (--proxy-metric {better}): Spearman {last[better]['spearman']:.2f}"
     if result.tracks:
         return None
+    if plan.share is not None:
+        share = min(1.0, plan.share * 2)
+        note = "" if share < 1 else " (a full run: the proxy saves nothing here)"
+        return (f"train longer: --proxy-share {share:.2g}{note}, then run proxy-check again; "
+                f"Spearman was {result.spearman:.2f} at {plan.share:.0%} of each full run")
     longest = max(plan.batch_sizes)
     steps = plan.longest * 2
     ceiling = full_run_steps(full_examples, longest, epochs)
@@ -166,12 +173,14 @@ def _recommend(result: ProxyCheckResult, plan, last: dict, full_examples: int, e
             f"Spearman was {result.spearman:.2f} at {plan.longest} steps")
 
 
-def _at(row: dict, step: int, metric: str) -> float | None:
-    for record in row.get("proxy_trajectory", []):
-        if record["step"] == step:
-            value = record.get(metric)
-            return value if value is not None and math.isfinite(value) else None
-    return None
+def _at(row: dict, evaluation: int, metric: str) -> float | None:
+    """The ``metric`` of a config's ``evaluation``-th proxy evaluation (configs of other batch sizes evaluate
+    at other steps, but at the same share of their run)."""
+    trajectory = row.get("proxy_trajectory", [])
+    if len(trajectory) < evaluation:
+        return None
+    value = trajectory[evaluation - 1].get(metric)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _fmt(value: float | None) -> str:

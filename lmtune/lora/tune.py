@@ -142,7 +142,10 @@ def proxy_plan(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, se
     if metric not in ("eval_loss", task_metric):
         raise InputError("proxy_metric", f"{metric!r} is not a metric of a {splits.task} task; allowed: "
                          f"eval_loss, {task_metric}")
-    return plan_proxy(len(splits.train), space, epochs=cfg.epochs, steps=cfg.proxy_steps,
+    if cfg.proxy_steps and cfg.proxy_share is not None:
+        log.warning("--proxy-steps %d wins over --proxy-share %g: every trial takes %d steps",
+                    cfg.proxy_steps, cfg.proxy_share, cfg.proxy_steps)
+    return plan_proxy(len(splits.train), space, epochs=cfg.epochs, steps=cfg.proxy_steps, share=cfg.proxy_share,
                       fraction=cfg.proxy_fraction, metric=metric, min_steps=settings.min_steps)
 
 
@@ -153,14 +156,15 @@ def search_parts(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, 
     # An evaluation of the validation split can cost more than the steps between two: a step-sized trial
     # evaluates at the middle and at the end, or at four even points where a pruner decides (its first rung is
     # the first). An epoch-sized one keeps lmtune's earlier four.
-    evals = settings.eval_points if plan.steps is None else PRUNED_EVALS if cfg.pruner != "none" else PLAIN_EVALS
-    trial_settings = dataclasses.replace(settings, steps=plan.steps, eval_points=evals,
+    epoch_sized = plan.trial_steps(min(plan.batch_sizes)) is None
+    evals = settings.eval_points if epoch_sized else PRUNED_EVALS if cfg.pruner != "none" else PLAIN_EVALS
+    trial_settings = dataclasses.replace(settings, eval_points=evals,
                                          exact_match=settings.exact_match and plan.metric != "eval_loss")
     objective = LoraObjective(space, splits, model=model, proxy_fraction=plan.fraction, settings=trial_settings,
                               seed=cfg.seed, target_modules=cfg.target_modules, progress=progress,
-                              metric=plan.metric)
-    pruner = make_pruner(cfg.pruner, min_resource=math.ceil(plan.longest / trial_settings.eval_points),
-                         max_resource=plan.longest)
+                              metric=plan.metric, plan=plan)
+    first, last = plan.rungs(evals)
+    pruner = make_pruner(cfg.pruner, min_resource=first, max_resource=last)
     return plan, objective, pruner
 
 
@@ -170,7 +174,7 @@ def study_attrs(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, p
     compared too, so a resumed multi-fidelity study keeps its rungs."""
     return {"space": space.to_dict(), "model": str(cfg.model or "minilm"), DATA_FINGERPRINT: splits.fingerprint(),
             "proxy_fraction": plan.fraction, "max_length": cfg.max_length, "seed": cfg.seed,
-            "proxy": {"steps": plan.steps, "epochs": None if plan.steps else plan.epochs, "metric": plan.metric},
+            "proxy": {"steps": plan.steps, "share": plan.share, "epochs": plan.epochs, "metric": plan.metric},
             "pruner": cfg.pruner}
 
 
@@ -196,7 +200,7 @@ def warn_if_tiny(plan: ProxyPlan, settings: TrainSettings) -> None:
     and what else about the proxy deserves a look (a trial longer than a full run, passes over its rows)."""
     batch = max(plan.batch_sizes)
     steps = math.ceil(math.ceil(plan.rows / batch) * settings.epochs)
-    if plan.steps is None and steps < settings.min_steps:
+    if plan.trial_steps(batch) is None and steps < settings.min_steps:
         log.warning("the proxy subset holds %d rows: at batch %s a trial would take %d optimizer step(s), so each "
                     "takes %d (passing over its rows again); more data or a larger --proxy-fraction measures "
                     "configs better", plan.rows, batch, steps, settings.min_steps)

@@ -1,4 +1,5 @@
-"""A proxy sized by optimizer steps: exact steps for every batch size, its default, and its cost next to a full run."""
+"""A proxy sized by optimizer steps: exact steps for every batch size, its default (a share of each config's own
+full run), and its cost next to a full run."""
 
 import optuna
 import pytest
@@ -7,7 +8,7 @@ from lmtune import attrs
 from lmtune.errors import InputError
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
-from lmtune.finetune.proxy import MAX_PROXY_STEPS, MIN_PROXY_STEPS, default_proxy_steps, plan_proxy
+from lmtune.finetune.proxy import DEFAULT_SHARE, MAX_PROXY_STEPS, default_share, full_run_steps, plan_proxy
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.space import Categorical, SearchSpace
 
@@ -52,14 +53,51 @@ def test_the_objective_records_steps_and_ranks_by_the_chosen_metric(tiny_bert, t
     assert error.value.field == "proxy_metric"
 
 
-def test_default_steps_follow_the_data_size_and_the_largest_batch():
-    # 1,489 rows at batch 16: a full run is 94 steps.
-    small = default_proxy_steps(1489, space(8, 16))
-    assert MIN_PROXY_STEPS <= small <= MAX_PROXY_STEPS
-    assert default_proxy_steps(1000, space(8, 16)) == MIN_PROXY_STEPS  # small data: the floor
-    assert default_proxy_steps(100, space(8, 16)) == 13  # tiny data: no longer than the longest full run
-    assert default_proxy_steps(10_000_000, space(8, 16)) == MAX_PROXY_STEPS  # huge data: the ceiling
-    assert default_proxy_steps(20_000, space(8, 16)) >= default_proxy_steps(20_000, space(8, 64))
+def test_with_a_share_plan_each_trial_takes_its_batch_sizes_steps_and_reports_on_examples(tiny_bert, tokenizer,
+                                                                                          sentiment_rows):
+    from lmtune.finetune.data import DatasetSplits
+
+    splits = DatasetSplits("classification", sentiment_rows, sentiment_rows[:8], sentiment_rows[:8], None, "toy")
+    grid = space(2, 8)
+    plan = plan_proxy(len(sentiment_rows), grid, share=0.5, metric="eval_loss")  # 24 rows: 6 steps at 2, 2 at 8
+    objective = LoraObjective(grid, splits, model=tiny_bert, tokenizer=tokenizer, proxy_fraction=plan.fraction,
+                              settings=TrainSettings(max_length=16, eval_points=2), metric="eval_loss", plan=plan)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.BruteForceSampler(seed=0))
+    study.optimize(objective, n_trials=4)
+    for trial in study.trials:
+        batch = trial.params["batch_size"]
+        assert trial.user_attrs[attrs.TRAIN_STEPS] == plan.steps_at(batch) == {2: 6, 8: 2}[batch]
+        assert sorted(trial.intermediate_values) == [batch * plan.steps_at(batch) // 2, batch * plan.steps_at(batch)]
+
+
+def test_the_default_gives_every_batch_size_the_same_share_of_its_own_full_run():
+    """BBC News: 1,489 training rows, lora-small's batch sizes 4-32: 30% of each config's full run, so a batch-4
+    config takes 8 times the steps of a batch-32 one and every config sees about 447 examples."""
+    plan = plan_proxy(1489, space(4, 8, 16, 32))
+    assert plan.share == DEFAULT_SHARE == 0.3 and plan.steps is None and plan.fraction == 1.0
+    assert {b: plan.steps_at(b) for b in (4, 8, 16, 32)} == {4: 112, 8: 57, 16: 29, 32: 15}
+    assert all(plan.trial_steps(b) == plan.steps_at(b) for b in (4, 8, 16, 32))
+    assert all(0.3 <= plan.cost_share(b) <= 0.32 for b in (4, 8, 16, 32))
+    assert all(440 <= plan.steps_at(b) * b <= 480 for b in (4, 8, 16, 32))
+
+
+def test_the_default_share_is_capped_on_large_data():
+    assert default_share(1489, space(8, 16)) == DEFAULT_SHARE
+    huge = plan_proxy(10_000_000, space(8, 16))  # 30% would be 250,000 steps at batch 12
+    assert huge.share == pytest.approx(MAX_PROXY_STEPS * 12 / 10_000_000)
+    assert huge.steps_at(8) == pytest.approx(MAX_PROXY_STEPS * 12 / 8, abs=1)
+    tiny = plan_proxy(10, space(4), min_steps=4)  # a share of 3 steps is raised to the minimum
+    assert tiny.steps_at(4) == 4 == full_run_steps(10, 4, 1.0) + 1
+
+
+def test_pruner_rungs_meet_across_batch_sizes():
+    """Reports lie on the axis of training examples when trials take different steps, on steps otherwise."""
+    plan = plan_proxy(1489, space(4, 32))
+    assert plan.resource(28, 4) == 112 and plan.resource(4, 32) == 128
+    first, last = plan.rungs(4)
+    assert first == min(28 * 4, 4 * 32) and last == max(112 * 4, 15 * 32)
+    fixed = plan_proxy(1489, space(4, 32), steps=40)
+    assert fixed.resource(10, 32) == 10 and fixed.rungs(4) == (10, 40)
 
 
 def test_a_plan_says_what_a_trial_costs_next_to_a_full_run():
@@ -78,7 +116,8 @@ def test_a_plan_says_what_a_trial_costs_next_to_a_full_run():
     assert epochs.steps_at(4) == 50 and epochs.steps_at(32) == 8 and epochs.cost_share(4) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [({"steps": -1}, "proxy_steps"), ({"fraction": 1.5}, "proxy_fraction")])
+@pytest.mark.parametrize(("kwargs", "field"), [({"steps": -1}, "proxy_steps"), ({"fraction": 1.5}, "proxy_fraction"),
+                                              ({"share": 0.0}, "proxy_share"), ({"share": 1.5}, "proxy_share")])
 def test_bad_proxies_name_their_field(kwargs, field):
     with pytest.raises(InputError) as error:
         plan_proxy(100, space(4), **kwargs)
