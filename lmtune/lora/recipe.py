@@ -129,13 +129,14 @@ def model_card(result: dict[str, Any]) -> str:
     targets = lora["target_modules"]
     targets = ", ".join(targets) if isinstance(targets, list) else str(targets)
     constant = result.get("constant_score")
+    proxy_rule = ((result.get("proxy") or {}).get("rule") or f"{data['proxy_fraction']:.0%} of the training split")
     lines = [
         *front,
         f"# {lora['variant']} adapter for {base_name} on {data['dataset']}",
         "",
         f"Trained by lmtune {__version__} (`lmtune lora`, study `{result['study_name']}`): the best of "
-        f"{len(result['trials'])} configs searched with {result['sampler']} on a {data['proxy_fraction']:.0%} proxy "
-        f"subset ({data['proxy_examples']} examples), then retrained on the full training split "
+        f"{len(result['trials'])} configs searched with {result['sampler']} on a proxy "
+        f"({proxy_rule}, batches from {data['proxy_examples']} examples), then retrained on the full training split "
         f"({final['train_examples']} examples) and tested on the held-out test split.",
         "",
         "## Scores",

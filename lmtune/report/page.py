@@ -167,7 +167,7 @@ def _header(study, kind, metric, counted, best, constant, maximize) -> str:
         data = study.user_attrs.get("dataset")
         user = study.user_attrs
         facts.append(f"model <code>{_e(user.get('model'))}</code>" + (f", data <code>{_e(data)}</code>" if data else "")
-                     + f", proxy fraction {user.get('proxy_fraction')}, seed {user.get('seed')}")
+                     + f", proxy {_e(_proxy_words(user))}, seed {user.get('seed')}")
     if infer:
         spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
         facts.append(f"task <code>{_e(infer.get('task'))}</code>, models {_e(', '.join(infer.get('models', [])))}, "
@@ -252,3 +252,13 @@ def _plotly_version() -> str:
     import plotly
 
     return plotly.__version__
+
+
+def _proxy_words(user: dict) -> str:
+    """The study's proxy in words (older studies stored only its data fraction)."""
+    proxy = user.get("proxy") or {}
+    if proxy.get("steps"):
+        return f"{proxy['steps']} steps per trial"
+    if proxy.get("share"):
+        return f"{proxy['share']:.0%} of each config's full run"
+    return f"{user.get('proxy_fraction')} of the training split"
