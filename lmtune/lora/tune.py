@@ -349,7 +349,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
     nothing = next((row["learned_nothing"] for row in result.trials if row["number"] == best.number), None)
     if nothing:
         result.best["learned_nothing"] = nothing
-        log.warning("the best trial %s: try other learning rates, more --proxy-steps or more epochs", nothing)
+        log.warning("the best trial %s: try other learning rates or a longer proxy (--proxy-share)", nothing)
     target_modules = cfg.target_modules
     result.learned = study_learned(study, space, objective.metric_name)
     if cfg.final_train:
