@@ -161,7 +161,7 @@ def main() -> None:
 def print_table(searches, finals, seeds, recipes, validation, today_units) -> None:
     print(f"compute budget per search: {today_units} units (today's 10 trials)")
     print("| recipe | test accuracy, mean | worst seed | per seed | trials (pruned) | units spent | search s |"
-          " trials at chance |")
+          " complete trials that learned nothing |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in recipes:
         rows = [searches[(name, s)] for s in seeds if (name, s) in searches]
@@ -172,7 +172,8 @@ def print_table(searches, finals, seeds, recipes, validation, today_units) -> No
         trials = [len(r["trials"]) for r in rows]
         pruned = [sum(t["state"] == "PRUNED" for t in r["trials"]) for r in rows]
         spent = [sum(units(t, validation) for t in r["trials"]) for r in rows]
-        chance = [sum(math.isclose(t["metrics"].get("accuracy", -1), r["majority_share"], abs_tol=1e-6)
+        # lmtune's "learned nothing": no better than answering the majority class for every article
+        chance = [sum(t["state"] == "COMPLETE" and t["metrics"].get("accuracy", 1.0) <= r["majority_share"] + 1e-9
                       for t in r["trials"]) for r in rows]
         print(f"| {name} | {statistics.fmean(accuracy):.4f} | {min(accuracy):.4f} | "
               f"{', '.join(f'{a:.3f}' for a in accuracy)} | {statistics.fmean(trials):.1f} "
