@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from lmtune import attrs
 from lmtune.runtime.loop import TrialListener
 from lmtune.runtime.trials import Budget, constant_of, counted_trials, describe_failure, learned_nothing
 
@@ -35,6 +36,13 @@ def default_outcome(study: optuna.Study, trial: FrozenTrial) -> str:
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
     if trial.state == TrialState.COMPLETE:
         outcome = f"{trial.value:.4f}"
+        # a LoRA trial ranked by one validation metric shows the others of its last evaluation too
+        last = (trial.user_attrs.get(attrs.TRAJECTORY) or [{}])[-1]
+        ranked = trial.user_attrs.get(attrs.METRIC_NAME)
+        others = [f"{k} {v:.4f}" for k, v in last.items() if k in ("accuracy", "exact_match", "eval_loss")
+                  and k != ranked and isinstance(v, int | float)]
+        if ranked and others:
+            outcome = f"{ranked} {outcome} ({', '.join(others)})"
     else:
         outcome = f"{trial.state.name} ({describe_failure(trial) or 'pruned'})"
     return f"{outcome} in {seconds:.1f} s {trial.params}"

@@ -69,3 +69,24 @@ def test_trial_bar_timer_resets_and_the_trials_bar_shows_best_so_far_and_learned
     lines = out.getvalue().splitlines()
     assert any(line.startswith("trial 0 [1/3]") and "learned nothing" in line for line in lines), lines
     assert any(line.startswith("trial 1 [2/3]") and "learned nothing" not in line for line in lines), lines
+
+
+def test_a_trial_line_names_the_ranking_metric_and_shows_the_others():
+    """A LoRA trial ranked by validation loss still shows its accuracy, which is what a user reads."""
+    import datetime
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from lmtune import attrs
+    from lmtune.cli.progress import default_outcome
+
+    start = datetime.datetime(2026, 11, 28, 2, 0, 0)
+    trial = create_trial(params={"rank": 8}, distributions={"rank": CategoricalDistribution([8])}, value=0.2876,
+                         state=TrialState.COMPLETE,
+                         user_attrs={attrs.METRIC_NAME: "eval_loss",
+                                     attrs.TRAJECTORY: [{"step": 57, "eval_loss": 0.2876, "accuracy": 0.9343}]})
+    trial.datetime_start, trial.datetime_complete = start, start + datetime.timedelta(seconds=16.1)
+    line = default_outcome(optuna.create_study(), trial)
+    assert line == "eval_loss 0.2876 (accuracy 0.9343) in 16.1 s {'rank': 8}"
