@@ -105,6 +105,30 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def deferred_interrupts() -> Iterator[list[int]]:
+    """Hold Ctrl-C and SIGTERM while the block runs; the signals that arrived are in the yielded list.
+
+    ``study.ask`` writes the new trial before it returns it: an interrupt in between would leave a RUNNING
+    trial that nobody records as interrupted. The caller raises the held interrupt once it holds the trial.
+    """
+    held: list[int] = []
+
+    def hold(signum, frame):
+        held.append(signum)
+
+    try:
+        previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield held
+        return
+    try:
+        yield held
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
 def heartbeats(study: optuna.Study, trial: optuna.Trial, interval: int | None) -> Iterator[None]:
     """Record the trial's heartbeat every ``interval`` seconds while the block runs (nothing without heartbeats)."""
     if interval is None:
@@ -177,10 +201,12 @@ def run_trials(
 def _run_one(study: optuna.Study, objective, total: int, listener: TrialListener,
              catch: tuple[type[BaseException], ...], interval: int | None) -> int:
     """Ask for one trial, run it unless it came too late for the budget, tell its outcome; 1 if it ran."""
-    with warnings.catch_warnings():  # this loop records the heartbeats that Study.optimize would
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    with warnings.catch_warnings(), deferred_interrupts() as held:
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")  # we record them
         trial = study.ask()
     try:
+        if held:  # Ctrl-C or SIGTERM arrived while the trial was being created: record it as interrupted
+            raise KeyboardInterrupt
         set_attr(trial, attrs.WORKER, worker_id())
         if not is_retry(stored_trial(trial)):
             earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]

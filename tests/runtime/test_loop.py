@@ -77,6 +77,30 @@ def test_interrupt_records_the_trial_and_the_next_run_retries_it(storage):
     assert retry.params == interrupted_params and retry.state == TrialState.COMPLETE
 
 
+def test_sigterm_while_a_trial_is_being_created_records_that_trial_as_interrupted(storage, monkeypatch):
+    """The signal lands inside ``study.ask``, after the trial was written: it is held, then the trial is failed
+    as interrupted (not left RUNNING) and the run stops."""
+    import os
+    import signal
+
+    study = open_study("ask", storage=storage, sampler=make_sampler("random", seed=0))
+    ask = study.ask
+
+    def ask_then_sigterm(*args, **kwargs):
+        trial = ask(*args, **kwargs)
+        if trial.number == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return trial
+
+    monkeypatch.setattr(study, "ask", ask_then_sigterm)
+    with pytest.raises(Interrupted, match="1 of 3"):
+        run_trials(study, quadratic, 3)
+    states = [t.state for t in study.trials]
+    assert states[:2] == [TrialState.COMPLETE, TrialState.FAIL] and TrialState.RUNNING not in states
+    assert study.trials[1].user_attrs["fail_reason"].startswith("interrupted")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and signal.getsignal(signal.SIGINT) is not None
+
+
 def test_failed_trials_are_recorded_with_reason_and_count(storage):
     def fails_on_big_rank(trial):
         config = SPACE.suggest(trial)
