@@ -24,7 +24,7 @@ from rich.progress import (
 
 from lmtune import attrs
 from lmtune.runtime.loop import TrialListener
-from lmtune.runtime.trials import Budget, constant_of, counted_trials, describe_failure, learned_nothing
+from lmtune.runtime.trials import Budget, constant_of, counted_trials, describe_failure, last_metrics, learned_nothing
 
 #: Seconds of progress the time-left estimate averages over: a whole run, since one trial may take minutes.
 SPEED_WINDOW = 24 * 3600.0
@@ -37,10 +37,9 @@ def default_outcome(study: optuna.Study, trial: FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         outcome = f"{trial.value:.4f}"
         # a LoRA trial ranked by one validation metric shows the others of its last evaluation too
-        last = (trial.user_attrs.get(attrs.TRAJECTORY) or [{}])[-1]
         ranked = trial.user_attrs.get(attrs.METRIC_NAME)
-        others = [f"{k} {v:.4f}" for k, v in last.items() if k in ("accuracy", "exact_match", "eval_loss")
-                  and k != ranked and isinstance(v, int | float)]
+        others = [f"{k} {v:.4f}" for k, v in last_metrics(trial).items()
+                  if k in ("accuracy", "exact_match", "eval_loss") and k != ranked and isinstance(v, int | float)]
         if ranked and others:
             outcome = f"{ranked} {outcome} ({', '.join(others)})"
     else:

@@ -81,7 +81,7 @@ class LoraObjective:
         trajectory: list[dict] = []
         steps = [0, 0]  # steps taken, steps planned
         settings = self.settings
-        if self.plan is not None and self.plan.trial_steps(hp.batch_size) is not None:
+        if self.plan is not None and not self.plan.epoch_sized:
             settings = dataclasses.replace(settings, steps=self.plan.trial_steps(hp.batch_size))
         resource = (lambda step: step) if self.plan is None else (lambda step: self.plan.resource(step, hp.batch_size))
 

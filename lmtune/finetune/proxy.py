@@ -17,6 +17,7 @@ most ``MAX_PROXY_STEPS`` steps at the space's mean batch size, the paper's own r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,9 +89,14 @@ class ProxyPlan:
             return max(self.min_steps, math.ceil(self.share * full_run_steps(self.train_rows, batch_size, self.epochs)))
         return max(self.min_steps, full_run_steps(self.rows, batch_size, self.epochs))
 
+    @property
+    def epoch_sized(self) -> bool:
+        """``epochs`` passes over the subset, neither a share of each run nor a fixed number of steps."""
+        return self.steps is None and self.share is None
+
     def trial_steps(self, batch_size: int) -> int | None:
         """``TrainSettings.steps`` of a trial at ``batch_size`` (None: an epoch-sized proxy counts its own)."""
-        return None if self.steps is None and self.share is None else self.steps_at(batch_size)
+        return None if self.epoch_sized else self.steps_at(batch_size)
 
     def resource(self, step: int, batch_size: int) -> int:
         """Where a report at ``step`` lies on the pruner's axis: optimizer steps when every trial takes the same
@@ -162,8 +168,7 @@ def plan_proxy(train_rows: int, space: SearchSpace, *, epochs: float = 1.0, step
     if needed > rows:
         notes.append(f"at batch {max(sizes, key=lambda b: probe.steps_at(b) * b)} a trial passes "
                      f"{needed / rows:.1f} times over its {rows} rows")
-    plan = ProxyPlan(probe.steps, fraction, rows, train_rows, epochs, sizes, rule, metric, min_steps, notes,
-                     share=probe.share)
+    plan = dataclasses.replace(probe, fraction=fraction, rows=rows, notes=notes)
     over = [b for b in sizes if plan.cost_share(b) > 1]
     if over:
         plan.notes.append(f"at batch {', '.join(map(str, over))} a trial trains longer than a full run "

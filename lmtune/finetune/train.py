@@ -39,6 +39,7 @@ from lmtune.finetune.batches import (
 from lmtune.finetune.device import PRECISIONS, QUANTIZE, Precision, prepare_hardware
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.peft_model import attach_adapter, prepare_base, save_adapter, save_initial_adapter
+from lmtune.finetune.proxy import full_run_steps
 from lmtune.finetune.reuse import ReusableBase
 
 DIVERGENCE_WINDOW = 3  # training steps averaged before comparing with the initial loss
@@ -133,7 +134,7 @@ def metric_name(task: str, settings: TrainSettings) -> str:
 def planned_steps(rows: int, batch_size: int, settings: TrainSettings) -> int:
     """Optimizer steps a run on ``rows`` examples takes at ``batch_size``: ``settings.steps`` when set, else
     ``epochs`` passes (at least ``min_steps``)."""
-    return settings.steps or max(settings.min_steps, math.ceil(math.ceil(rows / batch_size) * settings.epochs))
+    return settings.steps or max(settings.min_steps, full_run_steps(rows, batch_size, settings.epochs))
 
 
 def metric_direction(name: str) -> str:

@@ -132,8 +132,8 @@ def _summarize(cfg: LoraRunConfig, plan, rows: list[dict], full_examples: int, e
         correlations[metric] = {
             k: correlate([_at(r, k, metric) for r in rows], full, sign * direction) for k in range(1, evaluations + 1)}
     paired = sum(1 for r in rows if r["proxy"] is not None and r["full"] is not None)
-    last = {m: by_step[max(by_step)] if by_step else {"pearson": None, "spearman": None}
-            for m, by_step in correlations.items()}
+    last = {m: by_evaluation[max(by_evaluation)] if by_evaluation else {"pearson": None, "spearman": None}
+            for m, by_evaluation in correlations.items()}
     chosen = last.get(plan.metric) or last.get(task_metric) or {"pearson": None, "spearman": None}
     shares = [r["proxy_steps"] / full_run_steps(full_examples, r["batch_size"], epochs)
               for r in rows if r.get("proxy_steps")]

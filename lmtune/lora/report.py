@@ -11,16 +11,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.files import write_atomic
-from lmtune.runtime.trials import constant_of, counted_trials, learned_nothing
+from lmtune.runtime.trials import constant_of, counted_trials, last_metrics, learned_nothing
 from lmtune.space import SearchSpace
 from lmtune.trajectory import learned_sentences, summarize_study
-
-
-def last_metrics(trial: FrozenTrial) -> dict[str, float]:
-    """Every validation metric of the trial's last evaluation (e.g. accuracy and eval_loss): the proxy ranks by
-    one of them, both are reported."""
-    trajectory = trial.user_attrs.get(attrs.TRAJECTORY) or [{}]
-    return {k: v for k, v in trajectory[-1].items() if k not in ("step", "epoch", "train_loss")}
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:

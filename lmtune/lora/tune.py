@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ from lmtune.finetune.device import prepare_hardware
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
-from lmtune.finetune.proxy import ProxyPlan, plan_proxy
-from lmtune.finetune.train import TrainSettings, metric_name, train_and_evaluate
+from lmtune.finetune.proxy import ProxyPlan, full_run_steps, plan_proxy
+from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
 from lmtune.llm import hub_id, resolve_model
 from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
 from lmtune.lora.recipe import (
@@ -34,13 +33,13 @@ from lmtune.lora.recipe import (
     rerun_config,
     write_rerun_yaml,
 )
-from lmtune.lora.report import best_trial, last_metrics, study_learned, trial_rows, write_results
+from lmtune.lora.report import best_trial, study_learned, trial_rows, write_results
 from lmtune.results import Result
 from lmtune.runtime.compute import ComputeBudget, spent
 from lmtune.runtime.loop import TrialListener, run_trials
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
-from lmtune.runtime.trials import counted_trials
+from lmtune.runtime.trials import counted_trials, last_metrics
 from lmtune.runtime.worker import WorkerParts
 from lmtune.samplers.language_bo.transfer import TransferSource, check_compatible, describe_task, load_source
 from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
@@ -156,8 +155,7 @@ def search_parts(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, 
     # An evaluation of the validation split can cost more than the steps between two: a step-sized trial
     # evaluates at the middle and at the end, or at four even points where a pruner decides (its first rung is
     # the first). An epoch-sized one keeps lmtune's earlier four.
-    epoch_sized = plan.trial_steps(min(plan.batch_sizes)) is None
-    evals = settings.eval_points if epoch_sized else PRUNED_EVALS if cfg.pruner != "none" else PLAIN_EVALS
+    evals = settings.eval_points if plan.epoch_sized else PRUNED_EVALS if cfg.pruner != "none" else PLAIN_EVALS
     trial_settings = dataclasses.replace(settings, eval_points=evals,
                                          exact_match=settings.exact_match and plan.metric != "eval_loss")
     objective = LoraObjective(space, splits, model=model, proxy_fraction=plan.fraction, settings=trial_settings,
@@ -199,8 +197,8 @@ def warn_if_tiny(plan: ProxyPlan, settings: TrainSettings) -> None:
     """Say when an epoch-sized proxy is too small for the largest batch to take ``min_steps`` optimizer steps,
     and what else about the proxy deserves a look (a trial longer than a full run, passes over its rows)."""
     batch = max(plan.batch_sizes)
-    steps = math.ceil(math.ceil(plan.rows / batch) * settings.epochs)
-    if plan.trial_steps(batch) is None and steps < settings.min_steps:
+    steps = full_run_steps(plan.rows, batch, settings.epochs)
+    if plan.epoch_sized and steps < settings.min_steps:
         log.warning("the proxy subset holds %d rows: at batch %s a trial would take %d optimizer step(s), so each "
                     "takes %d (passing over its rows again); more data or a larger --proxy-fraction measures "
                     "configs better", plan.rows, batch, steps, settings.min_steps)
@@ -357,7 +355,8 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
         target_modules = finish_adapter(Path(final["adapter_dir"]), base_id=hub_id(cfg.model), model_path=model,
                                         task=splits.task, label_names=splits.label_names)
         proxy_task = result.best["proxy_metrics"].get(final["metric_name"])
-        worse = proxy_task is not None and (final["test_metric"] < proxy_task if final["metric_name"] != "eval_loss"
+        maximize = metric_direction(final["metric_name"]) == "maximize"
+        worse = proxy_task is not None and (final["test_metric"] < proxy_task if maximize
                                             else final["test_metric"] > proxy_task)
         if worse:
             final["warning"] = (f"the full-data run scored {final['test_metric']:.4f} on test, worse than its proxy "

@@ -88,20 +88,29 @@ def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C so the running trial is recorded before the process exits."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
+def _handling(signums: tuple[int, ...], handler) -> Iterator[None]:
+    """Install ``handler`` for ``signums`` while the block runs, then restore the previous handlers. Off the
+    main thread signals cannot be handled there: they are left alone."""
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
+        previous = {signum: signal.signal(signum, handler) for signum in signums}
+    except ValueError:
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so the running trial is recorded before the process exits."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    with _handling((signal.SIGTERM,), interrupt):
+        yield
 
 
 @contextlib.contextmanager
@@ -112,20 +121,8 @@ def deferred_interrupts() -> Iterator[list[int]]:
     trial that nobody records as interrupted. The caller raises the held interrupt once it holds the trial.
     """
     held: list[int] = []
-
-    def hold(signum, frame):
-        held.append(signum)
-
-    try:
-        previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signals alone
+    with _handling((signal.SIGINT, signal.SIGTERM), lambda signum, frame: held.append(signum)):
         yield held
-        return
-    try:
-        yield held
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

@@ -110,6 +110,13 @@ def describe_failure(trial: FrozenTrial) -> str | None:
     return f"stale: {worker} stopped sending heartbeats (killed, preempted or cut off)"
 
 
+def last_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """Every validation metric of the trial's last evaluation (e.g. accuracy and eval_loss): a LoRA proxy ranks
+    by one of them, the others are reported beside it."""
+    trajectory = trial.user_attrs.get(attrs.TRAJECTORY) or [{}]
+    return {k: v for k, v in trajectory[-1].items() if k not in ("step", "epoch", "train_loss")}
+
+
 def learned_nothing(constant: dict | None, trial: FrozenTrial, maximize: bool = True) -> str | None:
     """Why a COMPLETE trial learned nothing, or None: its score is no better than one constant answer.
 
@@ -124,7 +131,7 @@ def learned_nothing(constant: dict | None, trial: FrozenTrial, maximize: bool = 
         return None
     floor, score = float(constant["value"]), trial.value
     if constant.get("metric"):  # a metric of the trajectory (accuracy), whatever the trials are ranked by
-        last = (trial.user_attrs.get(attrs.TRAJECTORY) or [{}])[-1]
+        last = last_metrics(trial)
         if last.get(constant["metric"]) is not None:
             score, maximize = last[constant["metric"]], True
     if (score > floor + 1e-9) if maximize else (score < floor - 1e-9):
