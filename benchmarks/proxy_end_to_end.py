@@ -54,10 +54,9 @@ def units(trial: dict, validation: int) -> int:
     return TRAIN_UNITS * trial["examples"] + EVAL_UNITS * trial["evaluations"] * validation
 
 
-def whole_trial_units(recipe: dict, seed: int) -> float:
-    """The compute of one unpruned trial of ``recipe`` (mean over the space's batch sizes)."""
+def whole_trial_units(recipe: dict, seed: int, splits) -> float:
+    """The compute of one unpruned trial of ``recipe`` on ``splits`` (mean over the space's batch sizes)."""
     cfg = LoraRunConfig(**COMMON, **recipe, seed=seed)
-    splits = load_dataset(cfg.dataset, seed=seed)
     plan = proxy_plan(cfg, resolve_space(cfg), splits, TrainSettings(max_length=cfg.max_length, seed=seed))
     evals = PRUNED_EVALS if recipe.get("pruner") else PLAIN_EVALS
     return (TRAIN_UNITS * statistics.fmean(plan.steps_at(b) * b for b in plan.batch_sizes)
@@ -69,13 +68,14 @@ def search(recipe_name: str, seed: int, today_units: int, workdir: Path) -> dict
     while one more whole trial fits in ``today_units`` (pruned trials cost less, so more of them fit)."""
     recipe = dict(RECIPES[recipe_name])
     storage, study_name = f"sqlite:///{workdir / 'e2e.db'}", f"{recipe_name}-{seed}"
-    validation = len(load_dataset(None, seed=seed).validation)
+    splits = load_dataset(None, seed=seed)
+    validation = len(splits.validation)
     started = time.perf_counter()
     if recipe_name == "today":
         result = tune_lora(**COMMON, **recipe, seed=seed, storage=storage, study_name=study_name,
                            output_dir=workdir / study_name)
     else:
-        per_trial, trials = whole_trial_units(recipe, seed), 1
+        per_trial, trials = whole_trial_units(recipe, seed, splits), 1
         while True:
             result = tune_lora(**COMMON, **recipe, trials=trials, seed=seed, storage=storage,
                                study_name=study_name, output_dir=workdir / study_name)
@@ -84,7 +84,6 @@ def search(recipe_name: str, seed: int, today_units: int, workdir: Path) -> dict
                 break
             trials += 1
     wall = time.perf_counter() - started
-    splits = load_dataset(None, seed=seed)
     labels = [row["label"] for row in splits.validation]
     majority = max(labels.count(label) for label in set(labels)) / len(labels)
     trials = trial_costs(study_name, storage, result)
@@ -135,7 +134,7 @@ def main() -> None:
     done = [json.loads(line) for path in args.output if path.exists() for line in path.read_text().splitlines()]
     searches = {(r["recipe"], r["seed"]): r for r in done if r["kind"] == "search"}
     finals = {(r["seed"], config_key(r["hyperparams"])): r for r in done if r["kind"] == "final"}
-    validation = 213
+    validation = len(load_dataset(None).validation)
     today_units = RECIPES["today"]["trials"] * (TRAIN_UNITS * 149 + EVAL_UNITS * 4 * validation)
 
     def record(row: dict) -> None:

@@ -43,7 +43,7 @@ from lmtune.bench.tables import load_table_spec
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.proxy import plan_proxy
+from lmtune.finetune.proxy import full_run_steps, plan_proxy
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.runtime.quiet import quiet_libraries
 from lmtune.space import config_key
@@ -134,7 +134,7 @@ class Bench:
         base = self.setup.settings
         train = self.setup.splits.train
         batch = params["batch_size"]
-        full_steps = math.ceil(len(train) / batch) * base.epochs
+        full_steps = full_run_steps(len(train), batch, base.epochs)
         if "epochs" in rule:
             settings = dataclasses.replace(base, epochs=rule["epochs"], eval_points=rule["evals"])
             fraction = self.spec.proxy_fraction if rule["fraction"] == "auto" else rule["fraction"]
