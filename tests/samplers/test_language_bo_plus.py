@@ -160,6 +160,33 @@ def test_transferred_observations_never_enter_the_pool_or_the_budget(encoders, t
     assert sampler.combined.gp.mean_module.weights.shape == (1,)
 
 
+def test_memory_stays_while_it_predicts_and_is_dropped_when_it_does_not(encoders, tmp_path):
+    """Observations of the numeric objective with the memory of a study that agrees with it and of one whose
+    values are unrelated (the truth shuffled over the pool): the agreeing memory is kept in every draw, the
+    unrelated one is dropped where a GP without it predicts the left-out observations better, and then the
+    proposals come from that GP; with the gate off a memory is never dropped."""
+    truth = np.array([numeric_score({**SPACE.fixed, **SPACE.pool_config(i)}) for i in range(SPACE.pool_size)])
+    unrelated = truth[np.random.default_rng(5).permutation(SPACE.pool_size)]
+    agreeing, shuffled = (torch.tensor((v - v.mean()) / v.std())[:, None] for v in (truth, unrelated))
+    pool = NumericFeatures(SPACE).pool()
+    kept: dict[str, list[bool]] = {"agrees": [], "unrelated": [], "unrelated, no gate": []}
+    for draw in range(3):
+        seen = np.random.default_rng(draw).permutation(SPACE.pool_size)[:8].tolist()
+        y = torch.tensor((truth[seen] - truth[seen].mean()) / truth[seen].std())
+        for name, prior, gate in (("agrees", agreeing, True), ("unrelated", shuffled, True),
+                                  ("unrelated, no gate", shuffled, False)):
+            model = CombinedSurrogate(numeric=pool, text=None, prior=prior, weight_mean=torch.tensor([0.8]),
+                                      memory_gate=gate)
+            model.fit(seen, y, 0, lr_gp=0.2, lr_features=0.002, decay=0.95)
+            kept[name].append(model.uses_memory)
+            assert model.model is (model.gp if model.uses_memory else model.gp_no_memory)
+            if gate:
+                loo = model.last_loo
+                assert model.uses_memory == (loo["with_memory"] > loo["no_memory"])
+    assert all(kept["agrees"]) and all(kept["unrelated, no gate"])
+    assert not all(kept["unrelated"])
+
+
 def test_a_source_with_another_space_is_an_error_naming_the_parameters_that_differ(encoders, tmp_path):
     other = SearchSpace((Categorical("rank", (2, 4)), Categorical("learning_rate", (1e-4, 1e-3)),
                          Categorical("batch_size", (8, 16)), Categorical("variant", ("lora",))), {}, "other")

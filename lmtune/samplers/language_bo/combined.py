@@ -14,6 +14,11 @@ always fall back to the numbers; the text adds what they miss (names such as the
 knowledge). The mean is c + Σ_s w_s m_s(x): m_s is what source study s predicts for x (``transfer``), and w_s
 is fitted with the kernel, so a source that does not agree with this study's own results loses its weight.
 
+Memory is kept only while it predicts. With a prior mean, a GP without it (the same kernel, a constant mean) is
+fitted beside, and the prior stays only while its leave-one-out predictions beat that GP's: a source whose good
+region this study's results contradict is dropped after a few trials instead of pulling every proposal back to
+it (the weight w_s alone falls too slowly from its prior; docs/benchmarks.md).
+
 Fitting: the projection (and ψ) take AdamW steps jointly with the GP as in the paper; then the GP's
 hyperparameters, with the features held fixed, are refitted by L-BFGS-B (BoTorch's ``fit_gpytorch_mll``), the
 fit Optuna's and BoTorch's numeric GPs use: a handful of Adam steps leave lengthscales far from their optimum.
@@ -126,6 +131,9 @@ class CombinedSurrogate:
 
     Kept between suggestions: the GP and the projection warm-start the next fit.
 
+    With a prior mean and ``memory_gate``, a GP without it (constant mean, the numbers alone when there are
+    numbers) is fitted too, and the memory stays only while its leave-one-out prediction is better.
+
     With both numbers and text, a GP on the numbers alone (and the same prior mean) is fitted beside the sum, and
     the text kernel stays only while it predicts left-out observations better (``loo_log_predictive``): the
     marginal likelihood of a model with more freedom is higher on the data it was fitted to whether or not the
@@ -134,7 +142,7 @@ class CombinedSurrogate:
 
     def __init__(self, *, numeric: torch.Tensor | None, text: TextSurrogate | None, prior: torch.Tensor | None,
                  weight_mean: torch.Tensor | None = None, weight_sd: float = 0.5, lbfgs: bool = True,
-                 text_ard: bool = True):
+                 text_ard: bool = True, memory_gate: bool = True):
         self.numeric = numeric
         self.text = text
         self.prior = prior
@@ -142,6 +150,7 @@ class CombinedSurrogate:
         self.weight_sd = weight_sd
         self.lbfgs = lbfgs
         self.text_ard = text_ard
+        self.memory_gate = memory_gate and prior is not None
         d = 0 if numeric is None else numeric.shape[1]
         p = 0 if text is None else text.out_dim
         s = 0 if prior is None else prior.shape[1]
@@ -151,7 +160,11 @@ class CombinedSurrogate:
         #: The numbers-only GP beside the sum (numbers and text both on), and whether the text kernel is used.
         self.gp_numeric = None
         self.uses_text = text is not None
-        #: Leave-one-out log predictive density of the last fit: ``{"with_text": .., "numbers_only": ..}``.
+        #: The GP without the prior mean beside the one with it (``memory_gate``), and whether the prior is used.
+        self.gp_no_memory = None
+        self.uses_memory = prior is not None
+        #: Leave-one-out log predictive density of the last fit, per model fitted: ``with_text``, ``numbers_only``
+        #: (numbers and text both on) and ``no_memory`` (with ``memory_gate``).
         self.last_loo: dict[str, float] = {}
 
     @property
@@ -223,12 +236,45 @@ class CombinedSurrogate:
             self.last_loo = {"with_text": loo_log_predictive(self.gp, x, y),
                              "numbers_only": loo_log_predictive(self.gp_numeric, x, y)}
             self.uses_text = self.last_loo["with_text"] > self.last_loo["numbers_only"]
+        if self.memory_gate:
+            self._gate_memory(x, y)
         return FitReport(before, self._exact_mll(indices, y, mll), steps, warm)
+
+    def _gate_memory(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fit the GP without the prior mean and keep the memory only while the GP with it predicts the left-out
+        observations better."""
+        if self.gp_no_memory is None:
+            blocks = {"numeric_dims": self.numeric_dims} if self.numeric is not None else {
+                "text_dims": self.text_dims, "text_ard": self.text_ard}
+            self.gp_no_memory = make_gp(x, y, **blocks)
+        fit_lbfgs(self.gp_no_memory, x, y)
+        with_memory = loo_log_predictive(self._with_memory, x, y)
+        self.last_loo = {**self.last_loo, "with_memory": with_memory,
+                         "no_memory": loo_log_predictive(self.gp_no_memory, x, y)}
+        self.uses_memory = with_memory > self.last_loo["no_memory"]
+
+    @property
+    def _with_memory(self):
+        return self.gp if self.uses_text or self.gp_numeric is None else self.gp_numeric
+
+    @property
+    def _memory_dropped(self) -> bool:
+        return not self.uses_memory and self.gp_no_memory is not None
 
     @property
     def model(self):
-        """The GP that scores candidates: the sum, or the numbers alone when the text kernel did not earn its place."""
-        return self.gp if self.uses_text or self.gp_numeric is None else self.gp_numeric
+        """The GP that scores candidates: the sum, or the numbers alone when the text kernel did not earn its place;
+        without the prior mean when the memory did not."""
+        return self.gp_no_memory if self._memory_dropped else self._with_memory
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the scoring GP reads the text block (so the pool's text features must be computed)."""
+        if self.text is None:
+            return False
+        if self._memory_dropped:
+            return self.numeric is None
+        return self.uses_text
 
     def _eval_inputs(self, indices: Sequence[int]) -> torch.Tensor:
         if self.text is not None:
@@ -257,7 +303,7 @@ class CombinedSurrogate:
                 x = torch.cat([x, self._eval_inputs(pending)])
                 y = torch.cat([y, y.min().expand(len(pending))])
             acquisition = log_ei_scorer(gp, x, y, best)
-            psi = self.uses_text and self.text is not None and self.text.psi is not None
+            psi = self.reads_text and self.text.psi is not None
             if psi and len(candidates) > shortlist_k:
                 self._shift = (self.text.embeddings(list(observed)) - self.text.base[list(observed)]).mean(0)
                 rough = self._score(acquisition, candidates, exact=False)
@@ -282,5 +328,5 @@ class CombinedSurrogate:
         out = []
         for start in range(0, len(candidates), SCORE_CHUNK):
             chunk = candidates[start:start + SCORE_CHUNK].tolist()
-            out.append(acquisition(self.inputs(chunk, exact=exact, text=self.uses_text)))
+            out.append(acquisition(self.inputs(chunk, exact=exact, text=self.reads_text)))
         return torch.cat(out)

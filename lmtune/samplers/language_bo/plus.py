@@ -59,12 +59,15 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         transfer_design: with a transfer source, space-filling trials after the sources' best config and before
             the model takes over (2: on the synthetic design suite a misleading source cost far less with them,
             benchmarks/results/plus-design/replay-1.md).
+        memory_gate: keep the transferred prior mean only while it predicts this study's left-out results better
+            than a GP without it (``combined.CombinedSurrogate``).
     """
 
     def __init__(self, space: SearchSpace, *, numeric: bool = True, text: bool = True,
                  start: str = "space-filling", transfer: Sequence[TransferSource] = (),
                  description: str | None = None, weight_sd: float = 0.5, lbfgs: bool = True,
-                 text_ard: bool = True, transfer_design: int = 2, **language_bo: Any):
+                 text_ard: bool = True, transfer_design: int = 2, memory_gate: bool = True,
+                 **language_bo: Any):
         super().__init__(space, **language_bo)
         if start not in STARTS:
             raise InputError("start", f"{start!r} is not allowed; allowed: {', '.join(STARTS)}")
@@ -77,6 +80,7 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         self.description = description or "LoRA fine-tuning."
         self._weight_sd, self._lbfgs, self._text_ard = weight_sd, lbfgs, text_ard
         self.transfer_design = transfer_design
+        self._memory_gate = memory_gate
         self._combined: CombinedSurrogate | None = None
         self._pool_x: torch.Tensor | None = None
         self._features = NumericFeatures(space)
@@ -117,7 +121,8 @@ class LanguageBOPlusSampler(LanguageBOSampler):
     def _new_model(self, prior: torch.Tensor | None, weights: torch.Tensor | None) -> CombinedSurrogate:
         return CombinedSurrogate(numeric=self._pool_x if self._numeric else None,
                                  text=self._surrogate if self._text else None, prior=prior, weight_mean=weights,
-                                 weight_sd=self._weight_sd, lbfgs=self._lbfgs, text_ard=self._text_ard)
+                                 weight_sd=self._weight_sd, lbfgs=self._lbfgs, text_ard=self._text_ard,
+                                 memory_gate=self._memory_gate)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
