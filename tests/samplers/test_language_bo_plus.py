@@ -187,6 +187,21 @@ def test_memory_stays_while_it_predicts_and_is_dropped_when_it_does_not(encoders
     assert not all(kept["unrelated"])
 
 
+def test_a_large_sources_prior_is_the_same_whatever_study_fits_it_first(encoders, tmp_path, monkeypatch):
+    """A source above MAX_SOURCE_ROWS is subsampled for its fit; the rows kept follow from the source, not from
+    the study, so a benchmark replay no longer depends on which replay ran first in its process."""
+    from lmtune.samplers.language_bo import transfer
+
+    monkeypatch.setattr(transfer, "MAX_SOURCE_ROWS", 40)
+    memory = source()
+    priors = []
+    for seed in (3, 0):
+        transfer._CACHE.clear()
+        sampler = make(encoders, tmp_path, transfer=[memory], seed=seed, text=False).prepare()
+        priors.append(sampler.combined.prior)
+    assert torch.equal(priors[0], priors[1])
+
+
 def test_a_source_with_another_space_is_an_error_naming_the_parameters_that_differ(encoders, tmp_path):
     other = SearchSpace((Categorical("rank", (2, 4)), Categorical("learning_rate", (1e-4, 1e-3)),
                          Categorical("batch_size", (8, 16)), Categorical("variant", ("lora",))), {}, "other")

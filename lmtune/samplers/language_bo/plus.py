@@ -102,7 +102,7 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         self._pool_x = self._features.pool()
         prior = weights = None
         if self.transfer:
-            columns = [source_prediction(s, self._features, self._pool_x, self._seed)[0] for s in self.transfer]
+            columns = [source_prediction(s, self._features, self._pool_x)[0] for s in self.transfer]
             prior = torch.stack(columns, dim=1)
             self.similarity = description_similarity(self._encoder(), self.description,
                                                      [s.description for s in self.transfer])

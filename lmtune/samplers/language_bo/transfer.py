@@ -202,15 +202,20 @@ def normal_scores(values: Sequence[float], direction: str) -> torch.Tensor:
 _CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def source_prediction(source: TransferSource, features: NumericFeatures, pool: torch.Tensor,
-                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def source_prediction(source: TransferSource, features: NumericFeatures,
+                      pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``source`` predicts for every pool config (its GP's posterior mean, standardized over the pool), and
-    its GP's numeric lengthscales. Fitted once per source and pool in a process (replays reuse it)."""
+    its GP's numeric lengthscales. Fitted once per source and pool in a process (replays reuse it).
+
+    The rows kept from a large source and the fit's seed follow from the source's content alone, so the prior is
+    the same in every study and process: seeded by the study, the first study of a process set it for every
+    later replay there, and the same replay gave other values after other replays."""
     from lmtune.samplers.language_bo.combined import fit_lbfgs, make_gp
 
     key = hashlib.sha256(source.fingerprint().encode() + pool.numpy().tobytes()).hexdigest()
     if key in _CACHE:
         return _CACHE[key]
+    seed = int(source.fingerprint()[:8], 16)
     x = features.encode(source.configs)
     y = normal_scores(source.values, source.direction)
     if len(y) > MAX_SOURCE_ROWS:
