@@ -248,7 +248,10 @@ class CombinedSurrogate:
                 "text_dims": self.text_dims, "text_ard": self.text_ard}
             self.gp_no_memory = make_gp(x, y, **blocks)
         fit_lbfgs(self.gp_no_memory, x, y)
-        with_memory = loo_log_predictive(self._with_memory, x, y)
+        if self.gp_numeric is not None:  # the text check has just scored the GP with memory
+            with_memory = self.last_loo["with_text" if self.uses_text else "numbers_only"]
+        else:
+            with_memory = loo_log_predictive(self._with_memory, x, y)
         self.last_loo = {**self.last_loo, "with_memory": with_memory,
                          "no_memory": loo_log_predictive(self.gp_no_memory, x, y)}
         self.uses_memory = with_memory > self.last_loo["no_memory"]
