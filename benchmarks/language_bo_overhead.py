@@ -168,12 +168,12 @@ def main() -> None:
     def median(n: int, key: str, table: dict | None = None) -> float:
         return float(np.median([t.get(key, 0.0) for t in (table or times)[n]]))
 
-    one_time = ("read from lmtune's cache (`--cached`): not measured in this run" if args.cached else
+    one_time = ("not measured: read from lmtune's cache (`--cached`)" if args.cached else
                 f"{embed_s:.0f} s ({prepare_s:.0f} s incl. model load and rendering)")
     lines = [
         "| quantity | value |",
         "| --- | --- |",
-        f"| one-time pass: ψ-free embeddings of {pool_size:,} domain texts, shared prefix (measured) | {one_time} |",
+        f"| one-time pass: ψ-free embeddings of {pool_size:,} domain texts, shared prefix | {one_time} |",
         f"| same pass with whole texts, no prefix sharing (extrapolated from {args.sample} texts) | {whole_s:.0f} s |",
     ]
     for n in WINDOWS:
