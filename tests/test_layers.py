@@ -23,7 +23,7 @@ LAYERS = {
     "lmtune.lora": 5, "lmtune.inference": 5, "lmtune.selection": 5, "lmtune.hag": 5,
     "lmtune.bench": 6, "lmtune.report": 6,
     "lmtune.cli": 7,
-    "lmtune": 8, "lmtune.study": 8, "lmtune.synthetic": 8,  # the package's lazy exports and moved-name shims
+    "lmtune": 8,  # the package's lazy exports
 }
 #: Deliberate exceptions, each with its reason.
 ALLOWED = {("lmtune.config", "lmtune.lora.config"): "the deprecated alias lmtune.config.LoraRunConfig"}
