@@ -23,8 +23,8 @@ import optuna
 import scipy.stats
 
 from lmtune.bench.build import training_setup
+from lmtune.bench.specs import load_table_spec
 from lmtune.bench.table import Table
-from lmtune.bench.tables import load_table_spec
 from lmtune.errors import TrialFailed
 from lmtune.finetune.objective import LoraObjective
 from lmtune.runtime.quiet import quiet_libraries

@@ -38,8 +38,8 @@ import numpy as np
 import scipy.stats
 
 from lmtune.bench.build import training_setup
+from lmtune.bench.specs import load_table_spec
 from lmtune.bench.table import Table
-from lmtune.bench.tables import load_table_spec
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
