@@ -3,13 +3,28 @@ prompt-answer pairs, the loss on the answer and its end token only, AdamW with w
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
 IGNORE = -100
+
+
+def training_parser(description: str, *, steps: int, batch_size: int, threads: int, output: str
+                    ) -> argparse.ArgumentParser:
+    """The options both scripts take, with each one's defaults (learning rate 3e-3 and seed 0 for both)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--output", type=Path, default=Path(output))
+    return parser
 
 
 def tiny_llama(tokenizer, *, hidden_size: int, intermediate_size: int, layers: int, heads: int,

@@ -17,7 +17,6 @@ success rate and cost of decoding, and LoRA fine-tuning on harder problems has s
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _tiny_lm import padded, tiny_llama, train
+from _tiny_lm import padded, tiny_llama, train, training_parser
 
 from lmtune.arithmetic import is_correct, make_problems, make_tokenizer
 
@@ -52,13 +51,8 @@ def greedy_accuracy(model, tokenizer, rows, max_new_tokens: int = 6) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2500)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=Path("lmtune/models/arith-lm"))
+    parser = training_parser(__doc__.splitlines()[0], steps=2500, batch_size=128, threads=2,
+                             output="lmtune/models/arith-lm")
     parser.add_argument("--hidden-size", type=int, default=128, help="width; heads = width / 32")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--checkpoints", default="", help="steps at which to save <output>-step<N> as well")

@@ -12,15 +12,13 @@ scores only the answer and its end token, AdamW with cosine decay.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import string
 import time
-from pathlib import Path
 
 import torch
-from _tiny_lm import padded, tiny_llama, train
+from _tiny_lm import padded, tiny_llama, train, training_parser
 from transformers import PreTrainedTokenizerFast
 
 from lmtune.hag.task import KINDS, mix_metric, random_instance, teacher_response
@@ -77,14 +75,8 @@ def check(model, tokenizer, seed: int, per_kind: int = 60) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=Path("lmtune/models/hag-lm"))
-    args = parser.parse_args()
+    args = training_parser(__doc__.splitlines()[0], steps=3000, batch_size=64, threads=1,
+                           output="lmtune/models/hag-lm").parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
