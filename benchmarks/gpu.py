@@ -298,8 +298,8 @@ def build(shape: str, device: torch.device):
 def language_bo(device: torch.device, shape: str, pool: str, suggestions: int, batch_size: int,
                 mll_steps: int = 100) -> dict:
     """The pool pass and the model-based suggestions of ``LanguageBOSampler`` with a random ``shape`` encoder."""
-    from lmtune.llm.embeddings import FrozenEncoder
     from lmtune.samplers import LanguageBOSampler
+    from lmtune.samplers.language_bo.encoder import FrozenEncoder
     from lmtune.space import load_space
 
     space = load_space(pool)

@@ -117,9 +117,9 @@ def stale_retry_of(trial: FrozenTrial) -> int | None:
 
 # -- transformers ------------------------------------------------------------------------------------------
 # lmtune's frozen encoder feeds fixed keys/values to a model through a cache layer that never grows
-# (``lmtune.llm.embeddings``), and its local generator steps a KV cache by hand. transformers 5 renamed the
-# forward argument ``past_key_values`` to ``cache`` (the old name still works with a FutureWarning) and its
-# outputs' field likewise.
+# (``lmtune.samplers.language_bo.encoder``), and its local generator steps a KV cache by hand. transformers 5
+# renamed the forward argument ``past_key_values`` to ``cache`` (the old name still works with a FutureWarning)
+# and its outputs' field likewise.
 
 
 def cache_classes() -> tuple[type, type]:

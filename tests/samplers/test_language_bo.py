@@ -13,8 +13,9 @@ from optuna.trial import TrialState
 
 from lmtune.errors import InputError
 from lmtune.llm import default_encoder_path
-from lmtune.llm.embeddings import FrozenEncoder, TextPool, shared_prefix
 from lmtune.samplers import LanguageBOSampler
+from lmtune.samplers.language_bo.embeddings import TextPool, shared_prefix
+from lmtune.samplers.language_bo.encoder import FrozenEncoder
 from lmtune.samplers.templates import Template, format_value
 from lmtune.space import Categorical, Float, Int, SearchSpace, load_space
 

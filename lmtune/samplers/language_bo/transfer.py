@@ -238,7 +238,7 @@ def source_prediction(source: TransferSource, features: NumericFeatures,
 def description_similarity(encoder, target: str, sources: Sequence[str]) -> torch.Tensor:
     """Cosine similarity of the target's description with each source's, under the frozen encoder's pooling,
     clipped to [0, 1]: how much a source is trusted before the new study has results of its own."""
-    from lmtune.llm.embeddings import TextPool
+    from lmtune.samplers.language_bo.embeddings import TextPool
 
     pooled = TextPool(encoder, [target, *sources], share_prefix=False).embed(range(len(sources) + 1)).double()
     pooled = torch.nn.functional.normalize(pooled, dim=1)
