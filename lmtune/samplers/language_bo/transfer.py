@@ -11,7 +11,7 @@ What transfers is a prior mean, as in "A Quantile-based Approach for Hyperparame
 their ranks (so an accuracy and a loss, maximized or minimized, speak one language), a numeric GP is fitted to
 them once, and its predictions over the new study's pool become one column of the new GP's mean,
 c + Σ_s w_s m_s(x), with w_s fitted by the marginal likelihood under a Normal prior centred on the
-description similarity (``combined``). Transferred observations are never trials of the new study: they take
+description similarity (``surrogate``). Transferred observations are never trials of the new study: they take
 no slot of its budget and leave its pool as it is (a config tried elsewhere may be tried here).
 """
 
@@ -210,7 +210,7 @@ def source_prediction(source: TransferSource, features: NumericFeatures,
     The rows kept from a large source and the fit's seed follow from the source's content alone, so the prior is
     the same in every study and process: seeded by the study, the first study of a process set it for every
     later replay there, and the same replay gave other values after other replays."""
-    from lmtune.samplers.language_bo.combined import fit_lbfgs, make_gp
+    from lmtune.samplers.language_bo.gp import fit_lbfgs, make_gp
 
     key = hashlib.sha256(source.fingerprint().encode() + pool.numpy().tobytes()).hexdigest()
     if key in _CACHE:
