@@ -55,8 +55,8 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         weight_sd: standard deviation of the Normal prior on each source's weight in the GP's mean.
         lbfgs: refit the GP's hyperparameters by L-BFGS-B after the joint AdamW steps.
         transfer_design: with a transfer source, space-filling trials after the sources' best config and before
-            the model takes over (2: on the synthetic design suite a misleading source cost far less with them,
-            benchmarks/results/plus-design/replay-1.md).
+            the model takes over: they guard against a misleading source (the default was chosen on the
+            synthetic design suite, docs/benchmarks.md).
         memory_gate: keep the transferred prior mean only while it predicts this study's left-out results better
             than a GP without it (``surrogate.Surrogate``).
     """

@@ -43,7 +43,7 @@ class TextFeatures:
         self.device = pool.device
         self.base = base.to(self.device)  # (N, width) float32, ψ-free
         mean, std = self.base.double().mean(0), self.base.double().std(0)
-        # Dimensions constant over the pool (MiniLM has two) keep scale 1: dividing by ~0 would blow up
+        # Dimensions constant over the pool (MiniLM has some) keep scale 1: dividing by ~0 would blow up
         # the tiny differences ψ makes in them.
         self.shift, self.scale = mean, torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
         width = base.shape[1]
@@ -62,7 +62,7 @@ class TextFeatures:
 
     def _normalize(self, h: torch.Tensor) -> torch.Tensor:
         """Centre and scale each embedding dimension with pool statistics: texts of one template are
-        nearly collinear, and 30 points cannot teach the projection that fixed affine map."""
+        nearly collinear, and a few dozen points cannot teach the projection that fixed affine map."""
         return (h.double() - self.shift) / self.scale
 
     def embeddings(self, indices: Sequence[int]) -> torch.Tensor:

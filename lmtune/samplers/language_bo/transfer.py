@@ -34,9 +34,9 @@ from lmtune.errors import InputError
 from lmtune.samplers.language_bo.numeric import NumericFeatures
 from lmtune.space import SearchSpace
 
-#: A source with more observations is subsampled (seeded) to this many for its one-time GP fit: an exact GP
-#: costs n³, and 800 rows of a smooth landscape pin its shape down (800-2,000-row synthetic tables,
-#: benchmarks/language_bo_plus_design.py).
+#: A source with more observations is subsampled (seeded by its content) to this many for its one-time GP fit:
+#: an exact GP costs n³, and a few hundred rows of a smooth landscape pin its shape down (the synthetic design
+#: suite's sources, benchmarks/language_bo_plus_design.py; docs/benchmarks.md).
 MAX_SOURCE_ROWS = 800
 #: How lmtune's task names read in a description.
 TASK_WORDS = {"causal": "causal language modelling", "classification": "sequence classification"}
