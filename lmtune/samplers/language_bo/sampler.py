@@ -61,7 +61,7 @@ from lmtune.space import SearchSpace
 CLAIM_ATTEMPTS = 8
 
 
-def check_settings(*, integers: dict[str, tuple[Any, int]], projection_dropout: Any) -> None:
+def _check_settings(*, integers: dict[str, tuple[Any, int]], projection_dropout: Any) -> None:
     """``InputError`` naming the first setting out of range: ``integers`` maps a name to (value, lowest)."""
     for name, (value, low) in integers.items():
         if not isinstance(value, int) or value < low:
@@ -104,7 +104,7 @@ class LanguageBOSampler(BaseSampler):
                  projection_dropout: float = 0.1, share_prefix: bool = True, encoder_dtype: str = "float32",
                  batch_size: int = 64, fit_threads: int = 1, seed: int | None = None,
                  cache_dir: str | Path | None = None, device: str = "cpu"):
-        check_settings(integers={"n_startup_trials": (n_startup_trials, 0), "shortlist_k": (shortlist_k, 1),
+        _check_settings(integers={"n_startup_trials": (n_startup_trials, 0), "shortlist_k": (shortlist_k, 1),
                                  "mll_steps": (mll_steps, 1), "warm_mll_steps": (warm_mll_steps, 0),
                                  "projection_dim": (projection_dim, 1), "batch_size": (batch_size, 1),
                                  "fit_threads": (fit_threads, 1)}, projection_dropout=projection_dropout)
