@@ -23,7 +23,7 @@ def language_bo(device: torch.device, shape: str, config: PretrainedConfig, pool
                 batch_size: int, mll_steps: int = 100) -> dict:
     """The pool pass and the model-based suggestions of ``LanguageBOSampler`` with a random encoder of ``config``
     (named ``shape``)."""
-    from lmtune.llm.embeddings import FrozenEncoder
+    from lmtune.samplers.language_bo.encoder import FrozenEncoder
     from lmtune.samplers import LanguageBOSampler
     from lmtune.space import load_space
 
