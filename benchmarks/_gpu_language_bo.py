@@ -23,8 +23,8 @@ def language_bo(device: torch.device, shape: str, config: PretrainedConfig, pool
                 batch_size: int, mll_steps: int = 100) -> dict:
     """The pool pass and the model-based suggestions of ``LanguageBOSampler`` with a random encoder of ``config``
     (named ``shape``)."""
-    from lmtune.samplers.language_bo.encoder import FrozenEncoder
     from lmtune.samplers import LanguageBOSampler
+    from lmtune.samplers.language_bo.encoder import FrozenEncoder
     from lmtune.space import load_space
 
     space = load_space(pool)
