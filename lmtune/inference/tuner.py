@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
-from lmtune.inference.config import InferConfig, parse_range, parse_stop, stop_text  # noqa: F401  (public names)
+from lmtune.inference.config import InferConfig, stop_text
 from lmtune.inference.evaluate import Evaluator
 from lmtune.inference.metrics import make_metric
 from lmtune.inference.prices import PriceTable
@@ -79,15 +79,6 @@ class InferResult(Result):
     error: str | None = None
     #: Things the user should act on, e.g. a best config that solves nothing, with a budget to try instead.
     warnings: list[str] = field(default_factory=list)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "InferSettings":  # renamed in 0.2
-        import warnings
-
-        warnings.warn("InferSettings is now lmtune.inference.InferConfig", DeprecationWarning, stacklevel=2)
-        return InferConfig
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def tune_inference(config: InferConfig | None = None, *, generator: Generator | None = None,
@@ -258,20 +249,6 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
     if len(counted_trials(study)) >= max_trials:
         return "max_trials", None
     return "done", None
-
-
-def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
-    """How a finished inference trial reads in the progress line."""
-    if trial.state == TrialState.COMPLETE:
-        outcome = f"{trial.value:.4f} at {trial.user_attrs[attrs.COST_PER_INSTANCE]:.4g}/instance"
-    else:
-        why = trial.user_attrs.get(attrs.INFEASIBLE) or trial.user_attrs.get(attrs.FAIL_REASON)
-        outcome = f"{trial.state.name} ({why})"
-    spent = study.user_attrs.get(attrs.SPEND)
-    if spent is None:
-        spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
-    budget = study.user_attrs.get(attrs.OPTIMIZATION_BUDGET)
-    return f"{outcome}; spent {spent:.4g} of {budget:.4g} {trial.params}"
 
 
 def config_of(trial) -> InferenceConfig:
