@@ -10,6 +10,7 @@ import sys
 
 from lmtune.cli import bench, hag, infer, lora, report, select, serve, workers  # noqa: F401  (they register their commands)
 from lmtune.cli.app import app, console
+from lmtune.cli.options import with_flags
 from lmtune.errors import InputError, NoResult
 from lmtune.runtime.loop import Interrupted
 
@@ -25,10 +26,10 @@ def main() -> None:
     try:
         app()
     except InputError as exc:
-        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+        print(f"error: {exc.field}: {with_flags(exc.message)}", file=sys.stderr)
         sys.exit(2)
     except NoResult as exc:
-        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+        print(f"error: {exc.field}: {with_flags(exc.message)}", file=sys.stderr)
         sys.exit(1)
     except Interrupted as exc:
         print(f"interrupted: {exc}; run the same command again to resume", file=sys.stderr)

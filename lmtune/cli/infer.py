@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.cli.app import app, console
-from lmtune.cli.options import config_options
+from lmtune.cli.options import config_options, with_flags
 from lmtune.config import build_config
 from lmtune.inference.config import InferConfig, parse_stop
 from lmtune.runtime.quiet import quiet_libraries
@@ -42,7 +42,7 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
         if cfg.output_dir is not None:
             print(f"results: {cfg.output_dir / 'results.json'}")
         field = "endpoint" if cfg.endpoint is not None else "local_model" if cfg.local_model is not None else "models"
-        print(f"error: {field}: {results.error}", file=sys.stderr)
+        print(f"error: {field}: {with_flags(results.error)}", file=sys.stderr)
         raise SystemExit(1)
     if best is None:
         print("no config met the per-instance budget")
@@ -61,7 +61,7 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
         if report is not None:
             print(f"report: {report}")
     if results.error is not None:  # the search finished but the test evaluation failed
-        print(f"error: endpoint: {results.error}", file=sys.stderr)
+        print(f"error: endpoint: {with_flags(results.error)}", file=sys.stderr)
         raise SystemExit(1)
 
 

@@ -9,12 +9,18 @@ Per-field details go in ``json_schema_extra``:
 * ``flags``: the option names, e.g. ``["--study", "--study-name"]``;
 * ``split``: ``","`` reads a list from one comma-separated value; otherwise a list option repeats;
 * ``metavar``: the placeholder shown in help (default: a plain name for the type).
+
+Only the CLI knows how a field is spelled as a flag. Library text (an ``InputError``'s message, a log line, a stored
+warning, a field's description) names another field in backquotes, e.g. ``give `endpoint` or `local_model```;
+``with_flags`` spells each as the option of the command that runs (``--endpoint``, ``--local-model``) wherever the
+CLI prints such text, the ``--help`` text included.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -28,6 +34,10 @@ from pydantic_core import PydanticUndefined
 
 #: Help placeholders by type: plain words instead of click's INTEGER/FLOAT/<list[str]>.
 METAVARS = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
+#: A field named in library text: its name in backquotes.
+FIELD_REFERENCE = re.compile(r"`([a-z][a-z0-9_]*)`")
+#: The configs of the commands invoked in this process, the innermost last: whose flags ``with_flags`` uses.
+_invoked: list[type[BaseModel]] = []
 
 
 def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
@@ -40,11 +50,12 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Cal
         own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "values"]
         generated = [(name, field) for name, field in model.model_fields.items()
                      if name not in skip and _extra(field).get("cli", True)]
-        parameters = own + [_parameter(name, field) for name, field in generated]
+        parameters = own + [_parameter(name, field, model) for name, field in generated]
         splitters = {name: _extra(field).get("split") for name, field in generated}
 
         @functools.wraps(function)
         def command(**kwargs: Any) -> Any:
+            _invoked[:] = [*(m for m in _invoked if m is not model), model]
             values = {}
             for name, _ in generated:
                 value = kwargs.pop(name)
@@ -63,22 +74,45 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Cal
     return decorate
 
 
+def flag_of(model: type[BaseModel], name: str) -> str | None:
+    """The option that sets field ``name`` of ``model`` (its first spelling), or None when it has none."""
+    field = model.model_fields.get(name)
+    if field is None or not _extra(field).get("cli", True):
+        return None
+    return _flags(name, field)[0]
+
+
+def with_flags(text: str, models: list[type[BaseModel]] | None = None) -> str:
+    """``text`` with each field reference (`name`) spelled as the option of ``models`` (by default the configs of the
+    commands invoked, innermost first) that sets it; a name no option sets stays as it is."""
+    models = list(reversed(_invoked)) if models is None else models
+
+    def spelled(match: re.Match) -> str:
+        return next((f for f in (flag_of(m, match.group(1)) for m in models) if f), match.group(0))
+
+    return FIELD_REFERENCE.sub(spelled, text)
+
+
+def _flags(name: str, field: FieldInfo) -> list[str]:
+    return list(_extra(field).get("flags") or [f"--{name.replace('_', '-')}"])
+
+
 def _extra(field: FieldInfo) -> dict[str, Any]:
     extra = field.json_schema_extra
     return extra if isinstance(extra, dict) else {}
 
 
-def _parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+def _parameter(name: str, field: FieldInfo, model: type[BaseModel]) -> inspect.Parameter:
     extra = _extra(field)
     kind, choices = _cli_type(field.annotation)
-    flags = list(extra.get("flags") or [f"--{name.replace('_', '-')}"])
+    flags = _flags(name, field)
     if kind is bool:
         flag = flags[0]
         flags = [f"{flag}/--no-{flag[2:]}"]
     split = extra.get("split")
     if typing.get_origin(kind) is list and split:
         kind = str
-    help_text = (field.description or "").rstrip(".")
+    help_text = with_flags(field.description or "", [model]).rstrip(".")
     if choices:
         help_text += ("; " if help_text else "") + "one of " + ", ".join(map(str, choices))
     default = _default_text(field)

@@ -2,7 +2,7 @@
 
 The spend journal (``lmtune.llm.cache``) is the truth about what a study has spent, so a study keeps one journal
 file for good: the first run records its path (the response cache, or ``OUTPUT_DIR/spend.sqlite`` without a
-cache) and its account in the study, and later runs use that file whatever their ``--cache`` says. A study
+cache) and its account in the study, and later runs use that file whatever their ``cache`` says. A study
 whose journal file is gone (or that was created before journals) starts its account from what its trials
 recorded, which misses the calls of a run that was killed mid-call; lmtune warns when that happens.
 

@@ -163,12 +163,12 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
             raise InputError("models", "name the model(s) the generator serves")
         return generator, list(s.models)
     if (s.endpoint is None) == (s.local_model is None):
-        raise InputError("endpoint", "give exactly one of --endpoint URL or --local-model PATH")
+        raise InputError("endpoint", "give exactly one of `endpoint` (a URL) or `local_model` (a path)")
     if s.endpoint is not None:
         from lmtune.llm.openai_compat import OpenAIGenerator
 
         if not s.models:
-            raise InputError("models", "name the endpoint's model(s) to search, e.g. --models gpt-4o-mini,gpt-4o")
+            raise InputError("models", "name the endpoint's model(s) to search in `models`, e.g. gpt-4o-mini,gpt-4o")
         generator = OpenAIGenerator(s.endpoint, api_key_env=s.api_key_env, concurrency=s.concurrency,
                                     timeout=s.timeout, max_retries=s.retries)
         loop.run(generator.check())
@@ -178,7 +178,7 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
 
     generator = LocalGenerator(s.local_model, device=check_device(s.device))
     if s.models and s.models != [generator.name]:
-        raise InputError("models", f"a local model is one model, {generator.name!r}; leave --models out")
+        raise InputError("models", f"a local model is one model, {generator.name!r}; leave `models` out")
     return generator, [generator.name]
 
 
@@ -337,17 +337,17 @@ def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
     and more search budget if it ran out."""
     over = sorted(cost for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get(attrs.INFERRED)
                   and (cost := t.user_attrs.get(attrs.COST_PER_INSTANCE, 0.0)) > s.inference_budget * (1 + 1e-9))
-    advice = (f"the best config within --inference-budget {s.inference_budget:g} solves no instance "
+    advice = (f"the best config within `inference_budget` {s.inference_budget:g} solves no instance "
               f"({s.metric} 0 on the tuning split): ")
     if over:
         suggested = _round_up(over[0])
-        advice += (f"try --inference-budget {suggested:g} (the cheapest config measured above {s.inference_budget:g} "
+        advice += (f"try `inference_budget` {suggested:g} (the cheapest config measured above {s.inference_budget:g} "
                    f"costs {over[0]:.3g} per instance)")
     else:
-        advice += ("no config tried was over that budget, so the budget is not what limits: widen --max-tokens or "
-                   "--n, or check the template and the metric")
+        advice += ("no config tried was over that budget, so the budget is not what limits: widen `max_tokens` or "
+                   "`n`, or check the template and the metric")
     if ledger.left is not None and ledger.left < 0.1 * s.optimization_budget:
-        advice += f"; more configs need a larger --optimization-budget (all but {ledger.left:.3g} of " \
+        advice += f"; more configs need a larger `optimization_budget` (all but {ledger.left:.3g} of " \
                   f"{s.optimization_budget:g} was spent)"
     return advice
 

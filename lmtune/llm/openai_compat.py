@@ -64,7 +64,7 @@ class OpenAIGenerator(Generator):
             raise InputError("endpoint", f"cannot reach {self.base_url}: {_reason(exc)}") from None
         except openai.AuthenticationError:
             raise InputError("endpoint", f"{self.base_url} refused the API key (set it in the environment "
-                             "variable named by --api-key-env)") from None
+                             "variable named by `api_key_env`)") from None
         except openai.APIStatusError:
             pass  # it answered; some servers do not implement /models
 
@@ -131,7 +131,7 @@ class OpenAIGenerator(Generator):
                             response = await self.client.completions.create(prompt=request.prompt, **params)
                 return self._read(response, request.messages is not None)
             except (openai.APITimeoutError, TimeoutError):
-                raise GenerationError(f"{self.base_url}: no answer within {self.timeout:g} s (--timeout)",
+                raise GenerationError(f"{self.base_url}: no answer within {self.timeout:g} s (`timeout`)",
                                       maybe_billed=True) from None
             except openai.APIConnectionError as exc:  # dropped, reset, refused: it may have reached the server
                 error, billed = exc, True

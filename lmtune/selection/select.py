@@ -41,12 +41,12 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     from lmtune.selection.curves import load_curves
 
     cfg = config or build_config(SelectConfig, **fields)
-    plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable --plot fails now, not later
+    plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable `plot` fails now, not later
     if (cfg.curves is None) == (not cfg.models):
-        raise InputError("curves", "give either --curves FILE or --models A B C (with --dataset and --sizes)")
+        raise InputError("curves", "give either `curves` FILE or `models` A B C (with `dataset` and `sizes`)")
     if cfg.curves is not None:
         if cfg.dataset or cfg.sizes:
-            raise InputError("dataset", "--dataset and --sizes go with --models, not --curves")
+            raise InputError("dataset", "`dataset` and `sizes` go with `models`, not `curves`")
         table = load_curves(cfg.curves)
         target = int(cfg.target_size or table.sizes.max())
         ratio = 8.0 if cfg.budget_ratio is None else cfg.budget_ratio
@@ -66,7 +66,7 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
 
 def plot_target(plot: Path | None, source: Path, output: Path) -> Path:
     """Where the PNG goes: ``plot`` (a folder gets ``<curves>-select.png`` inside), by default ``output`` (the
-    folder of ``--out``), never the data folder a curves file was read from. A folder lmtune cannot write to is an
+    folder of ``out``), never the data folder a curves file was read from. A folder lmtune cannot write to is an
     ``InputError`` naming ``plot``."""
     name = Path(source).stem + "-select.png"
     path = Path(output) / name if plot is None else (
@@ -85,7 +85,7 @@ def _measure(cfg: SelectConfig):
     from lmtune.selection.measure import measure_curves
 
     if cfg.sizes is None:
-        raise InputError("sizes", "--models needs --sizes, e.g. 0,50,100,200,400")
+        raise InputError("sizes", "`models` needs `sizes`, e.g. 0,50,100,200,400")
     splits = load_dataset(cfg.dataset, seed=cfg.seed)
     hp = LoraHyperparams(learning_rate=cfg.learning_rate or (2e-4 if cfg.mode == "lora" else 5e-5),
                          batch_size=cfg.batch_size)
