@@ -63,7 +63,7 @@ def test_quality(generator, config: dict, seed: int) -> tuple[float, float]:
     from lmtune.inference.evaluate import Evaluator
     from lmtune.inference.metrics import make_metric
     from lmtune.inference.prices import PriceTable
-    from lmtune.inference.space import InferenceConfig
+    from lmtune.inference.space import InferencePoint
     from lmtune.inference.spend import MeteredGenerator, SpendLedger
     from lmtune.inference.tasks import load_task
     from lmtune.llm.cache import CachedGenerator
@@ -76,8 +76,8 @@ def test_quality(generator, config: dict, seed: int) -> tuple[float, float]:
     metered = MeteredGenerator(CachedGenerator(generator, None), PriceTable.load(), SpendLedger(None))
     tester = Evaluator(task, test, metric, needs, metered, loop, float("inf"),
                        pruning=False, seed=seed, salt="test")
-    result = tester.evaluate(InferenceConfig("arith-lm", 0, 0, config["max_tokens"], config["n"],
-                                             temperature=config["temperature"]))
+    result = tester.evaluate(InferencePoint("arith-lm", 0, 0, config["max_tokens"], config["n"],
+                                            temperature=config["temperature"]))
     loop.close()
     return result.quality, result.cost_per_instance
 

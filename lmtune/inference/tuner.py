@@ -35,7 +35,7 @@ from lmtune.inference.metrics import make_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
 from lmtune.inference.resume import fail_dead_trials, open_journal, spend_account
-from lmtune.inference.space import InferenceConfig, InferenceSpace
+from lmtune.inference.space import InferencePoint, InferenceSpace
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.inference.tasks import Task, load_task
 from lmtune.llm.cache import CachedGenerator, ResponseCache
@@ -251,9 +251,10 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
     return "done", None
 
 
-def config_of(trial) -> InferenceConfig:
+def point_of(trial) -> InferencePoint:
+    """The config a trial evaluated."""
     p = trial.params
-    return InferenceConfig(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
+    return InferencePoint(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
                            n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
                            repetition_penalty=p.get("repetition_penalty"))
 
@@ -293,7 +294,7 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
     front = pareto_front([(t.user_attrs[attrs.COST_PER_INSTANCE], t.value, t) for t in complete])
 
     def describe(trial) -> dict:
-        return {"trial": trial.number, "config": _readable(config_of(trial), task),
+        return {"trial": trial.number, "config": _readable(point_of(trial), task),
                 "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
 
     results.best = describe(best)
@@ -314,7 +315,7 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
 
     def on_test(trial) -> dict:
         if trial.number not in tested:
-            result = tester.evaluate(config_of(trial))
+            result = tester.evaluate(point_of(trial))
             tested[trial.number] = {"quality": result.quality, "cost_per_instance": result.cost_per_instance,
                                     "within_inference_budget": result.cost_per_instance <= s.inference_budget}
         return tested[trial.number]
@@ -358,7 +359,7 @@ def _round_up(value: float) -> float:
     return math.ceil(value / scale - 1e-9) * scale
 
 
-def _readable(config: InferenceConfig, task: Task) -> dict:
+def _readable(config: InferencePoint, task: Task) -> dict:
     d = config.as_dict()
     d["template"] = task.templates[config.template]
     stop = task.stops[config.stop]
