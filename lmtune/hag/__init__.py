@@ -10,7 +10,7 @@ _EXPORTS = {
     "HagLabelConfig": "config",
     "HagTrainConfig": "config",
     "HagEvaluateConfig": "config",
-    "load_task": "task",
+    "load_hag_task": "task",
     "Decoding": "space",
     "DecodingSpace": "space",
     "SearchSettings": "search",

@@ -31,7 +31,7 @@ from lmtune.hag.generation import HagModel, read_meta
 from lmtune.hag.labels import CountingGenerator, local_generator, make_scorer, read_labels
 from lmtune.hag.learners import read_fallback
 from lmtune.hag.space import Decoding, DecodingSpace
-from lmtune.hag.task import HagTask, make_metric
+from lmtune.hag.task import HagTask, make_set_metric
 from lmtune.llm.cache import CachedGenerator, ResponseCache
 from lmtune.llm.generation import BackgroundLoop, Generator
 from lmtune.results import Result
@@ -67,8 +67,8 @@ def evaluate_hag(config: HagEvaluateConfig | None = None, *, generator: Generato
             raise InputError("learners", f"{directory} was trained on {meta['base_model']}, but the labels are of "
                              f"{base}")
     global_config = read_fallback(cfg.global_config) if cfg.global_config else None
-    task = HagTask(header["task"], [r["instance"] for r in rows], make_metric(header["metric"]), header["metric"],
-                   template=header["template"], n=header["n"], max_tokens=header["max_tokens"],
+    task = HagTask(header["task"], [r["instance"] for r in rows], make_set_metric(header["metric"]),
+                   header["metric"], template=header["template"], n=header["n"], max_tokens=header["max_tokens"],
                    stop=tuple(header["stop"]) if header["stop"] else None)
     space = DecodingSpace.from_dict(header["space"])
     generator = generator or local_generator(header["model"], cfg.device)

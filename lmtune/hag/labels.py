@@ -30,7 +30,7 @@ from lmtune.files import write_atomic
 from lmtune.hag.config import HagLabelConfig
 from lmtune.hag.search import SearchOutcome, SearchSettings, search_input
 from lmtune.hag.space import PARAMS, Decoding, DecodingSpace
-from lmtune.hag.task import HagTask, load_task
+from lmtune.hag.task import HagTask, load_hag_task
 from lmtune.llm.cache import CachedGenerator, ResponseCache
 from lmtune.llm.generation import BackgroundLoop, Generation, GenerationError, GenerationRequest, Generator
 from lmtune.results import Result
@@ -156,8 +156,8 @@ def label_task(config: HagLabelConfig | None = None, *, generator: Generator | N
 
 
 def task_of(cfg) -> HagTask:
-    return load_task(cfg.task, metric=cfg.metric, template=cfg.template, size=cfg.task_size, seed=cfg.seed, n=cfg.n,
-                     max_tokens=cfg.max_tokens)
+    return load_hag_task(cfg.task, metric=cfg.metric, template=cfg.template, size=cfg.task_size, seed=cfg.seed,
+                         n=cfg.n, max_tokens=cfg.max_tokens)
 
 
 def local_generator(model: str, device: str) -> Generator:

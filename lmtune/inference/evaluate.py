@@ -20,7 +20,7 @@ from lmtune.inference.metrics import InstanceMetric
 from lmtune.inference.pruning import PruningKnowledge
 from lmtune.inference.space import InferencePoint
 from lmtune.inference.spend import MeteredGenerator
-from lmtune.inference.tasks import Task
+from lmtune.inference.tasks import InferTask
 from lmtune.llm.generation import BackgroundLoop, GenerationRequest
 
 
@@ -62,7 +62,7 @@ def hoeffding_serfling(value_range: float, k: int, population: int, delta: float
 class Evaluator:
     """Evaluates configs on a fixed instance list with one metered generator, sharing pruning knowledge."""
 
-    def __init__(self, task: Task, instances: list[dict], metric: InstanceMetric,
+    def __init__(self, task: InferTask, instances: list[dict], metric: InstanceMetric,
                  needs_check: bool, generator: MeteredGenerator, loop: BackgroundLoop, inference_budget: float,
                  *, pruning: bool = True, knowledge: PruningKnowledge | None = None, seed: int = 0,
                  initial_size: int = 4, delta: float = 0.1, salt: str = "tune"):

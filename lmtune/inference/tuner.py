@@ -31,13 +31,13 @@ from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.inference.config import InferConfig, stop_text
 from lmtune.inference.evaluate import Evaluator
-from lmtune.inference.metrics import make_metric
+from lmtune.inference.metrics import make_instance_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
 from lmtune.inference.resume import fail_dead_trials, open_journal, spend_account
 from lmtune.inference.space import InferencePoint, InferenceSpace
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
-from lmtune.inference.tasks import Task, load_task
+from lmtune.inference.tasks import InferTask, load_infer_task
 from lmtune.llm.cache import CachedGenerator, ResponseCache
 from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator
 from lmtune.results import Result
@@ -99,8 +99,8 @@ def tune_inference(config: InferConfig | None = None, *, generator: Generator | 
 
 def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener | None) -> InferResult:
     stops = [tuple(x) if x else None for x in s.stops] or None
-    task = load_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
-    metric, needs_check = make_metric(s.metric)
+    task = load_infer_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
+    metric, needs_check = make_instance_metric(s.metric)
     prices = PriceTable.load(s.prices)
     # On an interrupt, calls in flight get until their timeout (10 s at most) to finish and be recorded.
     loop = BackgroundLoop(drain=min(s.timeout, 10.0))
@@ -268,7 +268,7 @@ def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, fl
     return front
 
 
-def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
+def _results(study, s: InferConfig, task: InferTask, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
              prices: PriceTable, ledger: SpendLedger, study_name: str, stopped: str, error: str | None
              ) -> InferResult:
     trials = study.get_trials(deepcopy=False)
@@ -359,7 +359,7 @@ def _round_up(value: float) -> float:
     return math.ceil(value / scale - 1e-9) * scale
 
 
-def _readable(config: InferencePoint, task: Task) -> dict:
+def _readable(config: InferencePoint, task: InferTask) -> dict:
     d = config.as_dict()
     d["template"] = task.templates[config.template]
     stop = task.stops[config.stop]
