@@ -32,7 +32,7 @@ from lmtune.hag.labels import CountingGenerator, local_generator, make_scorer, r
 from lmtune.hag.learners import read_fallback
 from lmtune.hag.space import Decoding, DecodingSpace
 from lmtune.hag.task import HagTask, make_set_metric
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generator
 from lmtune.results import Result
 
@@ -101,7 +101,7 @@ def evaluate_hag(config: HagEvaluateConfig | None = None, *, generator: Generato
             record["statuses"][c.status] += 1
 
     loop = BackgroundLoop()
-    cache = None if cfg.cache == "none" else ResponseCache(cfg.cache or cfg.output_dir / "responses.sqlite")
+    cache = None if cfg.cache == "none" else ResponseStore(cfg.cache or cfg.output_dir / "responses.sqlite")
     cached = CachedGenerator(generator, cache)
     try:
         scored = [(kind, label, loop.run(_scores(task, rows, configs, cached, generator.name, cfg)))

@@ -31,7 +31,7 @@ from lmtune.hag.config import HagLabelConfig
 from lmtune.hag.search import SearchOutcome, SearchSettings, search_input
 from lmtune.hag.space import PARAMS, Decoding, DecodingSpace
 from lmtune.hag.task import HagTask, load_hag_task
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generation, GenerationError, GenerationRequest, Generator
 from lmtune.results import Result
 from lmtune.runtime.loop import TrialListener, run_trials
@@ -123,7 +123,7 @@ def label_task(config: HagLabelConfig | None = None, *, generator: Generator | N
     pending = _pending(study, len(chunks))
     total = len(counted_trials(study)) + len(pending)
     loop = BackgroundLoop()
-    cache = None if cfg.cache == "none" else ResponseCache(cfg.cache or cfg.output_dir / "responses.sqlite")
+    cache = None if cfg.cache == "none" else ResponseStore(cfg.cache or cfg.output_dir / "responses.sqlite")
     cached = CachedGenerator(generator, cache)
     output = cfg.output_dir / f"labels-{cfg.split}.jsonl"
 

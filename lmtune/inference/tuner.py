@@ -38,7 +38,7 @@ from lmtune.inference.resume import fail_dead_trials, open_journal, spend_accoun
 from lmtune.inference.space import InferencePoint, InferenceSpace
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.inference.tasks import InferTask, load_infer_task
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator
 from lmtune.results import Result
 from lmtune.runtime.loop import Interrupted, TrialListener, run_trials, sigterm_as_interrupt
@@ -128,7 +128,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
         fail_dead_trials(study)
         trials = study.get_trials(deepcopy=False)
         cache_path = s.cache or Path(s.output_dir or ".") / "responses.sqlite"
-        cache = None if s.cache == "none" else ResponseCache(cache_path)
+        cache = None if s.cache == "none" else ResponseStore(cache_path)
         journal = open_journal(study, cache, s.output_dir)
         account = spend_account(study, journal, trials)
         ledger = SpendLedger(s.optimization_budget, journal=journal, account=account,
@@ -150,7 +150,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
             with contextlib.suppress(Exception):
                 loop.run(generator.aclose())
         loop.close()
-        for store in {id(x): x for x in (cache, journal) if x is not None}.values():
+        for store in {id(x): x for x in (cache, journal and journal.store) if x is not None}.values():
             store.close()
     if s.output_dir is not None:
         write_atomic(Path(s.output_dir) / "results.json", json.dumps(results.to_dict(), indent=2))

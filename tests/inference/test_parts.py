@@ -17,7 +17,7 @@ from lmtune.inference.prices import PriceTable
 from lmtune.inference.sandbox import run_code
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.inference.tasks import humaneval_check, load_infer_task
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, GenerationError, GenerationRequest
 from lmtune.llm.local import LocalGenerator
 from lmtune.llm.openai_compat import OpenAIGenerator
@@ -161,7 +161,7 @@ def test_local_generator_bills_prompt_and_completion_tokens(arith):
 
 def test_cache_counts_cached_spend_apart(arith, tmp_path):
     ledger = SpendLedger(10.0)
-    metered = MeteredGenerator(CachedGenerator(arith, ResponseCache(tmp_path / "c.sqlite")), PriceTable.load(), ledger)
+    metered = MeteredGenerator(CachedGenerator(arith, ResponseStore(tmp_path / "c.sqlite")), PriceTable.load(), ledger)
     request = GenerationRequest(model="arith-lm", prompt="111+222=", n=2, temperature=0)
     first = asyncio.run(metered.generate(request))
     assert not first.cached and ledger.spent == pytest.approx((8 * 0.5 + 8 * 1.0) / 1000)
