@@ -18,7 +18,7 @@ from lmtune.errors import InputError
 from lmtune.results import Result
 from lmtune.selection.config import SelectConfig
 from lmtune.selection.curves import Curves
-from lmtune.selection.evaluate import Selection, run_selection, tokens_for
+from lmtune.selection.evaluate import Selection, evaluate_methods, tokens_for
 from lmtune.selection.predictors import PROPOSED
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
         table, target, ratio, tokens, note = _measure(cfg)
         source = cfg.out
     plot_path = plot_target(cfg.plot, source, cfg.out.parent)
-    selection = select_models(table, target, ratio, tokens_per_sample=tokens, plot_path=plot_path)
+    selection = evaluate_methods(table, target, ratio, tokens_per_sample=tokens)
+    _plot(selection, table, plot_path)
     text = format_selection(selection, table)
     if note:
         text += f"\n{note}.\n"
@@ -102,18 +103,14 @@ def _measure(cfg: SelectConfig):
     return table, target, ratio, tokens, note
 
 
-def select_models(curves: Curves, target: int, ratio: float, *, tokens_per_sample: float = 1.0,
-                  plot_path: str | Path | None = None) -> Selection:
-    """Run every method under the budget target/ratio; write the PNG when ``plot_path`` is given."""
-    selection = run_selection(curves, target, ratio, tokens_per_sample=tokens_per_sample)
-    if plot_path is not None:
-        from lmtune.selection.plot import plot_curves
+def _plot(selection: Selection, curves: Curves, path: Path) -> None:
+    """The PNG of what the selection saw and the proposed method's ranking."""
+    from lmtune.selection.plot import plot_curves
 
-        proposed = selection.results[PROPOSED].prediction
-        plot_curves(curves, target, selection.budget, plot_path, method=PROPOSED,
-                    ranking=None if proposed is None else proposed.ranking(),
-                    scores=None if proposed is None else proposed.scores)
-    return selection
+    proposed = selection.results[PROPOSED].prediction
+    plot_curves(curves, selection.target, selection.budget, path, method=PROPOSED,
+                ranking=None if proposed is None else proposed.ranking(),
+                scores=None if proposed is None else proposed.scores)
 
 
 def format_selection(selection: Selection, curves: Curves, top: int | None = None) -> str:
