@@ -55,7 +55,7 @@ def tokens_for(path: str | Path | None, tokens_per_sample: float | None) -> tupl
     stem = Path(path).stem.lower() if path is not None else ""
     if stem in KNOWN_TOKENS_PER_SAMPLE:
         return KNOWN_TOKENS_PER_SAMPLE[stem], None
-    return 1.0, "FLOPs counted per token (tokens per example unknown; set `tokens_per_sample`)"
+    return 1.0, "FLOPs counted per token (tokens per example unknown; pass `tokens_per_sample`)"
 
 
 def check_budget(curves: Curves, target: int, ratio: float) -> float:
