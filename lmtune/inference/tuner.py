@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.config import build_config
@@ -141,8 +141,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
             study.enqueue_trial(space.low_cost_params(prices))
         try:
             stopped, error = _search(study, space, evaluator, ledger, s.max_trials, listener)
-            results = _results(study, s, task, tuning, test, metric, needs_check, metered, loop, prices, ledger,
-                               study_name, stopped, error)
+            results = _results(study, s, evaluator, test, ledger, study_name, stopped, error)
         except (Interrupted, KeyboardInterrupt):
             raise Interrupted(f"spent {ledger.spent:.6g} of {s.optimization_budget:.6g}") from None
     finally:
@@ -268,14 +267,36 @@ def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, fl
     return front
 
 
-def _results(study, s: InferConfig, task: InferTask, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
-             prices: PriceTable, ledger: SpendLedger, study_name: str, stopped: str, error: str | None
-             ) -> InferResult:
+def _results(study, s: InferConfig, evaluator: Evaluator, test: list[dict], ledger: SpendLedger, study_name: str,
+             stopped: str, error: str | None) -> InferResult:
+    """What the search found (the best config within the per-instance budget, the cost/quality front) and spent,
+    each chosen config then tested on the held-out split unless the backend stopped the search."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE
                 and t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= s.inference_budget]
+    results = _counts(trials, complete, s, ledger, study_name, (len(evaluator.instances), len(test)), stopped, error)
+    if not complete:
+        return results
+    best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))
+    front = [t for _, _, t in pareto_front([(t.user_attrs[attrs.COST_PER_INSTANCE], t.value, t) for t in complete])]
+    results.best = _described(best, evaluator.task)
+    results.pareto_front = [_described(t, evaluator.task) for t in front]
+    if best.value <= NOTHING_SOLVED["value"]:
+        results.best["solved_nothing"] = True
+        results.warnings.append(_budget_advice(trials, s, ledger))
+        log.warning(results.warnings[-1])
+    if stopped == "endpoint":  # the test evaluation would fail the same way
+        return results
+    _test(results, evaluator, test, best, front, s)
+    return results
+
+
+def _counts(trials: list[FrozenTrial], complete: list[FrozenTrial], s: InferConfig, ledger: SpendLedger,
+            study_name: str, instances: tuple[int, int], stopped: str, error: str | None) -> InferResult:
+    """The result before anything is chosen: the search's spend, its trials by state and outcome (``complete``:
+    those scored within the per-instance budget) and the (tuning, test) instances."""
     by_state = {state.name: sum(1 for t in trials if t.state == state) for state in TrialState}
-    results = InferResult(
+    return InferResult(
         study_name=study_name, task=s.task, metric=s.metric,
         models=sorted({t.params.get("model") for t in trials if t.params}),
         inference_budget=s.inference_budget, optimization_budget=s.optimization_budget,
@@ -286,34 +307,29 @@ def _results(study, s: InferConfig, task: InferTask, tuning, test, metric, needs
         configs_pruned_by_knowledge=sum(1 for t in trials if t.user_attrs.get(attrs.INFERRED)),
         configs_over_budget_measured=sum(1 for t in trials if t.state == TrialState.PRUNED
                                          and not t.user_attrs.get(attrs.INFERRED)),
-        tuning_instances=len(tuning), test_instances=len(test), stopped=stopped, error=error,
+        tuning_instances=instances[0], test_instances=instances[1], stopped=stopped, error=error,
     )
-    if not complete:
-        return results
-    best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))
-    front = pareto_front([(t.user_attrs[attrs.COST_PER_INSTANCE], t.value, t) for t in complete])
 
-    def describe(trial) -> dict:
-        return {"trial": trial.number, "config": _readable(point_of(trial), task),
-                "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
 
-    results.best = describe(best)
-    results.pareto_front = [describe(t) for _, _, t in front]
-    if best.value <= NOTHING_SOLVED["value"]:
-        results.best["solved_nothing"] = True
-        results.warnings.append(_budget_advice(trials, s, ledger))
-        log.warning(results.warnings[-1])
-    if stopped == "endpoint":  # the test evaluation would fail the same way
-        return results
-    # The test split is paid apart from the optimization budget, in an account of its own.
-    test_ledger = SpendLedger(None, journal=ledger.journal, account=f"{ledger.account}:test")
-    test_metered = MeteredGenerator(metered.generator, prices, test_ledger, concurrency=metered.concurrency,
-                                    stop=metered.stop)
-    tester = Evaluator(task, test, metric, needs_check, test_metered, loop,
-                       float("inf"), pruning=False, seed=s.seed, salt="test")
+def _described(trial: FrozenTrial, task: InferTask) -> dict:
+    return {"trial": trial.number, "config": _readable(point_of(trial), task),
+            "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
+
+
+def _test(results: InferResult, evaluator: Evaluator, test: list[dict], best: FrozenTrial, front: list[FrozenTrial],
+          s: InferConfig) -> None:
+    """Test the best config, and the ``front`` if ``s.test_pareto``, on the held-out split (each config once),
+    paid apart from the optimization budget, in an account of its own; a backend failure is the result's
+    ``error``."""
+    metered = evaluator.generator
+    ledger = SpendLedger(None, journal=metered.ledger.journal, account=f"{metered.ledger.account}:test")
+    tester = Evaluator(evaluator.task, test, evaluator.metric, evaluator.needs_check,
+                       MeteredGenerator(metered.generator, metered.prices, ledger, concurrency=metered.concurrency,
+                                        stop=metered.stop),
+                       evaluator.loop, float("inf"), pruning=False, seed=evaluator.seed, salt="test")
     tested: dict[int, dict] = {}
 
-    def on_test(trial) -> dict:
+    def on_test(trial: FrozenTrial) -> dict:
         if trial.number not in tested:
             result = tester.evaluate(point_of(trial))
             tested[trial.number] = {"quality": result.quality, "cost_per_instance": result.cost_per_instance,
@@ -323,13 +339,12 @@ def _results(study, s: InferConfig, task: InferTask, tuning, test, metric, needs
     try:
         results.best["test"] = on_test(best)
         if s.test_pareto:
-            for entry, (_, _, t) in zip(results.pareto_front, front, strict=True):
-                entry["test"] = on_test(t)
+            for entry, trial in zip(results.pareto_front, front, strict=True):
+                entry["test"] = on_test(trial)
     except GenerationError as exc:
         results.error = f"the test evaluation failed: {' '.join(str(exc).split())[:400]}"
-    results.spend["test_real"] = test_ledger.spent
-    results.spend["test_cached"] = test_ledger.cached
-    return results
+    results.spend["test_real"] = ledger.spent
+    results.spend["test_cached"] = ledger.cached
 
 
 def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
