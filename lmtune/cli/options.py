@@ -10,10 +10,9 @@ Per-field details go in ``json_schema_extra``:
 * ``split``: ``","`` reads a list from one comma-separated value; otherwise a list option repeats;
 * ``metavar``: the placeholder shown in help (default: a plain name for the type).
 
-Only the CLI knows how a field is spelled as a flag. Library text (an ``InputError``'s message, a log line, a stored
-warning, a field's description) names another field in backquotes, e.g. ``give `endpoint` or `local_model```;
-``with_flags`` spells each as the option of the command that runs (``--endpoint``, ``--local-model``) wherever the
-CLI prints such text, the ``--help`` text included.
+Library code names fields, never flags: a message that points at another field writes its name between single
+backticks; ``as_flags`` shows it as the running command's flag (``--proxy-fraction`` for proxy_fraction), in
+help texts, errors and log lines.
 """
 
 from __future__ import annotations
@@ -34,10 +33,21 @@ from pydantic_core import PydanticUndefined
 
 #: Help placeholders by type: plain words instead of click's INTEGER/FLOAT/<list[str]>.
 METAVARS = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
-#: A field named in library text: its name in backquotes.
-FIELD_REFERENCE = re.compile(r"`([a-z][a-z0-9_]*)`")
-#: The configs of the commands invoked in this process, the innermost last: whose flags ``with_flags`` uses.
-_invoked: list[type[BaseModel]] = []
+#: The running command's fields and their flags (``config_options`` sets them when the command starts).
+_running_flags: dict[str, str] = {}
+
+
+def flags_of(model: type[BaseModel]) -> dict[str, str]:
+    """Each command-line field of ``model`` and the flag it is typed as."""
+    return {name: _flags(name, field)[0] for name, field in model.model_fields.items()
+            if _extra(field).get("cli", True)}
+
+
+def as_flags(text: str, flags: dict[str, str] | None = None) -> str:
+    """``text`` with every field it names between single backticks (proxy_fraction) written as its flag
+    (``--proxy-fraction``); by default the running command's flags. Other words in backticks stay as they are."""
+    flags = _running_flags if flags is None else flags
+    return re.sub(r"`(\w+)`", lambda found: flags.get(found[1], found[0]), text)
 
 
 def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
@@ -50,12 +60,14 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Cal
         own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "values"]
         generated = [(name, field) for name, field in model.model_fields.items()
                      if name not in skip and _extra(field).get("cli", True)]
-        parameters = own + [_parameter(name, field, model) for name, field in generated]
+        flags = flags_of(model)
+        parameters = own + [_parameter(name, field, flags) for name, field in generated]
         splitters = {name: _extra(field).get("split") for name, field in generated}
 
         @functools.wraps(function)
         def command(**kwargs: Any) -> Any:
-            _invoked[:] = [*(m for m in _invoked if m is not model), model]
+            _running_flags.clear()
+            _running_flags.update(flags)
             values = {}
             for name, _ in generated:
                 value = kwargs.pop(name)
@@ -74,35 +86,16 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Cal
     return decorate
 
 
-def flag_of(model: type[BaseModel], name: str) -> str | None:
-    """The option that sets field ``name`` of ``model`` (its first spelling), or None when it has none."""
-    field = model.model_fields.get(name)
-    if field is None or not _extra(field).get("cli", True):
-        return None
-    return _flags(name, field)[0]
-
-
-def with_flags(text: str, models: list[type[BaseModel]] | None = None) -> str:
-    """``text`` with each field reference (`name`) spelled as the option of ``models`` (by default the configs of the
-    commands invoked, innermost first) that sets it; a name no option sets stays as it is."""
-    models = list(reversed(_invoked)) if models is None else models
-
-    def spelled(match: re.Match) -> str:
-        return next((f for f in (flag_of(m, match.group(1)) for m in models) if f), match.group(0))
-
-    return FIELD_REFERENCE.sub(spelled, text)
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
 
 
 def _flags(name: str, field: FieldInfo) -> list[str]:
     return list(_extra(field).get("flags") or [f"--{name.replace('_', '-')}"])
 
 
-def _extra(field: FieldInfo) -> dict[str, Any]:
-    extra = field.json_schema_extra
-    return extra if isinstance(extra, dict) else {}
-
-
-def _parameter(name: str, field: FieldInfo, model: type[BaseModel]) -> inspect.Parameter:
+def _parameter(name: str, field: FieldInfo, flags_by_field: dict[str, str]) -> inspect.Parameter:
     extra = _extra(field)
     kind, choices = _cli_type(field.annotation)
     flags = _flags(name, field)
@@ -112,7 +105,7 @@ def _parameter(name: str, field: FieldInfo, model: type[BaseModel]) -> inspect.P
     split = extra.get("split")
     if typing.get_origin(kind) is list and split:
         kind = str
-    help_text = with_flags(field.description or "", [model]).rstrip(".")
+    help_text = as_flags((field.description or "").rstrip("."), flags_by_field)
     if choices:
         help_text += ("; " if help_text else "") + "one of " + ", ".join(map(str, choices))
     default = _default_text(field)

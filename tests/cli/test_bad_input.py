@@ -152,11 +152,11 @@ def test_resume_compares_the_data_not_the_path(tmp_path, capsys, monkeypatch):
 def test_the_library_names_fields_and_only_the_command_spells_them_as_flags():
     """A field named in library text (in backquotes) reads as the option that sets it, however the config spells
     that option; a name no option sets, and text without backquotes, stay as they are."""
-    from lmtune.cli.options import with_flags
+    from lmtune.cli.options import as_flags, flags_of
     from lmtune.inference.config import InferConfig
     from lmtune.selection.config import BenchSelectConfig
 
     text = "try `inference_budget` 0.03; widen `max_tokens`, `templates` or `no_such_field`; models stays"
-    assert with_flags(text, [InferConfig]) == ("try --inference-budget 0.03; widen --max-tokens, --template or "
-                                               "`no_such_field`; models stays")
-    assert with_flags("`as_json` and `curves`", [InferConfig, BenchSelectConfig]) == "--json and --curves"
+    assert as_flags(text, flags_of(InferConfig)) == ("try --inference-budget 0.03; widen --max-tokens, --template "
+                                                     "or `no_such_field`; models stays")
+    assert as_flags("`as_json` and `curves`", flags_of(BenchSelectConfig)) == "--json and --curves"
