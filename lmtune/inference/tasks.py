@@ -95,7 +95,7 @@ def _arith(size: int, seed: int) -> InferTask:
     rows = [{"prompt": r["prompt"], "answer": r["response"]}
             for r in make_problems(size, op="+", digits=3, min_digits=3, seed=1000 + seed)]
     return InferTask("arith-add3", rows, check=lambda inst, text: is_correct(inst["prompt"], text),
-                templates=["{prompt}"], max_tokens=(2, 32), normalize=_first_number)
+                     templates=["{prompt}"], max_tokens=(2, 32), normalize=_first_number)
 
 
 def _first_number(text: str) -> str:
@@ -128,7 +128,7 @@ def _humaneval() -> InferTask:
 
     rows = list(read_problems().values())
     return InferTask("humaneval", rows, check=humaneval_check, templates=["{prompt}"], stops=[HUMANEVAL_STOPS],
-                max_tokens=(64, 600))
+                     max_tokens=(64, 600))
 
 
 def humaneval_check(instance: dict, completion: str, timeout: float = 5.0) -> bool:

@@ -254,8 +254,8 @@ def point_of(trial) -> InferencePoint:
     """The config a trial evaluated."""
     p = trial.params
     return InferencePoint(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
-                           n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
-                           repetition_penalty=p.get("repetition_penalty"))
+                          n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
+                          repetition_penalty=p.get("repetition_penalty"))
 
 
 def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
