@@ -61,23 +61,23 @@ def flaml_run(python: str, url: str, data: Path, seed: int) -> dict:
 def test_quality(generator, config: dict, seed: int) -> tuple[float, float]:
     """Success and cost per instance of a config on the seed's test split (lmtune's evaluator, no pruning)."""
     from lmtune.inference.evaluate import Evaluator
-    from lmtune.inference.metrics import make_metric
+    from lmtune.inference.metrics import make_instance_metric
     from lmtune.inference.prices import PriceTable
-    from lmtune.inference.space import InferenceConfig
+    from lmtune.inference.space import InferencePoint
     from lmtune.inference.spend import MeteredGenerator, SpendLedger
-    from lmtune.inference.tasks import load_task
+    from lmtune.inference.tasks import load_infer_task
     from lmtune.llm.cache import CachedGenerator
     from lmtune.llm.generation import BackgroundLoop
 
-    task = load_task("arith-add3", size=WORKLOAD["task_size"], seed=seed)
+    task = load_infer_task("arith-add3", size=WORKLOAD["task_size"], seed=seed)
     _, test = task.split(WORKLOAD["test_fraction"], seed)
-    metric, needs = make_metric("success")
+    metric, needs = make_instance_metric("success")
     loop = BackgroundLoop()
     metered = MeteredGenerator(CachedGenerator(generator, None), PriceTable.load(), SpendLedger(None))
     tester = Evaluator(task, test, metric, needs, metered, loop, float("inf"),
                        pruning=False, seed=seed, salt="test")
-    result = tester.evaluate(InferenceConfig("arith-lm", 0, 0, config["max_tokens"], config["n"],
-                                             temperature=config["temperature"]))
+    result = tester.evaluate(InferencePoint("arith-lm", 0, 0, config["max_tokens"], config["n"],
+                                            temperature=config["temperature"]))
     loop.close()
     return result.quality, result.cost_per_instance
 
@@ -99,12 +99,12 @@ def main() -> None:
     if args.flaml_python:
         from tests.test_infer_parts import Server
 
-        from lmtune.inference.tasks import load_task
+        from lmtune.inference.tasks import load_infer_task
         from lmtune.llm.server import make_app
 
         with Server(make_app(generator)) as url, tempfile.TemporaryDirectory() as folder:
             for seed in range(args.seeds):
-                task = load_task("arith-add3", size=WORKLOAD["task_size"], seed=seed)
+                task = load_infer_task("arith-add3", size=WORKLOAD["task_size"], seed=seed)
                 tuning, _ = task.split(WORKLOAD["test_fraction"], seed)
                 data = Path(folder) / f"tuning-{seed}.json"
                 data.write_text(json.dumps(tuning))

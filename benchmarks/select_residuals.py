@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lmtune.selection.curves import load_curves
-from lmtune.selection.evaluate import PAPER_RATIOS, run_selection
+from lmtune.selection.evaluate import PAPER_RATIOS, evaluate_methods
 from lmtune.selection.predictors import all_predictors
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         for ratio in map(int, args.ratios.split(",")):
             if (curves.positive_sizes <= target / ratio).sum() < 2:
                 continue
-            selection = run_selection(curves, target, ratio, predictors=predictors)
+            selection = evaluate_methods(curves, target, ratio, predictors=predictors)
             for name in methods:
                 result = selection.results[name]
                 residual = np.log(result.prediction.scores / truth)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lmtune import attrs
 from lmtune.cli.app import app, console
-from lmtune.cli.options import config_options
+from lmtune.cli.options import as_flags, config_options
 from lmtune.config import build_config
 from lmtune.inference.config import InferConfig, parse_stop
 from lmtune.runtime.quiet import quiet_libraries
@@ -17,7 +21,7 @@ from lmtune.runtime.quiet import quiet_libraries
 def infer_command(values: dict[str, Any] | None = None) -> None:
     """Tune model, temperature/top_p, max_tokens, n, prompt and stop under a per-instance and a total budget."""
     from lmtune.cli.progress import TrialProgress
-    from lmtune.inference.tuner import describe_trial, tune_inference
+    from lmtune.inference.tuner import tune_inference
 
     if "templates" in values:  # escapes like \\n as typed on a command line
         values["templates"] = [t.encode().decode("unicode_escape") for t in values["templates"]]
@@ -38,7 +42,7 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
         if cfg.output_dir is not None:
             print(f"results: {cfg.output_dir / 'results.json'}")
         field = "endpoint" if cfg.endpoint is not None else "local_model" if cfg.local_model is not None else "models"
-        print(f"error: {field}: {results.error}", file=sys.stderr)
+        print(f"error: {field}: {as_flags(results.error)}", file=sys.stderr)
         raise SystemExit(1)
     if best is None:
         print("no config met the per-instance budget")
@@ -57,5 +61,20 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
         if report is not None:
             print(f"report: {report}")
     if results.error is not None:  # the search finished but the test evaluation failed
-        print(f"error: endpoint: {results.error}", file=sys.stderr)
+        print(f"error: endpoint: {as_flags(results.error)}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
+    """How a finished inference trial reads in the progress line: its score and cost, or why it has none (a field
+    the reason names, as its flag), and what the search has spent so far."""
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"{trial.value:.4f} at {trial.user_attrs[attrs.COST_PER_INSTANCE]:.4g}/instance"
+    else:
+        why = trial.user_attrs.get(attrs.INFEASIBLE) or trial.user_attrs.get(attrs.FAIL_REASON)
+        outcome = f"{trial.state.name} ({as_flags(str(why))})"
+    spent = study.user_attrs.get(attrs.SPEND)
+    if spent is None:
+        spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
+    budget = study.user_attrs.get(attrs.OPTIMIZATION_BUDGET)
+    return f"{outcome}; spent {spent:.4g} of {budget:.4g} {trial.params}"

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from lmtune.cli.app import app, bench_app, console
-from lmtune.cli.options import config_options
+from lmtune.cli.options import as_flags, config_options
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.selection.config import BenchSelectConfig, SelectConfig
@@ -31,7 +31,7 @@ def select_command(ctx: typer.Context, values: dict[str, Any] | None = None) -> 
     cfg = build_config(SelectConfig, **values)
     quiet_libraries()
     log_to(console)
-    print(choose_model(cfg).text, end="")
+    print(as_flags(choose_model(cfg).text), end="")
 
 
 @bench_app.command("select")
@@ -41,4 +41,6 @@ def select_bench_command(values: dict[str, Any] | None = None) -> None:
     --protocol lodo and several --curves, leave-one-dataset-out held-out scores."""
     from lmtune.selection.bench import bench_select
 
-    print(bench_select(build_config(BenchSelectConfig, **values)))
+    cfg = build_config(BenchSelectConfig, **values)
+    table = bench_select(cfg)
+    print(table if cfg.as_json else as_flags(table))

@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "HagLabelConfig": ".config",
     "HagTrainConfig": ".config",
     "HagEvaluateConfig": ".config",
-    "load_task": ".task",
+    "load_hag_task": ".task",
     "Decoding": ".space",
     "DecodingSpace": ".space",
     "SearchSettings": ".search",

@@ -68,7 +68,7 @@ class HagTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    labels: Path = Field(description="training labels (lmtune hag label --split train)",
+    labels: Path = Field(description="training labels (those of `lmtune hag label` on the train split)",
                          json_schema_extra={"metavar": "FILE"})
     output: Path = Field(description="the HAG model folder to write (hag.json and the adapter or head)",
                          json_schema_extra={"metavar": "DIR"})
@@ -100,8 +100,8 @@ class HagEvaluateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    labels: Path = Field(description="labels of the held-out inputs (lmtune hag label --split test): the inputs "
-                         "and the per-input oracle", json_schema_extra={"metavar": "FILE"})
+    labels: Path = Field(description="labels of the held-out inputs (those of `lmtune hag label` on the test "
+                         "split): the inputs and the per-input oracle", json_schema_extra={"metavar": "FILE"})
     learners: list[Path] = Field(default_factory=list, description="HAG model folders (lmtune hag train), "
                                  "comma-separated; folders of one learner kind count as seeds",
                                  json_schema_extra={"split": ",", "metavar": "DIR,DIR..."})

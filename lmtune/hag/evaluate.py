@@ -31,8 +31,8 @@ from lmtune.hag.generation import HagModel, read_meta
 from lmtune.hag.labels import CountingGenerator, local_generator, make_scorer, read_labels
 from lmtune.hag.learners import read_fallback
 from lmtune.hag.space import Decoding, DecodingSpace
-from lmtune.hag.task import HagTask, make_metric
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.hag.task import HagTask, make_set_metric
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generator
 from lmtune.results import Result
 
@@ -67,41 +67,17 @@ def evaluate_hag(config: HagEvaluateConfig | None = None, *, generator: Generato
             raise InputError("learners", f"{directory} was trained on {meta['base_model']}, but the labels are of "
                              f"{base}")
     global_config = read_fallback(cfg.global_config) if cfg.global_config else None
-    task = HagTask(header["task"], [r["instance"] for r in rows], make_metric(header["metric"]), header["metric"],
-                   template=header["template"], n=header["n"], max_tokens=header["max_tokens"],
+    task = HagTask(header["task"], [r["instance"] for r in rows], make_set_metric(header["metric"]),
+                   header["metric"], template=header["template"], n=header["n"], max_tokens=header["max_tokens"],
                    stop=tuple(header["stop"]) if header["stop"] else None)
-    space = DecodingSpace.from_dict(header["space"])
+    plans = _fixed_plans(cfg, rows, DecodingSpace.from_dict(header["space"]), global_config)
     generator = generator or local_generator(header["model"], cfg.device)
-    prompts = [r["prompt"] for r in rows]
-
-    plans: list[tuple[str, str, list[Decoding]]] = [
-        ("default", "default decoding (temperature 1, no cuts)", [Decoding()] * len(rows)),
-        ("greedy", "greedy", [Decoding(temperature=0.0).canonical()] * len(rows))]
-    if global_config is not None:
-        plans.append(("global", f"global: lmtune infer's best ({global_config.text()})", [global_config] * len(rows)))
-    for seed in range(cfg.random_seeds):
-        plans.append(("random", "random per-input config", [
-            space.random_config(random.Random(f"random:{cfg.seed}:{seed}:{r['prompt']}")) for r in rows]))
-    plans.append(("oracle", "per-input oracle (held-out labels)", [Decoding.from_dict(r["label"]) for r in rows]))
     stage1: dict[str, dict] = {}
     for directory in cfg.learners:
-        model = HagModel(directory, device=cfg.device, field="learners")
-        started = time.perf_counter()
-        choices = model.choose(prompts)
-        seconds = time.perf_counter() - started
-        name = f"hag-{model.kind}" if model.kind == "adapter" else "head"
-        plans.append((name, f"{name} ({Path(directory).name})", [c.config for c in choices]))
-        record = stage1.setdefault(name, {"folders": [], "seconds_per_input": [], "prompt_tokens_per_input": [],
-                                          "completion_tokens_per_input": [], "statuses": defaultdict(int)})
-        record["folders"].append(str(directory))
-        record["seconds_per_input"].append(seconds / len(rows))
-        record["prompt_tokens_per_input"].append(sum(c.prompt_tokens for c in choices) / len(rows))
-        record["completion_tokens_per_input"].append(sum(c.completion_tokens for c in choices) / len(rows))
-        for c in choices:
-            record["statuses"][c.status] += 1
+        plans.append(_learner_plan(directory, rows, cfg.device, stage1))
 
     loop = BackgroundLoop()
-    cache = None if cfg.cache == "none" else ResponseCache(cfg.cache or cfg.output_dir / "responses.sqlite")
+    cache = None if cfg.cache == "none" else ResponseStore(cfg.cache or cfg.output_dir / "responses.sqlite")
     cached = CachedGenerator(generator, cache)
     try:
         scored = [(kind, label, loop.run(_scores(task, rows, configs, cached, generator.name, cfg)))
@@ -114,6 +90,45 @@ def evaluate_hag(config: HagEvaluateConfig | None = None, *, generator: Generato
     write_atomic(cfg.output_dir / "evaluation.json", result.to_json())
     write_atomic(cfg.output_dir / "evaluation.md", result.table)
     return result
+
+
+#: One method's configs: (kind, label, a config per input).
+Plan = tuple[str, str, list[Decoding]]
+
+
+def _fixed_plans(cfg: HagEvaluateConfig, rows: list[dict], space: DecodingSpace, global_config: Decoding | None
+                 ) -> list[Plan]:
+    """Every method but the learners: default and greedy decoding, lmtune infer's global config, random configs
+    (one plan per seed), and the oracle last."""
+    plans: list[Plan] = [
+        ("default", "default decoding (temperature 1, no cuts)", [Decoding()] * len(rows)),
+        ("greedy", "greedy", [Decoding(temperature=0.0).canonical()] * len(rows))]
+    if global_config is not None:
+        plans.append(("global", f"global: lmtune infer's best ({global_config.text()})", [global_config] * len(rows)))
+    for seed in range(cfg.random_seeds):
+        plans.append(("random", "random per-input config", [
+            space.random_config(random.Random(f"random:{cfg.seed}:{seed}:{r['prompt']}")) for r in rows]))
+    plans.append(("oracle", "per-input oracle (held-out labels)", [Decoding.from_dict(r["label"]) for r in rows]))
+    return plans
+
+
+def _learner_plan(directory: Path, rows: list[dict], device: str, stage1: dict[str, dict]) -> Plan:
+    """A HAG model folder's choice for every input; what its stage 1 cost is added to ``stage1`` under the
+    learner's kind (folders of one kind are seeds of it)."""
+    model = HagModel(directory, device=device, field="learners")
+    started = time.perf_counter()
+    choices = model.choose([r["prompt"] for r in rows])
+    seconds = time.perf_counter() - started
+    name = f"hag-{model.kind}" if model.kind == "adapter" else "head"
+    record = stage1.setdefault(name, {"folders": [], "seconds_per_input": [], "prompt_tokens_per_input": [],
+                                      "completion_tokens_per_input": [], "statuses": defaultdict(int)})
+    record["folders"].append(str(directory))
+    record["seconds_per_input"].append(seconds / len(rows))
+    record["prompt_tokens_per_input"].append(sum(c.prompt_tokens for c in choices) / len(rows))
+    record["completion_tokens_per_input"].append(sum(c.completion_tokens for c in choices) / len(rows))
+    for c in choices:
+        record["statuses"][c.status] += 1
+    return name, f"{name} ({Path(directory).name})", [c.config for c in choices]
 
 
 async def _scores(task: HagTask, rows, configs: list[Decoding], generator, model: str, cfg) -> list[float]:

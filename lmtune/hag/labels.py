@@ -30,8 +30,8 @@ from lmtune.files import write_atomic
 from lmtune.hag.config import HagLabelConfig
 from lmtune.hag.search import SearchOutcome, SearchSettings, search_input
 from lmtune.hag.space import PARAMS, Decoding, DecodingSpace
-from lmtune.hag.task import HagTask, load_task
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.hag.task import HagTask, load_hag_task
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generation, GenerationError, GenerationRequest, Generator
 from lmtune.results import Result
 from lmtune.runtime.loop import TrialListener, run_trials
@@ -123,7 +123,7 @@ def label_task(config: HagLabelConfig | None = None, *, generator: Generator | N
     pending = _pending(study, len(chunks))
     total = len(counted_trials(study)) + len(pending)
     loop = BackgroundLoop()
-    cache = None if cfg.cache == "none" else ResponseCache(cfg.cache or cfg.output_dir / "responses.sqlite")
+    cache = None if cfg.cache == "none" else ResponseStore(cfg.cache or cfg.output_dir / "responses.sqlite")
     cached = CachedGenerator(generator, cache)
     output = cfg.output_dir / f"labels-{cfg.split}.jsonl"
 
@@ -156,8 +156,8 @@ def label_task(config: HagLabelConfig | None = None, *, generator: Generator | N
 
 
 def task_of(cfg) -> HagTask:
-    return load_task(cfg.task, metric=cfg.metric, template=cfg.template, size=cfg.task_size, seed=cfg.seed, n=cfg.n,
-                     max_tokens=cfg.max_tokens)
+    return load_hag_task(cfg.task, metric=cfg.metric, template=cfg.template, size=cfg.task_size, seed=cfg.seed,
+                         n=cfg.n, max_tokens=cfg.max_tokens)
 
 
 def local_generator(model: str, device: str) -> Generator:

@@ -63,14 +63,7 @@ def read_fallback(path: Path | None) -> Decoding:
         best = json.loads(Path(path).read_text())["best"]["config"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise InputError("fallback", f"{path} is not a results.json of lmtune infer with a best config") from None
-    return decoding_of(best)
-
-
-def decoding_of(config: dict) -> Decoding:
-    """A decoding config from ``lmtune infer``'s config (fields it did not search are the API's defaults)."""
-    defaults = Decoding()
-    values = {name: config.get(name) for name in ("temperature", "top_p", "top_k", "repetition_penalty")}
-    return Decoding(*(getattr(defaults, k) if v is None else v for k, v in values.items())).canonical()
+    return Decoding.filled(best)
 
 
 def train_hag(config: HagTrainConfig | None = None, **fields: Any) -> HagTrainResult:

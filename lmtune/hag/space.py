@@ -20,8 +20,10 @@ from itertools import product
 from typing import Any
 
 from lmtune.errors import InputError
+from lmtune.llm.generation import SAMPLING_DEFAULTS
 
-PARAMS = ("temperature", "top_p", "top_k", "repetition_penalty")
+#: The hyperparameters chosen per input: every sampling hyperparameter of a request.
+PARAMS = tuple(SAMPLING_DEFAULTS)
 SHORT = {"temperature": "t", "top_p": "p", "top_k": "k", "repetition_penalty": "r"}
 _KEY = re.compile(r"(?<![A-Za-z_])(temperature|top_p|top_k|repetition_penalty|t|p|k|r)[\"']?\s*[:=]\s*[\"']?"
                   r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-inf)", re.IGNORECASE)
@@ -29,12 +31,15 @@ _KEY = re.compile(r"(?<![A-Za-z_])(temperature|top_p|top_k|repetition_penalty|t|
 
 @dataclass(frozen=True, order=True)
 class Decoding:
-    """One decoding config; the defaults are the OpenAI-compatible API's (what a request without them gets)."""
+    """One decoding config; the defaults are the OpenAI-compatible API's (what a request without them gets).
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
+    ``lmtune infer``'s ``InferencePoint`` holds the same four, but leaves out those it does not search (None); here
+    each has its value, because a per-input config sends all four."""
+
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]
+    repetition_penalty: float = SAMPLING_DEFAULTS["repetition_penalty"]
 
     @property
     def greedy(self) -> bool:
@@ -57,6 +62,13 @@ class Decoding:
     def from_dict(cls, values: dict[str, Any]) -> Decoding:
         return cls(float(values["temperature"]), float(values["top_p"]), int(values["top_k"]),
                    float(values["repetition_penalty"]))
+
+    @classmethod
+    def filled(cls, values: dict[str, Any]) -> Decoding:
+        """The decoding a request with these sampling fields gets (a missing or None one: the API's default), in
+        canonical form; e.g. the best config of ``lmtune infer``, which leaves out what it did not search."""
+        return cls(**{name: SAMPLING_DEFAULTS[name] if values.get(name) is None else values[name]
+                      for name in PARAMS}).canonical()
 
 
 def _number(value: float) -> str:

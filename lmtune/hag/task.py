@@ -79,19 +79,21 @@ class HagTask:
         return {"test": rows[:n_test], "validation": rows[n_test:n_test + n_val], "train": rows[n_test + n_val:]}
 
 
-def load_task(name: str, *, metric: str | None = None, template: str | None = None, size: int = 600,
-              seed: int = 0, n: int = 8, max_tokens: int = 16, stop: tuple[str, ...] | None = None) -> HagTask:
-    """``hag-mix`` (``size`` seeded instances) or a JSONL file of instances with a ``module:function`` metric."""
+def load_hag_task(name: str, *, metric: str | None = None, template: str | None = None, size: int = 600,
+                  seed: int = 0, n: int = 8, max_tokens: int = 16, stop: tuple[str, ...] | None = None) -> HagTask:
+    """``hag-mix`` (``size`` seeded instances) or a JSONL file of instances with a ``module:function`` metric: one
+    template and one request shape, unlike ``lmtune infer``'s ``load_infer_task``, whose templates and stops are
+    choices to search."""
     if name == "hag-mix":
         task = HagTask("hag-mix", mix_instances(size, seed), mix_metric, "lmtune.hag.task:mix_metric", n=n,
                        max_tokens=max_tokens, stop=stop)
         if metric is not None:
-            task.metric, task.metric_name = make_metric(metric), metric
+            task.metric, task.metric_name = make_set_metric(metric), metric
     elif name.endswith((".jsonl", ".json")) or Path(name).exists():
         if metric is None:
             raise InputError("metric", "a task file needs a metric: module:function(instance, responses) -> float, "
                              "or one of exact, vote, mix")
-        task = HagTask(Path(name).stem, _read_jsonl(Path(name)), make_metric(metric), metric, n=n,
+        task = HagTask(Path(name).stem, _read_jsonl(Path(name)), make_set_metric(metric), metric, n=n,
                        max_tokens=max_tokens, stop=stop)
     else:
         raise InputError("task", f"unknown task {name!r}; allowed: {', '.join(BUILTIN)}, or a JSONL file")
@@ -123,9 +125,10 @@ def _check_template(template: str, instances: list[dict]) -> None:
 # -- metrics -------------------------------------------------------------------------------------------------------
 
 
-def make_metric(spec: str) -> SetMetric:
+def make_set_metric(spec: str) -> SetMetric:
     """``exact`` (share of responses equal to ``answer``), ``vote`` (majority answer equals ``answer``), ``mix``
-    (``hag-mix``'s metric, by the instance's ``type``), or a user's ``module:function(instance, responses)``."""
+    (``hag-mix``'s metric, by the instance's ``type``), or a user's ``module:function(instance, responses)``: a score
+    of one input's set of responses (``lmtune infer``'s ``make_instance_metric`` builds on a per-response check)."""
     builtin = {"exact": exact_share, "vote": vote_correct, "mix": mix_metric}
     if spec in builtin:
         return builtin[spec]

@@ -33,7 +33,8 @@ def parse_stop(text: str) -> list[str]:
 
 
 def stop_text(stop: list[str] | tuple[str, ...] | None) -> str:
-    """A stop choice as ``--stop`` takes it (the inverse of ``parse_stop``): '|'-joined, escapes shown, 'none'."""
+    """A stop choice as one entry of ``stops`` is written (the inverse of ``parse_stop``): '|'-joined, escapes
+    shown, 'none'."""
     return "|".join(s.encode("unicode_escape").decode() for s in stop) if stop else "none"
 
 
@@ -52,9 +53,9 @@ class InferConfig(BaseModel):
                                  json_schema_extra={"metavar": "URL"})
     local_model: str | None = Field(None, description="local HF causal LM folder, or arith-lm",
                                     json_schema_extra={"metavar": "PATH"})
-    device: str = Field("cpu", description="with --local-model: torch device (cpu, cuda, ...)",
+    device: str = Field("cpu", description="with `local_model`: torch device (cpu, cuda, ...)",
                         json_schema_extra={"metavar": "DEVICE"})
-    models: list[str] = Field(default_factory=list, description="with --endpoint: model names to search, "
+    models: list[str] = Field(default_factory=list, description="with `endpoint`: model names to search, "
                               "comma-separated", json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
     metric: str = Field("success", description="success, expected_success, vote, pass@K, or module:function",
                         json_schema_extra={"metavar": "METRIC"})

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from lmtune.inference.metrics import InstanceMetric
 from lmtune.inference.pruning import PruningKnowledge
-from lmtune.inference.space import InferenceConfig
+from lmtune.inference.space import InferencePoint
 from lmtune.inference.spend import MeteredGenerator
-from lmtune.inference.tasks import Task
+from lmtune.inference.tasks import InferTask
 from lmtune.llm.generation import BackgroundLoop, GenerationRequest
 
 
@@ -62,7 +62,7 @@ def hoeffding_serfling(value_range: float, k: int, population: int, delta: float
 class Evaluator:
     """Evaluates configs on a fixed instance list with one metered generator, sharing pruning knowledge."""
 
-    def __init__(self, task: Task, instances: list[dict], metric: InstanceMetric,
+    def __init__(self, task: InferTask, instances: list[dict], metric: InstanceMetric,
                  needs_check: bool, generator: MeteredGenerator, loop: BackgroundLoop, inference_budget: float,
                  *, pruning: bool = True, knowledge: PruningKnowledge | None = None, seed: int = 0,
                  initial_size: int = 4, delta: float = 0.1, salt: str = "tune"):
@@ -75,7 +75,7 @@ class Evaluator:
 
     # -- one config ---------------------------------------------------------------------------------
 
-    def evaluate(self, config: InferenceConfig, on_progress: Callable[[], None] | None = None) -> Evaluation:
+    def evaluate(self, config: InferencePoint, on_progress: Callable[[], None] | None = None) -> Evaluation:
         """Score one config, EcoOptiGen style; ``on_progress()`` runs after every batch of calls (the tuner
         stores the trial's spend so far)."""
         total = len(self.instances)
@@ -101,7 +101,7 @@ class Evaluator:
                               f"> {self.budget:.6g} on all {total} instances")
         return Evaluation(True, self.quality(responses), mean_cost, total)
 
-    def _screen(self, config: InferenceConfig, responses: list[_Responses], on_progress) -> Evaluation | None:
+    def _screen(self, config: InferencePoint, responses: list[_Responses], on_progress) -> Evaluation | None:
         """Grow data and n until the cost bound decides; an Evaluation when it decides 'over budget'."""
         total = len(self.instances)
         size = min(self.initial_size, total)
@@ -125,7 +125,7 @@ class Evaluator:
 
     # -- responses and their cost --------------------------------------------------------------------
 
-    def _fetch(self, config: InferenceConfig, responses: list[_Responses], indices, target: int,
+    def _fetch(self, config: InferencePoint, responses: list[_Responses], indices, target: int,
                on_progress: Callable[[], None] | None = None) -> None:
         """Bring the instances' responses up to ``target``, in the doubling batches (cache-friendly)."""
         async def one(i: int):
@@ -153,17 +153,15 @@ class Evaluator:
             if on_progress is not None:
                 on_progress()
 
-    def request(self, config: InferenceConfig, index: int, count: int, start: int) -> GenerationRequest:
+    def request(self, config: InferencePoint, index: int, count: int, start: int) -> GenerationRequest:
         """The request for responses [start, start + count) of instance ``index``; its seed names that slice."""
         instance = self.instances[index]
         prompt = self.task.templates[config.template].format(**instance)
         digest = hashlib.sha256(f"{self.salt}:{self.seed}:{prompt}:{start}".encode()).hexdigest()
-        return GenerationRequest(model=config.model, prompt=prompt, n=count, temperature=config.temperature,
-                                 top_p=config.top_p, max_tokens=config.max_tokens, stop=self.task.stops[config.stop],
-                                 top_k=config.top_k, repetition_penalty=config.repetition_penalty,
-                                 seed=int(digest[:8], 16))
+        return GenerationRequest(model=config.model, prompt=prompt, n=count, max_tokens=config.max_tokens,
+                                 stop=self.task.stops[config.stop], seed=int(digest[:8], 16), **config.sampling())
 
-    def _cost(self, config: InferenceConfig, r: _Responses, n: int, used: int | None = None) -> float:
+    def _cost(self, config: InferencePoint, r: _Responses, n: int, used: int | None = None) -> float:
         """Cost of serving this instance with n responses in one call; from ``used`` responses scaled to n."""
         used = used or n
         completion = sum(r.completion_tokens[:used]) * (n / used)

@@ -55,8 +55,11 @@ def vote(answers: Sequence[str], correct: Sequence[bool]) -> float:
 InstanceMetric = Callable[[dict, list[str], list[bool], list[str]], float]
 
 
-def make_metric(name: str) -> tuple[InstanceMetric, bool]:
+def make_instance_metric(name: str) -> tuple[InstanceMetric, bool]:
     """The per-instance metric for ``name``, and whether it needs the task's correctness check.
+
+    It sees each response's correctness as the task's ``check`` judged it (``lmtune hag``'s ``make_set_metric``
+    scores the raw responses of one input instead, with no check).
 
     A user metric ``module:function`` is called as ``function(instance, responses)`` and returns a float.
     """

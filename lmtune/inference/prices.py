@@ -45,7 +45,7 @@ class PriceTable:
         if model not in self.prices:
             known = ", ".join(sorted(self.prices))
             raise InputError("prices", f"no price for model {model!r}; add a line `{model}: {{input: <$ per 1K "
-                             f"tokens>, output: <$ per 1K tokens>}}` to a YAML file given with --prices "
+                             f"tokens>, output: <$ per 1K tokens>}}` to a YAML file given as `prices` "
                              f"(priced now: {known})")
         return self.prices[model]
 

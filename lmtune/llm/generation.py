@@ -12,6 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+#: The sampling hyperparameters of a request, each with the value a backend uses when the request leaves it out
+#: (None): the OpenAI API's temperature and top_p, no top-k cut, no repetition penalty. ``lmtune infer`` searches
+#: some of them for a whole task, leaving the rest out; ``lmtune hag`` chooses all four for each input.
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+
 #: Called before a backend makes another call for the same request, with how many completions that call may
 #: bill beyond what the first call's reservation covers (0 when it only fills in choices a server left out;
 #: the missing count when it retries a call that may have been billed); may raise to stop it.

@@ -64,7 +64,7 @@ class OpenAIGenerator(Generator):
             raise InputError("endpoint", f"cannot reach {self.base_url}: {_reason(exc)}") from None
         except openai.AuthenticationError:
             raise InputError("endpoint", f"{self.base_url} refused the API key (set it in the environment "
-                             "variable named by --api-key-env)") from None
+                             "variable named by `api_key_env`)") from None
         except openai.APIStatusError:
             pass  # it answered; some servers do not implement /models
 
@@ -97,26 +97,11 @@ class OpenAIGenerator(Generator):
 
     async def _call(self, request: GenerationRequest, n: int, seed: int | None,
                     before_extra_call: ExtraCallHook | None) -> Generation:
+        """One call for ``n`` completions, retried (with backoff) after a rate limit, a 5xx answer or a dropped
+        connection; a retry after a call that may have been billed is an extra call for the caller's budget."""
         import openai
 
-        params = {"model": request.model, "n": n, "max_tokens": request.max_tokens}
-        for name in ("temperature", "top_p"):
-            if getattr(request, name) is not None:
-                params[name] = getattr(request, name)
-        if request.stop:
-            params["stop"] = list(request.stop)
-        extra = {name: getattr(request, name) for name in ("top_k", "repetition_penalty")
-                 if getattr(request, name) is not None}
-        if extra:  # not OpenAI's fields: vLLM, lmtune serve and others read them from the body
-            params["extra_body"] = extra
-        if seed is not None:
-            params["seed"] = seed
-        if request.response_format is not None:  # chat: a documented field; completions: vLLM/lmtune serve's extra
-            response_format = json.loads(request.response_format)
-            if request.messages is not None:
-                params["response_format"] = response_format
-            else:
-                params["extra_body"] = {"response_format": response_format}
+        params = _call_params(request, n, seed)
         attempt = 0
         maybe_billed = False  # whether an earlier attempt may have been billed
         while True:
@@ -131,7 +116,7 @@ class OpenAIGenerator(Generator):
                             response = await self.client.completions.create(prompt=request.prompt, **params)
                 return self._read(response, request.messages is not None)
             except (openai.APITimeoutError, TimeoutError):
-                raise GenerationError(f"{self.base_url}: no answer within {self.timeout:g} s (--timeout)",
+                raise GenerationError(f"{self.base_url}: no answer within {self.timeout:g} s (`timeout`)",
                                       maybe_billed=True) from None
             except openai.APIConnectionError as exc:  # dropped, reset, refused: it may have reached the server
                 error, billed = exc, True
@@ -188,6 +173,30 @@ class OpenAIGenerator(Generator):
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def _call_params(request: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
+    """The client's arguments for one call of ``request`` (other than the prompt or messages): what the request
+    leaves out (None) stays out, so the server uses its own default."""
+    params = {"model": request.model, "n": n, "max_tokens": request.max_tokens}
+    for name in ("temperature", "top_p"):
+        if getattr(request, name) is not None:
+            params[name] = getattr(request, name)
+    if request.stop:
+        params["stop"] = list(request.stop)
+    extra = {name: getattr(request, name) for name in ("top_k", "repetition_penalty")
+             if getattr(request, name) is not None}
+    if extra:  # not OpenAI's fields: vLLM, lmtune serve and others read them from the body
+        params["extra_body"] = extra
+    if seed is not None:
+        params["seed"] = seed
+    if request.response_format is not None:  # chat: a documented field; completions: vLLM/lmtune serve's extra
+        response_format = json.loads(request.response_format)
+        if request.messages is not None:
+            params["response_format"] = response_format
+        else:
+            params["extra_body"] = {"response_format": response_format}
+    return params
 
 
 def _count(value: Any) -> int | None:

@@ -1,7 +1,7 @@
 """``lmtune bench select``: the paper-style table for budget ratios 8..512, or the leave-one-dataset-out table.
 
 The layout of Table 1 of "Selecting Large Language Model to Fine-tune via Rectified Scaling Law" (arXiv:2402.02314);
-``--protocol lodo`` scores each file with methods designed on the other files (``lmtune.selection.protocol``).
+``protocol="lodo"`` scores each file with methods designed on the other files (``lmtune.selection.protocol``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def bench_select(config: BenchSelectConfig | None = None, **fields) -> str:
         raise InputError("curves", "give at least one curves file")
     if cfg.protocol != "single":
         if cfg.target_size is not None:
-            raise InputError("target_size", f"--protocol {cfg.protocol} uses each file's largest size as its target")
+            raise InputError("target_size", f"`protocol` {cfg.protocol} uses each file's largest size as its target")
         from lmtune.selection.protocol import design_file
 
         files = [design_file(path, ratios) for path in cfg.curves]

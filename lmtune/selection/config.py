@@ -27,31 +27,31 @@ class SelectConfig(BaseModel):
 
     curves: Path | None = Field(None, description="curves CSV (config name, 0, 200, ..., size)",
                                 json_schema_extra={"metavar": "FILE"})
-    models: list[str] = Field(default_factory=list, description="candidates to measure: --models A B C",
+    models: list[str] = Field(default_factory=list, description="candidates to measure: `models` A B C",
                               json_schema_extra={"metavar": "ID"})
-    dataset: str | None = Field(None, description="with --models: bbc-news (default), CSV/JSONL, HF id",
+    dataset: str | None = Field(None, description="with `models`: bbc-news (default), CSV/JSONL, HF id",
                                 json_schema_extra={"metavar": "DATA"})
-    sizes: list[int] | None = Field(None, description="with --models: subset sizes, e.g. 0,50,100,200",
+    sizes: list[int] | None = Field(None, description="with `models`: subset sizes, e.g. 0,50,100,200",
                                     json_schema_extra={"split": ",", "metavar": "N,N..."})
     target_size: int | None = Field(None, ge=1, description="training size to predict (default: largest in the "
-                                    "file; with --models, the whole training split)")
+                                    "file; with `models`, the whole training split)")
     budget_ratio: float | None = Field(None, ge=1, allow_inf_nan=False,
-                                       description="methods see sizes <= target/ratio (default 8 for --curves; "
-                                       "every measured size for --models)")
+                                       description="methods see sizes <= target/ratio (default 8 for `curves`; "
+                                       "every measured size for `models`)")
     plot: Path | None = Field(None, description="PNG of points and fitted curves (default: <curves>-select.png in "
-                              "the folder of --out)",
+                              "the folder of `out`)",
                               json_schema_extra={"metavar": "FILE"})
     tokens_per_sample: float | None = Field(None, gt=0, allow_inf_nan=False, description="mean tokens per example, "
                                             "for FLOPs")
-    out: Path = Field(Path("lmtune-out/select/curves.csv"), description="with --models: the curves CSV to fill "
+    out: Path = Field(Path("lmtune-out/select/curves.csv"), description="with `models`: the curves CSV to fill "
                       "(resumable)")
-    mode: Literal["lora", "full"] = Field("lora", description="with --models: LoRA or full fine-tuning")
+    mode: Literal["lora", "full"] = Field("lora", description="with `models`: LoRA or full fine-tuning")
     learning_rate: float | None = Field(None, gt=0, allow_inf_nan=False,
-                                        description="with --models (default 2e-4 lora, 5e-5 full)")
-    batch_size: int = Field(16, ge=1, description="with --models: training batch size")
-    max_length: int = Field(128, ge=8, description="with --models: tokens per example")
-    epochs: float = Field(1.0, gt=0, allow_inf_nan=False, description="with --models: epochs over each subset")
-    ntk_examples: int = Field(8, ge=0, description="with --models: examples for LENSLLM's NTK term (0: skip)")
+                                        description="with `models` (default 2e-4 lora, 5e-5 full)")
+    batch_size: int = Field(16, ge=1, description="with `models`: training batch size")
+    max_length: int = Field(128, ge=8, description="with `models`: tokens per example")
+    epochs: float = Field(1.0, gt=0, allow_inf_nan=False, description="with `models`: epochs over each subset")
+    ntk_examples: int = Field(8, ge=0, description="with `models`: examples for LENSLLM's NTK term (0: skip)")
     seed: int = Field(0, description="seed of the nested subsets and of training")
 
     @field_validator("sizes", mode="before")
@@ -66,7 +66,7 @@ class BenchSelectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     curves: list[Path] = Field(description="curves CSV with the true losses at the target size; repeat for several "
-                               "(--curves A --curves B)", json_schema_extra={"metavar": "FILE"})
+                               "(`curves` A `curves` B)", json_schema_extra={"metavar": "FILE"})
     protocol: Literal["single", "lodo", "design"] = Field(
         "single", description="single: the paper table of each file; lodo: leave-one-dataset-out, each file scored "
         "by methods designed on the others (held-out scores only); design: the guard's setting chosen on all files")

@@ -69,10 +69,44 @@ class Curves:
 def load_curves(path: str | Path, partial: bool = False) -> Curves:
     """Read and validate a curves CSV; bad files raise ``InputError('curves', ...)`` saying what is wrong.
 
-    ``partial``: a file still being measured (``lmtune select --models``, interrupted), where a model may have
-    fewer than two losses yet; only resuming reads it so.
+    ``partial``: a file still being measured (``lmtune select`` with ``models``, interrupted), where a model may
+    have fewer than two losses yet; only resuming reads it so.
     """
     path = Path(path)
+    rows = _read_rows(path)
+    header = [h.strip() for h in rows[0]]
+    size_cols = _size_columns(header, path)
+    sizes = [s for _, s in size_cols]
+    col = {h: j for j, h in enumerate(header)}
+    names, losses, params, families, ntk = [], [], [], [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        row = row + [""] * (len(header) - len(row))
+        name = row[col[NAME_COLUMN]].strip()
+        if not name:
+            raise InputError("curves", f"{path} line {line}: empty '{NAME_COLUMN}'")
+        if name in names:
+            raise InputError("curves", f"{path} line {line}: model {name!r} appears twice")
+        losses.append(_losses(row, size_cols, name, path, line, partial))
+        count = _number(row[col[PARAMS_COLUMN]].strip(), path, line, PARAMS_COLUMN)
+        if not count > 0:
+            raise InputError("curves", f"{path} line {line}: '{PARAMS_COLUMN}' (parameter count) must be > 0")
+        names.append(name)
+        params.append(count)
+        families.append(row[col["family"]].strip() if "family" in col else "")
+        if "ntk_f" in col:
+            cell = row[col["ntk_f"]].strip()
+            ntk.append(math.nan if cell == "" else _number(cell, path, line, "ntk_f"))
+    if not names:
+        raise InputError("curves", f"{path} has no model rows")
+    order = np.argsort(sizes)
+    return Curves(names, np.array(sizes)[order], np.array(losses)[:, order], np.array(params), families,
+                  np.array(ntk) if ntk else None)
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """The CSV's rows: a header and at least one more."""
     if not path.is_file():
         raise InputError("curves", f"file not found: {path}")
     try:
@@ -82,7 +116,11 @@ def load_curves(path: str | Path, partial: bool = False) -> Curves:
         raise InputError("curves", f"cannot parse {path}: {error}") from error
     if len(rows) < 2:
         raise InputError("curves", f"{path} needs a header and at least one model row")
-    header = [h.strip() for h in rows[0]]
+    return rows
+
+
+def _size_columns(header: list[str], path: Path) -> list[tuple[int, int]]:
+    """(column, training size) of every size column, once the header has its required columns and no other."""
     for required in (NAME_COLUMN, PARAMS_COLUMN):
         if required not in header:
             raise InputError("curves", f"{path}: column {required!r} missing; a curves file has "
@@ -99,44 +137,26 @@ def load_curves(path: str | Path, partial: bool = False) -> Curves:
     if len([s for s in sizes if s > 0]) < 2:
         raise InputError("curves", f"{path}: needs losses at two or more positive training sizes, found "
                                    f"{len([s for s in sizes if s > 0])}")
-    order = np.argsort(sizes)
-    col = {h: j for j, h in enumerate(header)}
-    names, losses, params, families, ntk = [], [], [], [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        row = row + [""] * (len(header) - len(row))
-        name = row[col[NAME_COLUMN]].strip()
-        if not name:
-            raise InputError("curves", f"{path} line {line}: empty '{NAME_COLUMN}'")
-        if name in names:
-            raise InputError("curves", f"{path} line {line}: model {name!r} appears twice")
-        values = []
-        for j, size in size_cols:
-            cell = row[j].strip()
-            value = math.nan if cell == "" else _number(cell, path, line, str(size))
-            if cell != "" and not (math.isfinite(value) and value > 0):  # a missing loss is an empty cell
-                raise InputError("curves", f"{path} line {line}: loss at size {size} must be a positive finite "
-                                           f"number, got {cell}")
-            values.append(value)
-        seen = sum(1 for (_, size), value in zip(size_cols, values, strict=True) if size > 0 and math.isfinite(value))
-        if seen < 2 and not partial:
-            raise InputError("curves", f"{path} line {line}: model {name!r} has losses at {seen} positive training "
-                                       "size(s); two or more are needed to rank it")
-        count = _number(row[col[PARAMS_COLUMN]].strip(), path, line, PARAMS_COLUMN)
-        if not count > 0:
-            raise InputError("curves", f"{path} line {line}: '{PARAMS_COLUMN}' (parameter count) must be > 0")
-        names.append(name)
-        losses.append(values)
-        params.append(count)
-        families.append(row[col["family"]].strip() if "family" in col else "")
-        if "ntk_f" in col:
-            cell = row[col["ntk_f"]].strip()
-            ntk.append(math.nan if cell == "" else _number(cell, path, line, "ntk_f"))
-    if not names:
-        raise InputError("curves", f"{path} has no model rows")
-    return Curves(names, np.array(sizes)[order], np.array(losses)[:, order], np.array(params), families,
-                  np.array(ntk) if ntk else None)
+    return size_cols
+
+
+def _losses(row: list[str], size_cols: list[tuple[int, int]], name: str, path: Path, line: int,
+            partial: bool) -> list[float]:
+    """One model's losses in file order (NaN: an empty cell, a size not measured); two or more at positive sizes
+    unless the file is ``partial``."""
+    values = []
+    for j, size in size_cols:
+        cell = row[j].strip()
+        value = math.nan if cell == "" else _number(cell, path, line, str(size))
+        if cell != "" and not (math.isfinite(value) and value > 0):  # a missing loss is an empty cell
+            raise InputError("curves", f"{path} line {line}: loss at size {size} must be a positive finite "
+                                       f"number, got {cell}")
+        values.append(value)
+    seen = sum(1 for (_, size), value in zip(size_cols, values, strict=True) if size > 0 and math.isfinite(value))
+    if seen < 2 and not partial:
+        raise InputError("curves", f"{path} line {line}: model {name!r} has losses at {seen} positive training "
+                                   "size(s); two or more are needed to rank it")
+    return values
 
 
 def save_curves(curves: Curves, path: str | Path) -> None:

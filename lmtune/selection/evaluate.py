@@ -1,4 +1,8 @@
-"""Run every predictor on a curves file under a data budget; score it when the true target losses are known."""
+"""Run every predictor on a curves file under a data budget; score it when the true target losses are known.
+
+``evaluate_methods`` is the pure step (curves in, a ``Selection`` out) that ``lmtune select`` (``choose_model``),
+``lmtune bench select`` (``sweep``) and the leave-one-dataset-out protocol share.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def tokens_for(path: str | Path | None, tokens_per_sample: float | None) -> tupl
     stem = Path(path).stem.lower() if path is not None else ""
     if stem in KNOWN_TOKENS_PER_SAMPLE:
         return KNOWN_TOKENS_PER_SAMPLE[stem], None
-    return 1.0, "FLOPs counted per token (tokens per example unknown; pass --tokens-per-sample)"
+    return 1.0, "FLOPs counted per token (tokens per example unknown; pass `tokens_per_sample`)"
 
 
 def check_budget(curves: Curves, target: int, ratio: float) -> float:
@@ -69,7 +73,7 @@ def check_budget(curves: Curves, target: int, ratio: float) -> float:
     return budget
 
 
-def run_selection(curves: Curves, target: int, ratio: float, *, tokens_per_sample: float = 1.0,
+def evaluate_methods(curves: Curves, target: int, ratio: float, *, tokens_per_sample: float = 1.0,
                   epochs: float = 1.0, predictors: list[Predictor] | None = None) -> Selection:
     """Every predictor sees sizes <= target/ratio (plus D=0); metrics need the true losses at ``target``."""
     budget = check_budget(curves, target, ratio)
@@ -93,8 +97,8 @@ def run_selection(curves: Curves, target: int, ratio: float, *, tokens_per_sampl
 
 
 def sweep(curves: Curves, target: int, ratios=PAPER_RATIOS, **kwargs) -> dict[int, Selection]:
-    """``run_selection`` at every budget ratio."""
-    return {int(r): run_selection(curves, target, r, **kwargs) for r in ratios}
+    """``evaluate_methods`` at every budget ratio."""
+    return {int(r): evaluate_methods(curves, target, r, **kwargs) for r in ratios}
 
 
 def nan_to_none(value: float | None) -> float | None:

@@ -119,11 +119,11 @@ def _resume(out: Path, meta_path: Path, models, sizes, setup: MeasureSetup, with
     if out.exists():
         if not meta_path.exists():
             raise InputError("out", f"{out} exists but was not written by lmtune select (no {meta_path.name}); "
-                                    "choose another --out")
+                                    "choose another `out`")
         stored = json.loads(meta_path.read_text()).get("setup", {})
         if stored != setup.to_dict():
             changed = sorted(k for k in setup.to_dict() if stored.get(k) != setup.to_dict()[k])
-            raise InputError("out", f"{out} was measured with a different {', '.join(changed)}; use another --out")
+            raise InputError("out", f"{out} was measured with a different {', '.join(changed)}; use another `out`")
         old = load_curves(out, partial=True)
         for i, name in enumerate(models):
             if name in old.names:

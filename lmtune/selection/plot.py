@@ -43,25 +43,44 @@ def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequen
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
 
-    plain = FuncFormatter(lambda value, _: f"{value:.3g}")  # 1.8, not 1.8 x 10^0, on a log axis
     order = [int(i) for i in ranking] if ranking is not None else list(range(len(curves.names)))
     picked = set(order[:chosen]) if ranking is not None else set()
     n = len(order)
     cols = min(5, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(3.3 * cols, 7.0), 2.7 * rows + 1.0), squeeze=False)
-    seen = curves.up_to(budget)
     setting = DESIGNED if setting is None else setting
-    extra = extrapolations(seen, target)
-    low, high = extra.interval(setting)
-    proposed = np.exp(guarded(extra.ats, low, high, setting.weight))
-    positive = curves.sizes > 0
-    grid = np.geomspace(curves.positive_sizes.min(), max(target, curves.sizes.max()), 200)
+    panel = _Panel(curves, target, budget, setting)
     for place, i in enumerate(order):
-        ax = axes[place // cols][place % cols]
+        rank = f"#{place + 1} " if ranking is not None else ""
+        predicted = f"\npredicted {scores[i]:.3g} at target" if scores is not None and np.isfinite(scores[i]) else ""
+        panel.draw(axes[place // cols][place % cols], i, f"{rank}{_short(curves.names[i])}{predicted}", i in picked)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    order_note = f", ordered by {method}'s predicted loss at the target" if ranking is not None else ""
+    _frame(fig, _legend(budget, target, setting, method if picked else None),
+           f"Fine-tuning loss vs training examples, {n} models{order_note}")
+    return fig
+
+
+class _Panel:
+    """Draws one model's panel: what every panel shares (the seen points, the guard's interval and prediction at
+    the target, the grids the lines are drawn on) is computed once."""
+
+    def __init__(self, curves: Curves, target: int, budget: float, setting: Setting):
+        self.curves, self.target, self.budget = curves, target, budget
+        self.seen = curves.up_to(budget)
+        extra = extrapolations(self.seen, target)
+        self.low, self.high = extra.interval(setting)
+        self.proposed = np.exp(guarded(extra.ats, self.low, self.high, setting.weight))
+        self.grid = np.geomspace(curves.positive_sizes.min(), max(target, curves.sizes.max()), 200)
+        # AtS's line from a little before the budget, so it is visible next to the points
+        self.span = np.geomspace(max(curves.positive_sizes.min(), budget / 16), target, 40)
+
+    def draw(self, ax, i: int, title: str, picked: bool) -> None:
+        curves, seen, budget, target = self.curves, self.seen, self.budget, self.target
+        positive = curves.sizes > 0
         visible = positive & (curves.sizes <= budget)
         ax.scatter(curves.sizes[visible], curves.losses[i, visible], s=14, color=SEEN)
         hidden = positive & (curves.sizes > budget)
@@ -69,32 +88,40 @@ def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequen
         ntk = seen.ntk_f[i] if seen.ntk_f is not None and np.isfinite(seen.ntk_f[i]) else None
         try:
             law = NTKLaw(ntk).fit(seen.sizes, seen.losses[i])
-            ax.plot(grid, law.predict(grid), color=FIT, lw=1)
+            ax.plot(self.grid, law.predict(self.grid), color=FIT, lw=1)
         except FitError:
             pass
-        span = np.geomspace(max(curves.positive_sizes.min(), budget / 16), target, 40)  # visible next to the points
-        ax.plot(span, np.exp(ats_line(seen.sizes, seen.losses[i])(np.log(span))), color=ATS, lw=1, ls="--")
-        if np.isfinite(low[i]):
-            ax.plot([target, target], np.exp([low[i], high[i]]), color=GUARD, lw=3, alpha=0.4)
-        ax.scatter([target], [proposed[i]], marker="x", color=GUARD, s=20)
+        ax.plot(self.span, np.exp(ats_line(seen.sizes, seen.losses[i])(np.log(self.span))), color=ATS, lw=1, ls="--")
+        if np.isfinite(self.low[i]):
+            ax.plot([target, target], np.exp([self.low[i], self.high[i]]), color=GUARD, lw=3, alpha=0.4)
+        ax.scatter([target], [self.proposed[i]], marker="x", color=GUARD, s=20)
         ax.axvline(budget, color="grey", lw=0.8)
         ax.axvline(target, color="black", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        rank = f"#{place + 1} " if ranking is not None else ""
-        predicted = f"\npredicted {scores[i]:.3g} at target" if scores is not None and np.isfinite(scores[i]) else ""
-        ax.set_title(f"{rank}{_short(curves.names[i])}{predicted}", fontsize=7,
-                     color=CHOSEN if i in picked else "black", fontweight="bold" if i in picked else "normal")
-        if i in picked:
-            for spine in ax.spines.values():
-                spine.set_edgecolor(CHOSEN)
-                spine.set_linewidth(2.2)
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(labelsize=6)
-        ax.tick_params(which="minor", labelsize=5)
-    for j in range(n, rows * cols):
-        axes[j // cols][j % cols].axis("off")
+        _style(ax, title, picked)
+
+
+def _style(ax, title: str, picked: bool) -> None:
+    """Log axes with plain tick labels, the title, and a red frame around a chosen model."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")  # 1.8, not 1.8 x 10^0, on a log axis
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=7, color=CHOSEN if picked else "black", fontweight="bold" if picked else "normal")
+    if picked:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(CHOSEN)
+            spine.set_linewidth(2.2)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(labelsize=6)
+    ax.tick_params(which="minor", labelsize=5)
+
+
+def _legend(budget: float, target: int, setting: Setting, chosen_by: str | None) -> list:
+    """One legend entry per kind of mark; the chosen model's frame only when a model was chosen."""
+    from matplotlib.lines import Line2D
+
     handles = [
         Line2D([], [], color=SEEN, marker="o", ls="", markersize=4, label=f"seen (size <= budget {budget:,.0f})"),
         Line2D([], [], color=SEEN, marker="o", ls="", markersize=4, markerfacecolor="none", label="held out"),
@@ -104,12 +131,15 @@ def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequen
         Line2D([], [], color="grey", lw=0.8, label=f"budget: {budget:,.0f} examples"),
         Line2D([], [], color="black", lw=0.8, ls=":", label=f"target: {target:,} examples"),
     ]
-    if picked:
-        handles.append(Line2D([], [], color=CHOSEN, lw=2.2, label=f"chosen by {method}"))
-    order_note = f", ordered by {method}'s predicted loss at the target" if ranking is not None else ""
+    if chosen_by is not None:
+        handles.append(Line2D([], [], color=CHOSEN, lw=2.2, label=f"chosen by {chosen_by}"))
+    return handles
+
+
+def _frame(fig, handles: list, title: str) -> None:
+    """The title, one legend for every panel above them, the axis labels, and a layout that leaves them room."""
     width, height = fig.get_size_inches()
-    fig.suptitle(f"Fine-tuning loss vs training examples, {n} models{order_note}", fontsize=10,
-                 y=1 - 0.1 / height, va="top")
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
     columns = min(len(handles), max(2, int(width / 2.4)))
     fig.legend(handles=handles, loc="upper center", ncol=columns, fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 1 - 0.35 / height))
@@ -117,7 +147,6 @@ def curves_figure(curves: Curves, target: int, budget: float, *, ranking: Sequen
     fig.supylabel("loss (log scale)", fontsize=8)
     legend_rows = math.ceil(len(handles) / columns)
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.45 + 0.22 * legend_rows) / height))
-    return fig
 
 
 def _short(name: str, width: int = 34) -> str:

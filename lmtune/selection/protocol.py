@@ -2,7 +2,7 @@
 
 For each curves file in turn (the held-out file), each method's design step receives the *other* files only,
 whole (their target columns included: they are design data), and returns a fixed predictor. Only then is the
-held-out file used, through ``run_selection``: the predictor sees the held-out points under each budget (sizes <=
+held-out file used, through ``evaluate_methods``: the predictor sees the held-out points under each budget (sizes <=
 target/ratio, and D=0) and nothing else, and its ranking is scored against the held-out target losses afterwards.
 A method therefore cannot receive the held-out target column while it designs, nor while it predicts.
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from lmtune.errors import InputError
 from lmtune.selection.curves import Curves, load_curves
-from lmtune.selection.evaluate import MethodResult, check_budget, run_selection
+from lmtune.selection.evaluate import MethodResult, check_budget, evaluate_methods
 from lmtune.selection.guard import Setting, choose_setting, extrapolations, settings_grid
 from lmtune.selection.metrics import pearcorr, relacc
 from lmtune.selection.predictors import AtS, GuardedAtS, LawPredictor, Predictor, all_predictors
@@ -134,7 +134,7 @@ def score_held_out(held: DesignFile, design: Sequence[DesignFile], method: Metho
     predictor, note = method.design(copy.deepcopy(list(design)))
     results = {}
     for ratio in held.ratios:
-        selection = run_selection(held.curves, held.target, ratio, predictors=[predictor])
+        selection = evaluate_methods(held.curves, held.target, ratio, predictors=[predictor])
         results[ratio] = selection.results[predictor.name]
     return results, note
 

@@ -18,7 +18,7 @@ from lmtune.errors import InputError
 from lmtune.results import Result
 from lmtune.selection.config import SelectConfig
 from lmtune.selection.curves import Curves
-from lmtune.selection.evaluate import Selection, run_selection, tokens_for
+from lmtune.selection.evaluate import Selection, evaluate_methods, tokens_for
 from lmtune.selection.predictors import PROPOSED
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,12 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     from lmtune.selection.curves import load_curves
 
     cfg = config or build_config(SelectConfig, **fields)
-    plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable --plot fails now, not later
+    plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable `plot` fails now, not later
     if (cfg.curves is None) == (not cfg.models):
-        raise InputError("curves", "give either --curves FILE or --models A B C (with --dataset and --sizes)")
+        raise InputError("curves", "give either `curves` FILE or `models` A B C (with `dataset` and `sizes`)")
     if cfg.curves is not None:
         if cfg.dataset or cfg.sizes:
-            raise InputError("dataset", "--dataset and --sizes go with --models, not --curves")
+            raise InputError("dataset", "`dataset` and `sizes` go with `models`, not `curves`")
         table = load_curves(cfg.curves)
         target = int(cfg.target_size or table.sizes.max())
         ratio = 8.0 if cfg.budget_ratio is None else cfg.budget_ratio
@@ -56,7 +56,8 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
         table, target, ratio, tokens, note = _measure(cfg)
         source = cfg.out
     plot_path = plot_target(cfg.plot, source, cfg.out.parent)
-    selection = select_models(table, target, ratio, tokens_per_sample=tokens, plot_path=plot_path)
+    selection = evaluate_methods(table, target, ratio, tokens_per_sample=tokens)
+    _plot(selection, table, plot_path)
     text = format_selection(selection, table)
     if note:
         text += f"\n{note}.\n"
@@ -66,7 +67,7 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
 
 def plot_target(plot: Path | None, source: Path, output: Path) -> Path:
     """Where the PNG goes: ``plot`` (a folder gets ``<curves>-select.png`` inside), by default ``output`` (the
-    folder of ``--out``), never the data folder a curves file was read from. A folder lmtune cannot write to is an
+    folder of ``out``), never the data folder a curves file was read from. A folder lmtune cannot write to is an
     ``InputError`` naming ``plot``."""
     name = Path(source).stem + "-select.png"
     path = Path(output) / name if plot is None else (
@@ -85,7 +86,7 @@ def _measure(cfg: SelectConfig):
     from lmtune.selection.measure import measure_curves
 
     if cfg.sizes is None:
-        raise InputError("sizes", "--models needs --sizes, e.g. 0,50,100,200,400")
+        raise InputError("sizes", "`models` needs `sizes`, e.g. 0,50,100,200,400")
     splits = load_dataset(cfg.dataset, seed=cfg.seed)
     hp = LoraHyperparams(learning_rate=cfg.learning_rate or (2e-4 if cfg.mode == "lora" else 5e-5),
                          batch_size=cfg.batch_size)
@@ -102,18 +103,14 @@ def _measure(cfg: SelectConfig):
     return table, target, ratio, tokens, note
 
 
-def select_models(curves: Curves, target: int, ratio: float, *, tokens_per_sample: float = 1.0,
-                  plot_path: str | Path | None = None) -> Selection:
-    """Run every method under the budget target/ratio; write the PNG when ``plot_path`` is given."""
-    selection = run_selection(curves, target, ratio, tokens_per_sample=tokens_per_sample)
-    if plot_path is not None:
-        from lmtune.selection.plot import plot_curves
+def _plot(selection: Selection, curves: Curves, path: Path) -> None:
+    """The PNG of what the selection saw and the proposed method's ranking."""
+    from lmtune.selection.plot import plot_curves
 
-        proposed = selection.results[PROPOSED].prediction
-        plot_curves(curves, target, selection.budget, plot_path, method=PROPOSED,
-                    ranking=None if proposed is None else proposed.ranking(),
-                    scores=None if proposed is None else proposed.scores)
-    return selection
+    proposed = selection.results[PROPOSED].prediction
+    plot_curves(curves, selection.target, selection.budget, path, method=PROPOSED,
+                ranking=None if proposed is None else proposed.ranking(),
+                scores=None if proposed is None else proposed.scores)
 
 
 def format_selection(selection: Selection, curves: Curves, top: int | None = None) -> str:

@@ -77,6 +77,17 @@ CASES = [
      ["select", "--curves", "c.csv"], "curves", "positive finite"),
     ("an unwritable plot", {"c.csv": CURVES}, ["select", "--curves", "c.csv", "--plot", "c.csv/plot.png"], "plot",
      "cannot write"),
+    # the library names other fields in its messages; the command spells them as its flags
+    ("select with neither curves nor models", {}, ["select"], "curves",
+     "give either --curves FILE or --models A B C (with --dataset and --sizes)"),
+    ("a target size under leave-one-out", {"c.csv": CURVES},
+     ["bench", "select", "--protocol", "lodo", "--curves", "c.csv", "--target-size", "400"], "target_size",
+     "--protocol lodo uses each file's largest size"),
+    ("infer with no backend", {}, ["infer", "--inference-budget", "0.02", "--optimization-budget", "1", "--storage",
+                                   "sqlite:///s.db"], "endpoint", "exactly one of --endpoint (a URL) or --local-model"),
+    ("the agent sampler without its model", {},
+     ["lora", "--sampler", "agent", "--endpoint", "http://127.0.0.1:9/v1", "--storage", "sqlite:///s.db"],
+     "agent_model", "the model the endpoint serves in --agent-model"),
 ]
 
 
@@ -136,3 +147,16 @@ def test_resume_compares_the_data_not_the_path(tmp_path, capsys, monkeypatch):
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: dataset: study 'same' was created with 'data/good.csv'"), err
     assert "loads other data" in last and "sha256" in last
+
+
+def test_the_library_names_fields_and_only_the_command_spells_them_as_flags():
+    """A field named in library text (in backquotes) reads as the option that sets it, however the config spells
+    that option; a name no option sets, and text without backquotes, stay as they are."""
+    from lmtune.cli.options import as_flags, flags_of
+    from lmtune.inference.config import InferConfig
+    from lmtune.selection.config import BenchSelectConfig
+
+    text = "try `inference_budget` 0.03; widen `max_tokens`, `templates` or `no_such_field`; models stays"
+    assert as_flags(text, flags_of(InferConfig)) == ("try --inference-budget 0.03; widen --max-tokens, --template "
+                                                     "or `no_such_field`; models stays")
+    assert as_flags("`as_json` and `curves`", flags_of(BenchSelectConfig)) == "--json and --curves"

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lmtune.inference.tasks import load_task
+from lmtune.inference.tasks import load_infer_task
 from tests.servers import BillingServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def wait_for(condition, process: subprocess.Popen, what: str, limit: float = 60.
 
 def tuning_spend(server: BillingServer) -> float:
     """What the server billed for tuning calls (the test split is paid apart from the optimization budget)."""
-    task = load_task("arith-add3", size=TASK_SIZE, seed=0)
+    task = load_infer_task("arith-add3", size=TASK_SIZE, seed=0)
     tuning, test = task.split(TEST_FRACTION, 0)
     tuning_prompts = {row["prompt"] for row in tuning}
     assert not tuning_prompts & {row["prompt"] for row in test}

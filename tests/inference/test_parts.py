@@ -12,12 +12,12 @@ from math import comb
 import pytest
 
 from lmtune.errors import InputError
-from lmtune.inference.metrics import expected_success, make_metric, pass_at_k, success, vote
+from lmtune.inference.metrics import expected_success, make_instance_metric, pass_at_k, success, vote
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.sandbox import run_code
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
-from lmtune.inference.tasks import humaneval_check, load_task
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.inference.tasks import humaneval_check, load_infer_task
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, GenerationError, GenerationRequest
 from lmtune.llm.local import LocalGenerator
 from lmtune.llm.openai_compat import OpenAIGenerator
@@ -66,14 +66,14 @@ def test_success_expected_success_and_vote():
     assert vote(["12", "13", "12"], [True, False, True]) == 1.0
     assert vote(["13", "12", "13"], [False, True, False]) == 0.0
     assert vote(["13", "12"], [False, True]) == 0.0  # a tie goes to the first answer seen
-    metric, needs_check = make_metric("pass@2")
+    metric, needs_check = make_instance_metric("pass@2")
     assert needs_check and metric({}, ["a"] * 4, [True, False, False, False], []) == pytest.approx(0.5)
     with pytest.raises(InputError, match="metric"):
-        make_metric("accuracy")
-    user, needs_check = make_metric("json:dumps")  # any importable function of (instance, responses)
+        make_instance_metric("accuracy")
+    user, needs_check = make_instance_metric("json:dumps")  # any importable function of (instance, responses)
     assert not needs_check
     with pytest.raises(InputError, match="cannot import"):
-        make_metric("no_such_module_xyz:f")
+        make_instance_metric("no_such_module_xyz:f")
 
 
 # -- sandbox and HumanEval -------------------------------------------------------------------------
@@ -101,9 +101,9 @@ def test_sandbox_blocks_writes_outside_its_directory(tmp_path):
 
 
 def test_humaneval_canonical_solutions_pass_and_broken_ones_fail():
-    task = load_task("humaneval")
+    task = load_infer_task("humaneval")
     assert len(task.instances) == 164
-    metric, _ = make_metric("pass@1")
+    metric, _ = make_instance_metric("pass@1")
     for problem in task.instances[:4]:
         good = [humaneval_check(problem, problem["canonical_solution"])] * 2
         bad = [humaneval_check(problem, "    return None\n")] * 2
@@ -132,14 +132,14 @@ def test_malformed_template_is_a_clear_error(tmp_path):
     cases = [("{prompt", "malformed template"), ("Q: {question}", "instances lack"), ("{}", "positional")]
     for template, message in cases:
         with pytest.raises(InputError, match=message) as error:
-            load_task("arith-add3", templates=[template], size=10)
+            load_infer_task("arith-add3", templates=[template], size=10)
         assert error.value.field == "template"
     task_file = tmp_path / "t.jsonl"
     task_file.write_text("\n".join(json.dumps({"q": f"{i}+1=", "answer": str(i + 1)}) for i in range(5)))
-    task = load_task(str(task_file), templates=["Q: {q}"])
+    task = load_infer_task(str(task_file), templates=["Q: {q}"])
     assert task.check(task.instances[0], " 1\nmore") and not task.check(task.instances[0], "2")
     with pytest.raises(InputError, match="task"):
-        load_task("no-such-task")
+        load_infer_task("no-such-task")
 
 
 # -- generators, cache, budget ----------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_local_generator_bills_prompt_and_completion_tokens(arith):
 
 def test_cache_counts_cached_spend_apart(arith, tmp_path):
     ledger = SpendLedger(10.0)
-    metered = MeteredGenerator(CachedGenerator(arith, ResponseCache(tmp_path / "c.sqlite")), PriceTable.load(), ledger)
+    metered = MeteredGenerator(CachedGenerator(arith, ResponseStore(tmp_path / "c.sqlite")), PriceTable.load(), ledger)
     request = GenerationRequest(model="arith-lm", prompt="111+222=", n=2, temperature=0)
     first = asyncio.run(metered.generate(request))
     assert not first.cached and ledger.spent == pytest.approx((8 * 0.5 + 8 * 1.0) / 1000)

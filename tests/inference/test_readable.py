@@ -15,6 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from lmtune import attrs
+from lmtune.cli.options import as_flags, flags_of
+from lmtune.inference.config import InferConfig
 from tests.report.chromium import render
 
 
@@ -58,9 +60,11 @@ def test_a_best_config_that_solves_nothing_is_flagged_and_a_budget_suggested(sta
                   and (cost := t.user_attrs[attrs.COST_PER_INSTANCE]) > 0.0065 * (1 + 1e-9))
     assert over, "some config must have been measured over the per-instance budget"
     (warning,) = results["warnings"]
-    suggested = float(warning.split("try --inference-budget ")[1].split()[0])
+    suggested = float(warning.split("try `inference_budget` ")[1].split()[0])  # the field, in stored text
     assert 0.0065 < over[0] <= suggested < over[0] * 1.1  # admits the cheapest config measured above the budget
-    assert warning in output  # logged as a warning, on the terminal
+    assert "--" not in warning
+    assert as_flags(warning, flags_of(InferConfig)) in output  # logged as a warning, on the terminal, naming the flag
+    assert f"try --inference-budget {suggested:g} " in output
     assert "solved nothing: no instance answered correctly" in output  # the trial lines say it too
 
 

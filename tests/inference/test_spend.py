@@ -20,7 +20,7 @@ from lmtune import attrs
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.resume import fail_dead_trials, open_journal, spend_account
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
-from lmtune.llm.cache import CachedGenerator, ResponseCache
+from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generation, GenerationError, GenerationRequest, Generator
 from lmtune.runtime.loop import sigterm_as_interrupt
 
@@ -53,7 +53,7 @@ def request(prompt="12+30=", n=2, max_tokens=4) -> GenerationRequest:
 
 def test_a_later_process_counts_what_an_earlier_one_reserved_billed_or_gave_up(tmp_path):
     path = tmp_path / "responses.sqlite"
-    first = SpendLedger(1.0, journal=ResponseCache(path), account="a")
+    first = SpendLedger(1.0, journal=ResponseStore(path).journal, account="a")
     open_call = first.reserve(0.3)  # the process dies with this call in flight
     billed = first.reserve(0.2)
     first.settle(billed, 0.05, reply=("k", Generation(texts=["x"], prompt_tokens=1, completion_tokens=1)))
@@ -61,10 +61,10 @@ def test_a_later_process_counts_what_an_earlier_one_reserved_billed_or_gave_up(t
     first.release(refused)
     lost = first.reserve(0.1)
     first.give_up([lost])
-    later = SpendLedger(1.0, journal=ResponseCache(path), account="a")  # another process, same file
+    later = SpendLedger(1.0, journal=ResponseStore(path).journal, account="a")  # another process, same file
     assert later.spent == pytest.approx(0.3 + 0.05 + 0.1) and later.unsettled == pytest.approx(0.4)
-    assert later.journal.get("k").texts == ["x"]  # the reply was stored with its bill
-    assert SpendLedger(1.0, journal=ResponseCache(path), account="b").spent == 0.0  # accounts are apart
+    assert later.journal.store.get("k").texts == ["x"]  # the reply was stored with its bill
+    assert SpendLedger(1.0, journal=ResponseStore(path).journal, account="b").spent == 0.0  # accounts are apart
     later.reserve(0.5)
     with pytest.raises(BudgetExhausted, match="does not fit"):
         later.reserve(0.1)  # 0.45 + 0.5 + 0.1 > 1
@@ -72,8 +72,8 @@ def test_a_later_process_counts_what_an_earlier_one_reserved_billed_or_gave_up(t
 
 
 def test_reported_usage_is_clamped_and_the_reply_stored_with_its_bill(tmp_path):
-    cache = ResponseCache(tmp_path / "c.sqlite")
-    ledger = SpendLedger(10.0, journal=cache, account="a")
+    cache = ResponseStore(tmp_path / "c.sqlite")
+    ledger = SpendLedger(10.0, journal=cache.journal, account="a")
     bound = len("100+200=") + 16  # one token per byte plus chat overhead, before the server has told its count
     for i, (usage, counted) in enumerate([((-50, -3), (0, 0)), ((10**6, 10**6), (bound, 2 * 4)), ((7, 5), (7, 5))]):
         metered = MeteredGenerator(CachedGenerator(Scripted(*usage), cache), PRICES, ledger)
@@ -149,11 +149,11 @@ def test_a_study_keeps_its_journal_and_opens_its_account_from_its_trials(tmp_pat
     trial = study.ask()  # a study from before journals: spend only in its trials
     trial.set_user_attr(attrs.SPEND, 0.25)
     study.tell(trial, 1.0)
-    cache = ResponseCache(tmp_path / "out" / "responses.sqlite")
+    cache = ResponseStore(tmp_path / "out" / "responses.sqlite")
     journal = open_journal(study, cache, tmp_path / "out")
     account = spend_account(study, journal, study.trials)
-    assert journal is cache and SpendLedger(1.0, journal=journal, account=account).spent == pytest.approx(0.25)
+    assert journal is cache.journal and SpendLedger(1.0, journal=journal, account=account).spent == pytest.approx(0.25)
     # a rerun with --cache none and another output folder still finds the same journal and account
     again = open_journal(study, None, tmp_path / "elsewhere")
-    assert again.path == cache.path and spend_account(study, again, study.trials) == account
+    assert again.store.path == cache.path and spend_account(study, again, study.trials) == account
     assert SpendLedger(1.0, journal=again, account=account).spent == pytest.approx(0.25)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmtune.selection.curves import Curves
-from lmtune.selection.evaluate import run_selection
+from lmtune.selection.evaluate import evaluate_methods
 from lmtune.selection.guard import (
     ALTERNATIVES,
     Extrapolations,
@@ -100,7 +100,7 @@ def test_extrapolations_hold_every_alternative_and_a_jackknife_of_the_lines():
 
 def test_a_guarded_ranking_scores_in_the_harness():
     curves = synthetic(2, noise=0.0)
-    selection = run_selection(curves, int(curves.sizes.max()), 8, predictors=[AtS(), GuardedAtS(Setting(ALTERNATIVES,
+    selection = evaluate_methods(curves, int(curves.sizes.max()), 8, predictors=[AtS(), GuardedAtS(Setting(ALTERNATIVES,
                                                                                                        True, 1.0))])
     assert selection.results["ats-guard"].pearcorr > 90
     assert selection.results["ats-guard"].flops == selection.results["ats"].flops  # it trains what AtS trains

@@ -10,7 +10,7 @@ from lmtune.errors import InputError
 from lmtune.selection.ats import ats_predict, tail_median_predict, transition_index
 from lmtune.selection.bench import bench_select
 from lmtune.selection.curves import Curves, load_curves, save_curves
-from lmtune.selection.evaluate import PAPER_RATIOS, run_selection, sweep
+from lmtune.selection.evaluate import PAPER_RATIOS, evaluate_methods, sweep
 from lmtune.selection.laws import FitError, NTKLaw, PowerLaw, RectifiedLaw, VanillaLaw
 from lmtune.selection.metrics import finetune_flops, pearcorr, relacc
 from lmtune.selection.predictors import PROPOSED, AtS, AtSMedian, ModelSize, SubTuning, ZeroShot
@@ -116,7 +116,7 @@ def test_curves_round_trip_and_budget(tmp_path):
     assert np.isnan(back.losses[0, 3]) and back.losses[1, 3] == 1.6 and np.isnan(back.ntk_f[1])
     assert list(back.up_to(400).sizes) == [0, 200, 400]
     with pytest.raises(InputError, match="leaves 1 positive"):
-        run_selection(back, 800, 4)
+        evaluate_methods(back, 800, 4)
 
 
 def test_synthetic_file_any_models(tmp_path):
@@ -131,7 +131,7 @@ def test_synthetic_file_any_models(tmp_path):
         f"{n}," + ",".join(f"{v:.6f}" for v in r) + f",{10 ** 6 * (i + 1)}\n"
         for i, (n, r) in enumerate(zip(names, rows, strict=True)))
     curves = load_curves(_write(tmp_path, text))
-    selection = run_selection(curves, int(SIZES[-1]), 8)
+    selection = evaluate_methods(curves, int(SIZES[-1]), 8)
     truth = np.array(rows)[:, -1]
     for method, floor in (("rectified", 95), ("lensllm", 99.9)):  # the authors' two-stage fit is less exact
         assert selection.results[method].relacc == pytest.approx(100.0)

@@ -81,10 +81,10 @@ class AgentSampler(BaseSampler):
                  price_per_million: tuple[float, float] = (0.0, 0.0), breaker: int = 3, cooldown: int = 5,
                  check: bool = True, generator: Generator | None = None):
         if generator is None and not endpoint:
-            raise InputError("endpoint", "the agent sampler needs --endpoint, the base URL of an OpenAI-compatible "
+            raise InputError("endpoint", "the agent sampler needs `endpoint`, the base URL of an OpenAI-compatible "
                              "server, e.g. http://127.0.0.1:11434/v1")
         if not model:
-            raise InputError("agent_model", "name the model the endpoint serves, e.g. --agent-model "
+            raise InputError("agent_model", "name the model the endpoint serves in `agent_model`, e.g. "
                              "qwen2.5:7b-instruct")
         for name, value, low in (("retries", retries, 0), ("n_startup_trials", n_startup_trials, 0),
                                  ("analyzer_tokens", analyzer_tokens, 1), ("optimizer_tokens", optimizer_tokens, 1),
