@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,16 +71,6 @@ def _message(err: dict[str, Any]) -> str:
     if err["type"] == "string_too_short":
         return f"must not be empty, got {got!r}"
     return f"{err['msg']} (got {got!r})"
-
-
-def __getattr__(name: str) -> Any:
-    if name == "LoraRunConfig":  # moved in 0.2
-        warnings.warn("lmtune.config.LoraRunConfig moved to lmtune.lora.LoraRunConfig", DeprecationWarning,
-                      stacklevel=2)
-        from lmtune.lora.config import LoraRunConfig
-
-        return LoraRunConfig
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_jsonl(path: Path, field: str, *, valid: Callable[[dict], bool] = lambda row: True,

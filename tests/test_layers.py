@@ -25,8 +25,6 @@ LAYERS = {
     "lmtune.cli": 7,
     "lmtune": 8, "lmtune.study": 8, "lmtune.synthetic": 8,  # the package's lazy exports and moved-name shims
 }
-#: Deliberate exceptions, each with its reason.
-ALLOWED = {("lmtune.config", "lmtune.lora.config"): "the deprecated alias lmtune.config.LoraRunConfig"}
 #: Lines a module may have before it must say at its top why it is longer.
 MAX_LINES = 420
 
@@ -72,7 +70,7 @@ GRAPH = {name: {m for m in imports(path) if m in MODULES} for name, path in MODU
 def test_imports_run_down_the_layers(module):
     source = package(module)
     upward = sorted(m for m in GRAPH[module]
-                    if package(m) != source and LAYERS[package(m)] >= LAYERS[source] and (module, m) not in ALLOWED)
+                    if package(m) != source and LAYERS[package(m)] >= LAYERS[source])
     assert not upward, f"{module} (layer {LAYERS[source]}) imports {upward}"
 
 
