@@ -270,11 +270,11 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     stored = {k: v for k, v in study_attrs(cfg, space, splits, plan).items() if k != "model"}
     description = study_description(cfg, space, splits, lora_objective.metric_name, lora_objective.direction)
     return WorkerParts(space, lora_sampler(cfg, space, transfer_sources(cfg, space), description), pruner,
-                       lora_objective, stored, stop_when=lambda study: compute_budget(cfg, study, plan))
+                       lora_objective, stored, stop_when=compute_budget(cfg, plan))
 
 
-def compute_budget(cfg: LoraRunConfig, study: optuna.Study, plan: ProxyPlan) -> ComputeBudget:
-    return ComputeBudget(study, steps=cfg.budget_steps, seconds=cfg.budget_seconds, trial_steps=plan.longest)
+def compute_budget(cfg: LoraRunConfig, plan: ProxyPlan) -> ComputeBudget:
+    return ComputeBudget(steps=cfg.budget_steps, seconds=cfg.budget_seconds, trial_steps=plan.longest)
 
 
 def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str | None = None,
@@ -319,7 +319,7 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
     log.info("Proxy: %s on %d of %d training rows, ranked by %s; a trial costs %s of a full run's training "
              "examples.", plan.rule, plan.rows, plan.train_rows, plan.metric,
              ", ".join(f"{plan.cost_share(b):.0%} at batch {b}" for b in plan.batch_sizes))
-    run_trials(study, objective, cfg.trials, listener=listener, stop_when=compute_budget(cfg, study, plan))
+    run_trials(study, objective, cfg.trials, listener=listener, stop_when=compute_budget(cfg, plan))
 
     best = best_trial(study)
     if best is None:

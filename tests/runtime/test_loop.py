@@ -184,7 +184,7 @@ def test_a_trial_created_after_the_budget_was_taken_does_not_run(storage):
     study = open_study("race", storage=storage, sampler=make_sampler("random", seed=0))
     other = []
 
-    def other_worker_asks_between_check_and_ask() -> bool:
+    def other_worker_asks_between_check_and_ask(_: optuna.Study) -> bool:
         if not other:
             other.append(study.ask())  # the other worker's trial takes the slot
             return False
