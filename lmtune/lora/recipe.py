@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +26,6 @@ SEARCH_FIELDS = ("sampler", "startup_trials", "pruner", "template", "encoder", "
                  "shortlist_k", "variant")
 #: PEFT task types by lmtune task.
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal": "CAUSAL_LM"}
-
-
-def constant_score(splits: DatasetSplits, metric: str) -> dict[str, Any] | None:
-    """What one constant answer scores on the validation split, where trials are scored: the majority-class rate
-    (accuracy) or the share of the most common response (exact match). None for loss metrics. A trial whose
-    ``metric`` is at or below it learned nothing (``lmtune.runtime.trials.learned_nothing``), also when trials
-    are ranked by their validation loss."""
-    rows = splits.validation
-    if not rows or metric not in ("accuracy", "exact_match"):
-        return None
-    key = "label" if metric == "accuracy" else "response"
-    answer, count = Counter(str(row[key]) for row in rows).most_common(1)[0]
-    if metric == "accuracy" and splits.label_names:
-        answer = splits.label_names[int(answer)]
-    rate = count / len(rows)
-    what = f"the majority-class rate, {rate:.4f}" if metric == "accuracy" else f"{rate:.4f}"
-    return {"value": rate, "label": "learned nothing", "metric": metric,
-            "what": f"no better than answering {answer!r} for every example ({what})"}
 
 
 def rerun_config(job: dict[str, Any], hp: LoraHyperparams, study_name: str) -> dict[str, Any]:

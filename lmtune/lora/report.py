@@ -11,7 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.files import write_atomic
-from lmtune.runtime.trials import constant_of, counted_trials, last_metrics, learned_nothing
+from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
+from lmtune.runtime.trials import counted_trials
 from lmtune.space import SearchSpace
 from lmtune.trajectory import learned_sentences, summarize_study
 

@@ -22,12 +22,12 @@ from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
 from lmtune.finetune.proxy import ProxyPlan, full_run_steps, plan_proxy
+from lmtune.finetune.scores import constant_score, last_metrics
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
 from lmtune.llm import hub_id, resolve_model
 from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
 from lmtune.lora.recipe import (
     build_recipe,
-    constant_score,
     finish_adapter,
     model_card,
     rerun_config,
@@ -39,7 +39,7 @@ from lmtune.runtime.compute import ComputeBudget, spent
 from lmtune.runtime.loop import TrialListener, run_trials
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
-from lmtune.runtime.trials import counted_trials, last_metrics
+from lmtune.runtime.trials import counted_trials
 from lmtune.runtime.worker import WorkerParts
 from lmtune.samplers.language_bo.transfer import TransferSource, check_compatible, describe_task, load_source
 from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
