@@ -9,12 +9,17 @@ Per-field details go in ``json_schema_extra``:
 * ``flags``: the option names, e.g. ``["--study", "--study-name"]``;
 * ``split``: ``","`` reads a list from one comma-separated value; otherwise a list option repeats;
 * ``metavar``: the placeholder shown in help (default: a plain name for the type).
+
+Library code names fields, never flags: a message that points at another field writes its name between single
+backticks; ``as_flags`` shows it as the running command's flag (``--proxy-fraction`` for proxy_fraction), in
+help texts, errors and log lines.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -28,6 +33,21 @@ from pydantic_core import PydanticUndefined
 
 #: Help placeholders by type: plain words instead of click's INTEGER/FLOAT/<list[str]>.
 METAVARS = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
+#: The running command's fields and their flags (``config_options`` sets them when the command starts).
+_running_flags: dict[str, str] = {}
+
+
+def flags_of(model: type[BaseModel]) -> dict[str, str]:
+    """Each command-line field of ``model`` and the flag it is typed as."""
+    return {name: _flags(name, field)[0] for name, field in model.model_fields.items()
+            if _extra(field).get("cli", True)}
+
+
+def as_flags(text: str, flags: dict[str, str] | None = None) -> str:
+    """``text`` with every field it names between single backticks (proxy_fraction) written as its flag
+    (``--proxy-fraction``); by default the running command's flags. Other words in backticks stay as they are."""
+    flags = _running_flags if flags is None else flags
+    return re.sub(r"`(\w+)`", lambda found: flags.get(found[1], found[0]), text)
 
 
 def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
@@ -40,11 +60,14 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Cal
         own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "values"]
         generated = [(name, field) for name, field in model.model_fields.items()
                      if name not in skip and _extra(field).get("cli", True)]
-        parameters = own + [_parameter(name, field) for name, field in generated]
+        flags = flags_of(model)
+        parameters = own + [_parameter(name, field, flags) for name, field in generated]
         splitters = {name: _extra(field).get("split") for name, field in generated}
 
         @functools.wraps(function)
         def command(**kwargs: Any) -> Any:
+            _running_flags.clear()
+            _running_flags.update(flags)
             values = {}
             for name, _ in generated:
                 value = kwargs.pop(name)
@@ -68,17 +91,21 @@ def _extra(field: FieldInfo) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
-def _parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+def _flags(name: str, field: FieldInfo) -> list[str]:
+    return list(_extra(field).get("flags") or [f"--{name.replace('_', '-')}"])
+
+
+def _parameter(name: str, field: FieldInfo, flags_by_field: dict[str, str]) -> inspect.Parameter:
     extra = _extra(field)
     kind, choices = _cli_type(field.annotation)
-    flags = list(extra.get("flags") or [f"--{name.replace('_', '-')}"])
+    flags = _flags(name, field)
     if kind is bool:
         flag = flags[0]
         flags = [f"{flag}/--no-{flag[2:]}"]
     split = extra.get("split")
     if typing.get_origin(kind) is list and split:
         kind = str
-    help_text = (field.description or "").rstrip(".")
+    help_text = as_flags((field.description or "").rstrip("."), flags_by_field)
     if choices:
         help_text += ("; " if help_text else "") + "one of " + ", ".join(map(str, choices))
     default = _default_text(field)

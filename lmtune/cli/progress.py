@@ -23,6 +23,7 @@ from rich.progress import (
 )
 
 from lmtune import attrs
+from lmtune.cli.options import as_flags
 from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
 from lmtune.runtime.loop import TrialListener
 from lmtune.runtime.trials import Budget, counted_trials, describe_failure
@@ -122,7 +123,8 @@ def _best_so_far(study: optuna.Study) -> float | None:
 
 
 class ConsoleHandler(logging.Handler):
-    """lmtune's log messages as plain lines on the console that draws the bars (so they do not tear them)."""
+    """lmtune's log messages as plain lines on the console that draws the bars (so they do not tear them), the
+    fields they point at written as flags."""
 
     def __init__(self, console: Console):
         super().__init__(logging.INFO)
@@ -130,7 +132,7 @@ class ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "[yellow]warning:[/] " if record.levelno >= logging.WARNING else ""
-        self.console.print(prefix + escape(self.format(record)))
+        self.console.print(prefix + escape(as_flags(self.format(record))))
 
 
 def log_to(console: Console) -> None:
