@@ -43,7 +43,7 @@ from lmtune.bench.tables import load_table_spec
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.proxy import full_run_steps, plan_proxy
+from lmtune.finetune.proxy import StepsProxy, full_run_steps, plan_proxy
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.runtime.quiet import quiet_libraries
 from lmtune.space import config_key
@@ -146,7 +146,7 @@ class Bench:
             settings = dataclasses.replace(base, steps=steps, eval_points=min(rule["evals"], steps))
             return settings, proxy_subset(train, plan.fraction, self.spec.seed)
         steps = max(base.min_steps, math.ceil(rule["share"] * full_steps)) if "share" in rule else rule["steps"]
-        plan = plan_proxy(len(train), self.spec.grid, epochs=base.epochs, steps=steps, fraction=fraction)
+        plan = plan_proxy(len(train), self.spec.grid, StepsProxy(steps=steps), epochs=base.epochs, fraction=fraction)
         settings = dataclasses.replace(base, steps=plan.steps, eval_points=min(rule["evals"], plan.steps))
         return settings, proxy_subset(train, plan.fraction, self.spec.seed)
 

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from lmtune.files import write_atomic
@@ -34,7 +33,7 @@ MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 def rerun_config(job: dict[str, Any], hp: LoraHyperparams, study_name: str) -> dict[str, Any]:
     """The ``lmtune lora --config`` fields that train ``hp`` exactly as the study's trial did, then retrain it.
 
-    ``job`` is the run's config without per-process fields (``lmtune.lora.tune.job_config``: paths absolute).
+    ``job`` is the run's config without per-process fields (``lmtune.lora.search.job_config``: paths absolute).
     The space is fixed to ``hp``; the study gets its own name so it never resumes the search it came from.
     """
     fields = {k: v for k, v in job.items() if k not in SEARCH_FIELDS}
@@ -68,12 +67,6 @@ def build_recipe(*, rerun: dict[str, Any], model: str | None, model_path: str, b
         "lora": {**peft_lora_config(hp, splits.task, target_modules), "variant": hp.variant},
         "training": training,
     }
-
-
-def write_rerun_yaml(path: Path, rerun: dict[str, Any], note: str) -> Path:
-    """``best.yaml``: the rerun config with a comment saying what it reproduces."""
-    header = "".join(f"# {line}\n" for line in note.splitlines())
-    return write_atomic(path, header + yaml.safe_dump(rerun, sort_keys=False))
 
 
 def finish_adapter(adapter_dir: Path, *, base_id: str | None, model_path: str, task: str,

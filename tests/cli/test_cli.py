@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--proxy-steps", "4", "--space", "lora-small", "--sampler",
+FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--proxy", "steps:4", "--space", "lora-small", "--sampler",
         "random"]
 
 
@@ -140,7 +140,7 @@ def test_language_bo_plus_remembers_a_finished_study_and_spends_only_its_own_bud
 
 def test_proxy_check_prints_both_correlations_the_cost_and_a_recommendation(tmp_path):
     data = write_reviews(tmp_path, 80)
-    result = lmtune("lora", "--dataset", data, "--max-length", "16", "--proxy-steps", "6", "--proxy-fraction", "0.25",
+    result = lmtune("lora", "--dataset", data, "--max-length", "16", "--proxy", "steps:6", "--proxy-fraction", "0.25",
                     "proxy-check", "--configs", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("config ") == 3
