@@ -59,9 +59,11 @@ def _field_path(cls: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel]]
         name = rest.pop(0)
         path.append(str(name))
         field = holder.model_fields.get(name) if isinstance(name, str) else None
-        members = [t for t in typing.get_args(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)
-                   ] if field is not None and rest else []
-        if field is not None and field.discriminator and members:
+        if field is None or not rest:
+            break
+        members = [t for t in (typing.get_args(field.annotation) or (field.annotation,))
+                   if isinstance(t, type) and issubclass(t, BaseModel)]
+        if field.discriminator and members:
             tag = rest.pop(0)
             members = [m for m in members if m.model_fields[field.discriminator].default == tag]
         if len(members) != 1:
