@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmtune tests benchmarks scripts
+	$(BIN)/lint-imports --no-cache  # the layers of docs/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml)
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
@@ -37,7 +38,7 @@ $(MIN_STAMP): pyproject.toml
 	$(MIN_VENV)/bin/python -m pip install --quiet torch==2.13.0 uv
 	$(MIN_VENV)/bin/python scripts/min_requirements.py > $(MIN_VENV)/requirements.txt
 	$(MIN_VENV)/bin/uv pip install --quiet --python $(MIN_VENV)/bin/python --resolution lowest-direct \
-		-r $(MIN_VENV)/requirements.txt "pytest>=8"
+		-r $(MIN_VENV)/requirements.txt "pytest>=8" "import-linter>=2.17"
 	$(MIN_VENV)/bin/uv pip install --quiet --python $(MIN_VENV)/bin/python --no-deps -e .
 	touch $(MIN_STAMP)
 

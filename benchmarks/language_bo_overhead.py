@@ -3,8 +3,8 @@
 Measures, in one run:
 
 1. the one-time pass: ψ-free embeddings of every domain-template text (shared explanation prefix,
-   see ``lmtune.llm.embeddings``), computed into a fresh cache directory, then copied to lmtune's
-   cache so later runs hit it; and the same pass without prefix sharing (whole texts), timed on
+   see ``lmtune.samplers.language_bo.embeddings``), computed into a fresh cache directory, then copied to
+   lmtune's cache so later runs hit it; and the same pass without prefix sharing (whole texts), timed on
    ``--sample`` texts and extrapolated;
 2. the time per suggestion after that pass, at 10 and 30 observed trials (median over
    ``--repeats`` runs of a study on the synthetic objective, suggestions with 9-11 and 29-31
@@ -36,8 +36,8 @@ import optuna
 import torch
 from language_bo_synthetic import SPACE, machine, objective, true_score, write_section
 
-from lmtune.llm.embeddings import TextPool, cache_root
 from lmtune.samplers import LanguageBOSampler
+from lmtune.samplers.language_bo.embeddings import TextPool, cache_root
 from lmtune.samplers.language_bo.transfer import source_from_rows
 from lmtune.samplers.registry import make_sampler
 

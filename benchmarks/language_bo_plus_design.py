@@ -142,7 +142,7 @@ def suite(count: int, seed: int = 2024) -> list[dict]:
 VARIANTS: dict[str, dict] = {
     # the numbers alone: the reference the sum must never fall below
     "numbers": {"numeric": True, "text": False},
-    # numbers + text, the text kernel kept only while it predicts left-out configs better (combined.py)
+    # numbers + text, the text kernel kept only while it predicts left-out configs better (surrogate.py)
     "sum-psi": {"numeric": True},
     "sum-projection": {"numeric": True, "use_learnable_token": False},
     "sum-projection-iso": {"numeric": True, "use_learnable_token": False, "text_ard": False},
@@ -172,7 +172,7 @@ def surrogate_experiment(tasks: list[dict], variants: list[str], sizes=(10, 30),
                 for variant in variants:
                     sampler = LanguageBOPlusSampler(table.grid, seed=rep, start="random", **VARIANTS[variant])
                     sampler.prepare()
-                    model = sampler.combined
+                    model = sampler.surrogate
                     with torch.random.fork_rng():
                         torch.manual_seed(rep)
                         model.fit(observed, y, sampler.mll_steps, lr_gp=0.2, lr_features=0.002, decay=0.95)

@@ -22,16 +22,15 @@ import argparse
 import math
 import os
 import platform
-import re
 import shlex
 import sys
 import time
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import optuna
 import torch
+from _docs import write_section
 
 from lmtune.samplers import LanguageBOSampler
 from lmtune.samplers.registry import make_sampler
@@ -39,7 +38,6 @@ from lmtune.space import load_space
 
 SPACE = load_space("lora-paper")
 BEST_STEP = -3.0  # log10 of the best effective step size
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 METHODS = ("language-bo", "random", "tpe", "gp")
 #: The rows of seed Table 6 below the full method: none, +projection, +domain prompt (no learnable token).
 ABLATIONS = {
@@ -102,17 +100,6 @@ def table(results: dict, budgets: tuple[int, ...], f_best: float, f_median: floa
     return "\n".join(rows)
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section between this script's markers in docs/benchmarks.md."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n"
-    block = f"{start}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
-
-
 def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at the end {load}"
@@ -148,7 +135,7 @@ def main() -> None:
         f"{(pool > f_best - 0.02).sum()} configs within 0.02 of f*. {args.seeds} seeds x {args.trials} trials per "
         "method; mean ± standard error over seeds. Best-so-far: highest observed (noisy) value; regret: "
         "(f* - f(best config so far)) / (f* - median f), noise-free. language-bo: `LanguageBOSampler` defaults "
-        "(MiniLM, domain template, 5 random trials); random, tpe, gp: `lmtune.study.make_sampler(name, "
+        "(MiniLM, domain template, 5 random trials); random, tpe, gp: `lmtune.samplers.registry.make_sampler(name, "
         "n_startup_trials=5)` (Optuna RandomSampler, TPESampler, GPSampler)" + ablations + ". The objective is "
         "described in the script's docstring.\n\n" + table(results, budgets, f_best, f_median)
     )

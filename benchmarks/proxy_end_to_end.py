@@ -27,15 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import create_trial
 
 from lmtune import attrs
 from lmtune.finetune.data import load_dataset
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.scores import last_metrics, learned_nothing
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.llm import resolve_model
 from lmtune.lora.config import LoraRunConfig
 from lmtune.lora.search import PLAIN_EVALS, PRUNED_EVALS, proxy_plan, resolve_space
 from lmtune.lora.tune import tune_lora
+from lmtune.runtime.compute import trial_seconds
 from lmtune.runtime.quiet import quiet_libraries
 from lmtune.runtime.trials import counted_trials
 from lmtune.space import config_key
@@ -85,12 +88,10 @@ def search(recipe_name: str, seed: int, today_units: int, workdir: Path) -> dict
                 break
             trials += 1
     wall = time.perf_counter() - started
-    labels = [row["label"] for row in splits.validation]
-    majority = max(labels.count(label) for label in set(labels)) / len(labels)
     trials = trial_costs(study_name, storage, result)
     return {"kind": "search", "recipe": recipe_name, "seed": seed,
             "proxy": result.proxy, "best": result.best, "trials": trials, "spent": result.spent,
-            "majority_share": majority, "wall_seconds": round(wall, 1)}
+            "majority_share": result.constant_score["value"], "wall_seconds": round(wall, 1)}
 
 
 def trial_costs(study_name: str, storage: str, result) -> list[dict[str, Any]]:
@@ -103,9 +104,18 @@ def trial_costs(study_name: str, storage: str, result) -> list[dict[str, Any]]:
                     result.proxy_examples * math.ceil(steps / max(1, math.ceil(result.proxy_examples / batch))))
         trials.append({"number": t.number, "state": t.state.name, "params": t.params, "steps": steps,
                        "examples": examples, "evaluations": len(trajectory),
-                       "metrics": {k: v for k, v in (trajectory or [{}])[-1].items() if k in ("accuracy", "eval_loss")},
-                       "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)})
+                       "metrics": {k: v for k, v in last_metrics(t).items() if k in ("accuracy", "eval_loss")},
+                       "seconds": round(trial_seconds(t), 1)})
     return trials
+
+
+def learned_nothing_count(search: dict[str, Any]) -> int:
+    """The complete trials of a search that learned nothing, by lmtune's rule (``learned_nothing``: a last accuracy
+    no better than the majority-class rate) applied to each trial as its row stored it."""
+    constant = {"value": search["majority_share"], "metric": "accuracy"}
+    return sum(learned_nothing(constant, create_trial(value=t["metrics"]["accuracy"],
+                                                      user_attrs={attrs.TRAJECTORY: [t["metrics"]]})) is not None
+               for t in search["trials"] if t["state"] == "COMPLETE")
 
 
 def final_run(seed: int, hyperparams: dict) -> dict[str, Any]:
@@ -172,9 +182,7 @@ def print_table(searches, finals, seeds, recipes, validation, today_units) -> No
         trials = [len(r["trials"]) for r in rows]
         pruned = [sum(t["state"] == "PRUNED" for t in r["trials"]) for r in rows]
         spent = [sum(units(t, validation) for t in r["trials"]) for r in rows]
-        # lmtune's "learned nothing": no better than answering the majority class for every article
-        chance = [sum(t["state"] == "COMPLETE" and t["metrics"].get("accuracy", 1.0) <= r["majority_share"] + 1e-9
-                      for t in r["trials"]) for r in rows]
+        chance = [learned_nothing_count(r) for r in rows]
         print(f"| {name} | {statistics.fmean(accuracy):.4f} | {min(accuracy):.4f} | "
               f"{', '.join(f'{a:.3f}' for a in accuracy)} | {statistics.fmean(trials):.1f} "
               f"({statistics.fmean(pruned):.1f}) | {statistics.fmean(spent):.0f} | "

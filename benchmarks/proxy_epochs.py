@@ -18,21 +18,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
-import scipy.stats
 
 from lmtune.bench.build import training_setup
+from lmtune.bench.specs import load_table_spec
 from lmtune.bench.table import Table
-from lmtune.bench.tables import load_table_spec
+from lmtune.correlation import correlate
 from lmtune.errors import TrialFailed
 from lmtune.finetune.objective import LoraObjective
 from lmtune.runtime.quiet import quiet_libraries
-
-
-def correlations(proxy: list[float | None], full: list[float | None]) -> tuple[float, float]:
-    pairs = np.array([(p, f) for p, f in zip(proxy, full, strict=True) if p is not None and f is not None])
-    return (float(np.corrcoef(pairs.T)[0, 1]), float(scipy.stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic))
 
 
 def train_proxies(table: Table, rows: list[dict], epochs: float, threads: int) -> tuple[list[float | None], float]:
@@ -66,14 +60,14 @@ def main() -> None:
         proxy, seconds = train_proxies(table, rows, epochs, args.threads)
         results.append({"epochs": epochs, "source": "trained here", "seconds": seconds, "proxy": proxy})
     for result in results:
-        result["pearson"], result["spearman"] = correlations(result["proxy"], full)
+        result.update(correlate(result["proxy"], full))
     print(f"{table.name}: {len(rows)} configs with a full-split run "
           f"(full runs took {sum(r['full']['train_seconds'] for r in rows) / 60:.1f} min)")
     print("| proxy epochs | source | Pearson with full | Spearman with full | proxy minutes |")
     print("| --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['epochs']:g} | {r['source']} | {r['pearson']:.3f} | {r['spearman']:.3f} | "
-              f"{r['seconds'] / 60:.1f} |")
+        pearson, spearman = ("n/a" if r[k] is None else f"{r[k]:.3f}" for k in ("pearson", "spearman"))
+        print(f"| {r['epochs']:g} | {r['source']} | {pearson} | {spearman} | {r['seconds'] / 60:.1f} |")
     output = Path("benchmarks/results") / f"proxy_epochs-{table.name}.json"
     output.write_text(json.dumps({"table": table.name, "full": full, "params": [r["params"] for r in rows],
                                   "results": results}, indent=1) + "\n")

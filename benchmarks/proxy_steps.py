@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.stats
 
 from lmtune.bench.build import training_setup
+from lmtune.bench.specs import load_table_spec
 from lmtune.bench.table import Table
-from lmtune.bench.tables import load_table_spec
+from lmtune.correlation import correlate, finished_pairs
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.proxy import StepsProxy, full_run_steps, plan_proxy
+from lmtune.finetune.proxy import ShareProxy, StepsProxy, plan_proxy
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.runtime.quiet import quiet_libraries
 from lmtune.space import config_key
@@ -134,7 +134,6 @@ class Bench:
         base = self.setup.settings
         train = self.setup.splits.train
         batch = params["batch_size"]
-        full_steps = full_run_steps(len(train), batch, base.epochs)
         if "epochs" in rule:
             settings = dataclasses.replace(base, epochs=rule["epochs"], eval_points=rule["evals"])
             fraction = self.spec.proxy_fraction if rule["fraction"] == "auto" else rule["fraction"]
@@ -145,21 +144,25 @@ class Bench:
             steps = plan.trial_steps(batch)
             settings = dataclasses.replace(base, steps=steps, eval_points=min(rule["evals"], steps))
             return settings, proxy_subset(train, plan.fraction, self.spec.seed)
-        steps = max(base.min_steps, math.ceil(rule["share"] * full_steps)) if "share" in rule else rule["steps"]
+        if "share" in rule:  # the steps of lmtune's share proxy, on the rows a fixed-steps proxy that long draws from
+            share = plan_proxy(len(train), self.spec.grid, ShareProxy(share=rule["share"]), epochs=base.epochs,
+                               min_steps=base.min_steps)
+            steps = share.steps_at(batch)
+        else:
+            steps = rule["steps"]
         plan = plan_proxy(len(train), self.spec.grid, StepsProxy(steps=steps), epochs=base.epochs, fraction=fraction)
         settings = dataclasses.replace(base, steps=plan.steps, eval_points=min(rule["evals"], plan.steps))
         return settings, proxy_subset(train, plan.fraction, self.spec.seed)
 
 
 def correlations(proxy: list[float | None], full: list[float | None]) -> tuple[float, float, int]:
-    pairs = np.array([(p, f) for p, f in zip(proxy, full, strict=True) if p is not None and f is not None])
-    if len(pairs) < 3 or np.ptp(pairs[:, 0]) == 0:
-        return math.nan, math.nan, len(pairs)
-    return (float(np.corrcoef(pairs.T)[0, 1]), float(scipy.stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic),
-            len(pairs))
+    """Pearson, Spearman (nan where lmtune's ``correlate`` finds too few pairs) and the number of pairs."""
+    found = correlate(proxy, full)
+    return (*(math.nan if found[k] is None else found[k] for k in ("pearson", "spearman")),
+            len(finished_pairs(proxy, full)))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, required=True)
     parser.add_argument("--configs", choices=("full", "design"), default="full")
@@ -174,76 +177,99 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: train only every n-th config from the i-th (several "
                         "processes on one results file; run once more without it to print the table)")
     args = parser.parse_args()
+    args.shard, args.shards = map(int, args.shard.split("/"))
+    return args
+
+
+def mine(args: argparse.Namespace, i: int) -> bool:
+    """Whether this process trains the ``i``-th config (from 1) of a list: its shard, and training is on."""
+    return (i - 1) % args.shards == args.shard and not args.no_train
+
+
+def full_runs(args: argparse.Namespace, bench: Bench, runs: Runs) -> tuple[list[dict], dict[str, dict]]:
+    """The configs and the full run of each (by config key): the table's own, or design configs trained here."""
+    table = bench.table
+    if args.configs == "full":
+        configs = [dict(r["params"]) for r in table.rows if "full" in r]
+        return configs, {config_key(r["params"]): r["full"] for r in table.rows if "full" in r}
+    configs = design_configs(table, args.design_count)[:args.limit]
+    full = {}
+    for i, params in enumerate(configs, 1):
+        row = runs.get("full", "full", params)
+        if row is None and (not mine(args, i) or args.proxies_only):
+            continue
+        if row is None:
+            row = {"kind": "full", "rule": "full", "params": params, **bench.full_run(params)}
+            runs.add(row)
+            print(f"full {i}/{len(configs)}: {row['metric']} {row['seconds']:.0f} s {params}", flush=True)
+        full[config_key(params)] = row
+    return configs, full
+
+
+def proxy_runs(args: argparse.Namespace, text: str, configs: list[dict], bench: Bench, runs: Runs) -> list[dict]:
+    """The finished proxy runs of rule ``text`` (training this process's share of the missing ones)."""
+    if text == "table":  # the table's own proxy runs (its recipe: one epoch of its proxy fraction), no training
+        rows = [bench.table.lookup(p) for p in configs]
+        examples = round(bench.spec.proxy_fraction * len(bench.setup.splits.train)) * bench.spec.epochs
+        return [{"params": p, "metric": r["metric"], "eval_loss": r.get("eval_loss"), "examples_seen": examples,
+                 "seconds": r["train_seconds"]} for p, r in zip(configs, rows, strict=True)]
+    rule, done = parse_rule(text), []
+    for i, params in enumerate(configs, 1):
+        row = runs.get("proxy", text, params)
+        if row is None and not mine(args, i):
+            continue
+        if row is None:
+            settings, rows = bench.proxy_settings(rule, params)
+            row = {"kind": "proxy", "rule": text, "params": params, "rows": len(rows),
+                   **bench.run(params, rows, settings)}
+            runs.add(row)
+            print(f"{text} {i}/{len(configs)}: {row['metric']} {row['seconds']:.0f} s {params}", flush=True)
+        done.append(row)
+    return done
+
+
+def rule_lines(text: str, done: list[dict], full: dict[str, dict], bench: Bench) -> list[str]:
+    """The table's lines of one rule: each proxy metric's correlation with the full runs, and the proxy's cost."""
+    table = bench.table
+    sign = 1.0 if table.direction == "maximize" else -1.0
+    full_examples = len(bench.setup.splits.train) * bench.setup.settings.epochs
+    shares = [r.get("examples_seen", 0) / full_examples for r in done]
+    seconds = sum(r["seconds"] for r in done)
+    done_full = [full[config_key(r["params"])] for r in done]
+    full_done_seconds = sum(f.get("seconds", f.get("train_seconds")) for f in done_full)
+    candidates = [(table.metric_name, [r["metric"] for r in done])]
+    if table.metric_name != "eval_loss":  # the validation loss next to the task metric (ranked: lower is better)
+        candidates.append(("eval_loss", [None if r["eval_loss"] is None else -sign * r["eval_loss"] for r in done]))
+    lines = []
+    for metric, values in candidates:
+        pearson, spearman, n = correlations(values, [f.get("metric") for f in done_full])
+        lines.append(f"| {text} | {metric} | {pearson:.3f} | {spearman:.3f} | {n} | {np.mean(shares):.1%} "
+                     f"(max {max(shares):.0%}) | {seconds / full_done_seconds:.1%} | {seconds / 60:.1f} |")
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
     quiet_libraries()
     table = Table.load(args.table)
     bench = Bench(table, args.threads)
     runs = Runs(RESULTS / f"proxy_steps-{table.name}-{args.configs}.jsonl")
-    sign = 1.0 if table.direction == "maximize" else -1.0
-    shard, shards = map(int, args.shard.split("/"))
-    if args.configs == "full":
-        configs = [dict(r["params"]) for r in table.rows if "full" in r]
-        full = {config_key(r["params"]): r["full"] for r in table.rows if "full" in r}
-    else:
-        configs = design_configs(table, args.design_count)[:args.limit]
-        full = {}
-        for i, params in enumerate(configs, 1):
-            row = runs.get("full", "full", params)
-            if row is None and ((i - 1) % shards != shard or args.proxies_only or args.no_train):
-                continue
-            if row is None:
-                row = {"kind": "full", "rule": "full", "params": params, **bench.full_run(params)}
-                runs.add(row)
-                print(f"full {i}/{len(configs)}: {row['metric']} {row['seconds']:.0f} s {params}", flush=True)
-            full[config_key(params)] = row
-        if args.full_only:
-            return
-    if shards > 1 or len(full) < len(configs):
+    configs, full = full_runs(args, bench, runs)
+    if args.configs == "design" and args.full_only:
+        return
+    if args.shards > 1 or len(full) < len(configs):
         print(f"{len(full)} of {len(configs)} full runs so far")
-    full_examples = len(bench.setup.splits.train) * bench.setup.settings.epochs
     full_seconds = [f.get("seconds", f.get("train_seconds")) for f in full.values()]
     print(f"{table.name}, {args.configs} configs: {len(configs)}; full runs {sum(full_seconds) / 60:.1f} min")
     lines = ["| rule | metric | Pearson | Spearman | n | examples share | seconds share | proxy min |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    table_rows = {config_key(r["params"]): r for r in table.rows}
     if args.no_train:  # compare rules on the same configs: those that every trained rule has finished
         configs = [p for p in configs if all(runs.get("proxy", t, p) for t in args.rule if t != "table")]
     for text in args.rule:
-        if text == "table":  # the table's own proxy runs (its recipe: one epoch of its proxy fraction), no training
-            examples = round(bench.spec.proxy_fraction * len(bench.setup.splits.train)) * bench.spec.epochs
-            done = [{"params": p, "metric": table_rows[config_key(p)]["metric"],
-                     "eval_loss": table_rows[config_key(p)].get("eval_loss"), "examples_seen": examples,
-                     "seconds": table_rows[config_key(p)]["train_seconds"]} for p in configs]
-            rule = None
-        else:
-            rule = parse_rule(text)
-            done = []
-        for i, params in enumerate(configs if rule else [], 1):
-            row = runs.get("proxy", text, params)
-            if row is None and ((i - 1) % shards != shard or args.no_train):
-                continue
-            if row is None:
-                settings, rows = bench.proxy_settings(rule, params)
-                row = {"kind": "proxy", "rule": text, "params": params, "rows": len(rows),
-                       **bench.run(params, rows, settings)}
-                runs.add(row)
-                print(f"{text} {i}/{len(configs)}: {row['metric']} {row['seconds']:.0f} s {params}", flush=True)
-            done.append(row)
-        if shards > 1 or not done:
-            continue
-        shares = [r.get("examples_seen", 0) / full_examples for r in done]
-        seconds = sum(r["seconds"] for r in done)
-        done_full = [full[config_key(r["params"])] for r in done]
-        full_done_seconds = sum(f.get("seconds", f.get("train_seconds")) for f in done_full)
-        candidates = [(table.metric_name, [r["metric"] for r in done])]
-        if table.metric_name != "eval_loss":  # the validation loss next to the task metric (ranked: lower is better)
-            candidates.append(("eval_loss", [None if r["eval_loss"] is None else -sign * r["eval_loss"]
-                                             for r in done]))
-        for metric, values in candidates:
-            full_done = [full.get(config_key(r["params"]), {}).get("metric") for r in done]
-            pearson, spearman, n = correlations(values, full_done)
-            lines.append(f"| {text} | {metric} | {pearson:.3f} | {spearman:.3f} | {n} | {np.mean(shares):.1%} "
-                         f"(max {max(shares):.0%}) | {seconds / full_done_seconds:.1%} | {seconds / 60:.1f} |")
-    if shards == 1:
+        done = proxy_runs(args, text, configs, bench, runs)
+        if args.shards == 1 and done:
+            lines += rule_lines(text, done, full, bench)
+    if args.shards == 1:
         print("\n".join(lines))
 
 

@@ -3,12 +3,10 @@
 The public API is imported lazily so that ``lmtune --help`` does not load torch.
 """
 
-from importlib import import_module
-from typing import Any
-
+from lmtune._lazy import lazy_exports
 from lmtune.version import __version__
 
-_EXPORTS = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "tune_lora": "lmtune.lora.tune",
     "LoraRunConfig": "lmtune.lora.config",
     "LoraResult": "lmtune.lora.tune",
@@ -33,12 +31,5 @@ _EXPORTS = {
     "load_dataset": "lmtune.finetune.data",
     "InputError": "lmtune.errors",
     "TrialFailed": "lmtune.errors",
-}
-
-__all__ = [*_EXPORTS, "__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lmtune' has no attribute {name!r}")
+})
+__all__ = [*__all__, "__version__"]

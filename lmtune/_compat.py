@@ -117,9 +117,9 @@ def stale_retry_of(trial: FrozenTrial) -> int | None:
 
 # -- transformers ------------------------------------------------------------------------------------------
 # lmtune's frozen encoder feeds fixed keys/values to a model through a cache layer that never grows
-# (``lmtune.llm.embeddings``), and its local generator steps a KV cache by hand. transformers 5 renamed the
-# forward argument ``past_key_values`` to ``cache`` (the old name still works with a FutureWarning) and its
-# outputs' field likewise.
+# (``lmtune.samplers.language_bo.encoder``), and its local generator steps a KV cache by hand. transformers 5
+# renamed the forward argument ``past_key_values`` to ``cache`` (the old name still works with a FutureWarning)
+# and its outputs' field likewise.
 
 
 def cache_classes() -> tuple[type, type]:
@@ -193,3 +193,18 @@ def unload_adapter(peft_model: Any) -> Any:
     for name, module in originals.items():
         base.set_submodule(name, module)
     return base
+
+
+# -- BoTorch -------------------------------------------------------------------------------------------------
+# Language-BO scores a whole pool with the fitted GP's posterior written out in closed form (one Cholesky factor
+# for tens of thousands of candidates), so it needs log EI as a function of the standardized improvement alone.
+# BoTorch computes exactly that inside ``LogExpectedImprovement`` with a private helper.
+
+
+def log_ei(u: Any) -> Any:
+    """log(φ(u) + u Φ(u)) of a float tensor: log Expected Improvement per unit of posterior σ at standardized
+    improvement u, accurate far into negative u where EI itself underflows ("Unexpected Improvements to Expected
+    Improvement for Bayesian Optimization", Ament et al., NeurIPS 2023). BoTorch's ``_log_ei_helper``."""
+    from botorch.acquisition.analytic import _log_ei_helper
+
+    return _log_ei_helper(u)

@@ -82,3 +82,5 @@ CONSTANT_SCORE = "constant_score"
 GRID_INDEX = "grid_index"
 #: The config a language-BO trial chose, tentative then final, before its parameters are written.
 LANGUAGE_BO_CLAIM = "lmtune:language_bo_config"
+#: The same claim for the samplers ``DistinctSampler`` wraps, and for ``AgentSampler``.
+DISTINCT_CLAIM = "lmtune:distinct_config"

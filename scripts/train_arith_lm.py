@@ -17,7 +17,6 @@ success rate and cost of decoding, and LoRA fine-tuning on harder problems has s
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -25,12 +24,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+from _tiny_lm import padded, tiny_llama, train, training_parser
 
 from lmtune.arithmetic import is_correct, make_problems, make_tokenizer
-
-IGNORE = -100
 
 
 def training_rows(count: int, seed: int) -> list[dict[str, str]]:
@@ -39,20 +35,6 @@ def training_rows(count: int, seed: int) -> list[dict[str, str]]:
     rows += make_problems(count - len(rows), op="-", digits=2, seed=seed + 1)
     random.Random(seed).shuffle(rows)
     return rows
-
-
-def encode(rows, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input ids and labels that score only the answer and its end token."""
-    ids, labels = [], []
-    for row in rows:
-        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        answer = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids.append(prompt + answer)
-        labels.append([IGNORE] * len(prompt) + answer)
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    return (torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
-            torch.tensor([y + [IGNORE] * (width - len(y)) for y in labels]))
 
 
 @torch.no_grad()
@@ -69,13 +51,8 @@ def greedy_accuracy(model, tokenizer, rows, max_new_tokens: int = 6) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2500)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=Path("lmtune/models/arith-lm"))
+    parser = training_parser(__doc__.splitlines()[0], steps=2500, batch_size=128, threads=2,
+                             output="lmtune/models/arith-lm")
     parser.add_argument("--hidden-size", type=int, default=128, help="width; heads = width / 32")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--checkpoints", default="", help="steps at which to save <output>-step<N> as well")
@@ -85,38 +62,27 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     tokenizer = make_tokenizer()
-    heads = max(1, args.hidden_size // 32)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size,
-                         intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=32,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tokenizer, hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size,
+                       layers=args.layers, heads=max(1, args.hidden_size // 32), positions=32)
     rows = training_rows(args.steps * args.batch_size, args.seed)
     held_out = make_problems(500, op="+", digits=3, min_digits=3, seed=10_000 + args.seed)
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.steps // 20, args.steps)
     started = time.perf_counter()
-    model.train()
-    for step in range(1, args.steps + 1):
-        ids, labels = encode(rows[(step - 1) * args.batch_size: step * args.batch_size], tokenizer)
-        logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id)).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                               ignore_index=IGNORE)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+
+    def batch(step: int):
+        chunk = rows[(step - 1) * args.batch_size: step * args.batch_size]
+        return padded([(r["prompt"], r["response"]) for r in chunk], tokenizer)
+
+    def after_step(step: int, loss: float) -> None:
         if step % 250 == 0 or step == args.steps:
             accuracy = greedy_accuracy(model, tokenizer, held_out[:200])
-            print(f"step {step}/{args.steps} loss {loss.item():.4f} greedy 3-digit addition {accuracy:.3f} "
+            print(f"step {step}/{args.steps} loss {loss:.4f} greedy 3-digit addition {accuracy:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
         if step in checkpoints and step != args.steps:
-            save(model, tokenizer, args, step, loss.item(), time.perf_counter() - started, held_out,
+            save(model, tokenizer, args, step, loss, time.perf_counter() - started, held_out,
                  args.output.with_name(f"{args.output.name}-step{step}"))
-    save(model, tokenizer, args, args.steps, loss.item(), time.perf_counter() - started, held_out, args.output)
+
+    loss = train(model, tokenizer, steps=args.steps, lr=args.lr, batch=batch, after_step=after_step)
+    save(model, tokenizer, args, args.steps, loss, time.perf_counter() - started, held_out, args.output)
 
 
 def save(model, tokenizer, args, step: int, loss: float, seconds: float, held_out, output: Path) -> None:

@@ -117,3 +117,15 @@ def test_discard_session_frees_a_lock_an_interrupted_query_left(tmp_path):
     assert optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{path}").user_attrs == {
         "before": 1, "after": 2}
     discard_session(optuna.create_study())  # in-memory storage: nothing to drop
+
+
+def test_log_ei_is_log_expected_improvement_where_ei_itself_underflows():
+    """BoTorch's helper against 50-digit arithmetic, from u = -1e4 (EI underflows to 0 in float64 below about
+    u = -38) to u = 30, across its branch at u = -1."""
+    import mpmath
+
+    u = [-1e4, -300.0, -40.0, -10.0, -1.0 - 1e-9, -1.0, -1.0 + 1e-9, -0.5, 0.0, 0.5, 3.0, 30.0]
+    with mpmath.workdps(50):
+        exact = [float(mpmath.log(mpmath.npdf(x) + x * mpmath.ncdf(x))) for x in u]
+    ours = _compat.log_ei(torch.tensor(u, dtype=torch.float64))
+    assert torch.allclose(ours, torch.tensor(exact, dtype=torch.float64), rtol=1e-12, atol=0)

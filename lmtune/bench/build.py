@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.bench.config import BuildTableConfig
+from lmtune.bench.specs import TableSpec, load_table_spec
 from lmtune.bench.table import Table
-from lmtune.bench.tables import TableSpec, load_table_spec
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.finetune.data import DatasetSplits, load_dataset

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, LANGUAGE_BO_PLUS, SAMPLERS
+from lmtune.samplers.registry import REGISTRY, SAMPLERS
 
-#: Methods ``bench samplers`` replays: lmtune's samplers, the language-BO ablations and NOMAD (PyNomadBBO).
-METHODS = (*SAMPLERS, "nomad", *(name for name in (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS) if name not in SAMPLERS))
+#: Methods ``bench samplers`` replays: lmtune's samplers, NOMAD (PyNomadBBO) and the language-BO ablations.
+METHODS = (*SAMPLERS, "nomad", *(name for name in REGISTRY if name not in SAMPLERS))
 
 
 class BuildTableConfig(BaseModel):

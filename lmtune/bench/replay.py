@@ -24,14 +24,18 @@ from lmtune.bench.table import Table
 from lmtune.errors import InputError, TrialFailed
 from lmtune.runtime.status import agent_summary
 from lmtune.runtime.study import name_metrics
-from lmtune.samplers.registry import LANGUAGE_BO_ABLATIONS, LANGUAGE_BO_PLUS, TRANSFER_SAMPLERS, make_sampler
+from lmtune.samplers.registry import (
+    LANGUAGE_BO_ABLATIONS,
+    LANGUAGE_BO_PLUS,
+    POOL_SAMPLERS,
+    TRANSFER_SAMPLERS,
+    make_sampler,
+)
 
 if TYPE_CHECKING:
     from lmtune.samplers.language_bo.transfer import TransferSource
 
 STARTUP_TRIALS = 5  # random trials before every model-based method, the same for all
-#: Methods that rank the table's grid as a pool of configs (the others see integer-coded variables).
-POOL_METHODS = (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS)
 
 
 @dataclass
@@ -97,7 +101,7 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
     values: list[float | None] = []
 
     def suggest(trial: optuna.Trial) -> dict[str, Any]:
-        if method in POOL_METHODS or method == "agent":
+        if method in POOL_SAMPLERS or method == "agent":  # the others see integer-coded variables
             return table.grid.suggest(trial)
         return {p.name: p.values()[trial.suggest_int(p.name, 0, len(p.values()) - 1)] for p in params}
 

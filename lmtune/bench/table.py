@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.stats
 
+from lmtune.correlation import correlate, finished_pairs
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.space import SearchSpace, config_key
@@ -83,21 +83,17 @@ class Table:
     def summary(self) -> dict[str, Any]:
         """Counts, best/worst/spread of the metric, train time and the proxy-to-full correlation."""
         values = self.metrics()
-        pairs = [(r["metric"], r["full"]["metric"]) for r in self.rows
-                 if r.get("full") and r["metric"] is not None and r["full"]["metric"] is not None]
-        pearson = spearman = None
-        if len(pairs) >= 3:
-            proxy, full = np.array(pairs).T
-            if np.ptp(proxy) > 0 and np.ptp(full) > 0:
-                pearson = float(np.corrcoef(proxy, full)[0, 1])
-                spearman = float(scipy.stats.spearmanr(proxy, full).statistic)
+        with_full = [r for r in self.rows if r.get("full")]
+        proxy, full = [r["metric"] for r in with_full], [r["full"]["metric"] for r in with_full]
+        correlation = correlate(proxy, full)
         return {
             "configs": len(self.rows), "grid": self.grid.pool_size, "failed": len(self.rows) - len(values),
             "metric": self.metric_name, "best": self.best, "worst": self.worst, "spread": self.best - self.worst,
             "median": float(np.median(values)), "std": float(values.std()),
             "top1pct_threshold": self.top_threshold(0.01),
             "train_hours": sum(r["train_seconds"] for r in self.rows) / 3600,
-            "full_runs": len(pairs), "proxy_full_pearson": pearson, "proxy_full_spearman": spearman,
+            "full_runs": len(finished_pairs(proxy, full)), "proxy_full_pearson": correlation["pearson"],
+            "proxy_full_spearman": correlation["spearman"],
         }
 
     def top_threshold(self, fraction: float) -> float:

@@ -4,33 +4,25 @@ Names are imported on first use so that ``lmtune.finetune.hparams`` and the CLI 
 torch and transformers.
 """
 
-from importlib import import_module
+from lmtune._lazy import lazy_exports
 
-_EXPORTS = {
-    "DatasetSplits": "data",
-    "load_dataset": "data",
-    "proxy_subset": "data",
-    "LoraHyperparams": "hparams",
-    "build_peft_model": "peft_model",
-    "prepare_base": "peft_model",
-    "attach_adapter": "peft_model",
-    "ReusableBase": "reuse",
-    "choose_precision": "device",
-    "resolve_device": "device",
-    "default_encoder_path": "peft_model",
-    "save_adapter": "peft_model",
-    "TrainResult": "train",
-    "TrainSettings": "train",
-    "train_and_evaluate": "train",
-    "LoraObjective": "objective",
-    "ProxyPlan": "proxy",
-    "plan_proxy": "proxy",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "DatasetSplits": ".data",
+    "load_dataset": ".data",
+    "proxy_subset": ".data",
+    "LoraHyperparams": ".hparams",
+    "build_peft_model": ".peft_model",
+    "prepare_base": ".peft_model",
+    "attach_adapter": ".peft_model",
+    "ReusableBase": ".reuse",
+    "choose_precision": ".device",
+    "resolve_device": ".device",
+    "default_encoder_path": ".peft_model",
+    "save_adapter": ".peft_model",
+    "TrainResult": ".train",
+    "TrainSettings": ".train",
+    "train_and_evaluate": ".train",
+    "LoraObjective": ".objective",
+    "ProxyPlan": ".proxy",
+    "plan_proxy": ".proxy",
+})

@@ -4,28 +4,20 @@ Generation" (arXiv:2402.11251): label each input's best decoding, learn to choos
 Names are imported on first use so that the CLI starts without loading torch.
 """
 
-from importlib import import_module
+from lmtune._lazy import lazy_exports
 
-_EXPORTS = {
-    "HagLabelConfig": "config",
-    "HagTrainConfig": "config",
-    "HagEvaluateConfig": "config",
-    "load_task": "task",
-    "Decoding": "space",
-    "DecodingSpace": "space",
-    "SearchSettings": "search",
-    "search_input": "search",
-    "label_task": "labels",
-    "train_hag": "learners",
-    "HagModel": "generation",
-    "TwoStageGenerator": "generation",
-    "evaluate_hag": "evaluate",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "HagLabelConfig": ".config",
+    "HagTrainConfig": ".config",
+    "HagEvaluateConfig": ".config",
+    "load_task": ".task",
+    "Decoding": ".space",
+    "DecodingSpace": ".space",
+    "SearchSettings": ".search",
+    "search_input": ".search",
+    "label_task": ".labels",
+    "train_hag": ".learners",
+    "HagModel": ".generation",
+    "TwoStageGenerator": ".generation",
+    "evaluate_hag": ".evaluate",
+})

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import optuna
-import scipy.stats
 
+from lmtune.correlation import correlate
 from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
@@ -75,15 +75,6 @@ def sample_configs(space: SearchSpace, count: int, seed: int) -> list[dict[str, 
         if config not in configs:
             configs.append(config)
     return configs
-
-
-def correlate(proxy: list[float | None], full: list[float | None], sign: float = 1.0) -> dict[str, float | None]:
-    """Pearson and Spearman of ``sign * proxy`` with ``full`` over the pairs both runs finished."""
-    pairs = np.array([(sign * p, f) for p, f in zip(proxy, full, strict=True) if p is not None and f is not None])
-    if len(pairs) < 3 or np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
-        return {"pearson": None, "spearman": None}
-    return {"pearson": float(np.corrcoef(pairs.T)[0, 1]),
-            "spearman": float(scipy.stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic)}
 
 
 def proxy_check(cfg: LoraRunConfig, configs: int = 8) -> ProxyCheckResult:

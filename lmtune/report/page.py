@@ -1,19 +1,21 @@
 """One self-contained HTML page per study: plotly.js inline, every figure and table on one page, no network.
 
 Works on any lmtune study (``lmtune lora``, ``lmtune infer``, benchmark tables) and on plain Optuna studies:
-what a study is comes from the attributes lmtune stores (``lmtune.attrs``).
+what a study is comes from the attributes lmtune stores (``lmtune.attrs``). This module gathers what the page
+says; ``templates/page.html.j2`` (jinja2, every value escaped) lays it out.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import optuna
 import plotly.io as pio
+from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
@@ -29,17 +31,12 @@ from lmtune.version import __version__
 INFER_ATTR = "lmtune_infer"
 #: Each figure's container carries this class; a report test checks that every one rendered.
 FIGURE_CLASS = "lmtune-figure"
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:16px 24px;
-color:#222;background:#fff}
-h1{font-size:1.6em;margin-bottom:0.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
-.sub{color:#555;margin-top:0}.caption{color:#444;margin:0.3em 0}.flag{color:#b35900;font-weight:600}
-.none{color:#777;font-style:italic}
-table{border-collapse:collapse;font-size:0.88em;margin:0.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;
-text-align:left;vertical-align:top}th{background:#f4f4f4}tr.best td{background:#fff3e0}
-.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px}
-.card b{display:block;font-size:1.3em}code{background:#f4f4f4;padding:0 3px}
-"""
+KINDS = {"lora": "LoRA search (lmtune lora)", "infer": "decoding search under a cost budget (lmtune infer)",
+         "table": "benchmark table (lmtune bench build-table)", "optuna": "Optuna study"}
+#: StrictUndefined: a name the template misspells fails the page instead of printing nothing.
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("lmtune.report", "templates"), autoescape=True,
+                                trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+_TEMPLATES.filters["fmt"] = format  # {{ value|fmt(".4f") }}: Python's format spec
 
 
 def study_kind(study: optuna.Study) -> str:
@@ -86,11 +83,45 @@ def build_page(study: optuna.Study) -> tuple[str, int]:
     counted = sorted(counted_trials(study), key=lambda t: t.number)
     best = _best(study)
     infer = study.user_attrs.get(INFER_ATTR) or {}
-    parts = [_header(study, kind, metric, counted, best, constant, maximize)]
-    sentences = trajectory_sentences(study)
-    if sentences:
-        parts.append("<h2>What the study learned</h2><ul>" + "".join(f"<li>{_e(s)}</li>" for s in sentences)
-                     + "</ul>")
+    panels = _figures(study, kind, metric, constant, maximize, infer)
+    failures = _failures(counted)
+    page = _TEMPLATES.get_template("page.html.j2").render(
+        study_name=study.study_name, kind=KINDS[kind], metric=metric, maximize=maximize,
+        cards=[("trials", len(counted))] + [(name.lower(), n) for name, n in sorted(
+            Counter(t.state.name for t in counted).items())],
+        best=best, best_params={k: _fmt(v) for k, v in readable_params(study, best).items()} if best else {},
+        best_learned_nothing=learned_nothing(constant, best, maximize) if best else None,
+        lora=_lora_facts(study.user_attrs) if kind == "lora" else None, infer=infer,
+        spent=sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False)),
+        optimization_budget=study.user_attrs.get(attrs.OPTIMIZATION_BUDGET), constant=constant,
+        sentences=trajectory_sentences(study), figures=panels, figure_class=FIGURE_CLASS,
+        failures=failures, failure_reasons=Counter(str(r[2]).split(":")[0] for r in failures).most_common(),
+        columns=["trial", "state", metric, *_param_names(counted), "seconds", "note"],
+        rows=_trial_rows(study, counted, best, constant, maximize),
+        plotly_js=Markup(_plotly_js()), version=__version__, plotly_version=_plotly_version())
+    return page, sum(f["html"] is not None for f in panels)
+
+
+def write_report(study: optuna.Study, path: str | Path) -> Path:
+    """Write the study's report page to ``path`` (atomically); returns the path."""
+    page, _ = build_page(study)
+    return write_atomic(Path(path), page)
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial; for an inference study the best within its per-instance budget."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    budget = (study.user_attrs.get(INFER_ATTR) or {}).get("inference_budget")
+    if budget is not None:
+        trials = [t for t in trials if t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= budget]
+        return max(trials, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number), default=None)
+    if not trials:
+        return None
+    return study.best_trial
+
+
+def _figures(study, kind, metric, constant, maximize, infer) -> list[dict[str, Any]]:
+    """Each figure's title, caption and HTML (None, with why, where the study cannot draw it)."""
     scored = "the tuning split" if kind == "infer" else "the validation split"
     floor = " The dotted line is what one constant answer scores." if constant else ""
     built = [("Best so far", f"Each dot is one trial's {metric} on {scored}; the line is the best so far.{floor}",
@@ -112,123 +143,56 @@ def build_page(study: optuna.Study) -> tuple[str, int]:
                figures.importances(study, metric)),
               ("Parallel coordinates", f"Each completed trial is a line through its parameter values to its {metric} "
                "(darker is higher).", figures.parallel_coordinates(study, metric, labels if infer else None))]
-    count = 0
-    for title, caption, (fig, why) in built:
-        parts.append(f"<h2>{_e(title)}</h2>")
-        if fig is None:
-            parts.append(f'<p class="none">No figure: {_e(why)}.</p>')
-            continue
-        parts.append(f"<p class='caption'>{_e(caption)}</p>")
-        count += 1
-        div = pio.to_html(fig, full_html=False, include_plotlyjs=False,
-                          config={"displaylogo": False, "responsive": True})
-        parts.append(f'<div class="{FIGURE_CLASS}">{div}</div>')
-    parts.append(_failures(study, counted))
-    parts.append(_trials_table(study, counted, best, metric, constant, maximize))
-    title = f"lmtune report: {study.study_name}"
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-            f"<style>{STYLE}</style><script>{_plotly_js()}</script></head><body>" + "\n".join(parts)
-            + f"<p class='sub'>Written by lmtune {__version__} with plotly {_plotly_version()}.</p></body></html>\n")
-    return page, count
+    return [{"title": title, "caption": caption, "why": why,
+             "html": None if fig is None else Markup(pio.to_html(
+                 fig, full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True}))}
+            for title, caption, (fig, why) in built]
 
 
-def write_report(study: optuna.Study, path: str | Path) -> Path:
-    """Write the study's report page to ``path`` (atomically); returns the path."""
-    page, _ = build_page(study)
-    return write_atomic(Path(path), page)
+def _lora_facts(user: dict[str, Any]) -> dict[str, Any]:
+    return {"model": user.get("model"), "data": user.get("dataset"), "proxy": _proxy_words(user),
+            "seed": user.get("seed")}
 
 
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial; for an inference study the best within its per-instance budget."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    budget = (study.user_attrs.get(INFER_ATTR) or {}).get("inference_budget")
-    if budget is not None:
-        trials = [t for t in trials if t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= budget]
-        return max(trials, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number), default=None)
-    if not trials:
-        return None
-    return study.best_trial
-
-
-def _header(study, kind, metric, counted, best, constant, maximize) -> str:
-    kinds = {"lora": "LoRA search (lmtune lora)", "infer": "decoding search under a cost budget (lmtune infer)",
-             "table": "benchmark table (lmtune bench build-table)", "optuna": "Optuna study"}
-    states = Counter(t.state.name for t in counted)
-    direction = "higher is better" if maximize else "lower is better"
-    cards = [("trials", len(counted))] + [(name.lower(), n) for name, n in sorted(states.items())]
-    out = [f"<h1>{_e(study.study_name)}</h1>",
-           f"<p class='sub'>{_e(kinds[kind])}; metric <b>{_e(metric)}</b> ({direction})</p>",
-           "<div class='cards'>" + "".join(f"<div class='card'>{_e(k)}<b>{v}</b></div>" for k, v in cards)]
-    if best is not None:
-        out.append(f"<div class='card'>best {_e(metric)}<b>{best.value:.4f}</b>trial {best.number}</div>")
-    out.append("</div>")
-    infer = study.user_attrs.get(INFER_ATTR) or {}
-    facts = []
-    if kind == "lora":
-        data = study.user_attrs.get("dataset")
-        user = study.user_attrs
-        facts.append(f"model <code>{_e(user.get('model'))}</code>" + (f", data <code>{_e(data)}</code>" if data else "")
-                     + f", proxy {_e(_proxy_words(user))}, seed {user.get('seed')}")
-    if infer:
-        spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
-        facts.append(f"task <code>{_e(infer.get('task'))}</code>, models {_e(', '.join(infer.get('models', [])))}, "
-                     f"per-instance budget {infer.get('inference_budget')}, spent {spent:.4g} of "
-                     f"{study.user_attrs.get(attrs.OPTIMIZATION_BUDGET)}")
-    if constant:
-        facts.append(f"trials at or below {constant['value']:.4f} are flagged "
-                     f"<span class='flag'>{_e(constant.get('label', 'learned nothing'))}</span>"
-                     + (f": {_e(constant['what'])}" if constant.get("what") else ""))
-    if best is not None:
-        nothing = learned_nothing(constant, best, maximize)
-        if nothing:
-            facts.append(f"<span class='flag'>the best trial {_e(nothing)}</span>")
-        facts.append("best config: " + ", ".join(f"<code>{_e(k)}={_e(_fmt(v))}</code>"
-                                                 for k, v in readable_params(study, best).items()))
-    else:
-        facts.append("<span class='flag'>no trial completed" + (" within the per-instance budget" if infer else "")
-                     + "</span>")
-    return "\n".join(out) + "<ul>" + "".join(f"<li>{f}</li>" for f in facts) + "</ul>"
-
-
-def _failures(study, counted) -> str:
+def _failures(counted: list[FrozenTrial]) -> list[tuple[int, str, Any]]:
+    """(number, state, reason) of every FAIL and PRUNED trial."""
     rows = []
     for t in counted:
         if t.state == TrialState.FAIL:
             rows.append((t.number, "FAIL", describe_failure(t)))
         elif t.state == TrialState.PRUNED:
-            reason = t.user_attrs.get(attrs.INFEASIBLE) or t.user_attrs.get(attrs.FAIL_REASON) or "pruned"
-            rows.append((t.number, "PRUNED", reason))
-    if not rows:
-        return "<h2>Failures</h2><p class='none'>No trial failed or was pruned.</p>"
-    reasons = Counter(str(r[2]).split(":")[0] for r in rows)
-    summary = ", ".join(f"{n} x {_e(reason)}" for reason, n in reasons.most_common())
-    body = "".join(f"<tr><td>{n}</td><td>{s}</td><td>{_e(str(r))}</td></tr>" for n, s, r in rows)
-    return (f"<h2>Failures</h2><p>{len(rows)} trial(s) without a score: {summary}.</p>"
-            f"<table><tr><th>trial</th><th>state</th><th>reason</th></tr>{body}</table>")
+            rows.append((t.number, "PRUNED", _pruned_reason(t)))
+    return rows
 
 
-def _trials_table(study, counted, best, metric, constant, maximize) -> str:
-    names = list(dict.fromkeys(n for t in counted for n in t.params))
-    head = "".join(f"<th>{_e(n)}</th>" for n in ["trial", "state", metric, *names, "seconds", "note"])
+def _pruned_reason(trial: FrozenTrial) -> Any:
+    return trial.user_attrs.get(attrs.INFEASIBLE) or trial.user_attrs.get(attrs.FAIL_REASON) or "pruned"
+
+
+def _param_names(counted: list[FrozenTrial]) -> list[str]:
+    return list(dict.fromkeys(n for t in counted for n in t.params))
+
+
+def _trial_rows(study, counted, best, constant, maximize) -> list[dict[str, Any]]:
+    """Each trial's cells (number, state, value, parameters, seconds), its note and whether it is flagged."""
+    names = _param_names(counted)
     rows = []
     for t in counted:
         params = readable_params(study, t)
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else None
-        note = learned_nothing(constant, t, maximize) or (describe_failure(t) if t.state == TrialState.FAIL else "")
+        nothing = learned_nothing(constant, t, maximize)
+        note = nothing or (describe_failure(t) if t.state == TrialState.FAIL else "")
         if t.state == TrialState.PRUNED:
-            note = t.user_attrs.get(attrs.INFEASIBLE) or t.user_attrs.get(attrs.FAIL_REASON) or "pruned"
+            note = _pruned_reason(t)
         cost = t.user_attrs.get(attrs.COST_PER_INSTANCE)
         if isinstance(cost, int | float):
             note = f"{cost:.3g}/instance" + (f"; {note}" if note else "")
         value = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else ""
-        cells = [str(t.number), t.state.name, value, *(_fmt(params.get(n, "")) for n in names),
-                 "" if seconds is None else f"{seconds:.1f}", note or ""]
-        css = " class='best'" if best is not None and t.number == best.number else ""
-        flag = " class='flag'" if learned_nothing(constant, t, maximize) else ""
-        rows.append(f"<tr{css}>" + "".join(f"<td>{_e(c)}</td>" for c in cells[:-1])
-                    + f"<td{flag}>{_e(cells[-1])}</td></tr>")
-    return f"<h2>Trials</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
+        rows.append({"cells": [str(t.number), t.state.name, value, *(_fmt(params.get(n, "")) for n in names),
+                               "" if seconds is None else f"{seconds:.1f}"],
+                     "note": note or "", "best": best is not None and t.number == best.number, "flag": bool(nothing)})
+    return rows
 
 
 def _fmt(value: Any) -> str:
@@ -237,10 +201,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value)
     return str(value)
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
 
 
 def _plotly_js() -> str:

@@ -29,8 +29,6 @@ from lmtune.space import SearchSpace
 
 #: Whole configs asked of the base sampler before a uniform draw among the free ones.
 ATTEMPTS = 4
-#: The claim mark of samplers wrapped here (language-BO keeps its own).
-CLAIM = "lmtune:distinct_config"
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +53,7 @@ class DistinctSampler(BaseSampler):
         self.space = space
         self.attempts = attempts
         self._seed = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-        self._claims = PoolClaims(space, key=CLAIM)
+        self._claims = PoolClaims(space, key=attrs.DISTINCT_CLAIM)  # language-BO keeps its own
         self._bases: dict[int, BaseSampler] = {}
 
     def _base(self, trial: FrozenTrial) -> BaseSampler:

@@ -11,6 +11,7 @@ those are the baselines a user already has.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -19,34 +20,62 @@ from optuna.samplers import BaseSampler
 from lmtune.errors import InputError
 from lmtune.space import SearchSpace
 
-#: Every sampler name lmtune accepts, with what it is (the CLI's help text).
-SAMPLERS: dict[str, str] = {
-    "random": "uniform random configs (Optuna's RandomSampler)",
-    "tpe": "Tree-structured Parzen Estimator (Optuna's TPESampler)",
-    "gp": "Gaussian process with log EI on the numbers (Optuna's GPSampler)",
-    "botorch": "BoTorch qLogEI through optuna-integration's BoTorchSampler",
-    "language-bo": "language-aided BO: configs as text, embedded by a frozen LM, deep-kernel GP",
-    "agent": "a language model at --endpoint proposes configs from a summary of the study (TPE fallback)",
-    "language-bo+": "language-BO with a numeric kernel beside the text one, memory of past studies "
-                    "(--transfer-from) and a space-filling start",
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """One sampler name: its family (how ``make_sampler`` builds it), its options for that family, the CLI's help
+    text for the names ``--sampler`` offers (None: a benchmark ablation), and whether it uses transferred
+    observations (``transfer=``; ``--transfer-from``)."""
+
+    family: str  # "optuna", "language-bo" (the paper's sampler), "language-bo+" or "agent"
+    options: dict[str, Any] = field(default_factory=dict)
+    help: str | None = None
+    transfer: bool = False
+
+
+#: Every sampler name lmtune knows, once. The language-BO paper's Table 6 ablations are cumulative: none,
+#: +projection, +domain prompt, +token; ``language-bo+`` and each of its three ideas alone on top of the paper's
+#: sampler (``language_bo.plus``).
+REGISTRY: dict[str, SamplerEntry] = {
+    "random": SamplerEntry("optuna", help="uniform random configs (Optuna's RandomSampler)"),
+    "tpe": SamplerEntry("optuna", help="Tree-structured Parzen Estimator (Optuna's TPESampler)"),
+    "gp": SamplerEntry("optuna", help="Gaussian process with log EI on the numbers (Optuna's GPSampler)"),
+    "botorch": SamplerEntry("optuna", help="BoTorch qLogEI through optuna-integration's BoTorchSampler"),
+    "language-bo": SamplerEntry(
+        "language-bo", {"template": "domain", "use_projection": True, "use_learnable_token": True},
+        help="language-aided BO: configs as text, embedded by a frozen LM, deep-kernel GP"),
+    "language-bo-no-token": SamplerEntry(
+        "language-bo", {"template": "domain", "use_projection": True, "use_learnable_token": False}),
+    "language-bo-plain": SamplerEntry(
+        "language-bo", {"template": "plain", "use_projection": True, "use_learnable_token": False}),
+    "language-bo-none": SamplerEntry(
+        "language-bo", {"template": "plain", "use_projection": False, "use_learnable_token": False}),
+    "agent": SamplerEntry(
+        "agent", help="a language model at --endpoint proposes configs from a summary of the study (TPE fallback)"),
+    "language-bo+": SamplerEntry(
+        "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False},
+        help="language-BO with a numeric kernel beside the text one, memory of past studies (--transfer-from) and a "
+             "space-filling start", transfer=True),
+    "language-bo+numeric": SamplerEntry("language-bo+", {"numeric": True, "start": "random"}),
+    "language-bo+transfer": SamplerEntry(
+        "language-bo+", {"numeric": False, "start": "random", "lbfgs": False}, transfer=True),
+    "language-bo+start": SamplerEntry("language-bo+", {"numeric": False, "start": "space-filling", "lbfgs": False}),
+    "language-bo+no-transfer": SamplerEntry(
+        "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False}),
 }
-#: The ablations of the language-BO paper's Table 6, cumulative: none, +projection, +domain prompt, +token.
+#: The names ``--sampler`` accepts, with what each is (the CLI's help text).
+SAMPLERS: dict[str, str] = {name: entry.help for name, entry in REGISTRY.items() if entry.help}
+#: The language-BO paper's sampler and its ablations, with their options.
 LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
-    "language-bo": {"template": "domain", "use_projection": True, "use_learnable_token": True},
-    "language-bo-no-token": {"template": "domain", "use_projection": True, "use_learnable_token": False},
-    "language-bo-plain": {"template": "plain", "use_projection": True, "use_learnable_token": False},
-    "language-bo-none": {"template": "plain", "use_projection": False, "use_learnable_token": False},
-}
-#: ``language-bo+`` and each of its three ideas alone on top of the paper's sampler (``language_bo.plus``).
+    name: entry.options for name, entry in REGISTRY.items() if entry.family == "language-bo"}
+#: ``language-bo+`` and its ablations, with their options.
 LANGUAGE_BO_PLUS: dict[str, dict[str, Any]] = {
-    "language-bo+": {"numeric": True, "start": "space-filling", "use_learnable_token": False},
-    "language-bo+numeric": {"numeric": True, "start": "random"},
-    "language-bo+transfer": {"numeric": False, "start": "random", "lbfgs": False},
-    "language-bo+start": {"numeric": False, "start": "space-filling", "lbfgs": False},
-    "language-bo+no-transfer": {"numeric": True, "start": "space-filling", "use_learnable_token": False},
-}
-#: The names that use transferred observations (``transfer=``; ``--transfer-from``).
-TRANSFER_SAMPLERS = ("language-bo+", "language-bo+transfer")
+    name: entry.options for name, entry in REGISTRY.items() if entry.family == "language-bo+"}
+#: The names that use transferred observations.
+TRANSFER_SAMPLERS = tuple(name for name, entry in REGISTRY.items() if entry.transfer)
+#: The names that rank a discrete space as a pool of configs (the others see one variable per parameter).
+POOL_SAMPLERS = (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS)
+
 PRUNERS: dict[str, str] = {
     "none": "no pruning",
     "median": "stop a trial below the median of earlier trials at the same step (after 5 trials)",

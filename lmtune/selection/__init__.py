@@ -7,29 +7,21 @@ LLM Selection" (the NTK term); lmtune's guard around AtS and the leave-one-datas
 Names are imported on first use so the CLI starts without scipy, torch or matplotlib.
 """
 
-from importlib import import_module
+from lmtune._lazy import lazy_exports
 
-_EXPORTS = {
-    "Curves": "curves", "load_curves": "curves", "save_curves": "curves",
-    "FitError": "laws", "PowerLaw": "laws", "VanillaLaw": "laws", "RectifiedLaw": "laws", "NTKLaw": "laws",
-    "transition_index": "ats", "ats_predict": "ats", "tail_median_predict": "ats",
-    "all_predictors": "predictors", "PROPOSED": "predictors", "DESIGNED": "predictors", "GuardedAtS": "predictors",
-    "Setting": "guard", "extrapolations": "guard", "choose_setting": "guard",
-    "leave_one_out": "protocol", "design_guard": "protocol", "design_file": "protocol",
-    "pearcorr": "metrics", "relacc": "metrics", "finetune_flops": "metrics",
-    "run_selection": "evaluate", "sweep": "evaluate",
-    "bench_select": "bench",
-    "select_models": "select", "choose_model": "select", "SelectResult": "select",
-    "SelectConfig": "config", "BenchSelectConfig": "config",
-    "ntk_term": "ntk",
-    "measure_curves": "measure",
-    "plot_curves": "plot",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "Curves": ".curves", "load_curves": ".curves", "save_curves": ".curves",
+    "FitError": ".laws", "PowerLaw": ".laws", "VanillaLaw": ".laws", "RectifiedLaw": ".laws", "NTKLaw": ".laws",
+    "transition_index": ".ats", "ats_predict": ".ats", "tail_median_predict": ".ats",
+    "all_predictors": ".predictors", "PROPOSED": ".predictors", "DESIGNED": ".predictors", "GuardedAtS": ".predictors",
+    "Setting": ".guard", "extrapolations": ".guard", "choose_setting": ".guard",
+    "leave_one_out": ".protocol", "design_guard": ".protocol", "design_file": ".protocol",
+    "pearcorr": ".metrics", "relacc": ".metrics", "finetune_flops": ".metrics",
+    "run_selection": ".evaluate", "sweep": ".evaluate",
+    "bench_select": ".bench",
+    "select_models": ".select", "choose_model": ".select", "SelectResult": ".select",
+    "SelectConfig": ".config", "BenchSelectConfig": ".config",
+    "ntk_term": ".ntk",
+    "measure_curves": ".measure",
+    "plot_curves": ".plot",
+})

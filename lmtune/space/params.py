@@ -7,7 +7,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 from optuna.distributions import (
@@ -65,9 +65,35 @@ class Categorical:
         return {"type": "categorical", "choices": list(self.choices)}
 
 
+class _Range:
+    """What ``Int`` and ``Float`` share: ``low`` to ``high``, on a log scale or with a step, as Optuna's int and
+    float distributions are."""
+
+    _DISTRIBUTION: ClassVar[type[IntDistribution] | type[FloatDistribution]]
+    _SUGGEST: ClassVar[str]  # the optuna.Trial method that suggests one
+    _NOUN: ClassVar[str]  # what ``describe`` calls a value
+    _PLAIN_STEP: ClassVar[int | None]  # the step ``describe`` need not mention
+
+    def _check_range(self) -> None:
+        if self.low > self.high:
+            raise InputError(self.name, f"low ({self.low}) is above high ({self.high})")
+
+    def distribution(self) -> BaseDistribution:
+        return self._DISTRIBUTION(self.low, self.high, log=self.log, step=self.step)
+
+    def suggest(self, trial: optuna.Trial) -> int | float:
+        return getattr(trial, self._SUGGEST)(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def describe(self) -> str:
+        scale = ", log scale" if self.log else (f", step {self.step}" if self.step != self._PLAIN_STEP else "")
+        return f"{self._NOUN} in [{self.low}, {self.high}]{scale}"
+
+
 @dataclass(frozen=True)
-class Int:
+class Int(_Range):
     """An integer range, optionally on a log scale or with a step."""
+
+    _DISTRIBUTION, _SUGGEST, _NOUN, _PLAIN_STEP = IntDistribution, "suggest_int", "an integer", 1
 
     name: str
     low: int
@@ -78,16 +104,9 @@ class Int:
     def __post_init__(self):
         if self.step < 1:
             raise InputError(self.name, f"step must be >= 1, got {self.step}")
-        if self.low > self.high:
-            raise InputError(self.name, f"low ({self.low}) is above high ({self.high})")
+        self._check_range()
         if self.log and (self.low < 1 or self.step != 1):
             raise InputError(self.name, "a log-scale int needs low >= 1 and step 1")
-
-    def distribution(self) -> BaseDistribution:
-        return IntDistribution(self.low, self.high, log=self.log, step=self.step)
-
-    def suggest(self, trial: optuna.Trial) -> int:
-        return trial.suggest_int(self.name, self.low, self.high, step=self.step, log=self.log)
 
     def values(self) -> tuple[int, ...]:
         return tuple(range(self.low, self.high + 1, self.step))
@@ -103,17 +122,15 @@ class Int:
     def canonical(self, value: Any) -> int:
         return int(value)
 
-    def describe(self) -> str:
-        scale = ", log scale" if self.log else (f", step {self.step}" if self.step != 1 else "")
-        return f"an integer in [{self.low}, {self.high}]{scale}"
-
     def to_dict(self) -> dict[str, Any]:
         return {"type": "int", "low": self.low, "high": self.high, "log": self.log, "step": self.step}
 
 
 @dataclass(frozen=True)
-class Float:
+class Float(_Range):
     """A real range, optionally on a log scale; with a step it is discrete."""
+
+    _DISTRIBUTION, _SUGGEST, _NOUN, _PLAIN_STEP = FloatDistribution, "suggest_float", "a number", None
 
     name: str
     low: float
@@ -127,16 +144,9 @@ class Float:
                              f"{self.step}")
         if self.step is not None and self.step <= 0:
             raise InputError(self.name, f"step must be > 0, got {self.step}")
-        if self.low > self.high:
-            raise InputError(self.name, f"low ({self.low}) is above high ({self.high})")
+        self._check_range()
         if self.log and (self.low <= 0 or self.step is not None):
             raise InputError(self.name, "a log-scale float needs low > 0 and no step")
-
-    def distribution(self) -> BaseDistribution:
-        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-
-    def suggest(self, trial: optuna.Trial) -> float:
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
     def values(self) -> tuple[float, ...]:
         if self.step is None:
@@ -156,10 +166,6 @@ class Float:
 
     def canonical(self, value: Any) -> float:
         return float(value)
-
-    def describe(self) -> str:
-        scale = ", log scale" if self.log else (f", step {self.step}" if self.step else "")
-        return f"a number in [{self.low}, {self.high}]{scale}"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high, "log": self.log}

@@ -11,8 +11,8 @@ import pytest
 from lmtune.bench.build import build_full_runs, build_table, choose_full_configs
 from lmtune.bench.compare import compare_samplers, summarize
 from lmtune.bench.replay import regret_curve, replay, trials_to_reach
+from lmtune.bench.specs import TableSpec
 from lmtune.bench.table import Table
-from lmtune.bench.tables import TableSpec
 from lmtune.errors import InputError
 from lmtune.finetune.data import load_dataset
 from lmtune.space import Categorical, SearchSpace, config_key

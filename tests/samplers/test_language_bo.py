@@ -13,8 +13,10 @@ from optuna.trial import TrialState
 
 from lmtune.errors import InputError
 from lmtune.llm import default_encoder_path
-from lmtune.llm.embeddings import FrozenEncoder, TextPool, shared_prefix
 from lmtune.samplers import LanguageBOSampler
+from lmtune.samplers.language_bo.acquisition import log_ei_scorer
+from lmtune.samplers.language_bo.embeddings import TextPool, shared_prefix
+from lmtune.samplers.language_bo.encoder import FrozenEncoder
 from lmtune.samplers.templates import Template, format_value
 from lmtune.space import Categorical, Float, Int, SearchSpace, load_space
 
@@ -221,7 +223,7 @@ def test_mll_training_improves_the_likelihood(encoders, tmp_path):
     fit = sampler.last_fit
     assert not fit.warm and fit.steps == 60
     assert fit.mll_after > fit.mll_before + 0.1
-    psi = sampler.surrogate.psi
+    psi = sampler.surrogate.text.psi
     assert not torch.allclose(psi, sampler.encoder.mean_token_embedding())  # ψ was trained too
 
 
@@ -231,18 +233,18 @@ def test_closed_form_log_ei_matches_botorch(encoders, tmp_path):
     sampler = make(encoders, tmp_path)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=6)
-    surrogate = sampler.surrogate
+    gp, text = sampler.surrogate.gp, sampler.surrogate.text
     observed = [SPACE.pool_index(t.params) for t in study.trials]
     y = torch.tensor([t.value for t in study.trials], dtype=torch.float64)
     y = (y - y.mean()) / y.std()
     with torch.no_grad():
-        surrogate.gp.eval()
-        surrogate.projection.eval()
-        z = surrogate.features(surrogate.embeddings(observed))
-        candidates = surrogate.features(surrogate.base[:20])
-        ours = surrogate.log_ei(z, y, 0.5)(candidates)
-        surrogate.gp.set_train_data(z, y, strict=False)
-        reference = LogExpectedImprovement(surrogate.gp, best_f=0.5)(candidates[:, None, :])
+        gp.eval()
+        text.projection.eval()
+        z = text.features(text.embeddings(observed))
+        candidates = text.features(text.base[:20])
+        ours = log_ei_scorer(gp, z, y, 0.5)(candidates)
+        gp.set_train_data(z, y, strict=False)
+        reference = LogExpectedImprovement(gp, best_f=0.5)(candidates[:, None, :])
     assert torch.allclose(ours, reference, atol=1e-6)
 
 
@@ -251,7 +253,7 @@ def test_cache_hit_skips_the_encoder(encoders, tmp_path):
     assert first.encoder.calls > 0
     again = make(encoders, tmp_path).prepare()
     assert again.encoder.calls == 0
-    assert torch.equal(again.surrogate.base, first.surrogate.base)
+    assert torch.equal(again.surrogate.text.base, first.surrogate.text.base)
     other_template = make(encoders, tmp_path, template="plain").prepare()
     assert other_template.encoder.calls > 0  # a different text is a different cache entry
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
@@ -305,8 +307,8 @@ def test_a_loaded_encoder_is_used_as_given_and_the_model_stays_on_the_cpu(encode
         study.optimize(objective, n_trials=6)
         runs.append(configs(study))
     assert runs[0] == runs[1] and given.encoder is encoder
-    surrogate = given.surrogate
-    assert given.text_pool.device == surrogate.device == surrogate.base.device == torch.device("cpu")
+    text = given.surrogate.text
+    assert given.text_pool.device == text.device == text.base.device == torch.device("cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -315,6 +317,6 @@ def test_on_a_cuda_encoder_the_pool_projection_and_gp_live_on_it(encoders, tmp_p
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=8)
     surrogate = sampler.surrogate
-    assert surrogate.base.device.type == "cuda" and surrogate.psi.device.type == "cuda"
-    assert {p.device.type for p in [*surrogate.gp.parameters(), *surrogate.projection.parameters()]} == {"cuda"}
+    assert surrogate.text.base.device.type == "cuda" and surrogate.text.psi.device.type == "cuda"
+    assert {p.device.type for p in [*surrogate.gp.parameters(), *surrogate.text.projection.parameters()]} == {"cuda"}
     assert len(set(configs(study))) == 8 and "rank_pool_s" in sampler.last_timings

@@ -7,6 +7,9 @@ BoTorch/GPyTorch fits.
 import gzip
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import optuna
@@ -17,9 +20,9 @@ import torch
 from lmtune.errors import InputError
 from lmtune.runtime.loop import run_trials
 from lmtune.runtime.study import open_study
-from lmtune.samplers.language_bo.combined import CombinedSurrogate, fit_lbfgs, make_gp
 from lmtune.samplers.language_bo.numeric import NumericFeatures, space_filling
 from lmtune.samplers.language_bo.plus import LanguageBOPlusSampler
+from lmtune.samplers.language_bo.surrogate import Surrogate
 from lmtune.samplers.language_bo.transfer import (
     check_compatible,
     load_source,
@@ -98,32 +101,26 @@ def test_the_space_filling_start_covers_every_parameter_and_follows_the_seed():
     assert spread(configs) >= spread(random) - 1e-9
 
 
+def held_out_rho(model: Surrogate, rest: list[int], truth: np.ndarray) -> float:
+    return scipy.stats.spearmanr(model.mean(rest).numpy(), truth[rest]).statistic
+
+
 def test_the_combined_kernel_recovers_a_numeric_objective_at_least_as_well_as_the_numeric_gp(encoders, tmp_path):
     """The text kernel is added with its own weight and kept only while it predicts left-out observations better,
     so the numbers are never lost: held-out rank correlation of the posterior mean with the truth, over three
     draws of 20 observations, is the numeric GP's or better (a tiny random encoder's text carries nothing here)."""
     truth = np.array([numeric_score({**SPACE.fixed, **SPACE.pool_config(i)}) for i in range(SPACE.pool_size)])
-    sampler = make(encoders, tmp_path).prepare()
-    pool = sampler._pool_x
     combined_rho, numeric_rho = [], []
     for draw in range(3):
         order = np.random.default_rng(draw).permutation(SPACE.pool_size)
         seen, rest = order[:20].tolist(), order[20:].tolist()
         y = torch.tensor((truth[seen] - truth[seen].mean()) / truth[seen].std())
-        numeric = make_gp(pool[seen], y, numeric_dims=list(range(pool.shape[1])))
-        fit_lbfgs(numeric, pool[seen], y)
-        numeric.eval()
-        with torch.no_grad():
-            mean = numeric.posterior(pool[rest]).mean.squeeze(-1).numpy()
-        numeric_rho.append(scipy.stats.spearmanr(mean, truth[rest]).statistic)
-        model = CombinedSurrogate(numeric=pool, text=sampler.surrogate, prior=None)
-        torch.manual_seed(draw)
-        model.fit(seen, y, 20, lr_gp=0.2, lr_features=0.002, decay=0.95)
-        combined_rho.append(scipy.stats.spearmanr(model.mean(rest).numpy(), truth[rest]).statistic)
-        text_weight = model.gp.covar_module.kernels[1].outputscale.item()
-        numeric_weight = model.gp.covar_module.kernels[0].outputscale.item()
-        assert text_weight < numeric_weight  # the likelihood puts the weight where the signal is
-        assert set(model.last_loo) == {"with_text", "numbers_only"}
+        combined = make(encoders, tmp_path).prepare().surrogate
+        numbers = Surrogate(numeric=combined.numeric)
+        for model, rho in ((numbers, numeric_rho), (combined, combined_rho)):
+            torch.manual_seed(draw)
+            model.fit(seen, y, 20, lr_gp=0.2, lr_features=0.002, decay=0.95)
+            rho.append(held_out_rho(model, rest, truth))
     assert min(numeric_rho) > 0.8
     assert np.mean(combined_rho) >= np.mean(numeric_rho) - 0.02
 
@@ -131,7 +128,7 @@ def test_the_combined_kernel_recovers_a_numeric_objective_at_least_as_well_as_th
 def test_the_text_kernel_alone_is_the_faithful_surrogate_and_both_can_not_be_off(encoders, tmp_path):
     with pytest.raises(InputError) as err:
         make(encoders, tmp_path, numeric=False, text=False)
-    assert err.value.field == "sampler"
+    assert err.value.field == "text"
     with pytest.raises(InputError) as err:
         make(encoders, tmp_path, start="latin")
     assert err.value.field == "start" and "space-filling" in err.value.message
@@ -157,49 +154,73 @@ def test_transferred_observations_never_enter_the_pool_or_the_budget(encoders, t
         memory.values[best_of_source])
     assert sampler.similarity is not None and 0 <= float(sampler.similarity[0]) <= 1
     # the source's prior sits in the GP's mean; its weight was fitted with the kernel
-    assert sampler.combined.gp.mean_module.weights.shape == (1,)
+    assert sampler.surrogate.gp.mean_module.weights.shape == (1,)
 
 
-def test_memory_stays_while_it_predicts_and_is_dropped_when_it_does_not(encoders, tmp_path):
-    """Observations of the numeric objective with the memory of a study that agrees with it and of one whose
-    values are unrelated (the truth shuffled over the pool): the agreeing memory is kept in every draw, the
-    unrelated one is dropped where a GP without it predicts the left-out observations better, and then the
-    proposals come from that GP; with the gate off a memory is never dropped."""
+def test_a_memory_that_predicts_is_kept_and_helps_and_one_that_misleads_is_dropped(encoders, tmp_path):
+    """Eight observations of the numeric objective, with the memory of a study that agrees with it or of one whose
+    values are unrelated (the truth shuffled over the pool). The agreeing memory predicts the unobserved configs
+    better than a GP without memory, in every draw; the unrelated one is dropped in some draw, and then the
+    surrogate predicts and proposes exactly as a GP that never had it; with the gate off it always pulls."""
     truth = np.array([numeric_score({**SPACE.fixed, **SPACE.pool_config(i)}) for i in range(SPACE.pool_size)])
     unrelated = truth[np.random.default_rng(5).permutation(SPACE.pool_size)]
     agreeing, shuffled = (torch.tensor((v - v.mean()) / v.std())[:, None] for v in (truth, unrelated))
     pool = NumericFeatures(SPACE).pool()
-    kept: dict[str, list[bool]] = {"agrees": [], "unrelated": [], "unrelated, no gate": []}
+    dropped = 0
     for draw in range(3):
-        seen = np.random.default_rng(draw).permutation(SPACE.pool_size)[:8].tolist()
+        order = np.random.default_rng(draw).permutation(SPACE.pool_size)
+        seen, rest = order[:8].tolist(), order[8:].tolist()
         y = torch.tensor((truth[seen] - truth[seen].mean()) / truth[seen].std())
+        models = {"none": Surrogate(numeric=pool)}
         for name, prior, gate in (("agrees", agreeing, True), ("unrelated", shuffled, True),
                                   ("unrelated, no gate", shuffled, False)):
-            model = CombinedSurrogate(numeric=pool, text=None, prior=prior, weight_mean=torch.tensor([0.8]),
-                                      memory_gate=gate)
+            models[name] = Surrogate(numeric=pool, prior=prior, weight_mean=torch.tensor([0.8]), memory_gate=gate)
+        proposals = {}
+        for name, model in models.items():
             model.fit(seen, y, 0, lr_gp=0.2, lr_features=0.002, decay=0.95)
-            kept[name].append(model.uses_memory)
-            assert model.model is (model.gp if model.uses_memory else model.gp_no_memory)
-            if gate:
-                loo = model.last_loo
-                assert model.uses_memory == (loo["with_memory"] > loo["no_memory"])
-    assert all(kept["agrees"]) and all(kept["unrelated, no gate"])
-    assert not all(kept["unrelated"])
+            proposals[name] = model.propose(seen, y, float(y.max()), [], np.array(rest), 16, 1)[0]
+        assert held_out_rho(models["agrees"], rest, truth) > held_out_rho(models["none"], rest, truth)
+        assert not torch.allclose(models["unrelated, no gate"].mean(rest), models["none"].mean(rest), atol=1e-3)
+        if not models["unrelated"].uses_memory:
+            dropped += 1
+            assert torch.allclose(models["unrelated"].mean(rest), models["none"].mean(rest), rtol=0, atol=1e-9)
+            assert proposals["unrelated"] == proposals["none"]
+    assert dropped >= 1
 
 
-def test_a_large_sources_prior_is_the_same_whatever_study_fits_it_first(encoders, tmp_path, monkeypatch):
+#: Fits a source larger than MAX_SOURCE_ROWS in a fresh process, after other studies did (argv: the seeds of
+#: the studies run before, then the encoder) and prints the last study's proposals and prior.
+_FRESH_PROCESS = """
+import json, sys
+import optuna
+from lmtune.samplers.language_bo import transfer
+from tests.samplers.test_language_bo_plus import SPACE, make_for_process, objective, source
+transfer.MAX_SOURCE_ROWS = 40
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+for seed in json.loads(sys.argv[1]):
+    sampler = make_for_process(sys.argv[2], seed, [source()])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=5)
+print(json.dumps([[t.params for t in study.trials], sampler.surrogate.prior.squeeze(1).tolist()]))
+"""
+
+
+def make_for_process(encoder: str, seed: int, transfer) -> LanguageBOPlusSampler:
+    return LanguageBOPlusSampler(SPACE, encoder=encoder, n_startup_trials=3, seed=seed, text=False,
+                                 transfer=transfer, description="LoRA fine-tuning of a new model.")
+
+
+def test_a_large_sources_prior_is_the_same_whatever_study_fits_it_first(encoders):
     """A source above MAX_SOURCE_ROWS is subsampled for its fit; the rows kept follow from the source, not from
-    the study, so a benchmark replay no longer depends on which replay ran first in its process."""
-    from lmtune.samplers.language_bo import transfer
-
-    monkeypatch.setattr(transfer, "MAX_SOURCE_ROWS", 40)
-    memory = source()
-    priors = []
-    for seed in (3, 0):
-        transfer._CACHE.clear()
-        sampler = make(encoders, tmp_path, transfer=[memory], seed=seed, text=False).prepare()
-        priors.append(sampler.combined.prior)
-    assert torch.equal(priors[0], priors[1])
+    the study, so a replay proposes the same configs in a fresh process as after another replay in its process."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    runs = []
+    for seeds in ([3, 0], [0]):
+        done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, json.dumps(seeds), encoders["bert"]], env=env,
+                              cwd=root, capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1]
 
 
 def test_a_source_with_another_space_is_an_error_naming_the_parameters_that_differ(encoders, tmp_path):

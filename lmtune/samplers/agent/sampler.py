@@ -38,7 +38,6 @@ from lmtune.llm.generation import BackgroundLoop, GenerationRequest, Generator
 from lmtune.samplers.agent.prompts import Prompts
 from lmtune.samplers.agent.schema import REASON_CHARS, ReplyError, config_schema, parse_reply, response_format
 from lmtune.samplers.claim import PoolClaims
-from lmtune.samplers.distinct import CLAIM
 from lmtune.space import SearchSpace, config_key
 from lmtune.trajectory import report_text, summarize_study
 
@@ -116,7 +115,7 @@ class AgentSampler(BaseSampler):
         self.fallback = fallback
         self._schema = json.dumps(config_schema(space, reason_chars))
         self._format = json.dumps(response_format(space, reason_chars))
-        self._claims = PoolClaims(space, key=CLAIM) if space.is_discrete else None
+        self._claims = PoolClaims(space, key=attrs.DISTINCT_CLAIM) if space.is_discrete else None
         self._own_generator = generator is None
         self._generator = generator
         self._loop: BackgroundLoop | None = None

@@ -4,7 +4,7 @@ Three ideas on top of the paper's sampler (``sampler.LanguageBOSampler``), each 
 measure it alone (``lmtune.samplers.registry.LANGUAGE_BO_PLUS``):
 
 1. ``numeric``: the GP's kernel is a sum of a Matérn kernel over the log-scaled numbers and the text deep
-   kernel, weighted by the marginal likelihood (``combined``), so it is never worse than its numeric part.
+   kernel, weighted by the marginal likelihood (``surrogate``), so it is never worse than its numeric part.
 2. ``transfer``: observations of other studies or tables, described in words, give the GP a prior mean
    (``transfer``); they never become trials of this study, so they take no slot of its budget and no config
    out of its pool.
@@ -20,19 +20,17 @@ constant liars) is the paper sampler's.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from optuna.study import Study
-from optuna.trial import FrozenTrial
 
 from lmtune.errors import InputError
-from lmtune.samplers.language_bo.combined import CombinedSurrogate
 from lmtune.samplers.language_bo.numeric import NumericFeatures, space_filling
 from lmtune.samplers.language_bo.sampler import LanguageBOSampler
+from lmtune.samplers.language_bo.surrogate import Surrogate
+from lmtune.samplers.language_bo.text import TextFeatures
 from lmtune.samplers.language_bo.transfer import (
     TransferSource,
     check_compatible,
@@ -57,10 +55,10 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         weight_sd: standard deviation of the Normal prior on each source's weight in the GP's mean.
         lbfgs: refit the GP's hyperparameters by L-BFGS-B after the joint AdamW steps.
         transfer_design: with a transfer source, space-filling trials after the sources' best config and before
-            the model takes over (2: on the synthetic design suite a misleading source cost far less with them,
-            benchmarks/results/plus-design/replay-1.md).
+            the model takes over: they guard against a misleading source (the default was chosen on the
+            synthetic design suite, docs/benchmarks.md).
         memory_gate: keep the transferred prior mean only while it predicts this study's left-out results better
-            than a GP without it (``combined.CombinedSurrogate``).
+            than a GP without it (``surrogate.Surrogate``).
     """
 
     def __init__(self, space: SearchSpace, *, numeric: bool = True, text: bool = True,
@@ -72,89 +70,79 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         if start not in STARTS:
             raise InputError("start", f"{start!r} is not allowed; allowed: {', '.join(STARTS)}")
         if not (numeric or text):
-            raise InputError("sampler", "language-bo+ needs the numeric kernel, the text kernel or both")
+            raise InputError("text", "language-bo+ needs the numeric kernel, the text kernel or both; both are off")
         for source in transfer:
             check_compatible(source, space)
         self._numeric, self._text, self._start = numeric, text, start
         self.transfer = tuple(transfer)
         self.description = description or "LoRA fine-tuning."
-        self._weight_sd, self._lbfgs, self._text_ard = weight_sd, lbfgs, text_ard
+        self._weight_sd, self._text_ard, self._memory_gate = weight_sd, text_ard, memory_gate
+        self._fit = "adamw+lbfgs" if lbfgs else "adamw"
         self.transfer_design = transfer_design
-        self._memory_gate = memory_gate
-        self._combined: CombinedSurrogate | None = None
-        self._pool_x: torch.Tensor | None = None
         self._features = NumericFeatures(space)
-        #: Each source's description similarity (the prior mean of its weight), once prepared.
+        self._pool_x: torch.Tensor | None = None
+        self._text_features: TextFeatures | None = None
+        #: Each source's prediction over the pool (a column each) and its description similarity (the prior mean
+        #: of its weight), once prepared.
+        self._prior: torch.Tensor | None = None
         self.similarity: torch.Tensor | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
-    @property
-    def combined(self) -> CombinedSurrogate | None:
-        return self._combined
-
     def prepare(self) -> LanguageBOPlusSampler:
         """Embed the pool (when the text kernel is on), encode its numbers, and fit each source once."""
-        if self._combined is not None:
+        if self._surrogate is not None:
             return self
         started = time.perf_counter()
         if self._text:
-            super().prepare()
+            self._embed_pool()
+            self._text_features = self._new_text_features()
         self._pool_x = self._features.pool()
-        prior = weights = None
         if self.transfer:
             columns = [source_prediction(s, self._features, self._pool_x)[0] for s in self.transfer]
-            prior = torch.stack(columns, dim=1)
+            self._prior = torch.stack(columns, dim=1)
             self.similarity = description_similarity(self._encoder(), self.description,
                                                      [s.description for s in self.transfer])
-            weights = self.similarity.clone()
-        self._combined = self._new_model(prior, weights)
+        self._surrogate = self._new_surrogate()
         self.last_timings = {**self.last_timings, "prepare_s": time.perf_counter() - started}
         return self
 
     def _encoder(self):
         if self.text_pool is not None:
             return self.text_pool.encoder
-        from lmtune.llm.embeddings import FrozenEncoder
+        from lmtune.samplers.language_bo.encoder import FrozenEncoder
 
         return FrozenEncoder.load(self._encoder_name, device=self._device, dtype=self._encoder_dtype)
 
-    def _new_model(self, prior: torch.Tensor | None, weights: torch.Tensor | None) -> CombinedSurrogate:
-        return CombinedSurrogate(numeric=self._pool_x if self._numeric else None,
-                                 text=self._surrogate if self._text else None, prior=prior, weight_mean=weights,
-                                 weight_sd=self._weight_sd, lbfgs=self._lbfgs, text_ard=self._text_ard,
-                                 memory_gate=self._memory_gate)
+    def _new_surrogate(self) -> Surrogate:
+        """A fresh GP, at ``prepare`` and after a degenerate fit, over the same ψ and projection."""
+        return Surrogate(numeric=self._pool_x if self._numeric else None, text=self._text_features,
+                         prior=self._prior, weight_mean=None if self.similarity is None else self.similarity.clone(),
+                         weight_sd=self._weight_sd, fit=self._fit, text_ard=self._text_ard,
+                         memory_gate=self._memory_gate)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update(_combined=None, _pool_x=None, similarity=None)
+        state.update(_pool_x=None, _text_features=None, _prior=None, similarity=None)
         return state
 
     # -- one suggestion -------------------------------------------------------------------------
-    def _suggest(self, study: Study, trial: FrozenTrial, excluded: set[int] = frozenset()) -> tuple[int, bool]:
-        observed, failed, busy = self._read_trials(study, trial)
-        held = list(observed) + failed + busy + list(excluded)
-        free = np.ones(self.pool_size, dtype=bool)
-        free[held] = False
-        rng = np.random.default_rng([self._seed, trial.number, *([len(excluded)] if excluded else [])])
-        if not free.any():
-            warnings.warn("language-BO: every config of the pool was evaluated or is running; repeating one",
-                          stacklevel=3)
-            return int(rng.integers(self.pool_size)), False
+    def _start_point(self, observed: dict[int, float], failed: list[int], held: list[int], free: np.ndarray,
+                     rng: np.random.Generator) -> int | None:
+        """With a transfer source: the config the sources rate best, then ``transfer_design`` design points.
+        Without: the start-up trials from the space-filling design, or random ones."""
         if self.transfer:
             self.prepare()
             if not observed:  # nothing of our own yet: the config the sources rate best
-                scores = self._combined.prior @ self.similarity.clamp_min(1e-3)
+                scores = self._prior @ self.similarity.clamp_min(1e-3)
                 scores[~torch.from_numpy(free)] = -torch.inf
                 best = np.flatnonzero((scores >= scores.max() - 1e-12).numpy())
-                return int(rng.choice(best)), True
+                return int(rng.choice(best))
             if len(observed) + len(failed) < 1 + self.transfer_design:
-                return self._design_point(held, free, rng), True
-            return self._model_based(observed, failed, busy, free, trial.number, rng), True
-        if len(observed) < max(self.n_startup_trials, 2):
-            if self._start == "space-filling":
-                return self._design_point(held, free, rng), True
-            return int(rng.choice(np.flatnonzero(free))), True
-        return self._model_based(observed, failed, busy, free, trial.number, rng), True
+                return self._design_point(held, free, rng)
+            return None
+        if self._start == "space-filling" and len(observed) < max(self.n_startup_trials, 2):
+            return self._design_point(held, free, rng)
+        return super()._start_point(observed, failed, held, free, rng)
 
     def _design_point(self, held: list[int], free: np.ndarray, rng: np.random.Generator) -> int:
         """The first config of this seed's design that no trial holds (the design is the same on every worker)."""
@@ -170,9 +158,3 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         return int(rng.choice(np.flatnonzero(free)))
 
     label = "language-BO+"
-
-    def _fitted_model(self) -> CombinedSurrogate:
-        return self._combined
-
-    def _start_afresh(self, model: CombinedSurrogate) -> None:
-        self._combined = self._new_model(model.prior, model.weight_mean)

