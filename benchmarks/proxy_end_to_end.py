@@ -32,19 +32,21 @@ from optuna.trial import create_trial
 from lmtune import attrs
 from lmtune.finetune.data import load_dataset
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.scores import last_metrics, learned_nothing
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.llm import resolve_model
 from lmtune.lora.config import LoraRunConfig
-from lmtune.lora.tune import PLAIN_EVALS, PRUNED_EVALS, proxy_plan, resolve_space, tune_lora
+from lmtune.lora.search import PLAIN_EVALS, PRUNED_EVALS, proxy_plan, resolve_space
+from lmtune.lora.tune import tune_lora
 from lmtune.runtime.compute import trial_seconds
 from lmtune.runtime.quiet import quiet_libraries
-from lmtune.runtime.trials import counted_trials, last_metrics, learned_nothing
+from lmtune.runtime.trials import counted_trials
 from lmtune.space import config_key
 
 RESULTS = Path("benchmarks/results/proxy_end_to_end.jsonl")
 COMMON = {"max_length": 64, "space": "lora-small", "sampler": "tpe", "final_train": False}
 RECIPES: dict[str, dict[str, Any]] = {
-    "today": {"trials": 10, "proxy_steps": 0, "proxy_fraction": 0.1, "proxy_metric": "accuracy"},
+    "today": {"trials": 10, "proxy": "epochs", "proxy_fraction": 0.1, "proxy_metric": "accuracy"},
     "share": {},
     "share+sh": {"pruner": "successive-halving"},
 }

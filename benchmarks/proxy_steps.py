@@ -43,7 +43,7 @@ from lmtune.correlation import correlate, finished_pairs
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.proxy import plan_proxy
+from lmtune.finetune.proxy import ShareProxy, StepsProxy, plan_proxy
 from lmtune.finetune.train import TrainSettings, train_and_evaluate
 from lmtune.runtime.quiet import quiet_libraries
 from lmtune.space import config_key
@@ -145,12 +145,12 @@ class Bench:
             settings = dataclasses.replace(base, steps=steps, eval_points=min(rule["evals"], steps))
             return settings, proxy_subset(train, plan.fraction, self.spec.seed)
         if "share" in rule:  # the steps of lmtune's share proxy, on the rows a fixed-steps proxy that long draws from
-            share = plan_proxy(len(train), self.spec.grid, epochs=base.epochs, share=rule["share"],
+            share = plan_proxy(len(train), self.spec.grid, ShareProxy(share=rule["share"]), epochs=base.epochs,
                                min_steps=base.min_steps)
             steps = share.steps_at(batch)
         else:
             steps = rule["steps"]
-        plan = plan_proxy(len(train), self.spec.grid, epochs=base.epochs, steps=steps, fraction=fraction)
+        plan = plan_proxy(len(train), self.spec.grid, StepsProxy(steps=steps), epochs=base.epochs, fraction=fraction)
         settings = dataclasses.replace(base, steps=plan.steps, eval_points=min(rule["evals"], plan.steps))
         return settings, proxy_subset(train, plan.fraction, self.spec.seed)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import warnings
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,12 +43,33 @@ def load_yaml_mapping(path: Path, *, field: str) -> dict[str, Any]:
 
 
 def validation_to_input_error(exc: ValidationError, cls: type[BaseModel]) -> InputError:
-    """The first pydantic error as an InputError naming the field."""
+    """The first pydantic error as an InputError naming the field (``proxy.steps`` for a field of a field)."""
     err = exc.errors()[0]
-    field = ".".join(str(part) for part in err["loc"]) or "config"
+    field, holder = _field_path(cls, err["loc"])
     if err["type"] == "extra_forbidden":
-        return InputError(field, f"is not a known field; allowed: {', '.join(cls.model_fields)}")
+        return InputError(field, f"is not a known field; allowed: {', '.join(holder.model_fields)}")
     return InputError(field, _message(err))
+
+
+def _field_path(cls: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel]]:
+    """The dotted field path of a pydantic error location, and the model holding its last field. A field that is
+    one of several models (a discriminated union) puts the chosen tag in the location; it is no field."""
+    path, holder, rest = [], cls, list(loc)
+    while rest:
+        name = rest.pop(0)
+        path.append(str(name))
+        field = holder.model_fields.get(name) if isinstance(name, str) else None
+        if field is None or not rest:
+            break
+        members = [t for t in (typing.get_args(field.annotation) or (field.annotation,))
+                   if isinstance(t, type) and issubclass(t, BaseModel)]
+        if field.discriminator and members:
+            tag = rest.pop(0)
+            members = [m for m in members if m.model_fields[field.discriminator].default == tag]
+        if len(members) != 1:
+            break
+        holder = members[0]
+    return ".".join(path + [str(part) for part in rest]) or "config", holder
 
 
 #: Plain words for pydantic's range and choice errors (ctx holds the limit).
@@ -69,19 +90,11 @@ def _message(err: dict[str, Any]) -> str:
         return f"must be one of {err['ctx']['expected']}, got {got!r}"
     if err["type"] == "value_error":  # our validators' messages already say what was given
         return err["msg"].removeprefix("Value error, ")
+    if err["type"] == "union_tag_invalid":
+        return f"must be one of {err['ctx']['expected_tags']}, got {err['ctx']['tag']!r}"
     if err["type"] == "string_too_short":
         return f"must not be empty, got {got!r}"
     return f"{err['msg']} (got {got!r})"
-
-
-def __getattr__(name: str) -> Any:
-    if name == "LoraRunConfig":  # moved in 0.2
-        warnings.warn("lmtune.config.LoraRunConfig moved to lmtune.lora.LoraRunConfig", DeprecationWarning,
-                      stacklevel=2)
-        from lmtune.lora.config import LoraRunConfig
-
-        return LoraRunConfig
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_jsonl(path: Path, field: str, *, valid: Callable[[dict], bool] = lambda row: True,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lmtune.cli.app import console, lora_app
-from lmtune.cli.options import config_options
+from lmtune.cli.options import as_flags, config_options
 from lmtune.config import build_config
 from lmtune.lora.config import LoraRunConfig
 from lmtune.runtime.quiet import quiet_libraries
@@ -82,4 +82,4 @@ def proxy_check_command(
     if result.cost_share is not None:
         seconds = "" if result.seconds_share is None else f", {result.seconds_share:.0%} of its time"
         print(f"  a trial costs {result.cost_share:.0%} of a full run's training examples{seconds}")
-    print(f"recommendation: {result.recommendation or 'none: the proxy tracks the full run'}")
+    print(f"recommendation: {as_flags(result.recommendation or 'none: the proxy tracks the full run')}")

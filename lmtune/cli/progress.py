@@ -24,8 +24,9 @@ from rich.progress import (
 
 from lmtune import attrs
 from lmtune.cli.options import as_flags
+from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
 from lmtune.runtime.loop import TrialListener
-from lmtune.runtime.trials import Budget, constant_of, counted_trials, describe_failure, last_metrics, learned_nothing
+from lmtune.runtime.trials import Budget, counted_trials, describe_failure
 
 #: Seconds of progress the time-left estimate averages over: a whole run, since one trial may take minutes.
 SPEED_WINDOW = 24 * 3600.0

@@ -10,7 +10,7 @@ import optuna
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmtune import attrs
-from lmtune.errors import InputError, TrialFailed
+from lmtune.errors import TrialFailed
 from lmtune.finetune.data import DatasetSplits, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.proxy import ProxyPlan
@@ -67,8 +67,8 @@ class LoraObjective:
         self.target_modules = target_modules
         self.progress = progress
         self.task_metric = metric_name(splits.task, self.settings)
-        if metric not in (None, self.task_metric, "eval_loss"):
-            raise InputError("proxy_metric", f"{metric!r} is not allowed; allowed: {self.task_metric}, eval_loss")
+        if metric not in (None, self.task_metric, "eval_loss"):  # a config's metric is checked where it is read
+            raise ValueError(f"metric {metric!r} is neither {self.task_metric} nor eval_loss")
         self.metric_name = metric or self.task_metric
         self.reuse = ReusableBase() if reuse_model else None
         self.plan = plan

@@ -9,7 +9,7 @@ ranking measures how fast a config starts to learn, not where it ends (docs/benc
 lmtune's default proxy (``DEFAULT_SHARE``) trains each config for a share of *its own* full run's optimizer
 steps, on batches from the whole training split that no trial sees twice: a batch-4 config takes 8 times the
 steps of a batch-32 one, every config processes the same number of examples, and the learning-rate schedule
-runs its whole course. Equal steps for every batch size (``--proxy-steps N``, which stays available) were the
+runs its whole course. Equal steps for every batch size (``StepsProxy``, which stays available) were the
 first default; they leave small-batch configs near where they started (docs/decisions.md says how the rule
 and its constants were chosen, and on which data). On large data the share is capped so that a trial takes at
 most ``MAX_PROXY_STEPS`` steps at the space's mean batch size, the paper's own range.
@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.errors import InputError
 from lmtune.finetune.hparams import LoraHyperparams
@@ -33,6 +35,56 @@ DEFAULT_SHARE = 0.3
 #: ... but on at most as many examples as this many steps at the space's mean batch size (the language-BO
 #: paper's Table 7: 5-10% of 100,000 examples, 300-600 steps at batch 16, track the full run).
 MAX_PROXY_STEPS = 512
+#: How a proxy is written as text (a flag's value, a YAML scalar): its kind, then its number, if any.
+PROXY_TEXT = "share, share:R, steps:N or epochs"
+
+
+class ShareProxy(BaseModel):
+    """Each config trains this share of its own full run's optimizer steps (None: ``default_share``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["share"] = "share"
+    share: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+
+    def __str__(self) -> str:
+        return "share" if self.share is None else f"share:{self.share:g}"
+
+
+class StepsProxy(BaseModel):
+    """Every config trains this many optimizer steps, whatever its batch size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["steps"] = "steps"
+    steps: int = Field(ge=1)
+
+    def __str__(self) -> str:
+        return f"steps:{self.steps}"
+
+
+class EpochsProxy(BaseModel):
+    """``epochs`` passes over the proxy subset: the recipe of lmtune's benchmark tables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["epochs"] = "epochs"
+
+    def __str__(self) -> str:
+        return "epochs"
+
+
+#: One proxy of three kinds; a config field of this type takes a mapping (``{kind: steps, steps: 40}``) or text.
+Proxy = Annotated[ShareProxy | StepsProxy | EpochsProxy, Field(discriminator="kind")]
+
+
+def parse_proxy(text: str) -> dict[str, str]:
+    """The mapping of a proxy written as text (``PROXY_TEXT``); pydantic checks its number."""
+    kind, colon, number = text.partition(":")
+    kind = kind.strip()
+    if kind not in ("share", "steps", "epochs") or (colon and kind == "epochs"):
+        raise ValueError(f"must be {PROXY_TEXT}, got {text!r}")
+    return {"kind": kind, kind: number.strip()} if colon else {"kind": kind}
 
 
 def batch_sizes(space: SearchSpace) -> tuple[int, ...]:
@@ -65,8 +117,8 @@ def default_share(rows: int, space: SearchSpace, *, epochs: float = 1.0) -> floa
 class ProxyPlan:
     """What each trial trains on and for how long, and its cost next to a full run of the same config.
 
-    Three kinds: ``share`` (each config trains that share of its own full run's steps), ``steps`` (every config
-    that many steps), or neither (``epochs`` passes over the subset, the recipe of lmtune's benchmark tables).
+    The three kinds of ``Proxy``: ``share`` (each config trains that share of its own full run's steps), ``steps``
+    (every config that many steps), or neither (``epochs`` passes over the subset).
     ``fraction`` of the ``train_rows`` training examples form the subset (``rows`` of them).
     """
 
@@ -128,37 +180,29 @@ class ProxyPlan:
                 "notes": list(self.notes)}
 
 
-def plan_proxy(train_rows: int, space: SearchSpace, *, epochs: float = 1.0, steps: int | None = None,
-               share: float | None = None, fraction: float | None = None, metric: str | None = None,
+def plan_proxy(train_rows: int, space: SearchSpace, proxy: ShareProxy | StepsProxy | EpochsProxy = ShareProxy(), *,
+               epochs: float = 1.0, fraction: float | None = None, metric: str | None = None,
                min_steps: int = 1) -> ProxyPlan:
     """The proxy of a search on ``train_rows`` training examples over ``space``.
 
-    ``steps``: None for a share of each config's full run (``share``, default ``default_share``), 0 for an
-    epoch-sized proxy (``epochs`` passes over ``fraction``, default 10%), N for N optimizer steps (which wins
-    over ``share``). ``fraction``: None for the default (a share: the whole split; fixed steps: as many rows as
-    the trial that processes the most examples uses, so no trial sees an example twice).
+    ``proxy``: a share of each config's full run, a number of steps for every config, or ``epochs`` passes over
+    ``fraction`` of the split (default 10%). ``fraction``: None for the default (a share: the whole split; fixed
+    steps: as many rows as the trial that processes the most examples uses, so no trial sees an example twice).
     """
     if train_rows < 1:
         raise InputError("dataset", "no training rows")
-    if steps is not None and steps < 0:
-        raise InputError("proxy_steps", f"must be >= 0, got {steps}")
-    if share is not None and not 0 < share <= 1:
-        raise InputError("proxy_share", f"must be in (0, 1], got {share}")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise InputError("proxy_fraction", f"must be in (0, 1], got {fraction}")
     sizes = batch_sizes(space)
-    if steps == 0:
+    if isinstance(proxy, EpochsProxy):
         fraction = EPOCH_PROXY_FRACTION if fraction is None else fraction
         rows = max(1, round(fraction * train_rows))
         return ProxyPlan(None, fraction, rows, train_rows, epochs, sizes, f"{epochs:g} epoch(s) of {fraction:.0%}",
                          metric, min_steps)
-    if steps:
-        rule = f"{steps} steps (--proxy-steps)"
-        probe = ProxyPlan(steps, 1.0, train_rows, train_rows, epochs, sizes, rule, metric, min_steps)
+    if isinstance(proxy, StepsProxy):
+        probe = ProxyPlan(proxy.steps, 1.0, train_rows, train_rows, epochs, sizes, f"{proxy.steps} steps", metric,
+                          min_steps)
     else:
-        given = share is not None
-        share = share if given else default_share(train_rows, space, epochs=epochs)
-        rule = (f"{share:.0%} of each config's full run" + (" (--proxy-share)" if given else " (default)"))
+        share = default_share(train_rows, space, epochs=epochs) if proxy.share is None else proxy.share
+        rule = f"{share:.0%} of each config's full run" + (" (default)" if proxy.share is None else "")
         probe = ProxyPlan(None, 1.0, train_rows, train_rows, epochs, sizes, rule, metric, min_steps, share=share)
     needed = max(probe.steps_at(b) * b for b in sizes)
     notes = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,16 +36,15 @@ from lmtune.finetune.batches import (
     to_device,
 )
 from lmtune.finetune.device import PRECISIONS, QUANTIZE, Precision, prepare_hardware
+from lmtune.finetune.divergence import DivergenceGuard
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.peft_model import attach_adapter, prepare_base, save_adapter, save_initial_adapter
 from lmtune.finetune.proxy import full_run_steps
 from lmtune.finetune.reuse import ReusableBase
 
-DIVERGENCE_WINDOW = 3  # training steps averaged before comparing with the initial loss
 #: Optimizer steps a run takes at least (passing over a tiny subset again): one step trains almost nothing,
 #: and with warmup it trained nothing at all, so every config of a tiny proxy scored the same.
 MIN_STEPS = 4
-LOSS_FLOOR = 1.0  # keeps a near-zero first loss from turning ordinary noise into "divergence"
 
 
 @dataclass(frozen=True)
@@ -174,9 +172,8 @@ def train_and_evaluate(
         torch.set_num_threads(settings.threads)
     device, precision = prepare_hardware(settings.device, settings.precision, settings.quantize, [hp.variant])
     metric = metric_name(task, settings)
-    num_labels = None
-    if task == "classification":
-        num_labels = len(label_names) if label_names else 1 + max(r["label"] for r in train_rows + eval_rows)
+    num_labels = None if task != "classification" else (
+        len(label_names) if label_names else 1 + max(r["label"] for r in train_rows + eval_rows))
     peft_model, options = None, dict(task=task, tokenizer=tokenizer, num_labels=num_labels, seed=settings.seed,
                                      device=device, precision=precision, quantize=settings.quantize,
                                      gradient_checkpointing=settings.gradient_checkpointing)
@@ -188,16 +185,8 @@ def train_and_evaluate(
             peft_model = attach_adapter(base, hp, task=task, target_modules=target_modules)
         run = TrainingRun(peft_model, tokenizer, task, metric, settings, precision=precision)
         encode = run.encode if reuse is None else lambda rows: reuse.encoded(rows, run)
-        train, evaluation = encode(train_rows), encode(eval_rows)
-        with tempfile.TemporaryDirectory(prefix="lmtune-") as scratch:
-            initial = None
-            if save_adapter_to is not None and hp.variant == "pissa":
-                initial = Path(scratch) / "initial"
-                save_initial_adapter(peft_model, initial)
-            trajectory, step_losses = run.fit(train, evaluation, hp, on_eval, on_step)
-            if save_adapter_to is not None:
-                save_adapter(peft_model, tokenizer, Path(save_adapter_to), initial_adapter=initial,
-                             label_names=label_names)
+        trajectory, step_losses = _fit_and_save(run, encode(train_rows), encode(eval_rows), hp, on_eval, on_step,
+                                                save_adapter_to, label_names)
     except TrialFailed:
         raise
     except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError too
@@ -211,6 +200,22 @@ def train_and_evaluate(
     return TrainResult(metric_name=metric, metric=final[metric], eval_loss=final["eval_loss"],
                        trajectory=trajectory, train_seconds=time.perf_counter() - started,
                        steps=final["step"], train_examples=len(train_rows), step_losses=step_losses)
+
+
+def _fit_and_save(run: TrainingRun, train, evaluation, hp: LoraHyperparams, on_eval, on_step,
+                  save_adapter_to: Path | None, label_names: list[str] | None) -> tuple[list[dict], list[float]]:
+    """Train, then save the adapter if asked; a PiSSA adapter's initial state is kept aside first, so that the
+    saved adapter applies to the unmodified base (``save_adapter``)."""
+    with tempfile.TemporaryDirectory(prefix="lmtune-") as scratch:
+        initial = None
+        if save_adapter_to is not None and hp.variant == "pissa":
+            initial = Path(scratch) / "initial"
+            save_initial_adapter(run.model, initial)
+        trajectory, step_losses = run.fit(train, evaluation, hp, on_eval, on_step)
+        if save_adapter_to is not None:
+            save_adapter(run.model, run.tokenizer, Path(save_adapter_to), initial_adapter=initial,
+                         label_names=label_names)
+    return trajectory, step_losses
 
 
 class TrainingRun:
@@ -261,7 +266,7 @@ class TrainingRun:
         warmup = min(math.ceil(settings.warmup_ratio * total), total - 1)  # the last step never has lr 0
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)  # float16 only
-        guard = _DivergenceGuard(settings.divergence_factor)
+        guard = DivergenceGuard(settings.divergence_factor)
         batches = (grouped_batches([example_length(x) for x in train], hp.batch_size, settings.seed)
                    if settings.group_by_length else shuffled_batches(len(train), hp.batch_size, settings.seed))
         trajectory: list[dict] = []
@@ -376,31 +381,6 @@ class TrainingRun:
                 hits += _normalise(tokenizer.decode(generated, skip_special_tokens=True)) == _normalise(
                     tokenizer.decode(reference, skip_special_tokens=True))
         return hits / len(examples)
-
-
-class _DivergenceGuard:
-    """Fails a run when a training loss is not finite, or when the mean of the last ``DIVERGENCE_WINDOW``
-    losses exceeds ``factor`` x the first step's loss (floored at ``LOSS_FLOOR``).
-
-    The first step's loss is the untrained model's, measured before any update; averaging a short window
-    keeps one hard batch from failing a healthy run, while a blow-up still fails within a few steps.
-    """
-
-    def __init__(self, factor: float):
-        self.factor = factor
-        self.initial: float | None = None
-        self.recent: deque[float] = deque(maxlen=DIVERGENCE_WINDOW)
-
-    def check(self, loss: float, step: int) -> None:
-        if not math.isfinite(loss):
-            raise TrialFailed(f"diverged: loss {loss} at step {step}")
-        if self.initial is None:
-            self.initial = loss
-        self.recent.append(loss)
-        mean = sum(self.recent) / len(self.recent)
-        if mean > self.factor * max(self.initial, LOSS_FLOOR):
-            raise TrialFailed(f"diverged: loss {mean:.4g} > {self.factor:g} x initial {self.initial:.4g} "
-                              f"at step {step}")
 
 
 def _fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:

@@ -234,7 +234,7 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
             raise optuna.TrialPruned(result.reason)
         return result.quality
 
-    def stop() -> bool:
+    def stop(_: optuna.Study) -> bool:
         return state["exhausted"] or state["failures"] >= MAX_CONSECUTIVE_FAILURES or ledger.left <= 0
 
     run_trials(study, objective, max_trials, listener=listener, catch=(BudgetExhausted, GenerationError),

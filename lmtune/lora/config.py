@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from lmtune.finetune.hparams import VARIANTS
+from lmtune.finetune.proxy import Proxy, ShareProxy, parse_proxy
 from lmtune.runtime.storage import STORAGE_HELP
 from lmtune.samplers.registry import LANGUAGE_BO_PLUS, PRUNERS, SAMPLERS, TRANSFER_SAMPLERS
 
@@ -37,20 +38,16 @@ class LoraRunConfig(BaseModel):
     variant: str | None = Field(None, description="lora, rslora, dora, pissa, or 'search' for all four "
                                 "(default: the space's)", json_schema_extra={"metavar": "VARIANT"})
     trials: int = Field(10, ge=1, description="finished trials the study should hold (with a budget: at most)")
-    proxy_steps: int | None = Field(None, ge=0, description="optimizer steps every trial takes, whatever its "
-                                    "batch size (default: --proxy-share of each config's own full run; 0: "
-                                    "--epochs passes over the --proxy-fraction subset instead). It wins over "
-                                    "--proxy-share and --epochs (which then sets only the full run)",
-                                    json_schema_extra={"metavar": "N"})
-    proxy_share: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
-                                      description="share of its own full run's optimizer steps each trial takes, "
-                                      "so every batch size sees as many examples (default 0.3, less on data so "
-                                      "large that a trial would pass 512 steps at the mean batch size)",
-                                      json_schema_extra={"metavar": "R"})
+    proxy: Proxy = Field(ShareProxy(), description="how long each trial trains: share, a share of each config's "
+                         "own full run's optimizer steps, so every batch size sees as many examples (0.3, less on "
+                         "data so large that a trial would pass 512 steps at the mean batch size); share:R, R of "
+                         "it; steps:N, N steps whatever the batch size; epochs, the full run's epochs over the "
+                         "`proxy_fraction` subset (lmtune's benchmark tables). A mapping in YAML and Python: "
+                         "{kind: steps, steps: N}", json_schema_extra={"metavar": "KIND[:N]"})
     proxy_fraction: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
                                          description="share of the training split trials draw their batches from "
-                                         "(default: enough rows that no trial sees one twice; 0.1 with "
-                                         "--proxy-steps 0)", json_schema_extra={"metavar": "F"})
+                                         "(default: all of it for a share, enough rows that no trial sees one "
+                                         "twice for steps, 0.1 for epochs)", json_schema_extra={"metavar": "F"})
     proxy_metric: str | None = Field(None, description="what trials are ranked by: eval_loss, or the task's "
                                      "metric (accuracy; exact_match, which generates). Default: eval_loss, which "
                                      "moves while accuracy sits at chance; both are recorded",
@@ -86,14 +83,14 @@ class LoraRunConfig(BaseModel):
     agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
     agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
                                     "config (0: none)")
-    transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in --storage "
+    transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in `storage` "
                                      "whose results inform this study from its first trial (they take no trial of "
                                      "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
                             json_schema_extra={"metavar": "NAME"})
-    run: bool = Field(True, description="run trials here; --no-run only creates the study for `lmtune worker`")
+    run: bool = Field(True, description="run trials here; off, it only creates the study for `lmtune worker`")
     heartbeat_interval: int = Field(30, ge=1, description="seconds between heartbeats of a running trial "
                                     "(SQLite/PostgreSQL)")
     grace_period: int = Field(120, ge=2, description="seconds without a heartbeat before a trial is failed and "
@@ -102,7 +99,7 @@ class LoraRunConfig(BaseModel):
                                     "lmtune-out/<study_name>)")
     max_length: int = Field(128, ge=8, description="tokens per example")
     epochs: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="training epochs of the full run (and "
-                          "of each trial with --proxy-steps 0)")
+                          "of each trial with the epochs proxy)")
     target_modules: list[str] | None = Field(None, description="modules to adapt, comma-separated (default: "
                                              "PEFT's for the model type)",
                                              json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
@@ -117,6 +114,11 @@ class LoraRunConfig(BaseModel):
                                          "memory, one more forward pass of time")
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding; seeded)")
 
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _proxy_from_text(cls, value: Any) -> Any:
+        return parse_proxy(value) if isinstance(value, str) else value
+
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
@@ -129,7 +131,7 @@ class LoraRunConfig(BaseModel):
     def _transfer_needs_a_transferring_sampler(cls, value: list[str], info: ValidationInfo) -> list[str]:
         sampler = info.data.get("sampler")
         if value and sampler not in TRANSFER_SAMPLERS:
-            raise ValueError(f"sampler {sampler} does not use transferred results; use --sampler "
+            raise ValueError(f"sampler {sampler} does not use transferred results; use `sampler` "
                              f"{TRANSFER_SAMPLERS[0]}")
         return value
 

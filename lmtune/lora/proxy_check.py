@@ -25,7 +25,7 @@ from lmtune.finetune.proxy import full_run_steps
 from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import metric_direction, train_and_evaluate
 from lmtune.lora.config import LoraRunConfig
-from lmtune.lora.tune import prepare_run, proxy_plan
+from lmtune.lora.search import prepare_run, proxy_plan
 from lmtune.results import Result
 from lmtune.space import SearchSpace
 
@@ -144,23 +144,23 @@ def _summarize(cfg: LoraRunConfig, plan, rows: list[dict], full_examples: int, e
 def _recommend(result: ProxyCheckResult, plan, last: dict, full_examples: int, epochs: float) -> str | None:
     """What to change when the proxy does not track the full run: another metric, or more steps."""
     if result.tracks is None:
-        return "too few configs finished both runs to judge the proxy; check more configs (--configs)"
+        return "too few configs finished both runs to judge the proxy; check more configs"
     better = max(last, key=lambda m: last[m]["spearman"] if last[m]["spearman"] is not None else -2)
     if better != plan.metric and (last[better]["spearman"] or -2) >= TRACKS:
-        return f"rank trials by {better} (--proxy-metric {better}): Spearman {last[better]['spearman']:.2f}"
+        return f"rank trials by {better} (`proxy_metric` {better}): Spearman {last[better]['spearman']:.2f}"
     if result.tracks:
         return None
     if plan.share is not None:
         share = min(1.0, plan.share * 2)
         note = "" if share < 1 else " (a full run: the proxy saves nothing here)"
-        return (f"train longer: --proxy-share {share:.2g}{note}, then run proxy-check again; "
+        return (f"train longer: `proxy` share:{share:.2g}{note}, then run proxy-check again; "
                 f"Spearman was {result.spearman:.2f} at {plan.share:.0%} of each full run")
     longest = max(plan.batch_sizes)
     steps = plan.longest * 2
     ceiling = full_run_steps(full_examples, longest, epochs)
     fraction = min(1.0, steps * longest / full_examples)
     note = "" if steps <= ceiling else f" (longer than a full run at batch {longest}: the proxy saves little here)"
-    return (f"train longer: --proxy-steps {steps} --proxy-fraction {fraction:.2g}{note}, then run proxy-check again; "
+    return (f"train longer: `proxy` steps:{steps} `proxy_fraction` {fraction:.2g}{note}, then run proxy-check again; "
             f"Spearman was {result.spearman:.2f} at {plan.longest} steps")
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
 from lmtune.files import write_atomic
 from lmtune.finetune.data import DatasetSplits
@@ -27,30 +26,14 @@ SEARCH_FIELDS = ("sampler", "startup_trials", "pruner", "template", "encoder", "
                  "shortlist_k", "variant")
 #: PEFT task types by lmtune task.
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal": "CAUSAL_LM"}
-
-
-def constant_score(splits: DatasetSplits, metric: str) -> dict[str, Any] | None:
-    """What one constant answer scores on the validation split, where trials are scored: the majority-class rate
-    (accuracy) or the share of the most common response (exact match). None for loss metrics. A trial whose
-    ``metric`` is at or below it learned nothing (``lmtune.runtime.trials.learned_nothing``), also when trials
-    are ranked by their validation loss."""
-    rows = splits.validation
-    if not rows or metric not in ("accuracy", "exact_match"):
-        return None
-    key = "label" if metric == "accuracy" else "response"
-    answer, count = Counter(str(row[key]) for row in rows).most_common(1)[0]
-    if metric == "accuracy" and splits.label_names:
-        answer = splits.label_names[int(answer)]
-    rate = count / len(rows)
-    what = f"the majority-class rate, {rate:.4f}" if metric == "accuracy" else f"{rate:.4f}"
-    return {"value": rate, "label": "learned nothing", "metric": metric,
-            "what": f"no better than answering {answer!r} for every example ({what})"}
+#: The adapter's model card, a Jinja template for ``huggingface_hub.ModelCard``.
+MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 
 
 def rerun_config(job: dict[str, Any], hp: LoraHyperparams, study_name: str) -> dict[str, Any]:
     """The ``lmtune lora --config`` fields that train ``hp`` exactly as the study's trial did, then retrain it.
 
-    ``job`` is the run's config without per-process fields (``lmtune.lora.tune.job_config``: paths absolute).
+    ``job`` is the run's config without per-process fields (``lmtune.lora.search.job_config``: paths absolute).
     The space is fixed to ``hp``; the study gets its own name so it never resumes the search it came from.
     """
     fields = {k: v for k, v in job.items() if k not in SEARCH_FIELDS}
@@ -86,12 +69,6 @@ def build_recipe(*, rerun: dict[str, Any], model: str | None, model_path: str, b
     }
 
 
-def write_rerun_yaml(path: Path, rerun: dict[str, Any], note: str) -> Path:
-    """``best.yaml``: the rerun config with a comment saying what it reproduces."""
-    header = "".join(f"# {line}\n" for line in note.splitlines())
-    return write_atomic(path, header + yaml.safe_dump(rerun, sort_keys=False))
-
-
 def finish_adapter(adapter_dir: Path, *, base_id: str | None, model_path: str, task: str,
                    label_names: list[str] | None) -> list[str]:
     """Make the saved adapter stand alone: name the base model by hub id (not a path inside this machine's
@@ -117,78 +94,22 @@ def finish_adapter(adapter_dir: Path, *, base_id: str | None, model_path: str, t
 
 
 def model_card(result: dict[str, Any]) -> str:
-    """The adapter's README.md: what was trained, on what, with which config and scores, and how to load it."""
-    recipe, final, best = result["recipe"], result["final"], result["best"]
-    base, data, lora, training = recipe["base_model"], recipe["data"], recipe["lora"], recipe["training"]
+    """The adapter's README.md: what was trained, on what, with which config and scores, and how to load it.
+
+    ``huggingface_hub.ModelCard`` fills in ``model_card.md`` (a Jinja template, as the hub's own cards are made)
+    with ``result`` (``results.json``); its YAML header is the hub's ``ModelCardData``.
+    """
+    recipe = result["recipe"]
+    base, data, lora = recipe["base_model"], recipe["data"], recipe["lora"]
     base_name = base["hub_id"] or base["path"]
-    metric = result["metric_name"]
     classification = data["task"] == "classification"
-    front = ["---", "library_name: peft", *([f"base_model: {base['hub_id']}"] if base["hub_id"] else []),
-             f"pipeline_tag: {'text-classification' if classification else 'text-generation'}",
-             "tags:", *dict.fromkeys(["- lora", f"- {lora['variant']}", "- lmtune"]), "---", ""]
+    card_data = ModelCardData(base_model=base["hub_id"], library_name="peft",
+                              pipeline_tag="text-classification" if classification else "text-generation",
+                              tags=list(dict.fromkeys(["lora", lora["variant"], "lmtune"])))
     targets = lora["target_modules"]
-    targets = ", ".join(targets) if isinstance(targets, list) else str(targets)
-    constant = result.get("constant_score")
-    proxy_rule = ((result.get("proxy") or {}).get("rule") or f"{data['proxy_fraction']:.0%} of the training split")
-    lines = [
-        *front,
-        f"# {lora['variant']} adapter for {base_name} on {data['dataset']}",
-        "",
-        f"Trained by lmtune {__version__} (`lmtune lora`, study `{result['study_name']}`): the best of "
-        f"{len(result['trials'])} configs searched with {result['sampler']} on a proxy "
-        f"({proxy_rule}, batches from {data['proxy_examples']} examples), then retrained on the full training split "
-        f"({final['train_examples']} examples) and tested on the held-out test split.",
-        "",
-        "## Scores",
-        "",
-        f"| split | {metric} | loss |",
-        "| --- | --- | --- |",
-        f"| validation, proxy trial {best['trial']} | {best['proxy_metric']:.4f} | |",
-        f"| test ({data['rows']['test']} examples), full training | {final['test_metric']:.4f} | "
-        f"{final['test_loss']:.4f} |",
-        "",
-        *([f"A constant answer scores {constant['value']:.4f} on validation: {constant['what']}.", ""]
-          if constant else []),
-        "## Config",
-        "",
-        f"- base model: `{base_name}`" + (f" (trained from the local copy `{base['path']}`)" if base["hub_id"] else ""),
-        f"- data: `{data['dataset']}`, {data['task']}, {data['rows']['train']}/{data['rows']['validation']}/"
-        f"{data['rows']['test']} train/validation/test rows (seed {data['split_seed']}, sha256 "
-        f"{data['sha256'][:12]})",
-        f"- LoRA: r {lora['r']}, alpha {lora['lora_alpha']:g}, dropout {lora['lora_dropout']:g}, target modules "
-        f"{targets}, variant {lora['variant']}",
-        f"- training: AdamW (no weight decay), learning rate {training['learning_rate']:g}, batch "
-        f"{training['batch_size']}, {training['epochs']:g} epoch(s), {training['warmup_ratio']:.0%} linear warmup "
-        f"then cosine decay, max length {training['max_length']} tokens, seed {training['seed']}",
-        "",
-        "The whole recipe is `recipe` in `results.json` beside this folder; `lmtune lora --config best.yaml` "
-        "trains it again.",
-        "",
-    ]
-    if classification and data["labels"]:
-        lines += ["## Classes", "", ", ".join(f"`{name}`" for name in data["labels"]), ""]
-    lines += ["## Use", "", "```python"]
-    if classification:  # the head's size and class names come from this folder's config.json
-        lines += [
-            "from peft import PeftModel",
-            "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer",
-            "",
-            'adapter = "path/to/this/folder"',
-            f"base = AutoModelForSequenceClassification.from_pretrained({base_name!r}, "
-            "config=AutoConfig.from_pretrained(adapter))",
-            "model = PeftModel.from_pretrained(base, adapter).eval()",
-            "tokenizer = AutoTokenizer.from_pretrained(adapter)",
-            'logits = model(**tokenizer(["some text"], return_tensors="pt")).logits',
-            "print(model.config.id2label[int(logits.argmax(-1))])",
-        ]
-    else:
-        lines += [
-            "from peft import AutoPeftModelForCausalLM",
-            "from transformers import AutoTokenizer",
-            "",
-            'adapter = "path/to/this/folder"',
-            "model = AutoPeftModelForCausalLM.from_pretrained(adapter)",
-            "tokenizer = AutoTokenizer.from_pretrained(adapter)",
-        ]
-    lines += ["```", ""]
-    return "\n".join(lines)
+    card = ModelCard.from_template(
+        card_data, template_path=str(MODEL_CARD_TEMPLATE), **result, **recipe, version=__version__,
+        base=base, base_name=base_name, base_literal=repr(base_name), classification=classification,
+        targets=", ".join(targets) if isinstance(targets, list) else str(targets),
+        proxy_rule=(result.get("proxy") or {}).get("rule") or f"{data['proxy_fraction']:.0%} of the training split")
+    return str(card) + "\n"

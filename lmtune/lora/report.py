@@ -1,4 +1,4 @@
-"""Turn a finished study into files a person reads: results.json and a short Markdown summary."""
+"""What a LoRA run leaves for people: results.json, summary.md, best.yaml and the adapter's model card."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.files import write_atomic
-from lmtune.runtime.trials import constant_of, counted_trials, last_metrics, learned_nothing
+from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
+from lmtune.lora.recipe import model_card
+from lmtune.runtime.trials import counted_trials
 from lmtune.space import SearchSpace
 from lmtune.trajectory import learned_sentences, summarize_study
 
@@ -61,11 +64,21 @@ def learned_markdown(sentences: list[str]) -> list[str]:
     return ["", "## What the study learned", "", *[f"- {s}" for s in sentences]]
 
 
-def write_results(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
-    """Write results.json and summary.md (each atomically); returns their paths."""
-    json_path = write_atomic(out_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    md_path = write_atomic(out_dir / "summary.md", markdown_summary(results))
-    return json_path, md_path
+def write_run(out_dir: Path, results: dict[str, Any]) -> list[Path]:
+    """Write what a run found (``results``: ``LoraResult.to_dict()``), each file atomically: ``best.yaml`` (the
+    recipe's lmtune config, with a comment saying what it reproduces), the adapter's model card after a final
+    run, ``results.json`` and ``summary.md``. Returns their paths."""
+    best_yaml, best = out_dir / "best.yaml", results["best"]
+    note = (f"lmtune lora --config {best_yaml}\ntrains trial {best['trial']} of study {results['study_name']} again "
+            f"({results['metric_name']} {best['proxy_metric']:.4f} on validation): the same model, data, proxy subset "
+            "and seed, then retrains it on the full training split and tests it.")
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    written = [write_atomic(best_yaml, header + yaml.safe_dump(results["recipe"]["lmtune"], sort_keys=False))]
+    if results["final"] is not None:
+        written.append(write_atomic(Path(results["final"]["adapter_dir"]) / "README.md", model_card(results)))
+    written.append(write_atomic(out_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n"))
+    written.append(write_atomic(out_dir / "summary.md", markdown_summary(results)))
+    return written
 
 
 def proxy_lines(results: dict[str, Any]) -> list[str]:
@@ -88,12 +101,10 @@ def proxy_lines(results: dict[str, Any]) -> list[str]:
 
 
 def markdown_summary(results: dict[str, Any]) -> str:
-    metric = results["metric_name"]
-    best = results["best"]
+    """summary.md: the run in a few lines, the best config, what the study learned and a table of the trials."""
     proxy = results.get("proxy") or {}
     pool = (f"{results['proxy_fraction']:.0%} proxy subset ({results['proxy_examples']} examples)" if not proxy
             else f"proxy of {proxy['rule'].split(':')[0]} on {results['proxy_examples']} examples")
-    others = ", ".join(f"{k} {v:.4f}" for k, v in (best.get("proxy_metrics") or {}).items() if k != metric)
     lines = [
         f"# lmtune lora: {results['study_name']}",
         "",
@@ -104,12 +115,21 @@ def markdown_summary(results: dict[str, Any]) -> str:
         "",
         "| parameter | value |",
         "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in best["hyperparams"].items()],
+        *[f"| {k} | {v} |" for k, v in results["best"]["hyperparams"].items()],
         "",
-        f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})"
-        + (f"; {others}" if others else ""),
-        *proxy_lines(results),
+        *best_lines(results),
+        *learned_markdown(results.get("learned") or []),
+        *trial_table(results),
     ]
+    return "\n".join(lines) + "\n"
+
+
+def best_lines(results: dict[str, Any]) -> list[str]:
+    """The best config's scores, the proxy, what the search spent, what learned nothing, the final run."""
+    metric, best = results["metric_name"], results["best"]
+    others = ", ".join(f"{k} {v:.4f}" for k, v in (best.get("proxy_metrics") or {}).items() if k != metric)
+    lines = [f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})"
+             + (f"; {others}" if others else ""), *proxy_lines(results)]
     constant = results.get("constant_score")
     if constant:
         lines.append(f"- trials at or below {constant['value']:.4f} {constant.get('label', 'learned nothing')}: "
@@ -134,15 +154,20 @@ def markdown_summary(results: dict[str, Any]) -> str:
     seconds = [r["seconds"] for r in results["trials"] if r["seconds"] is not None]
     if seconds:
         lines.append(f"- time per trial: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
-    lines += learned_markdown(results.get("learned") or [])
+    return lines
+
+
+def trial_table(results: dict[str, Any]) -> list[str]:
+    """The trials as a Markdown table: their last validation metrics, parameters, steps, seconds and a note."""
     names = list(results["trials"][0]["params"]) if results["trials"] else []
     shown = sorted({k for r in results["trials"] for k in r.get("metrics") or {}})
-    lines += [
+    lines = [
         "",
         "## Trials",
         "",
-        "| # | state | " + " | ".join(shown or [metric]) + " | " + " | ".join(names) + " | steps | seconds | note |",
-        "| " + " | ".join(["---"] * (len(names) + len(shown or [metric]) + 5)) + " |",
+        "| # | state | " + " | ".join(shown or [results["metric_name"]]) + " | " + " | ".join(names)
+        + " | steps | seconds | note |",
+        "| " + " | ".join(["---"] * (len(names) + len(shown or [results["metric_name"]]) + 5)) + " |",
     ]
     for r in results["trials"]:
         if shown:
@@ -153,4 +178,4 @@ def markdown_summary(results: dict[str, Any]) -> str:
         note = r["fail_reason"] or r.get("learned_nothing") or ""
         lines.append(f"| {r['number']} | {r['state']} | " + " | ".join(values) + " | " + " | ".join(cells)
                      + f" | {r.get('steps') or ''} | {r['seconds'] if r['seconds'] is not None else ''} | {note} |")
-    return "\n".join(lines) + "\n"
+    return lines

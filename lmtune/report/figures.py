@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from lmtune import attrs
-from lmtune.runtime.trials import learned_nothing
+from lmtune.finetune.scores import learned_nothing
 
 #: At most this many learning curves are drawn (the best ones); a 1,200-row benchmark table would be a blur.
 MAX_CURVES = 60

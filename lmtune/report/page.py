@@ -20,9 +20,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
 from lmtune.files import write_atomic
+from lmtune.finetune.scores import constant_of, learned_nothing
 from lmtune.inference.config import stop_text
 from lmtune.report import figures
-from lmtune.runtime.trials import constant_of, counted_trials, describe_failure, learned_nothing
+from lmtune.runtime.trials import counted_trials, describe_failure
 from lmtune.trajectory import learned_sentences, summarize_study
 from lmtune.version import __version__
 

@@ -55,19 +55,18 @@ class ComputeBudget:
     study do not overshoot together. A trial that has started always finishes.
     """
 
-    def __init__(self, study: optuna.Study, *, steps: int | None = None, seconds: float | None = None,
-                 trial_steps: int = 1):
-        self.study, self.steps, self.seconds, self.trial_steps = study, steps, seconds, trial_steps
+    def __init__(self, *, steps: int | None = None, seconds: float | None = None, trial_steps: int = 1):
+        self.steps, self.seconds, self.trial_steps = steps, seconds, trial_steps
 
-    def __call__(self) -> bool:
+    def __call__(self, study: optuna.Study) -> bool:
         if self.steps is None and self.seconds is None:
             return False
-        used = spent(self.study)
-        running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        used = spent(study)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if self.steps is not None and used.steps + (running + 1) * self.trial_steps > self.steps:
             return True
         if self.seconds is not None:
-            whole = [trial_seconds(t) for t in counted_trials(self.study) if t.state == TrialState.COMPLETE]
+            whole = [trial_seconds(t) for t in counted_trials(study) if t.state == TrialState.COMPLETE]
             estimate = statistics.fmean(whole) if whole else 0.0
             return used.seconds + (running + 1) * estimate > self.seconds
         return False

@@ -42,6 +42,9 @@ from lmtune.runtime.trials import (
 
 #: Longest stored failure reason (a traceback's first line is enough).
 REASON_LIMIT = 500
+#: Asked with the study before every trial: True ends the search (a compute budget, a spend budget, failures
+#: in a row). ``WorkerParts.stop_when`` is the same thing, rebuilt by a job's factory.
+StopWhen = Callable[[optuna.Study], bool]
 
 
 class Interrupted(Exception):
@@ -156,7 +159,7 @@ def run_trials(
     *,
     listener: TrialListener | None = None,
     catch: tuple[type[BaseException], ...] = (TrialFailed,),
-    stop_when: Callable[[], bool] | None = None,
+    stop_when: StopWhen | None = None,
 ) -> int:
     """Run trials until the study holds ``n_trials`` finished ones, alongside any other workers; returns how
     many ran here.
@@ -165,7 +168,7 @@ def run_trials(
     any other exception is stored the same way and then raised. ``optuna.TrialPruned`` stores PRUNED. When
     every slot is taken but trials of other workers still run, this worker waits: it retries a trial whose
     worker died once the heartbeat grace period has passed; without heartbeats (journal storage) it leaves
-    those trials to their workers and returns. ``stop_when()`` is asked before every trial (a spend budget,
+    those trials to their workers and returns. ``stop_when(study)`` is asked before every trial (a spend budget,
     too many failures in a row). Ctrl-C or SIGTERM records the running trial as interrupted, queues it again
     and raises :class:`Interrupted`.
     """
@@ -180,7 +183,7 @@ def run_trials(
                 if interval is not None:
                     fail_stale_trials(study)
                 state = budget(study, n_trials)
-                if state.done or (stop_when is not None and stop_when()):
+                if state.done or (stop_when is not None and stop_when(study)):
                     break
                 if state.has_work:
                     ran += _run_one(study, objective, n_trials, listener, catch, interval)

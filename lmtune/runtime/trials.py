@@ -108,38 +108,3 @@ def describe_failure(trial: FrozenTrial) -> str | None:
         return str(trial.user_attrs[attrs.FAIL_REASON])
     worker = trial.user_attrs.get(attrs.WORKER, "its worker")
     return f"stale: {worker} stopped sending heartbeats (killed, preempted or cut off)"
-
-
-def last_metrics(trial: FrozenTrial) -> dict[str, float]:
-    """Every validation metric of the trial's last evaluation (e.g. accuracy and eval_loss): a LoRA proxy ranks
-    by one of them, the others are reported beside it."""
-    trajectory = trial.user_attrs.get(attrs.TRAJECTORY) or [{}]
-    return {k: v for k, v in trajectory[-1].items() if k not in ("step", "epoch", "train_loss")}
-
-
-def learned_nothing(constant: dict | None, trial: FrozenTrial, maximize: bool = True) -> str | None:
-    """Why a COMPLETE trial learned nothing, or None: its score is no better than one constant answer.
-
-    ``constant`` is the study's ``constant_score`` attribute (``{"value", "what", "label"}``: the majority-class
-    rate of the validation split for a classifier, 0 for an inference task). A classifier at 0.2347 on BBC News,
-    the share of its largest class, predicts that class for everything; a decoding config at 0 solves nothing.
-    With a ``metric`` (accuracy) the trial's last evaluation of that metric is compared, not its value: a
-    LoRA study ranked by validation loss still flags trials whose accuracy sits at the majority class.
-    Scores within 1e-9 of the constant count as equal (floating point).
-    """
-    if not constant or constant.get("value") is None or trial.state != TrialState.COMPLETE or trial.value is None:
-        return None
-    floor, score = float(constant["value"]), trial.value
-    if constant.get("metric"):  # a metric of the trajectory (accuracy), whatever the trials are ranked by
-        last = last_metrics(trial)
-        if last.get(constant["metric"]) is not None:
-            score, maximize = last[constant["metric"]], True
-    if (score > floor + 1e-9) if maximize else (score < floor - 1e-9):
-        return None
-    what = constant.get("what") or f"no better than a constant answer ({floor:.4f})"
-    return f"{constant.get('label', 'learned nothing')}: {what}"
-
-
-def constant_of(study: optuna.Study) -> tuple[dict | None, bool]:
-    """The study's ``constant_score`` attribute and whether it maximizes, for ``learned_nothing``."""
-    return study.user_attrs.get(attrs.CONSTANT_SCORE), study.direction == optuna.study.StudyDirection.MAXIMIZE

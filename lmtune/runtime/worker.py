@@ -24,7 +24,7 @@ from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
 from lmtune.results import Result
-from lmtune.runtime.loop import TrialListener, run_trials
+from lmtune.runtime.loop import StopWhen, TrialListener, run_trials
 from lmtune.runtime.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, STORAGE_HELP, make_storage
 from lmtune.runtime.study import find_study, open_study
 from lmtune.runtime.trials import budget, counted_trials
@@ -50,8 +50,8 @@ class WorkerParts:
     pruner: optuna.pruners.BasePruner
     objective: Callable[[optuna.Trial], float] | None
     attrs: dict[str, Any] | None = None
-    #: ``stop_when(study)`` gives ``run_trials`` its ``stop_when`` (a budget of steps or seconds), or None.
-    stop_when: Callable[[optuna.Study], Callable[[], bool]] | None = None
+    #: ``run_trials``' ``stop_when`` (a budget of steps or seconds), or None.
+    stop_when: StopWhen | None = None
 
 
 class WorkerConfig(BaseModel):
@@ -130,8 +130,7 @@ def run_worker(config: WorkerConfig | None = None, *, objective_factory: Objecti
                        direction=summary.direction.name.lower(), attrs=parts.attrs)
     log.info("Worker joined study %s: %d of %d trials finished, sampler %s.", cfg.study,
              len(counted_trials(study)), total, type(parts.sampler).__name__)
-    ran = run_trials(study, objective, total, listener=listener,
-                     stop_when=parts.stop_when(study) if parts.stop_when is not None else None)
+    ran = run_trials(study, objective, total, listener=listener, stop_when=parts.stop_when)
     state = budget(study, total)
     return WorkerResult(study_name=cfg.study, ran=ran, finished=state.counted, budget=total,
                         running_elsewhere=len(state.running))

@@ -99,9 +99,8 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
     if name in LANGUAGE_BO_PLUS:
         if space is None:
             raise InputError("sampler", f"{name} needs the search space whose pool it ranks")
-        if language_bo.get("transfer") and name not in TRANSFER_SAMPLERS:
-            raise InputError("transfer_from", f"{name} does not use transferred observations; "
-                             f"use {' or '.join(TRANSFER_SAMPLERS)}")
+        if language_bo.get("transfer") and name not in TRANSFER_SAMPLERS:  # configs refuse it with advice
+            raise ValueError(f"{name} does not use transferred observations")
         from lmtune.samplers.language_bo.plus import LanguageBOPlusSampler
 
         return LanguageBOPlusSampler(space, seed=seed, n_startup_trials=n_startup_trials,
@@ -120,8 +119,8 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
 
         fallback = make_sampler("tpe", seed=seed, n_startup_trials=n_startup_trials, space=space, distinct=distinct)
         return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **language_bo)
-    if name not in SAMPLERS:
-        raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    if name not in SAMPLERS:  # a config's names are checked where it is read
+        raise ValueError(f"unknown sampler {name!r}")
     if not distinct:
         return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
     if space is not None and space.is_discrete:
@@ -156,7 +155,7 @@ def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) ->
         # form of the LogEI BoTorchSampler uses alone (its default with pending points is the older qEI).
         return BoTorchSampler(seed=seed, n_startup_trials=n_startup_trials, consider_running_trials=True,
                               candidates_func=qlogei_candidates_func)
-    raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    raise ValueError(f"unknown sampler {name!r}")
 
 
 def make_pruner(name: str, *, min_resource: int | None = None, max_resource: int | None = None
@@ -181,4 +180,4 @@ def make_pruner(name: str, *, min_resource: int | None = None, max_resource: int
                                                           reduction_factor=REDUCTION_FACTOR)
         return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource,
                                               reduction_factor=REDUCTION_FACTOR)
-    raise InputError("pruner", f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+    raise ValueError(f"unknown pruner {name!r}")  # a config's names are checked where it is read

@@ -49,6 +49,12 @@ CASES = [
      "two or more classes"),
     ("a NaN proxy fraction", {}, ["lora", "--proxy-fraction", "nan", "--storage", "sqlite:///s.db"],
      "proxy_fraction", ""),
+    ("a proxy of no steps", {}, ["lora", "--proxy", "steps:0", "--storage", "sqlite:///s.db"], "proxy.steps",
+     "at least 1"),
+    ("a proxy of steps without a number", {}, ["lora", "--proxy", "steps", "--storage", "sqlite:///s.db"],
+     "proxy.steps", "required"),
+    ("a proxy of no known kind", {}, ["lora", "--proxy", "fraction:0.5", "--storage", "sqlite:///s.db"], "proxy",
+     "share, share:R, steps:N or epochs"),
     ("a metric the task does not have", {"d.csv": TWO_CLASSES},
      ["lora", "--dataset", "d.csv", "--proxy-metric", "exact_match", "--storage", "sqlite:///s.db"], "proxy_metric",
      "eval_loss, accuracy"),
@@ -62,7 +68,8 @@ CASES = [
     ("a read-only database", {}, ["lora", "--storage", "sqlite:///file:ro.db?mode=ro&uri=true", "--no-run"],
      "storage", "readonly"),
     ("transfer with a sampler that does not transfer", {}, ["lora", "--transfer-from", "old.json", "--storage",
-                                                            "sqlite:///s.db"], "transfer_from", "language-bo+"),
+                                                            "sqlite:///s.db"], "transfer_from",
+     "use --sampler language-bo+"),  # the library names the field; the CLI writes it as its flag
     ("a transfer table with another space", {"old.json": OTHER_TABLE},
      ["lora", "--sampler", "language-bo+", "--transfer-from", "old.json", "--storage", "sqlite:///s.db"],
      "transfer_from", "only in the source: warmup; only in this study: dropout"),
@@ -146,7 +153,7 @@ def test_resume_compares_the_data_not_the_path(tmp_path, capsys, monkeypatch):
     code, err = run(other, [*base, "--dataset", "data/good.csv"], capsys, monkeypatch)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: dataset: study 'same' was created with 'data/good.csv'"), err
-    assert "loads other data" in last and "sha256" in last
+    assert "loads other data" in last and "sha256" in last and last.endswith("or another --study-name")
 
 
 def test_the_library_names_fields_and_only_the_command_spells_them_as_flags():

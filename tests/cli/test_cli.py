@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--proxy-steps", "4", "--space", "lora-small", "--sampler",
+FAST = ["--max-length", "32", "--proxy-fraction", "0.03", "--proxy", "steps:4", "--space", "lora-small", "--sampler",
         "random"]
 
 
@@ -140,7 +140,7 @@ def test_language_bo_plus_remembers_a_finished_study_and_spends_only_its_own_bud
 
 def test_proxy_check_prints_both_correlations_the_cost_and_a_recommendation(tmp_path):
     data = write_reviews(tmp_path, 80)
-    result = lmtune("lora", "--dataset", data, "--max-length", "16", "--proxy-steps", "6", "--proxy-fraction", "0.25",
+    result = lmtune("lora", "--dataset", data, "--max-length", "16", "--proxy", "steps:6", "--proxy-fraction", "0.25",
                     "proxy-check", "--configs", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("config ") == 3
@@ -153,4 +153,16 @@ def test_proxy_check_prints_both_correlations_the_cost_and_a_recommendation(tmp_
         assert match[1] is None or (-1 <= float(match[1]) <= 1 and -1 <= float(match[2]) <= 1)
     # 56 rows: a full run is 7 steps at batch 8 and 4 at batch 16, so 6 steps cost 86% or 150%
     assert re.fullmatch(r"  a trial costs \d+% of a full run's training examples, \d+% of its time", lines[3]), lines[3]
-    assert lines[4].startswith("recommendation: "), lines[4]
+    assert lines[4].startswith("recommendation: ") and "`" not in lines[4], lines[4]  # fields read as flags
+    assert "train longer" not in lines[4] or "--proxy steps:" in lines[4], lines[4]
+
+
+def test_fields_that_library_text_names_read_as_the_commands_flags():
+    from lmtune.cli.options import as_flags, flags_of
+    from lmtune.lora.config import LoraRunConfig
+    from lmtune.runtime.worker import WorkerConfig
+
+    text = "use `sampler` language-bo+ or another `study_name`; `lmtune worker` and `nothing` stay"
+    assert as_flags(text, flags_of(LoraRunConfig)) == (
+        "use --sampler language-bo+ or another --study-name; `lmtune worker` and `nothing` stay")
+    assert as_flags("join `study`", flags_of(WorkerConfig)) == "join --study"  # a field's own first flag

@@ -56,7 +56,7 @@ def test_the_options_reach_training_and_the_worker_job(tmp_path, capsys, monkeyp
     assert code in (0, None), err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["finished"] == 2 and all(t["state"] == "COMPLETE" for t in results["trials"])
-    from lmtune.lora.tune import job_config
+    from lmtune.lora.search import job_config
 
     job = job_config(LoraRunConfig(precision="bf16", device="cpu", group_by_length=True))
     assert job["precision"] == "bf16" and job["group_by_length"] and "device" not in job

@@ -40,7 +40,7 @@ def test_a_step_sized_search_with_successive_halving_and_a_step_budget(tmp_path,
     options = dict(dataset=str(tmp_path / "reviews.csv"), model=tiny_model_dir, max_length=16,
                    storage=f"sqlite:///{tmp_path / 'mf.db'}",
                    study_name="mf", output_dir=tmp_path / "out", startup_trials=2)
-    result = lmtune.tune_lora(**options, trials=50, proxy_steps=8, pruner="successive-halving", budget_steps=40)
+    result = lmtune.tune_lora(**options, trials=50, proxy="steps:8", pruner="successive-halving", budget_steps=40)
     study = optuna.load_study(study_name="mf", storage=options["storage"])
     steps = [t.user_attrs["train_steps"] for t in study.trials]
     assert all(s == 8 for t, s in zip(study.trials, steps, strict=True) if t.state.name == "COMPLETE")
@@ -54,8 +54,8 @@ def test_a_step_sized_search_with_successive_halving_and_a_step_budget(tmp_path,
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "pruned by successive-halving" in summary and "budget 40 steps" in summary
     assert "| accuracy | eval_loss |" in summary
-    for changed, field in (({"pruner": "hyperband"}, "pruner"), ({"proxy_steps": 6}, "proxy")):
+    for changed, field in (({"pruner": "hyperband"}, "pruner"), ({"proxy": "steps:6"}, "proxy")):
         with pytest.raises(InputError) as error:  # a resumed study keeps its proxy and its schedule
-            lmtune.tune_lora(**{**options, "proxy_steps": 8, "pruner": "successive-halving", **changed},
+            lmtune.tune_lora(**{**options, "proxy": "steps:8", "pruner": "successive-halving", **changed},
                              trials=60, final_train=False)
         assert error.value.field == field

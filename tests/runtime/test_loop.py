@@ -37,10 +37,11 @@ def test_every_named_optuna_sampler_runs_on_the_space(storage, name):
     assert all(SPACE.validate({**t.params, "variant": "lora"}) for t in study.trials)
 
 
-def test_unknown_sampler_names_the_field():
-    with pytest.raises(InputError) as err:
+def test_an_unknown_sampler_name_is_refused():
+    """The library call refuses it plainly; a config names the field and what is allowed (tests/cli)."""
+    with pytest.raises(ValueError, match="unknown sampler 'cmaes-ish'") as err:
         make_sampler("cmaes-ish")
-    assert err.value.field == "sampler" and "tpe" in err.value.message
+    assert not isinstance(err.value, InputError)
 
 
 def test_same_name_resumes_and_total_is_the_requested_count(storage):
@@ -184,7 +185,7 @@ def test_a_trial_created_after_the_budget_was_taken_does_not_run(storage):
     study = open_study("race", storage=storage, sampler=make_sampler("random", seed=0))
     other = []
 
-    def other_worker_asks_between_check_and_ask() -> bool:
+    def other_worker_asks_between_check_and_ask(_: optuna.Study) -> bool:
         if not other:
             other.append(study.ask())  # the other worker's trial takes the slot
             return False

@@ -45,7 +45,7 @@ def run(storage: str, name: str, pruner: str, trials: int, stop_when=None) -> op
     study = open_study(name, storage=storage, sampler=make_sampler("tpe", seed=1, n_startup_trials=4, space=SPACE),
                        pruner=make_pruner(pruner, min_resource=EVERY, max_resource=STEPS),
                        attrs={"pruner": pruner})
-    run_trials(study, curve, trials, stop_when=stop_when(study) if stop_when else None)
+    run_trials(study, curve, trials, stop_when=stop_when)
     return study
 
 
@@ -75,7 +75,7 @@ def test_pruners_need_their_rungs():
 def test_a_step_budget_starts_only_whole_trials_and_says_what_was_spent(tmp_path):
     storage = f"sqlite:///{tmp_path / 'budget.db'}"
     study = run(storage, "steps", "successive-halving", 100,
-                stop_when=lambda s: ComputeBudget(s, steps=400, trial_steps=STEPS))
+                stop_when=ComputeBudget(steps=400, trial_steps=STEPS))
     used = spent(study)
     assert used.steps <= 400 and used.steps + STEPS > 400  # the next whole trial would not have fit
     assert used.trials == len(study.trials) and used.pruned > 0 and used.complete > 0
@@ -86,9 +86,9 @@ def test_a_step_budget_starts_only_whole_trials_and_says_what_was_spent(tmp_path
 def test_a_seconds_budget_uses_the_mean_time_of_whole_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'seconds.db'}"
     study = optuna.create_study(storage=storage)
-    budget = ComputeBudget(study, seconds=3600)
-    assert not budget()  # nothing ran yet
+    budget = ComputeBudget(seconds=3600)
+    assert not budget(study)  # nothing ran yet
     run_trials(study, lambda t: t.suggest_float("x", 0, 1), 3)
-    assert not budget()  # trials of milliseconds fit in an hour
-    assert ComputeBudget(study, seconds=1e-9)()
-    assert not ComputeBudget(study)()  # no budget: never stops
+    assert not budget(study)  # trials of milliseconds fit in an hour
+    assert ComputeBudget(seconds=1e-9)(study)
+    assert not ComputeBudget()(study)  # no budget: never stops

@@ -178,7 +178,7 @@ def test_worker_killed_mid_trial_is_retried_once_and_the_study_completes(pg_url,
 def test_main_process_killed_and_lmtune_lora_resumes_the_study(pg_url, tmp_path, postgres):
     data, _ = write_inputs(tmp_path)
     # 40 steps per trial: long enough that the trial found running is still running when the kill lands
-    cmd = [sys.executable, "-m", "lmtune.cli", "lora", "--dataset", data, "--proxy-steps", "40", "--max-length",
+    cmd = [sys.executable, "-m", "lmtune.cli", "lora", "--dataset", data, "--proxy", "steps:40", "--max-length",
            "16", "--space", "lora-small", "--sampler", "random", "--trials", "3", "--no-final-train",
            "--storage", pg_url, "--study-name", "main", *FAST_HEARTBEAT]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

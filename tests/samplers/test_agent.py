@@ -190,7 +190,8 @@ def test_prompt_folders_replace_built_in_templates_and_typos_are_refused(tmp_pat
 
 def test_a_worker_rebuilds_the_agent_sampler_from_the_study_job(misbehaving, tmp_path):
     from lmtune.lora.config import LoraRunConfig
-    from lmtune.lora.tune import job_config, worker_parts
+    from lmtune.lora.search import job_config
+    from lmtune.lora.tune import worker_parts
     from lmtune.samplers.agent import AgentSampler
 
     (tmp_path / "retry.txt").write_text("Rejected: $error")
