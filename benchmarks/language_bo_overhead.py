@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from language_bo_synthetic import SPACE, machine, objective, true_score, write_section
+from _docs import write_section
+from language_bo_synthetic import SPACE, machine, objective, true_score
 
 from lmtune.samplers import LanguageBOSampler
 from lmtune.samplers.language_bo.embeddings import TextPool, cache_root
@@ -139,7 +140,7 @@ def reembedding_baseline(sampler: LanguageBOSampler, sample: list[int], observed
     return pool_s, fit_s
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="studies timed for the per-suggestion medians")
     parser.add_argument("--sample", type=int, default=256, help="texts timed for the extrapolated passes")
@@ -147,74 +148,84 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="print only; do not write docs/benchmarks.md")
     parser.add_argument("--cached", action="store_true", help="read the pool's embeddings from lmtune's cache "
                         "instead of timing the one-time pass")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return parser.parse_args()
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every timing the table reports, in one dict."""
     sampler, embed_s, prepare_s = one_time_pass(args.cached)
     pool_size = len(sampler.text_pool)
     print(f"one-time pass: {embed_s:.1f} s embedding ({prepare_s:.1f} s with model load and rendering)", flush=True)
     source = related_source()
-    plus_prepare = transfer_preparation(source)
-    times = suggestion_times(args.repeats)
-    plus_times = suggestion_times(args.repeats, "language-bo+")
-    memory_times = suggestion_times(args.repeats, "language-bo+", transfer=[source])
-    peak = peak_mb()
+    found = {"sampler": sampler, "embed_s": embed_s, "prepare_s": prepare_s, "pool_size": pool_size,
+             "source": source, "plus_prepare": transfer_preparation(source),
+             "times": suggestion_times(args.repeats), "plus_times": suggestion_times(args.repeats, "language-bo+"),
+             "memory_times": suggestion_times(args.repeats, "language-bo+", transfer=[source]), "peak": peak_mb()}
     sample = np.random.default_rng(0).choice(pool_size, args.sample, replace=False).tolist()
-    whole_s = whole_text_pass(sampler, sample) * pool_size
-    pool_s, fit_s = reembedding_baseline(sampler, sample, observed=30, steps=sampler.mll_steps)
+    found["whole_s"] = whole_text_pass(sampler, sample) * pool_size
+    found["pool_s"], found["fit_s"] = reembedding_baseline(sampler, sample, observed=30, steps=sampler.mll_steps)
+    return found
+
+
+def table_lines(args: argparse.Namespace, m: dict) -> list[str]:
+    """The Markdown rows of the overhead table."""
+    sampler, times, plus_times, memory_times = m["sampler"], m["times"], m["plus_times"], m["memory_times"]
 
     def median(n: int, key: str, table: dict | None = None) -> float:
         return float(np.median([t.get(key, 0.0) for t in (table or times)[n]]))
 
     one_time = ("not measured: read from lmtune's cache (`--cached`)" if args.cached else
-                f"{embed_s:.0f} s ({prepare_s:.0f} s incl. model load and rendering)")
+                f"{m['embed_s']:.0f} s ({m['prepare_s']:.0f} s incl. model load and rendering)")
     lines = [
         "| quantity | value |",
         "| --- | --- |",
-        f"| one-time pass: ψ-free embeddings of {pool_size:,} domain texts, shared prefix | {one_time} |",
-        f"| same pass with whole texts, no prefix sharing (extrapolated from {args.sample} texts) | {whole_s:.0f} s |",
+        f"| one-time pass: ψ-free embeddings of {m['pool_size']:,} domain texts, shared prefix | {one_time} |",
+        f"| same pass with whole texts, no prefix sharing (extrapolated from {args.sample} texts) | "
+        f"{m['whole_s']:.0f} s |",
     ]
-    for n in WINDOWS:
-        lines.append(
-            f"| median time per suggestion, {n} observed ({len(times[n])} suggestions) | "
-            f"{median(n, 'total'):.2f} s (fit {median(n, 'fit_s'):.2f}, rank pool {median(n, 'rank_pool_s'):.2f}, "
-            f"exact top-{sampler.shortlist_k} {median(n, 'exact_s'):.2f}) |")
-    for n in WINDOWS:
-        lines.append(
-            f"| language-bo+ (defaults, no transfer): median time per suggestion, {n} observed "
-            f"({len(plus_times[n])} suggestions) | {median(n, 'total', plus_times):.2f} s (fit "
-            f"{median(n, 'fit_s', plus_times):.2f}, score pool {median(n, 'exact_s', plus_times):.2f}) |")
+    lines += [f"| median time per suggestion, {n} observed ({len(times[n])} suggestions) | "
+              f"{median(n, 'total'):.2f} s (fit {median(n, 'fit_s'):.2f}, rank pool {median(n, 'rank_pool_s'):.2f}, "
+              f"exact top-{sampler.shortlist_k} {median(n, 'exact_s'):.2f}) |" for n in WINDOWS]
+    lines += [f"| language-bo+ (defaults, no transfer): median time per suggestion, {n} observed "
+              f"({len(plus_times[n])} suggestions) | {median(n, 'total', plus_times):.2f} s (fit "
+              f"{median(n, 'fit_s', plus_times):.2f}, score pool {median(n, 'exact_s', plus_times):.2f}) |"
+              for n in WINDOWS]
     lines.append(f"| language-bo+: max time per suggestion, 30 observed | "
                  f"{max(t['total'] for t in plus_times[30]):.2f} s |")
-    for n in WINDOWS:
-        lines.append(
-            f"| language-bo+ with a transfer source of {len(source.values)} results: median time per suggestion, "
-            f"{n} observed ({len(memory_times[n])} suggestions) | {median(n, 'total', memory_times):.2f} s |")
-    lines += [
+    lines += [f"| language-bo+ with a transfer source of {len(m['source'].values)} results: median time per "
+              f"suggestion, {n} observed ({len(memory_times[n])} suggestions) | "
+              f"{median(n, 'total', memory_times):.2f} s |" for n in WINDOWS]
+    baseline = m["pool_s"] + m["fit_s"]
+    return lines + [
         f"| language-bo+ with that source: max time per suggestion, 30 observed | "
         f"{max(t['total'] for t in memory_times[30]):.2f} s |",
         f"| language-bo+: one-time preparation with that source (source GP fit and its prediction over the pool; "
-        f"the pool's embeddings cached) | {plus_prepare:.1f} s |",
-    ]
-    baseline = pool_s + fit_s
-    lines += [
+        f"the pool's embeddings cached) | {m['plus_prepare']:.1f} s |",
         f"| max time per suggestion, 30 observed | {max(t['total'] for t in times[30]):.2f} s |",
-        f"| peak resident memory (one-time pass + {args.repeats} studies) | {peak:.0f} MB |",
+        f"| peak resident memory (one-time pass + {args.repeats} studies) | {m['peak']:.0f} MB |",
         f"| prior approach per suggestion, 30 observed (extrapolated): re-embed pool with ψ + "
-        f"{sampler.mll_steps} MLL steps through the encoder | {baseline:.0f} s ({pool_s:.0f} + {fit_s:.0f}) |",
+        f"{sampler.mll_steps} MLL steps through the encoder | {baseline:.0f} s ({m['pool_s']:.0f} + "
+        f"{m['fit_s']:.0f}) |",
         f"| speed-up at 30 observed | {baseline / median(30, 'total'):.0f}x |",
     ]
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    measured = measure(args)
+    steps = measured["sampler"].mll_steps
     command = "HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python benchmarks/language_bo_overhead.py " + \
         shlex.join(sys.argv[1:])
     body = (
         "## Language-BO overhead on the full lora-paper pool\n\n"
         f"`{command.strip()}` ({date.today()}; {machine()}; torch threads {torch.get_num_threads()}, "
-        "encoder MiniLM-L6 float32, defaults of `LanguageBOSampler`).\n\n" + "\n".join(lines) + "\n\n"
-        "Suggestion times are wall time of `sample_relative` in studies of the synthetic objective "
+        "encoder MiniLM-L6 float32, defaults of `LanguageBOSampler`).\n\n" + "\n".join(table_lines(args, measured))
+        + "\n\nSuggestion times are wall time of `sample_relative` in studies of the synthetic objective "
         "(`language_bo_synthetic.py`); the first model-based suggestion (a cold fit of "
-        f"{sampler.mll_steps} steps) is not in these windows. The prior approach is extrapolated: the pool "
+        f"{steps} steps) is not in these windows. The prior approach is extrapolated: the pool "
         f"re-embedding from {args.sample} random texts (whole text + ψ, full attention, batches of 64), the "
         "fit from 2 forward+backward passes over 30 texts. Timings on a shared machine vary between runs."
     )

@@ -8,7 +8,7 @@ flight here or in another process, calls a dead process left open) plus this res
 The account lives in the spend journal of the response store's SQLite file (``lmtune.llm.cache``): the
 reservation is committed before the call, and the bill and the reply are committed together after it. So a
 process killed at any moment leaves every call that may have been billed counted, at its billed cost or at its
-worst case; the next run starts from that total (FLAML overshot by ~8%, and lmtune by 18% after a kill, before this).
+worst case; the next run starts from that total (docs/benchmarks.md measures what FLAML and earlier lmtune overshot).
 
 What a server reports as usage is clamped to what the request could bill (completion tokens within
 [0, n * max_tokens], prompt tokens within [0, the prompt bound]), so a server that reports nonsense cannot push

@@ -1,4 +1,4 @@
-"""Talking to language models: frozen encoders for embeddings (and, later, generation endpoints)."""
+"""Talking to language models: OpenAI-compatible endpoints, local generation, the server, the response store."""
 
 from pathlib import Path
 

@@ -122,9 +122,7 @@ class LoraRunConfig(BaseModel):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(SAMPLERS)}")
-        return value
+        return _one_of(value, SAMPLERS, "sampler")
 
     @field_validator("transfer_from")
     @classmethod
@@ -138,16 +136,12 @@ class LoraRunConfig(BaseModel):
     @field_validator("pruner")
     @classmethod
     def _known_pruner(cls, value: str) -> str:
-        if value not in PRUNERS:
-            raise ValueError(f"unknown pruner {value!r}; allowed: {', '.join(PRUNERS)}")
-        return value
+        return _one_of(value, PRUNERS, "pruner")
 
     @field_validator("proxy_metric")
     @classmethod
     def _known_metric(cls, value: str | None) -> str | None:
-        if value is not None and value not in PROXY_METRICS:
-            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(PROXY_METRICS)}")
-        return value
+        return value if value is None else _one_of(value, PROXY_METRICS, "metric")
 
     @field_validator("variant")
     @classmethod
@@ -190,3 +184,10 @@ class LoraRunConfig(BaseModel):
     @property
     def out_dir(self) -> Path:
         return self.output_dir or Path("lmtune-out") / self.study_name
+
+
+def _one_of(value: str, allowed, what: str) -> str:
+    """``value`` when it is one of ``allowed``; else the one error every name field gives."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value

@@ -97,7 +97,7 @@ def describe_task(*, model: str | None, dataset: str | None, task: str | None, m
 
 
 def describe_recipe(recipe: dict[str, Any], metric: str | None, direction: str, fixed: dict[str, Any]) -> str:
-    """The description of a benchmark table from its recipe (``lmtune.bench.tables.TableSpec``)."""
+    """The description of a benchmark table from its recipe (``lmtune.bench.specs.TableSpec``)."""
     task = recipe.get("task") or ("classification" if metric == "accuracy" else None)
     return describe_task(model=recipe.get("model"), dataset=recipe.get("dataset"), task=task, metric=metric,
                          direction=direction, fixed=fixed)
