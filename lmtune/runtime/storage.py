@@ -14,9 +14,11 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import quote_plus, unquote, urlsplit
 
 from optuna.storages import BaseStorage, RDBStorage
+from pydantic import AfterValidator
 from sqlalchemy.engine import URL, make_url
 
 from lmtune._compat import stale_retry_callback
@@ -127,6 +129,21 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
+def check_study_name(name: str) -> str:
+    """A study name is also a file or folder name (``lmtune-out/<study>``, report and label files), so it may not
+    leave the output folder: no path separator, no control character, not '.' or '..'. The pydantic configs of
+    every command that names a study validate it with this (``StudyName``)."""
+    if not name.strip():
+        raise ValueError(f"must not be empty, got {name!r}")
+    if "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise ValueError(f"{name!r} cannot name a study: a study name is also a folder name under the output "
+                         "folder, so it may not hold '/', '\\' or control characters, nor be '.' or '..'")
+    return name
+
+
+StudyName = Annotated[str, AfterValidator(check_study_name)]
+
+
 def normalize_url(url: str | None) -> str:
     """The URL lmtune opens: the default when empty, ``postgresql://`` read as ``postgresql+psycopg://``.
 
@@ -185,9 +202,19 @@ def _check_file(url: str, existing: bool) -> None:
         raise InputError("storage", f"{path} does not exist; give the storage of an existing study")
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError("storage", f"{path} is read-only; lmtune writes trials to it")
+    if url.startswith("sqlite") and path.is_file() and not _is_sqlite(path):
+        raise InputError("storage", f"{path} is not an SQLite database (SQLite would overwrite it); give a database "
+                         "file or a new name")
     if path.parent.resolve().is_dir() and not os.access(path.parent.resolve(), os.W_OK):
         raise InputError("storage", f"folder {path.parent} is read-only; SQLite and journal files need to write "
                          "beside the database")
+
+
+def _is_sqlite(path: Path) -> bool:
+    """An empty file (SQLite makes it a database) or one that starts with SQLite's header."""
+    with open(path, "rb") as file:
+        header = file.read(16)
+    return header in (b"", b"SQLite format 3\x00")
 
 
 def _journal_storage(url: str) -> BaseStorage:
@@ -200,9 +227,13 @@ def _journal_storage(url: str) -> BaseStorage:
     if not path.parent.resolve().is_dir():
         raise InputError("storage", f"folder {path.parent} of journal file {path} does not exist")
     try:
-        return JournalStorage(JournalFileBackend(str(path)))  # symlink lock: safe on NFS
+        return JournalStorage(JournalFileBackend(str(path)))  # symlink lock: safe on NFS; replays the file
     except OSError as exc:
         raise InputError("storage", f"cannot open journal file {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, IndexError, AssertionError) as exc:  # what replaying a bad line raises
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
+        raise InputError("storage", f"{path} is not a journal file Optuna can replay ({reason}); give the journal "
+                         "of a study, or a new file") from None
 
 
 def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
