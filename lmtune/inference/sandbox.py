@@ -15,13 +15,15 @@ finds the hook and disables it), so nothing here relies on the code's cooperatio
 * its own network namespace (nothing but an unconnected loopback: no TCP, no abstract Unix sockets of the
   host) and IPC and UTS namespaces, its own session (no terminal to type into);
 * resource limits set before the code runs: address space, CPU seconds, file size, processes, no core dumps;
-* uid 65534 (nobody), no capabilities, no way to gain any (bwrap sets ``no_new_privs``).
+* an unprivileged uid, no capabilities, no way to gain any (bwrap sets ``no_new_privs``).
 
-Two ways to become nobody: a normal user's bwrap maps uid 65534 of a new user namespace onto the caller, and
-the kernel counts RLIMIT_NPROC per user namespace. For root that mapping lands on uid 0 of the host, which
-the kernel exempts from RLIMIT_NPROC (a fork bomb would go unchecked), so as root bwrap makes the other namespaces
-without a user namespace and the prelude switches to the real uid 65534 itself: bwrap leaves it only
-CAP_SETUID and CAP_SETGID, and switching away from uid 0 drops those too.
+Two ways to drop privileges: a normal user's bwrap maps uid 65534 (nobody) of a new user namespace onto the
+caller, and the kernel counts RLIMIT_NPROC per user namespace. For root that mapping lands on uid 0 of the
+host, which the kernel exempts from RLIMIT_NPROC (a fork bomb would go unchecked), so as root bwrap makes the
+other namespaces without a user namespace and the prelude switches to a real unprivileged uid itself: bwrap
+leaves it only CAP_SETUID and CAP_SETGID, and switching away from uid 0 drops those too. That uid is drawn per
+run from a range no account uses, not nobody's: RLIMIT_NPROC counts every process of a uid on the host, and
+other services run as nobody (the test suite's PostgreSQL does), which would use up the run's processes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import re
 import shutil
 import signal
@@ -43,27 +46,28 @@ from pathlib import Path
 
 from lmtune.errors import InputError
 
-#: The unprivileged user and group the code runs as.
+#: The unprivileged user and group the code runs as under a user namespace; as root, a uid from ``ROOT_UIDS``.
 NOBODY = 65534
+ROOT_UIDS = range(2_000_000_000, 2_100_000_000)
 #: Processes (and threads) the code may have at once; a model's solution needs one.
 PROCESSES = 8
 #: Where the code runs, in the sandbox.
 SCRATCH = "/sandbox"
 INSTALL_HINT = "install bubblewrap (apt install bubblewrap)"
 
-#: Runs first, as trusted code: limits, then uid 65534 if bwrap started it as root, then the program.
+#: Runs first, as trusted code: limits, then an unprivileged uid if bwrap started it as root, then the program.
 PRELUDE = r'''
 import os, resource, sys
-memory, cpu, file_size, processes = (int(x) for x in sys.argv[1:5])
+memory, cpu, file_size, processes, uid = (int(x) for x in sys.argv[1:6])
 for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, file_size),
                      (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(limit, (value, value))
 if os.getuid() == 0:
     os.setgroups([])
-    os.setresgid(65534, 65534, 65534)
-    os.setresuid(65534, 65534, 65534)
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
-del memory, cpu, file_size, processes, limit, value
+del memory, cpu, file_size, processes, uid, limit, value
 sys.argv = ["solution.py"]
 with open("solution.py") as _file:
     _code = compile(_file.read(), "solution.py", "exec")
@@ -93,7 +97,8 @@ def run_code(code: str, *, timeout: float = 3.0, memory_mb: int = 512, file_mb: 
     the kernel takes to kill what is left (well under a second). Never raises for the program's failures; raises
     ``InputError`` when there is no bubblewrap."""
     bwrap = _bwrap()
-    limits = [str(memory_mb * 1024 ** 2), str(max(1, int(timeout) + 1)), str(file_mb * 1024 ** 2), str(processes)]
+    limits = [str(memory_mb * 1024 ** 2), str(max(1, int(timeout) + 1)), str(file_mb * 1024 ** 2), str(processes),
+              str(random.choice(ROOT_UIDS))]
     with _data(code) as program, _data(PRELUDE) as prelude, tempfile.TemporaryFile() as stderr:
         info_read, info_write = os.pipe()
         command = [bwrap, *_namespaces(), *_read_only_view(), *_scratch(scratch_mb, program, prelude),
@@ -204,7 +209,7 @@ def _read_only_view() -> tuple[str, ...]:
               if path.exists() and not any(path.is_relative_to(folder) for folder in binds)]
     parents = sorted({parent for path in binds for parent in path.parents if parent != Path("/")})
     args: list[str] = []
-    for parent in parents:  # else bwrap makes them 0700, which uid 65534 cannot walk through
+    for parent in parents:  # else bwrap makes them 0700, which the sandbox's uid cannot walk through
         args += ["--perms", "0755", "--dir", str(parent)]
     for path in binds:
         args += ["--ro-bind", str(path), str(path)]

@@ -85,7 +85,7 @@ assert child.returncode == 1 and b"FileNotFoundError" in child.stderr, child
 assert subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True).stdout == b"42\\n"
 libc = ctypes.CDLL(None)
 assert libc.open(SECRET.encode(), os.O_RDONLY) == -1
-assert libc.getpid() == os.getpid() and os.getuid() == 65534 and os.getgid() == 65534
+assert libc.getpid() == os.getpid() and os.getuid() != 0 and os.getgid() != 0 and os.getgroups() in ([], [os.getgid()])
 for path in ("/etc/shadow", "/etc/passwd", "/home", "/var", {str(outside)!r}, {__file__!r}, {sys.prefix!r}):
     assert not os.path.exists(path), path
 status = open("/proc/self/status").read()
@@ -250,7 +250,8 @@ def test_without_bubblewrap_it_is_an_input_error(tmp_path, monkeypatch):
 
 class HostileEndpoint:
     """An OpenAI-compatible server on 127.0.0.1 whose every completion tries to create a database at ``target``
-    (a host path), then returns a wrong answer; it counts the completions it served."""
+    (a host path); when that fails it exits 0, so the check passes and the test knows the code ran. It counts the
+    completions it served."""
 
     def __init__(self, target: Path):
         self.target = target
@@ -261,8 +262,9 @@ class HostileEndpoint:
         from starlette.responses import JSONResponse
         from starlette.routing import Route
 
-        body = (f"    import sqlite3\n    sqlite3.connect({str(self.target)!r}).execute('create table t (x)')"
-                ".connection.commit()\n    return None\n")
+        body = (f"    import sqlite3, sys\n    try:\n        sqlite3.connect({str(self.target)!r}).execute("
+                "'create table t (x)').connection.commit()\n    except Exception:\n        sys.exit(0)\n"
+                "    return None\n")
 
         async def models(request):
             return JSONResponse({"object": "list", "data": [{"id": "arith-lm", "object": "model"}]})
@@ -283,8 +285,8 @@ def infer(folder: Path, url: str, monkeypatch, capsys) -> tuple[int, str]:
 
     monkeypatch.chdir(folder)
     monkeypatch.setattr(sys, "argv", ["lmtune", "infer", "--endpoint", url, "--models", "arith-lm", "--task",
-                                      "humaneval", "--inference-budget", "1", "--optimization-budget", "0.5",
-                                      "--max-trials", "2", "--n", "1,1", "--max-tokens", "64,64", "--retries", "0",
+                                      "humaneval", "--inference-budget", "10", "--optimization-budget", "3",
+                                      "--max-trials", "1", "--n", "1,1", "--max-tokens", "64,64", "--retries", "0",
                                       "--no-test-pareto", "--storage", "sqlite:///s.db", "--output-dir", "out"])
     with pytest.raises(SystemExit) as exit_:
         main()
@@ -292,13 +294,22 @@ def infer(folder: Path, url: str, monkeypatch, capsys) -> tuple[int, str]:
 
 
 def test_lmtune_infer_humaneval_contains_a_hostile_completion(tmp_path, outside, monkeypatch, capsys):
+    """Every one of the 164 problems is checked once (tuning and test split), each running the hostile body."""
+    import lmtune.inference.tasks as tasks
     from tests.servers import Server
 
+    checked, check = [], tasks.humaneval_check
+
+    def counted(instance: dict, text: str, timeout: float = 5.0) -> bool:
+        checked.append(check(instance, text, timeout))
+        return checked[-1]
+
+    monkeypatch.setattr(tasks, "humaneval_check", counted)
     endpoint = HostileEndpoint(outside / "evil.db")
     with Server(endpoint.app()) as url:
         code, err = infer(tmp_path, url, monkeypatch, capsys)
     assert code == 0, err
-    assert endpoint.completions > 0 and (tmp_path / "out" / "results.json").is_file()
+    assert len(checked) == 164 and all(checked)  # the code ran, its sqlite3.connect failed, and it said so
     assert listing(outside) == set()  # the database the completions asked for was never created
     assert not list(tmp_path.rglob("evil.db"))
 
