@@ -124,22 +124,38 @@ def run_code(code: str, *, timeout: float = 3.0, memory_mb: int = 512, file_mb: 
 
 
 def _wait(process: subprocess.Popen, timeout: float, info: int) -> int | None:
-    """bwrap's exit code, or None after ``timeout``: then the sandbox's first process is killed, so the kernel
-    kills every other one in its PID namespace, and bwrap, which waits for it, reports it gone."""
+    """bwrap's exit code, or None after ``timeout``; either way, once this returns, nothing of the run is left.
+
+    The sandbox's first process (bwrap's reaper, pid 1 of its PID namespace) ends only after the kernel has killed
+    every other process there. bwrap reports the program's exit as soon as the program ends, a moment before
+    that, so this waits for the first process too; on timeout it kills the first process itself."""
     try:
-        return process.wait(timeout=timeout)
+        code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        first = _first_process(info)
-        if first is not None and process.poll() is None:  # bwrap has not reaped it: the pid is still its
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(first, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=1)
-        return None
-    finally:
+        code = None
+    first = _first_process(info)
+    if code is None and first is not None and process.poll() is None:  # bwrap has not reaped it: still its pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # bwrap itself, if still there; --die-with-parent does the rest
-        process.wait()
+            os.kill(first, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # bwrap itself, if still there; --die-with-parent does the rest
+    process.wait()
+    if first is not None:
+        _until_gone(first, deadline=time.monotonic() + 0.5)
+    return code
+
+
+def _until_gone(pid: int, deadline: float) -> None:
+    """Wait until ``pid`` is gone or a zombie (then its PID namespace is empty), or the deadline passes."""
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.005)
 
 
 def _first_process(info: int) -> int | None:
