@@ -7,8 +7,9 @@ them, and a study written by one lmtune version is resumed by the next. Rename n
 # -- every trial -------------------------------------------------------------------------------------------
 #: Why a FAIL or PRUNED trial has no score, in words; written for every failure a live worker sees.
 FAIL_REASON = "fail_reason"
-#: ``host:pid`` of the process that ran the trial.
-WORKER = "worker"
+#: ``host:pid`` of the process that ran the trial, and that process's start (``runtime.orphans.process_start``),
+#: so a later run on the host can tell it is gone even when its pid was reused.
+WORKER, WORKER_STARTED = "worker", "worker_started"
 #: The trial was stopped by Ctrl-C or SIGTERM; it is queued again.
 INTERRUPTED = "interrupted"
 #: The number of the trial a queued retry replaces, and how many times that config was retried.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmtune.runtime.storage import StudyName
 from lmtune.samplers.registry import REGISTRY, SAMPLERS
 
 #: Methods ``bench samplers`` replays: lmtune's samplers, NOMAD (PyNomadBBO) and the language-BO ablations.
@@ -23,7 +24,7 @@ class BuildTableConfig(BaseModel):
                                 "(default: benchmarks/data/<table>.json.gz)", json_schema_extra={"metavar": "FILE"})
     storage: str = Field("sqlite:///lmtune-bench.db", description="Optuna storage of the build study; share it "
                          "between processes or machines to build together", json_schema_extra={"metavar": "URL"})
-    study_name: str | None = Field(None, description="build study name (default: the table name)",
+    study_name: StudyName | None = Field(None, description="build study name (default: the table name)",
                                    json_schema_extra={"metavar": "NAME"})
     max_trials: int | None = Field(None, ge=1, description="stop after this many configs (default: the whole grid)")
     full_runs: int = Field(0, ge=0, description="then train this many configs, spread over the quality range, on "

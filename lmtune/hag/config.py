@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.runtime.storage import STORAGE_HELP
+from lmtune.runtime.storage import STORAGE_HELP, StudyName
 
 GRID_HELP = "values the label search may choose, comma-separated, in order"
 
@@ -54,7 +54,7 @@ class HagLabelConfig(TaskFields):
     tie_tolerance: float = Field(0.0, ge=0, description="scores this close to the best tie; the least random wins")
     chunk_size: int = Field(16, ge=1, description="inputs searched together in one trial (one batch)")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
-    study_name: str | None = Field(None, description="study name (default hag-label-<task>-<split>); an existing "
+    study_name: StudyName | None = Field(None, description="study name (default hag-label-<task>-<split>); an existing "
                                    "study resumes", json_schema_extra={"metavar": "NAME"})
     output_dir: Path = Field(Path("lmtune-out/hag"), description="where labels-<split>.jsonl and the response "
                              "cache go")

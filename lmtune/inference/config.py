@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from lmtune.runtime.storage import STORAGE_HELP
+from lmtune.runtime.storage import STORAGE_HELP, StudyName
 
 
 def parse_range(value: Any, kind: type) -> tuple:
@@ -90,8 +90,8 @@ class InferConfig(BaseModel):
     pruning: bool = Field(True, description="cost-based pruning (EcoOptiGen)")
     seed: int = Field(0, description="seed of the split, subsamples, sampler and sampling")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
-    study_name: str | None = Field(None, description="study name (default infer-<task>); an existing study resumes",
-                                   json_schema_extra={"metavar": "NAME"})
+    study_name: StudyName | None = Field(None, description="study name (default infer-<task>); an existing study "
+                                         "resumes", json_schema_extra={"metavar": "NAME"})
     output_dir: Path | None = Field(Path("lmtune-out/infer"), description="where results.json and the response "
                                     "cache go (none: no files)")
     cache: str | None = Field(None, description="response cache file (default OUTPUT_DIR/responses.sqlite); "

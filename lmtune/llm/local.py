@@ -37,6 +37,7 @@ class LocalGenerator(Generator):
         self._pending: list = []
         self._drainer = None
         self._grammars: constrained.Grammars | None = None
+        self._stopping = threading.Event()
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,6 +73,11 @@ class LocalGenerator(Generator):
             return self.grammars.constraint(request.response_format)
         except constrained.GrammarError as exc:
             raise GenerationError(str(exc)) from None
+
+    def interrupt(self) -> None:
+        """Stop decoding at the next token, for good: every running and later batch raises ``GenerationError``
+        (``lmtune serve`` on SIGTERM, which must not wait for long generations to finish)."""
+        self._stopping.set()
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -132,6 +138,8 @@ class LocalGenerator(Generator):
         with self._lock, torch.no_grad():
             try:
                 tokens = self._decode(rows)
+            except GenerationError:
+                raise
             except Exception as exc:
                 raise GenerationError(f"generation failed: {exc}"[:300]) from exc
         eos = self.tokenizer.eos_token_id
@@ -168,10 +176,14 @@ class LocalGenerator(Generator):
         generated: list[list[int]] = [[] for _ in rows]
         constraints = [r[6] for r in rows]
         for step in range(int(limits.max())):
+            if self._stopping.is_set():
+                raise GenerationError("interrupted: the model is being shut down")
             uniforms = torch.tensor([r[5].random() for r in rows], device=self.device)
             if seen is not None:
                 logits = _penalize(logits, seen, penalty)
-            constrained.mask_logits(logits, constraints, done)
+            done |= constrained.mask_logits(logits, constraints, done)  # a failed grammar ends its row here
+            if bool(done.all()):
+                break
             token = torch.where(greedy, logits.argmax(-1), _sample(logits, temperature, top_p, uniforms,
                                                                    top_k if bool(top_k.any()) else None))
             if seen is not None:

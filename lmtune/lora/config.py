@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from lmtune.finetune.hparams import VARIANTS
 from lmtune.finetune.proxy import Proxy, ShareProxy, parse_proxy
-from lmtune.runtime.storage import STORAGE_HELP
+from lmtune.runtime.storage import STORAGE_HELP, StudyName
 from lmtune.samplers.registry import LANGUAGE_BO_PLUS, PRUNERS, SAMPLERS, TRANSFER_SAMPLERS
 
 #: Config fields that belong to one process, not to the study a worker joins.
@@ -88,7 +88,7 @@ class LoraRunConfig(BaseModel):
                                      "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
-    study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
+    study_name: StudyName = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
                             json_schema_extra={"metavar": "NAME"})
     run: bool = Field(True, description="run trials here; off, it only creates the study for `lmtune worker`")
     heartbeat_interval: int = Field(30, ge=1, description="seconds between heartbeats of a running trial "

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import attrs
 from lmtune._compat import discard_session, heartbeat_interval, storage_of, stored_trial, trial_id
 from lmtune.errors import TrialFailed
+from lmtune.runtime.orphans import fail_dead_trials, process_start
 from lmtune.runtime.trials import (
     Budget,
     budget,
@@ -178,6 +179,7 @@ def run_trials(
     ran = 0
     try:
         with sigterm_as_interrupt():
+            fail_dead_trials(study)  # killed earlier on this host (journal storage has no heartbeats)
             requeue_interrupted(study)
             while True:
                 if interval is not None:
@@ -208,6 +210,7 @@ def _run_one(study: optuna.Study, objective, total: int, listener: TrialListener
         if held:  # Ctrl-C or SIGTERM arrived while the trial was being created: record it as interrupted
             raise KeyboardInterrupt
         set_attr(trial, attrs.WORKER, worker_id())
+        set_attr(trial, attrs.WORKER_STARTED, process_start())
         if not is_retry(stored_trial(trial)):
             earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
             if slots_taken(earlier) >= total:  # another worker took the last slot between our check and ask

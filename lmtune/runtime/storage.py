@@ -1,8 +1,10 @@
 """Storage URLs as Optuna storages: SQLite (default), PostgreSQL, or a journal file on a shared file system.
 
 One place turns what the user typed into a storage, so every command treats URLs alike: a wrong
-or unreachable URL is an ``InputError`` before any work starts, and no message carries a password
-(``mask_url``). RDB storages get Optuna's heartbeats, and a trial whose worker stops beating is
+or unreachable URL is an ``InputError`` before any work starts, and no message carries a password: URLs are
+parsed as SQLAlchemy parses them to connect (``mask_url``), a password SQLAlchemy would misread is refused
+before any connection (``check_url``), and driver messages lose every whole occurrence of the password
+(``scrub``). RDB storages get Optuna's heartbeats, and a trial whose worker stops beating is
 failed and retried once by Optuna's ``RetryHeartbeatStaleTrialCallback``.
 """
 
@@ -12,8 +14,12 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote_plus, unquote, urlsplit
 
 from optuna.storages import BaseStorage, RDBStorage
+from pydantic import AfterValidator
+from sqlalchemy.engine import URL, make_url
 
 from lmtune._compat import stale_retry_callback
 from lmtune.errors import InputError
@@ -35,21 +41,107 @@ STALE_RETRIES = 1
 #: Seconds to wait for a PostgreSQL server before calling it unreachable.
 CONNECT_TIMEOUT = 10
 
-#: user:password@ before the host; the password runs to the last "@" before the host (it may hold "@" or "/").
-_USERINFO = re.compile(r"(?P<head>^[A-Za-z][A-Za-z0-9+.\-]*://[^:/@?#]*):(?P<secret>[^?#]*)@(?=[^@?#]*(?:[/?#]|$))")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|sslpassword)=)(?P<secret>[^&#]*)", re.IGNORECASE)
+#: Query parameters that carry a secret (libpq's and drivers' spellings).
+SECRET_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+PERCENT_ENCODE = ("percent-encode them: '@' is %40, ':' %3A, '/' %2F, '#' %23, '?' %3F "
+                  "(python -c \"import urllib.parse; print(urllib.parse.quote('PASSWORD', safe=''))\")")
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password (in the user part or the query) replaced by ``***``; safe to print or log."""
-    url = _USERINFO.sub(lambda m: f"{m['head']}:***@", url)
-    return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", url)
+    """The URL with its password (user part or query) shown as ``***``; safe to print or log.
+
+    The URL is parsed as SQLAlchemy parses it to connect (``make_url``), never searched for the password's
+    text: a password of one letter would otherwise turn every such letter of the message into ``***``. A URL
+    that parses ambiguously (``check_url``) keeps only its scheme and what follows its last ``@``."""
+    parsed = _parsed(url)
+    if parsed is None:
+        return _mask_unparsed(url)
+    secret_keys = [key for key in parsed.query if key.lower() in SECRET_KEYS]
+    if parsed.password is None and not secret_keys:
+        return url  # nothing to hide: as the user typed it
+    query = "&".join(f"{quote_plus(key)}={'***' if key in secret_keys else quote_plus(value)}"
+                     for key, values in parsed.query.items()
+                     for value in ([values] if isinstance(values, str) else values))
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    return f"{shown}?{query}" if query else shown
+
+
+def check_url(url: str) -> None:
+    """Refuse, before any connection, a server URL whose user name or password holds unencoded reserved
+    characters ('@', '/', '#', '?'): SQLAlchemy would read part of the password as the host, port or database,
+    and the driver would print that part in its error. Such a URL is read differently by SQLAlchemy and by the
+    standard library's URL parser (RFC 3986), which is how it is found."""
+    if url.startswith(("sqlite", JOURNAL_PREFIX)):
+        return
+    if _parsed(url) is None:
+        raise InputError("storage", f"cannot read {_mask_unparsed(url)}: its user name or password holds '@', '/', "
+                         f"'#' or '?' unencoded, so part of it would be read as the host, port or database; "
+                         f"{PERCENT_ENCODE}")
+
+
+def _parsed(url: str) -> URL | None:
+    """SQLAlchemy's reading of ``url`` if the standard library reads the same user, password, host and port
+    (always for SQLite and journal files, which have no user part), else None."""
+    try:
+        parsed = make_url(url)
+        if url.startswith(("sqlite", JOURNAL_PREFIX)) or "@" not in url:
+            return parsed
+        split = urlsplit(url)
+        standard = (unquote(split.username or "") or None, None if split.password is None else unquote(split.password),
+                    (split.hostname or "").lower() or None, split.port)
+        ours = (parsed.username or None, parsed.password, (parsed.host or "").lower() or None, parsed.port)
+    except Exception:  # noqa: BLE001  (ValueError for a port that is no number, ArgumentError, ...)
+        return None
+    return parsed if standard == ours else None
+
+
+def _mask_unparsed(url: str) -> str:
+    """Scheme and what follows the last '@' (a password never does), without the query."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    address, query, _ = rest.partition("?")
+    return f"{scheme}{separator}{address}" + ("?***" if query else "")
 
 
 def secrets_in(url: str) -> list[str]:
-    """The passwords written in a URL (to scrub them from driver messages too)."""
-    found = [m["secret"] for m in _USERINFO.finditer(url)] + [m["secret"] for m in _QUERY_SECRET.finditer(url)]
-    return [s for s in found if s]
+    """The passwords written in a URL, decoded and as typed (to scrub them from driver messages too)."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001
+        return []
+    found = [parsed.password or ""]
+    if "@" in url and urlsplit(url).password:
+        found.append(urlsplit(url).password)  # as typed, %-encoded
+    for key, values in parsed.query.items():
+        if key.lower() in SECRET_KEYS:
+            found += [values] if isinstance(values, str) else list(values)
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every whole occurrence of a secret replaced by ``***``: an occurrence inside a longer word
+    is left alone (the password ``p`` must not turn ``port`` into ``***ort``)."""
+    for secret in secrets:
+        text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
+    return text
+
+
+def check_study_name(name: str) -> str:
+    """A study name is also a file or folder name (``lmtune-out/<study>``, report and label files), so it may not
+    leave the output folder: no path separator, no control character, not '.' or '..'. The pydantic configs of
+    every command that names a study validate it with this (``StudyName``)."""
+    if not name.strip():
+        raise ValueError(f"must not be empty, got {name!r}")
+    if "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise ValueError(f"{name!r} cannot name a study: a study name is also a folder name under the output "
+                         "folder, so it may not hold '/', '\\' or control characters, nor be '.' or '..'")
+    return name
+
+
+StudyName = Annotated[str, AfterValidator(check_study_name)]
 
 
 def normalize_url(url: str | None) -> str:
@@ -77,6 +169,7 @@ def make_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
     that does not exist is an error then, not a new empty database.
     """
     url = normalize_url(url)
+    check_url(url)
     _check_file(url, existing)
     for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -94,8 +187,6 @@ def local_file(url: str) -> Path | None:
     if url.startswith(JOURNAL_PREFIX):
         return Path(url[len(JOURNAL_PREFIX):])
     if url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url
-
         database = make_url(url).database
         return Path(database) if database and database != ":memory:" else None
     return None
@@ -111,9 +202,19 @@ def _check_file(url: str, existing: bool) -> None:
         raise InputError("storage", f"{path} does not exist; give the storage of an existing study")
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError("storage", f"{path} is read-only; lmtune writes trials to it")
+    if url.startswith("sqlite") and path.is_file() and not _is_sqlite(path):
+        raise InputError("storage", f"{path} is not an SQLite database (SQLite would overwrite it); give a database "
+                         "file or a new name")
     if path.parent.resolve().is_dir() and not os.access(path.parent.resolve(), os.W_OK):
         raise InputError("storage", f"folder {path.parent} is read-only; SQLite and journal files need to write "
                          "beside the database")
+
+
+def _is_sqlite(path: Path) -> bool:
+    """An empty file (SQLite makes it a database) or one that starts with SQLite's header."""
+    with open(path, "rb") as file:
+        header = file.read(16)
+    return header in (b"", b"SQLite format 3\x00")
 
 
 def _journal_storage(url: str) -> BaseStorage:
@@ -126,9 +227,13 @@ def _journal_storage(url: str) -> BaseStorage:
     if not path.parent.resolve().is_dir():
         raise InputError("storage", f"folder {path.parent} of journal file {path} does not exist")
     try:
-        return JournalStorage(JournalFileBackend(str(path)))  # symlink lock: safe on NFS
+        return JournalStorage(JournalFileBackend(str(path)))  # symlink lock: safe on NFS; replays the file
     except OSError as exc:
         raise InputError("storage", f"cannot open journal file {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, IndexError, AssertionError) as exc:  # what replaying a bad line raises
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
+        raise InputError("storage", f"{path} is not a journal file Optuna can replay ({reason}); give the journal "
+                         "of a study, or a new file") from None
 
 
 def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
@@ -160,6 +265,4 @@ def _driver_message(exc: Exception, url: str) -> str:
     """The driver's one-line reason, without SQLAlchemy's help link and without any password."""
     text = " ".join(str(exc).split("(Background on this error")[0].split())
     text = re.sub(r"^\([\w.]+\)\s*", "", text)  # "(psycopg.OperationalError) ..."
-    for secret in secrets_in(url):
-        text = text.replace(secret, "***")
-    return mask_url(text)[:300]
+    return scrub(text, secrets_in(url))[:300]

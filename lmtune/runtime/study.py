@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 
 from lmtune import attrs
 from lmtune.errors import InputError
-from lmtune.runtime.storage import make_storage, mask_url, normalize_url
+from lmtune.runtime.storage import make_storage, mask_url, normalize_url, scrub, secrets_in
 
 
 def open_study(
@@ -62,7 +62,8 @@ def open_study(
                                     pruner=pruner or optuna.pruners.NopPruner(), direction=direction)
     except optuna.exceptions.StorageInternalError as exc:  # e.g. a database that refuses writes
         cause = exc.__cause__ or exc
-        reason = " ".join(str(getattr(cause, "orig", None) or cause).split())[:200]
+        reason = scrub(" ".join(str(getattr(cause, "orig", None) or cause).split()),
+                       secrets_in(getattr(storage, "url", None) or ""))[:200]
         raise InputError("storage", f"cannot create study {study_name!r}: {reason}") from None
     for key, value in {**(info or {}), **(attrs or {})}.items():
         study.set_user_attr(key, value)

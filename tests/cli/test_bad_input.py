@@ -25,6 +25,8 @@ OTHER_TABLE = ('{"format": 1, "name": "old", "metric_name": "accuracy", "directi
                '[{"params": {"rank": 4, "alpha_ratio": 1.0, "batch_size": 8, "learning_rate": 0.001, "warmup": 10}, '
                '"metric": 0.5}]}')
 
+BAD_JOURNAL = '{"op_code": 0, "worker_id": "a"\nnot json\n'
+
 
 def space(body: str) -> str:
     return f"name: bad\nparams:\n{body}\n  alpha_ratio: [1, 2]\n  dropout: 0.0\n"
@@ -76,6 +78,20 @@ CASES = [
     ("a transfer study in a storage that does not exist", {},
      ["lora", "--sampler", "language-bo+", "--transfer-from", "old-study", "--storage", "sqlite:///s.db"],
      "transfer_from", "no study can be read"),
+    # issue 28: storage files that are not what they claim, passwords that need encoding, study names as paths
+    *[(f"a text file as SQLite storage ({command[0]})", {"one.txt": "x"}, [*command, "--storage", "sqlite:///one.txt"],
+       "storage", "one.txt is not an SQLite database")
+      for command in (["status", "--study", "s"], ["lora", "--no-run"])],
+    *[(f"a malformed journal file ({command[0]})", {"bad.log": BAD_JOURNAL}, [*command, "--storage", "journal:///bad.log"],
+       "storage", "bad.log is not a journal file") for command in (["status", "--study", "s"], ["report"],
+                                                                  ["worker", "--study", "s"], ["lora", "--no-run"])],
+    ("a password with an unencoded '@'", {}, ["status", "--study", "s", "--storage", "postgresql://qa:P@ss:w/rd%41#x@"
+                                            "127.0.0.1:18432/qadb"], "storage", "percent-encode"),
+    *[(f"a study name that leaves the output folder ({command[0]})", {}, [*command, "--study-name", name],
+       "study_name", "cannot name a study") for command, name in (
+        (["lora", "--no-run", "--storage", "sqlite:///s.db"], "../../x"),
+        (["infer", "--local-model", "arith-lm", "--inference-budget", "1", "--optimization-budget", "1"], "a/b"),
+        (["hag", "label"], ".."), (["bench", "build-table"], "x/y"))],
     ("a port above 65535", {}, ["serve", "--port", "99999"], "port", "at most 65535"),
     ("an absent device", {}, ["serve", "--device", "cuda:7"], "device", "no cuda device"),
     ("target size 0", {"c.csv": CURVES}, ["select", "--curves", "c.csv", "--target-size", "0"], "target_size",

@@ -1,4 +1,4 @@
-"""lmtune infer's parts: metrics against known values, the sandbox, prices, templates, generators, the cache,
+"""lmtune infer's parts: metrics against known values, HumanEval's checks, prices, templates, generators, the cache,
 budget reservation under concurrency, and the OpenAI-compatible path against a real HTTP server on loopback."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 from lmtune.errors import InputError
 from lmtune.inference.metrics import expected_success, make_instance_metric, pass_at_k, success, vote
 from lmtune.inference.prices import PriceTable
-from lmtune.inference.sandbox import run_code
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.inference.tasks import humaneval_check, load_infer_task
 from lmtune.llm.cache import CachedGenerator, ResponseStore
@@ -76,28 +75,7 @@ def test_success_expected_success_and_vote():
         make_instance_metric("no_such_module_xyz:f")
 
 
-# -- sandbox and HumanEval -------------------------------------------------------------------------
-
-
-def test_sandbox_kills_an_infinite_loop():
-    start = time.monotonic()
-    result = run_code("while True:\n    pass\n", timeout=1.0)
-    assert not result.passed and result.reason == "timeout"
-    assert time.monotonic() - start < 5
-
-
-def test_sandbox_blocks_writes_outside_its_directory(tmp_path):
-    target = tmp_path / "escaped.txt"
-    result = run_code(f"open({str(target)!r}, 'w').write('x')\n")
-    assert not result.passed and "outside the sandbox" in result.stderr
-    assert not target.exists()
-    result = run_code(f"import os\nos.remove({str(tmp_path)!r})\n")
-    assert not result.passed and tmp_path.exists()
-    inside = run_code("open('mine.txt', 'w').write('ok')\nassert open('mine.txt').read() == 'ok'\n")
-    assert inside.passed
-    assert not run_code("import socket\nsocket.create_connection(('127.0.0.1', 9))\n").passed
-    assert not run_code("import subprocess\nsubprocess.run(['true'])\n").passed
-    assert not run_code("x = bytearray(2 * 1024 ** 3)\n", memory_mb=256).passed
+# -- HumanEval (the sandbox itself: test_sandbox_escape.py) -------------------------------------------------
 
 
 def test_humaneval_canonical_solutions_pass_and_broken_ones_fail():

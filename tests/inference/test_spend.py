@@ -1,24 +1,21 @@
 """The spend journal: reservations written before a call, bills and replies written together, what a later
-process counts of calls an earlier one left, interrupted calls, and trials whose process died."""
+process counts of calls an earlier one left and interrupted calls (trials whose process died:
+tests/runtime/test_orphans.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from lmtune import attrs
 from lmtune.inference.prices import PriceTable
-from lmtune.inference.resume import fail_dead_trials, open_journal, spend_account
+from lmtune.inference.resume import open_journal, spend_account
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generation, GenerationError, GenerationRequest, Generator
@@ -128,20 +125,6 @@ def test_an_interrupt_lets_calls_in_flight_finish_or_gives_them_up_and_starts_no
     finally:
         loop.close()
     assert not loop.thread.is_alive()
-
-
-def test_a_trial_whose_process_died_is_failed_and_queued_again(tmp_path):
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = socket.gethostname()
-    for worker in (f"{host}:{dead.stdout.strip()}", f"{host}:{os.getppid()}", f"elsewhere:{dead.stdout.strip()}"):
-        trial = study.ask()
-        trial.set_user_attr(attrs.WORKER, worker)
-    assert fail_dead_trials(study) == [0]  # alive here, or on another host: left to their heartbeats
-    failed = study.trials[0]
-    assert failed.state == TrialState.FAIL and failed.user_attrs[attrs.INTERRUPTED]
-    assert "is gone" in failed.user_attrs[attrs.FAIL_REASON]
-    assert [t.state for t in study.trials[1:]] == [TrialState.RUNNING] * 2
 
 
 def test_a_study_keeps_its_journal_and_opens_its_account_from_its_trials(tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmtune.llm.api import CompletionBody
 from lmtune.llm.cache import request_key
 from lmtune.llm.generation import GenerationRequest
 from lmtune.llm.local import LocalGenerator
-from lmtune.llm.server import _parse
 
 PROMPTS = ["12+34=", "905+17=", "8+8=", "455+455="]
 
@@ -69,8 +69,10 @@ def test_requests_without_the_new_fields_keep_their_cache_keys():
 
 
 def test_the_server_reads_vllms_fields():
-    request = _parse({"model": "m", "prompt": "p", "top_k": 5, "repetition_penalty": 1.2}, chat=False)
+    request = CompletionBody.model_validate({"model": "m", "prompt": "p", "top_k": 5,
+                                             "repetition_penalty": 1.2}).request()
     assert request.top_k == 5 and request.repetition_penalty == 1.2
-    assert _parse({"model": "m", "prompt": "p", "top_k": -1}, chat=False).top_k is None  # vLLM's "no cut"
+    no_cut = CompletionBody.model_validate({"model": "m", "prompt": "p", "top_k": -1}).request()
+    assert no_cut.top_k is None  # vLLM's "no cut"
     with pytest.raises(ValueError):
-        _parse({"model": "m", "prompt": "p", "repetition_penalty": -1}, chat=False)
+        CompletionBody.model_validate({"model": "m", "prompt": "p", "repetition_penalty": -1})

@@ -208,9 +208,12 @@ def test_journal_file_storage_runs_and_resumes(tmp_path):
 
 @pytest.mark.parametrize(("url", "shown"), [
     ("postgresql+psycopg://me:s3cr%40t@db:5432/x", "postgresql+psycopg://me:***@db:5432/x"),
-    ("postgresql://me:pa/ss@db/x?sslpassword=zz&a=1", "postgresql://me:***@db/x?sslpassword=***&a=1"),
+    ("postgresql://me:pa%2Fss@db/x?sslpassword=zz&a=1", "postgresql://me:***@db/x?sslpassword=***&a=1"),
+    ("postgresql://me:pa/ss@db/x?sslpassword=zz&a=1", "postgresql://***@db/x?***"),  # ambiguous: shown least
     ("postgresql://me@db/x", "postgresql://me@db/x"),
-    ("postgresql://lmtune:Ab@Secret99@127.0.0.1:25432/qa", "postgresql://lmtune:***@127.0.0.1:25432/qa"),
+    ("postgresql://lmtune:Ab@Secret99@127.0.0.1:25432/qa", "postgresql://***@127.0.0.1:25432/qa"),
+    ("postgresql://qa:p@127.0.0.1:1/x", "postgresql://qa:***@127.0.0.1:1/x"),
+    ("postgresql://qa:P@ss:w/rd%41#x@127.0.0.1:18432/qadb", "postgresql://***@127.0.0.1:18432/qadb"),
     ("sqlite:///lmtune.db", "sqlite:///lmtune.db"),
 ])
 def test_passwords_are_masked_in_urls(url, shown):

@@ -199,8 +199,9 @@ def test_main_process_killed_and_lmtune_lora_resumes_the_study(pg_url, tmp_path,
     study = optuna.load_study(study_name="main", storage=pg_url)
     counted = counted_trials(study)
     assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
-    assert study.trials[killed.number].state == TrialState.FAIL
-    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number)
+    dead = study.trials[killed.number]  # failed by the rerun at once (its process is gone), not after the grace period
+    assert dead.state == TrialState.FAIL and "is gone" in dead.user_attrs[attrs.FAIL_REASON]
+    retry = next(t for t in study.trials if t.user_attrs.get(attrs.RETRY_OF) == killed.number)
     assert retry.params == killed.params and retry in counted
 
 
