@@ -20,6 +20,7 @@ from lmtune import attrs
 from lmtune.files import write_atomic
 from lmtune.inference.config import stop_text
 from lmtune.report import figures
+from lmtune.runtime.status import advisor_summary
 from lmtune.runtime.trials import constant_of, counted_trials, describe_failure, learned_nothing
 from lmtune.trajectory import learned_sentences, summarize_study
 from lmtune.version import __version__
@@ -123,6 +124,7 @@ def build_page(study: optuna.Study) -> tuple[str, int]:
                           config={"displaylogo": False, "responsive": True})
         parts.append(f'<div class="{FIGURE_CLASS}">{div}</div>')
     parts.append(_failures(study, counted))
+    parts.append(_advisor(counted))
     parts.append(_trials_table(study, counted, best, metric, constant, maximize))
     title = f"lmtune report: {study.study_name}"
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
@@ -204,6 +206,21 @@ def _failures(study, counted) -> str:
     body = "".join(f"<tr><td>{n}</td><td>{s}</td><td>{_e(str(r))}</td></tr>" for n, s, r in rows)
     return (f"<h2>Failures</h2><p>{len(rows)} trial(s) without a score: {summary}.</p>"
             f"<table><tr><th>trial</th><th>state</th><th>reason</th></tr>{body}</table>")
+
+
+def _advisor(counted) -> str:
+    """The agent in centaur mode: the trials whose proposal the model replaced, with its reason (nothing otherwise)."""
+    advisor = advisor_summary(counted)
+    if advisor is None:
+        return ""
+    text = (f"The language model replaced the classical sampler's proposal on {advisor['overrides']} of "
+            f"{advisor['trials']} trials ({advisor['override_share']:.0%}); it was asked on {advisor['asked']}.")
+    if not advisor["overridden"]:
+        return f"<h2>Agent overrides</h2><p>{_e(text)}</p>"
+    body = "".join(f"<tr><td>{o['number']}</td><td>{_e(_fmt(o['proposal']))}</td><td>{_e(_fmt(o['config']))}</td>"
+                   f"<td>{_e(o['reason'])}</td></tr>" for o in advisor["overridden"])
+    return (f"<h2>Agent overrides</h2><p>{_e(text)}</p><table><tr><th>trial</th><th>proposal</th>"
+            f"<th>replaced by</th><th>reason</th></tr>{body}</table>")
 
 
 def _trials_table(study, counted, best, metric, constant, maximize) -> str:
