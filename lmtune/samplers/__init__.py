@@ -7,6 +7,7 @@ from typing import Any
 _EXPORTS = {
     "LanguageBOSampler": "lmtune.samplers.language_bo",
     "AgentSampler": "lmtune.samplers.agent",
+    "CentaurSampler": "lmtune.samplers.agent",
     "ShuffledGridSampler": "lmtune.samplers.grid",
     "Template": "lmtune.samplers.templates",
     "make_sampler": "lmtune.samplers.registry",

@@ -26,10 +26,21 @@ SAMPLERS: dict[str, str] = {
     "gp": "Gaussian process with log EI on the numbers (Optuna's GPSampler)",
     "botorch": "BoTorch qLogEI through optuna-integration's BoTorchSampler",
     "language-bo": "language-aided BO: configs as text, embedded by a frozen LM, deep-kernel GP",
-    "agent": "a language model at --endpoint proposes configs from a summary of the study (TPE fallback)",
+    "agent": "a language model at --endpoint advises the default sampler on a bounded share of trials "
+             "(centaur), or proposes every config itself with a TPE fallback (lead)",
     "language-bo+": "language-BO with a numeric kernel beside the text one, memory of past studies "
                     "(--transfer-from) and a space-filling start",
 }
+#: The sampler a study gets when none is named, and the one the agent advises in centaur mode.
+DEFAULT_SAMPLER = "tpe"
+#: How the agent works with a classical sampler (``--agent-mode``; ``lmtune.samplers.agent``).
+AGENT_MODES: dict[str, str] = {
+    "centaur": "the default sampler proposes every trial; the model may replace a bounded share of its proposals",
+    "lead": "the model proposes every trial after the start-up ones; TPE when it gives no usable config",
+}
+#: In centaur mode, the most trials (a share of the study's trials so far) whose config the model may set: the share
+#: the Centaur paper used (arXiv:2603.24647), where larger shares did worse.
+AGENT_OVERRIDE_SHARE = 0.3
 #: The ablations of the language-BO paper's Table 6, cumulative: none, +projection, +domain prompt, +token.
 LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
     "language-bo": {"template": "domain", "use_projection": True, "use_learnable_token": True},
@@ -64,7 +75,9 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
     With a discrete ``space`` and ``distinct`` (the default) no config is proposed twice (``DistinctSampler``).
     ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
     its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...), or for ``agent``
-    the ``AgentSampler``'s (endpoint, model, prompts, temperature, ...); its fallback is this registry's TPE.
+    ``mode`` (``AGENT_MODES``; centaur by default) and the ``AgentSampler``'s options (endpoint, model, prompts,
+    temperature, ...; centaur's ``override_share``): in lead mode its fallback is this registry's TPE, in centaur
+    mode the sampler it advises is this registry's ``DEFAULT_SAMPLER`` (or ``fallback``, when given).
     ``language-bo+`` (and its ablations) also takes ``transfer`` (``TransferSource``s) and ``description``.
     """
     if name in LANGUAGE_BO_PLUS:
@@ -87,10 +100,20 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
     if name == "agent":
         if space is None:
             raise InputError("sampler", "the agent sampler needs the search space it proposes from")
-        from lmtune.samplers.agent import AgentSampler
+        from lmtune.samplers.agent import AgentSampler, CentaurSampler
 
-        fallback = make_sampler("tpe", seed=seed, n_startup_trials=n_startup_trials, space=space, distinct=distinct)
-        return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **language_bo)
+        options = dict(language_bo)
+        mode = options.pop("mode", "centaur")
+        if mode not in AGENT_MODES:
+            raise InputError("agent_mode", f"unknown mode {mode!r}; allowed: {', '.join(AGENT_MODES)}")
+        base = "tpe" if mode == "lead" else DEFAULT_SAMPLER
+        fallback = options.pop("fallback", None) or make_sampler(base, seed=seed, n_startup_trials=n_startup_trials,
+                                                                 space=space, distinct=distinct)
+        share = options.pop("override_share", AGENT_OVERRIDE_SHARE)
+        if mode == "lead":
+            return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **options)
+        return CentaurSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback,
+                              override_share=share, **options)
     if name not in SAMPLERS:
         raise InputError("sampler", f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if not distinct:
