@@ -246,12 +246,7 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     memory = _memories(tables, list(transfer_from)) if set(methods) & set(TRANSFER_SAMPLERS) else {}
 
     def label(method: str) -> str:
-        if method not in AGENT_METHODS:
-            return method
-        model = (agent or {}).get("model")
-        if AGENT_METHODS[method] == "lead":
-            return f"{method}:{model}"
-        return f"{method}:{model} (centaur {(agent or {}).get('override_share', AGENT_OVERRIDE_SHARE):g})"
+        return agent_label(method, agent or {}) if method in AGENT_METHODS else method
 
     def key(table: Table, method: str, seed: int) -> tuple:
         prior = "+".join(m.name + ":" + fp for m, fp in memory[table.name]) if method in TRANSFER_SAMPLERS else ""
@@ -288,6 +283,13 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     write_atomic(output / "samplers.json", json.dumps(summaries, indent=1) + "\n")
     plot(summaries, output / "samplers.png")
     return report
+
+
+def agent_label(method: str, agent: dict[str, Any]) -> str:
+    """An agent method's name in runs.jsonl and the report: its model, and in centaur mode the override share."""
+    if AGENT_METHODS[method] == "lead":
+        return f"{method}:{agent.get('model')}"
+    return f"{method}:{agent.get('model')} (centaur {agent.get('override_share', AGENT_OVERRIDE_SHARE):g})"
 
 
 #: What identifies a replay in runs.jsonl; a changed table (fingerprint), budget or memory is replayed again.
