@@ -213,7 +213,7 @@ def _advisor_lines(advisor: dict[str, Any] | None) -> list[str]:
     if not advisor:
         return []
     counts = [f"{advisor[key]} {words}" for key, words in (
-        ("kept", "kept the proposal"), ("refused", "replies refused"), ("endpoint_failed", "endpoint failures"))
+        ("kept", "kept the proposal"), ("refused", "refused"), ("endpoint_failed", "endpoint failed"))
         if advisor[key]]
     lines = [f"agent (centaur): {advisor['overrides']} of {advisor['trials']} trials overridden "
              f"({advisor['override_share']:.0%}); asked on {advisor['asked']}"

@@ -178,7 +178,7 @@ def test_centaur_goes_on_with_the_classical_sampler_when_the_endpoint_stops_mid_
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("lmtune") and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "endpoint failed" in warnings[0], warnings
     text = format_status(study_status(study="s", storage=storage))
-    assert f"{advice.count('endpoint failed')} endpoint failures" in text
+    assert f"{advice.count('endpoint failed')} endpoint failed" in text
     assert f"endpoint skipped on {advice.count('endpoint skipped')}" in text
 
 
