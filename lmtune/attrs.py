@@ -51,7 +51,8 @@ LEARNED_NOTHING = "learned_nothing"
 
 # -- trials proposed by AgentSampler (a language model through an endpoint) -----------------------------------
 #: Who proposed the config: ``agent`` (the model's reply), ``fallback`` (TPE, after the model failed), ``startup``
-#: (TPE's random start-up trials) or ``queued`` (a retry keeps its config).
+#: (TPE's random start-up trials) or ``queued`` (a retry keeps its config); in centaur mode ``base`` (the classical
+#: sampler's proposal stands) or ``override`` (the model replaced it), ``startup`` and ``queued``.
 AGENT_SOURCE = "agent_source"
 #: Tokens of every prompt and every reply of the trial's calls (the Analyzer's and each Optimizer attempt).
 AGENT_PROMPT_TOKENS, AGENT_REPLY_TOKENS = "agent_prompt_tokens", "agent_reply_tokens"
@@ -61,8 +62,14 @@ AGENT_COST, AGENT_SECONDS = "agent_cost", "agent_seconds"
 AGENT_RETRIES, AGENT_ERRORS = "agent_retries", "agent_errors"
 #: The model gave no usable config, so TPE proposed this trial's; and why.
 AGENT_FELL_BACK, AGENT_FALLBACK_REASON = "agent_fell_back", "agent_fallback_reason"
-#: The Analyzer's diagnosis and the Optimizer's one-sentence reason, for people reading the study.
+#: The Analyzer's diagnosis and the Optimizer's one-sentence reason (only one with words), for people reading it.
 AGENT_DIAGNOSIS, AGENT_REASON = "agent_diagnosis", "agent_reason"
+#: Centaur mode: what became of the classical sampler's proposal: ``overridden``, ``kept`` (the model answered with
+#: it), ``refused`` (its reply was no usable override; why in ``agent_errors``), ``endpoint failed``, ``endpoint
+#: skipped`` (after failures in a row) or ``share used`` (no override left, the model was not asked).
+AGENT_ADVICE = "agent_advice"
+#: Centaur mode: the classical sampler's proposal that an override replaced.
+AGENT_PROPOSAL = "agent_proposal"
 
 # -- studies -------------------------------------------------------------------------------------------------
 #: What a worker needs to join: ``{"command", "factory", "config"}``; and the trial budget.

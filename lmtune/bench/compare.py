@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from lmtune.bench.config import BenchSamplersConfig
+from lmtune.bench.config import AGENT_METHODS, BenchSamplersConfig
 from lmtune.bench.replay import (
     Run,
     check_complete,
@@ -29,7 +29,7 @@ from lmtune.bench.table import Table
 from lmtune.config import build_config
 from lmtune.files import write_atomic
 from lmtune.runtime.quiet import quiet_libraries
-from lmtune.samplers.registry import TRANSFER_SAMPLERS
+from lmtune.samplers.registry import AGENT_OVERRIDE_SHARE, TRANSFER_SAMPLERS
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,10 @@ def summarize(table: Table, runs: list[Run], budget: int) -> dict[str, Any]:
 
 
 def _agent_usage(extras: list[dict[str, Any]]) -> dict[str, Any]:
-    """The agent's usage over all its runs: fallback rate and means per suggestion."""
+    """The agent's usage over all its runs: fallback rate and means per suggestion (lead), or overrides and what it
+    did when asked (centaur)."""
+    if "overrides" in extras[0]:
+        return _advisor_usage(extras)
     asked = sum(e["suggestions"] for e in extras)
 
     def per_suggestion(key: str) -> float:
@@ -95,11 +98,40 @@ def _agent_usage(extras: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": per_suggestion("seconds_per_suggestion")}
 
 
+def _advisor_usage(extras: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agent in centaur mode over all its runs: trials, overrides, trials asked and what became of them, and means
+    per trial asked."""
+    asked = sum(e["asked"] for e in extras)
+
+    def per_ask(key: str) -> float:
+        return sum(e[key] * e["asked"] for e in extras) / asked if asked else 0.0
+
+    total = {key: sum(e[key] for e in extras) for key in ("trials", "overrides", "kept", "refused", "endpoint_failed")}
+    return {**total, "asked": asked, "override_share": total["overrides"] / total["trials"] if total["trials"] else 0.0,
+            "prompt_tokens": per_ask("prompt_tokens_per_ask"), "reply_tokens": per_ask("reply_tokens_per_ask"),
+            "seconds": per_ask("seconds_per_ask")}
+
+
 def agent_markdown(summary: dict[str, Any]) -> str:
-    """The agent methods' usage: suggestions asked of the model, fallback rate, rejected replies, tokens, seconds."""
-    rows = [(m, d["agent"]) for m, d in summary["methods"].items() if "agent" in d]
-    if not rows:
-        return ""
+    """The agent methods' usage: suggestions asked of the model, fallback rate, rejected replies, tokens, seconds
+    (lead); overrides and what the model did when asked (centaur)."""
+    rows = [(m, d["agent"]) for m, d in summary["methods"].items() if "agent" in d and "overrides" not in d["agent"]]
+    advisors = [(m, d["agent"]) for m, d in summary["methods"].items() if "overrides" in d.get("agent", {})]
+    tables = []
+    if advisors:
+        lines = ["| method | trials overridden | trials asked | kept the proposal | replies refused | endpoint "
+                 "failed | prompt tokens | reply tokens | s per trial asked |", "|" + " --- |" * 9]
+        for method, a in advisors:
+            lines.append(f"| {method} | {a['overrides']} of {a['trials']} ({a['override_share']:.0%}) | {a['asked']} | "
+                         f"{a['kept']} | {a['refused']} | {a['endpoint_failed']} | {a['prompt_tokens']:.0f} | "
+                         f"{a['reply_tokens']:.0f} | {a['seconds']:.2f} |")
+        tables.append("\n".join(lines))
+    if rows:
+        tables.append(_lead_markdown(rows))
+    return "\n\n".join(tables)
+
+
+def _lead_markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = ["| method | suggestions asked | fell back to TPE | rejected replies per suggestion | prompt tokens | "
              "reply tokens | s per suggestion |", "|" + " --- |" * 7]
     for method, a in rows:
@@ -181,11 +213,11 @@ def bench_samplers(config: BenchSamplersConfig | None = None, **fields: Any) -> 
     tables = [Table.load(path) for path in cfg.table]
     check_methods(list(cfg.samplers))
     agent = None
-    if "agent" in cfg.samplers:  # an unreachable endpoint or unknown model fails now, before any replay
-        from lmtune.samplers.agent import AgentSampler
+    for method in set(cfg.samplers) & set(AGENT_METHODS):  # a bad endpoint, model or option fails before any replay
+        from lmtune.samplers.registry import make_sampler
 
         agent = cfg.agent_options
-        AgentSampler(tables[0].grid, **agent).check()
+        make_sampler("agent", space=tables[0].grid, mode=AGENT_METHODS[method], **agent)
     memory = [Table.load(path) for path in cfg.transfer_from]
     return compare_samplers(tables, list(cfg.samplers), cfg.seeds, cfg.budget, cfg.output, threads=cfg.threads,
                             jobs=cfg.jobs, agent=agent, transfer_from=memory)
@@ -199,9 +231,10 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     Runs already in ``output/runs.jsonl`` for the same table, method, seed and budget (and, for methods that
     transfer, the same memory) are reused, so an interrupted comparison continues where it stopped. ``jobs`` > 1
     replays in that many processes; a replay depends only on its seed, so the report is the same. ``agent`` holds
-    the agent sampler's options; its runs are labelled ``agent:<model>``, so runs of different models are kept
-    apart. Methods that transfer (``TRANSFER_SAMPLERS``) remember every other table of the run and every
-    ``transfer_from`` table, never the table they search (leave one out). Returns the Markdown report.
+    the agent sampler's options; its runs are labelled ``agent:<model> (centaur <share>)`` and
+    ``agent-lead:<model>``, so runs of different models, modes and shares are kept apart. Methods that transfer
+    (``TRANSFER_SAMPLERS``) remember every other table of the run and every ``transfer_from`` table, never the
+    table they search (leave one out). Returns the Markdown report.
     """
     check_methods(methods)
     for table in tables:
@@ -213,7 +246,7 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     memory = _memories(tables, list(transfer_from)) if set(methods) & set(TRANSFER_SAMPLERS) else {}
 
     def label(method: str) -> str:
-        return f"agent:{(agent or {}).get('model')}" if method == "agent" else method
+        return agent_label(method, agent or {}) if method in AGENT_METHODS else method
 
     def key(table: Table, method: str, seed: int) -> tuple:
         prior = "+".join(m.name + ":" + fp for m, fp in memory[table.name]) if method in TRANSFER_SAMPLERS else ""
@@ -250,6 +283,13 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     write_atomic(output / "samplers.json", json.dumps(summaries, indent=1) + "\n")
     plot(summaries, output / "samplers.png")
     return report
+
+
+def agent_label(method: str, agent: dict[str, Any]) -> str:
+    """An agent method's name in runs.jsonl and the report: its model, and in centaur mode the override share."""
+    if AGENT_METHODS[method] == "lead":
+        return f"{method}:{agent.get('model')}"
+    return f"{method}:{agent.get('model')} (centaur {agent.get('override_share', AGENT_OVERRIDE_SHARE):g})"
 
 
 #: What identifies a replay in runs.jsonl; a changed table (fingerprint), budget or memory is replayed again.

@@ -7,10 +7,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.runtime.storage import StudyName
-from lmtune.samplers.registry import REGISTRY, SAMPLERS
+from lmtune.samplers.registry import AGENT_OVERRIDE_SHARE, REGISTRY, SAMPLERS
 
-#: Methods ``bench samplers`` replays: lmtune's samplers, NOMAD (PyNomadBBO) and the language-BO ablations.
-METHODS = (*SAMPLERS, "nomad", *(name for name in REGISTRY if name not in SAMPLERS))
+#: The agent's methods and the mode each replays (``agent`` is the default mode, centaur).
+AGENT_METHODS = {"agent": "centaur", "agent-lead": "lead"}
+#: Methods ``bench samplers`` replays: lmtune's samplers, the agent's lead mode, NOMAD (PyNomadBBO) and the
+#: language-BO ablations.
+METHODS = (*SAMPLERS, "agent-lead", "nomad", *(name for name in REGISTRY if name not in SAMPLERS))
 
 
 class BuildTableConfig(BaseModel):
@@ -61,10 +64,14 @@ class BenchSamplersConfig(BaseModel):
                                      "temperature (each call is seeded)")
     agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
     agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
-                                    "config (0: none)")
+                                    "config (0: none, only for agent-lead)")
+    agent_override_share: float = Field(AGENT_OVERRIDE_SHARE, ge=0.0, le=1.0, allow_inf_nan=False,
+                                        description="agent (centaur): the most trials, as a share of "
+                                        "the trials so far, whose config the model may set")
 
     @property
     def agent_options(self) -> dict:
         return {"endpoint": self.endpoint, "model": self.agent_model, "prompts": self.agent_prompts,
                 "temperature": self.agent_temperature,
-                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars}
+                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars,
+                "override_share": self.agent_override_share}

@@ -7,6 +7,7 @@ one result per trial (a failed config fails the trial), and a budget counted in 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -19,18 +20,21 @@ import numpy as np
 import optuna
 
 from lmtune import attrs
-from lmtune.bench.config import METHODS
+from lmtune._compat import TrialsView
+from lmtune.bench.config import AGENT_METHODS, METHODS
 from lmtune.bench.table import Table
 from lmtune.errors import InputError, TrialFailed
-from lmtune.runtime.status import agent_summary
+from lmtune.runtime.status import advisor_summary, agent_summary
 from lmtune.runtime.study import name_metrics
 from lmtune.samplers.registry import (
+    DEFAULT_SAMPLER,
     LANGUAGE_BO_ABLATIONS,
     LANGUAGE_BO_PLUS,
     POOL_SAMPLERS,
     TRANSFER_SAMPLERS,
     make_sampler,
 )
+from lmtune.space import SearchSpace, canonical_value
 
 if TYPE_CHECKING:
     from lmtune.samplers.language_bo.transfer import TransferSource
@@ -87,8 +91,9 @@ def _lookup_value(table: Table, params: dict[str, Any]) -> float | None:
 def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: int, agent: dict[str, Any] | None,
                    extra: dict[str, Any], sources: tuple[TransferSource, ...] = ()) -> list[float | None]:
     """Language-BO and the agent see the grid as it is (a model reads ``learning_rate 0.0005``, not an index);
-    the other samplers see integer-coded variables. The agent's trials carry the row's curves as user
-    attributes, so its Trajectory Context Summarizer reads them as it would in a live study.
+    the other samplers see integer-coded variables, the one the agent advises in centaur mode too (``IndexCoded``),
+    so that it is the sampler of its own row. The agent's trials carry the row's curves as user attributes, so its
+    Trajectory Context Summarizer reads them as it would in a live study.
 
     Every grid parameter is an ordered, roughly log-spaced list, so an index keeps the order that
     Optuna's GP and BoTorch can exploit (as categorical choices BoTorch enumerates every combination
@@ -101,7 +106,7 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
     values: list[float | None] = []
 
     def suggest(trial: optuna.Trial) -> dict[str, Any]:
-        if method in POOL_SAMPLERS or method == "agent":  # the others see integer-coded variables
+        if method in POOL_SAMPLERS or method in AGENT_METHODS:  # the others see integer-coded variables
             return table.grid.suggest(trial)
         return {p.name: p.values()[trial.suggest_int(p.name, 0, len(p.values()) - 1)] for p in params}
 
@@ -109,7 +114,7 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
         row = table.lookup(suggest(trial))
         value = row["metric"]
         values.append(value)
-        if method == "agent":  # what a live LoRA trial stores
+        if method in AGENT_METHODS:  # what a live LoRA trial stores
             trial.set_user_attr(attrs.METRIC_NAME, table.metric_name)
             trial.set_user_attr(attrs.TRAJECTORY, row.get("trajectory") or [])
             trial.set_user_attr(attrs.STEP_LOSSES, row.get("step_losses") or [])
@@ -119,16 +124,21 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
         return value
 
     study.optimize(objective, n_trials=budget, catch=(TrialFailed,))
-    if method == "agent":
-        extra.update(agent_summary(study.trials) or {})
+    if method in AGENT_METHODS:
+        extra.update((advisor_summary if AGENT_METHODS[method] == "centaur" else agent_summary)(study.trials) or {})
     return values
 
 
 def _sampler(table: Table, method: str, seed: int, threads: int, agent: dict[str, Any] | None = None,
              sources: tuple[TransferSource, ...] = ()) -> optuna.samplers.BaseSampler:
-    if method == "agent":  # its fallback is TPE as Optuna ships it, like the tpe baseline of these replays
+    if method in AGENT_METHODS:  # lead: its fallback is TPE as Optuna ships it (on the values, not indices)
+        mode = AGENT_METHODS[method]
+        options = {**(agent or {}), "mode": mode}
+        if mode == "centaur":  # the sampler it advises, as that sampler's own row replays it
+            base = _sampler(table, DEFAULT_SAMPLER, seed, threads, sources=sources)
+            options["fallback"] = base if DEFAULT_SAMPLER in POOL_SAMPLERS else IndexCoded(base, table.grid)
         return make_sampler("agent", seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid, distinct=False,
-                            check=False, **(agent or {}))
+                            check=False, **options)
     if method in LANGUAGE_BO_PLUS:
         transfer = tuple(sources) if method in TRANSFER_SAMPLERS else ()
         return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
@@ -137,6 +147,56 @@ def _sampler(table: Table, method: str, seed: int, threads: int, agent: dict[str
         return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
                             fit_threads=threads, **LANGUAGE_BO_ABLATIONS[method])
     return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS)
+
+
+class IndexCoded(optuna.samplers.BaseSampler):
+    """A sampler that sees each grid parameter as the index into its ordered list of values (as the replays of
+    Optuna's samplers do) while the study's trials hold the values: the sampler the agent advises in a centaur
+    replay is then the sampler of its own row, draw for draw, whenever the model overrides nothing."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, grid: SearchSpace):
+        self.base = base
+        self.values = {p.name: list(p.values()) for p in grid.params}
+        self.indices = {name: {canonical_value(v): i for i, v in enumerate(values)}
+                        for name, values in self.values.items()}
+        self.coded = {name: optuna.distributions.IntDistribution(0, len(values) - 1)
+                      for name, values in self.values.items()}
+
+    def _code(self, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+        coded = copy.copy(trial)
+        coded.params = {n: self.indices[n][canonical_value(v)] if n in self.coded else v
+                        for n, v in trial.params.items()}
+        coded.distributions = {n: self.coded.get(n, d) for n, d in trial.distributions.items()}
+        return coded
+
+    def _view(self, study: optuna.Study) -> TrialsView:
+        return TrialsView(study, lambda trials: [self._code(t) for t in trials])
+
+    def _decode(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {n: self.values[n][int(v)] if n in self.coded else v for n, v in params.items()}
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.base.before_trial(self._view(study), self._code(trial))
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state, values) -> None:
+        self.base.after_trial(self._view(study), self._code(trial), state, values)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self.base.infer_relative_search_space(self._view(study), self._code(trial))
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._decode(self.base.sample_relative(self._view(study), self._code(trial), search_space))
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        if param_name not in self.coded:
+            return self.base.sample_independent(study, trial, param_name, param_distribution)
+        index = self.base.sample_independent(self._view(study), self._code(trial), param_name, self.coded[param_name])
+        return self.values[param_name][int(index)]
 
 
 def table_description(table: Table) -> str:

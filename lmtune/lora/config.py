@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from lmtune.finetune.hparams import VARIANTS
 from lmtune.finetune.proxy import Proxy, ShareProxy, parse_proxy
 from lmtune.runtime.storage import STORAGE_HELP, StudyName
-from lmtune.samplers.registry import LANGUAGE_BO_PLUS, PRUNERS, SAMPLERS, TRANSFER_SAMPLERS
+from lmtune.samplers.registry import (
+    AGENT_OVERRIDE_SHARE,
+    DEFAULT_SAMPLER,
+    LANGUAGE_BO_PLUS,
+    PRUNERS,
+    SAMPLERS,
+    TRANSFER_SAMPLERS,
+)
 
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
@@ -59,7 +66,7 @@ class LoraRunConfig(BaseModel):
                                          description="stop starting trials once a whole trial (its mean time so "
                                          "far) no longer fits in this many seconds of trials",
                                          json_schema_extra={"metavar": "SECONDS"})
-    sampler: str = Field("tpe", description="random, tpe, gp, botorch, language-bo, language-bo+ or agent",
+    sampler: str = Field(DEFAULT_SAMPLER, description="random, tpe, gp, botorch, language-bo, language-bo+ or agent",
                          json_schema_extra={"metavar": "NAME"})
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
     pruner: str = Field("none", description="none, median, successive-halving or hyperband: stop trials that "
@@ -76,13 +83,19 @@ class LoraRunConfig(BaseModel):
     agent_model: str | None = Field(None, description="agent: the model the endpoint serves (e.g. "
                                     "qwen2.5:7b-instruct)", json_schema_extra={"metavar": "NAME"})
     agent_prompts: str | None = Field(None, description="agent: folder of prompt templates replacing the built-in "
-                                      "ones (system, analyzer, optimizer, retry .txt)",
+                                      "ones (system, analyzer, optimizer, retry, advisor .txt)",
                                       json_schema_extra={"metavar": "DIR"})
     agent_temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="agent: sampling "
                                      "temperature of the model's replies (each call is seeded)")
     agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
     agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
-                                    "config (0: none)")
+                                    "config (0: none, only in lead mode)")
+    agent_mode: Literal["centaur", "lead"] = Field("centaur", description="agent: centaur, the default sampler "
+                                                   "proposes every trial and the model may replace a bounded share "
+                                                   "of its proposals; lead, the model proposes every trial")
+    agent_override_share: float = Field(AGENT_OVERRIDE_SHARE, ge=0.0, le=1.0, allow_inf_nan=False,
+                                        description="agent (centaur): the most trials, as a share of "
+                                        "the study's trials so far, whose config the model may set")
     transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in `storage` "
                                      "whose results inform this study from its first trial (they take no trial of "
                                      "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
@@ -169,7 +182,8 @@ class LoraRunConfig(BaseModel):
     def agent_options(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "model": self.agent_model, "prompts": self.agent_prompts,
                 "temperature": self.agent_temperature,
-                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars}
+                "analyzer_tokens": self.agent_analyzer_tokens, "reason_chars": self.agent_reason_chars,
+                "mode": self.agent_mode, "override_share": self.agent_override_share}
 
     @property
     def sampler_options(self) -> dict[str, Any]:

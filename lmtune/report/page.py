@@ -23,6 +23,7 @@ from lmtune.files import write_atomic
 from lmtune.finetune.scores import constant_of, learned_nothing
 from lmtune.inference.config import stop_text
 from lmtune.report import figures
+from lmtune.runtime.status import advisor_summary
 from lmtune.runtime.trials import counted_trials, describe_failure
 from lmtune.trajectory import learned_sentences, summarize_study
 from lmtune.version import __version__
@@ -95,6 +96,7 @@ def build_page(study: optuna.Study) -> tuple[str, int]:
         spent=sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False)),
         optimization_budget=study.user_attrs.get(attrs.OPTIMIZATION_BUDGET), constant=constant,
         sentences=trajectory_sentences(study), figures=panels, figure_class=FIGURE_CLASS,
+        advisor=_advisor(counted),
         failures=failures, failure_reasons=Counter(str(r[2]).split(":")[0] for r in failures).most_common(),
         columns=["trial", "state", metric, *_param_names(counted), "seconds", "note"],
         rows=_trial_rows(study, counted, best, constant, maximize),
@@ -171,6 +173,16 @@ def _pruned_reason(trial: FrozenTrial) -> Any:
 
 def _param_names(counted: list[FrozenTrial]) -> list[str]:
     return list(dict.fromkeys(n for t in counted for n in t.params))
+
+
+def _advisor(counted: list[FrozenTrial]) -> dict[str, Any] | None:
+    """The agent in centaur mode: how often the model replaced the classical sampler's proposal, and each time with
+    what and why (None without an advising agent)."""
+    advisor = advisor_summary(counted)
+    if advisor is None:
+        return None
+    return {**advisor, "rows": [(o["number"], _fmt(o["proposal"]), _fmt(o["config"]), o["reason"])
+                                for o in advisor["overridden"]]}
 
 
 def _trial_rows(study, counted, best, constant, maximize) -> list[dict[str, Any]]:

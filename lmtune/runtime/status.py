@@ -57,6 +57,7 @@ class StudyStatus(Result):
     spend: float | None
     failures: list[dict[str, Any]]
     agent: dict[str, Any] | None = None
+    advisor: dict[str, Any] | None = None
 
 
 def agent_summary(trials: list) -> dict[str, Any] | None:
@@ -77,6 +78,40 @@ def agent_summary(trials: list) -> dict[str, Any] | None:
             "seconds_per_suggestion": round(mean(attrs.AGENT_SECONDS), 3),
             "cost": round(sum(float(t.user_attrs.get(attrs.AGENT_COST, 0) or 0) for t in asked), 6),
             "last_fallback": next((str(t.user_attrs.get(attrs.AGENT_FALLBACK_REASON)) for t in reversed(fell)), None)}
+
+
+def advisor_overrides(trials: list) -> list[dict[str, Any]]:
+    """The trials whose config the agent set in centaur mode, in order: number, the proposal it replaced, the config
+    and the model's reason (what ``lmtune status`` and the report list)."""
+    return [{"number": t.number, "proposal": t.user_attrs.get(attrs.AGENT_PROPOSAL), "config": t.params,
+             "reason": t.user_attrs.get(attrs.AGENT_REASON, "")}
+            for t in sorted(trials, key=lambda t: t.number) if t.user_attrs.get(attrs.AGENT_SOURCE) == "override"]
+
+
+def advisor_summary(trials: list) -> dict[str, Any] | None:
+    """How the agent did as an advisor (centaur mode): trials it overrode and their share of the trials, trials it
+    was asked on, what became of the others' proposals (``attrs.AGENT_ADVICE``), tokens and seconds per trial asked.
+    None when no trial went through a ``CentaurSampler``."""
+    advised = [t for t in trials if t.user_attrs.get(attrs.AGENT_SOURCE) in ("base", "override")]
+    if not advised:
+        return None
+    sourced = [t for t in trials if attrs.AGENT_SOURCE in t.user_attrs]
+    advice = Counter(str(t.user_attrs.get(attrs.AGENT_ADVICE)) for t in advised)
+    asked = [t for t in advised if attrs.AGENT_PROMPT_TOKENS in t.user_attrs]
+    overrides = advisor_overrides(trials)
+
+    def mean(key: str) -> float:
+        return sum(float(t.user_attrs.get(key, 0) or 0) for t in asked) / len(asked) if asked else 0.0
+
+    return {"trials": len(sourced), "overrides": len(overrides),
+            "override_share": round(len(overrides) / len(sourced), 4), "asked": len(asked),
+            "kept": advice["kept"], "refused": advice["refused"], "endpoint_failed": advice["endpoint failed"],
+            "endpoint_skipped": advice["endpoint skipped"], "share_used": advice["share used"],
+            "prompt_tokens_per_ask": round(mean(attrs.AGENT_PROMPT_TOKENS), 1),
+            "reply_tokens_per_ask": round(mean(attrs.AGENT_REPLY_TOKENS), 1),
+            "seconds_per_ask": round(mean(attrs.AGENT_SECONDS), 3),
+            "cost": round(sum(float(t.user_attrs.get(attrs.AGENT_COST, 0) or 0) for t in asked), 6),
+            "overridden": overrides}
 
 
 def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None = None, **fields: Any
@@ -136,6 +171,7 @@ def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None 
         failures=[{"number": t.number, "reason": describe_failure(t), "retried": t.number in retried}
                   for t in trials if t.state == TrialState.FAIL],
         agent=agent_summary(trials),
+        advisor=advisor_summary(trials),
     )
 
 
@@ -166,6 +202,26 @@ def format_status(status: StudyStatus) -> str:
                      f"{agent['prompt_tokens_per_suggestion']:.0f} prompt + {agent['reply_tokens_per_suggestion']:.0f}"
                      f" reply tokens, {agent['seconds_per_suggestion']:.2f} s"
                      + (f"; last fallback: {agent['last_fallback'][:120]}" if agent["last_fallback"] else ""))
+    lines += _advisor_lines(status.get("advisor"))
     for f in status["failures"][-5:]:
         lines.append(f"  FAIL trial {f['number']}: {f['reason']}" + (" (retried)" if f["retried"] else ""))
     return "\n".join(lines)
+
+
+def _advisor_lines(advisor: dict[str, Any] | None) -> list[str]:
+    """The agent in centaur mode: its overrides, what it did when asked, and the last few overrides' reasons."""
+    if not advisor:
+        return []
+    counts = [f"{advisor[key]} {words}" for key, words in (
+        ("kept", "kept the proposal"), ("refused", "refused"), ("endpoint_failed", "endpoint failed"))
+        if advisor[key]]
+    lines = [f"agent (centaur): {advisor['overrides']} of {advisor['trials']} trials overridden "
+             f"({advisor['override_share']:.0%}); asked on {advisor['asked']}"
+             + (f": {', '.join(counts)}" if counts else "")
+             + (f"; endpoint skipped on {advisor['endpoint_skipped']}" if advisor["endpoint_skipped"] else "")
+             + (f"; per trial asked {advisor['prompt_tokens_per_ask']:.0f} prompt + "
+                f"{advisor['reply_tokens_per_ask']:.0f} reply tokens, {advisor['seconds_per_ask']:.2f} s"
+                if advisor["asked"] else "")]
+    for override in advisor["overridden"][-5:]:
+        lines.append(f"  override trial {override['number']}: {override['reason'][:120]}")
+    return lines

@@ -6,6 +6,7 @@ from lmtune._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "LanguageBOSampler": "lmtune.samplers.language_bo",
     "AgentSampler": "lmtune.samplers.agent",
+    "CentaurSampler": "lmtune.samplers.agent",
     "ShuffledGridSampler": "lmtune.samplers.grid",
     "Template": "lmtune.samplers.templates",
     "make_sampler": "lmtune.samplers.registry",

@@ -51,7 +51,8 @@ REGISTRY: dict[str, SamplerEntry] = {
     "language-bo-none": SamplerEntry(
         "language-bo", {"template": "plain", "use_projection": False, "use_learnable_token": False}),
     "agent": SamplerEntry(
-        "agent", help="a language model at --endpoint proposes configs from a summary of the study (TPE fallback)"),
+        "agent", help="a language model at --endpoint advises the default sampler on a bounded share of trials "
+                      "(centaur), or proposes every config itself with a TPE fallback (lead)"),
     "language-bo+": SamplerEntry(
         "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False},
         help="language-BO with a numeric kernel beside the text one, memory of past studies (--transfer-from) and a "
@@ -65,6 +66,16 @@ REGISTRY: dict[str, SamplerEntry] = {
 }
 #: The names ``--sampler`` accepts, with what each is (the CLI's help text).
 SAMPLERS: dict[str, str] = {name: entry.help for name, entry in REGISTRY.items() if entry.help}
+#: The sampler a study gets when none is named, and the one the agent advises in centaur mode.
+DEFAULT_SAMPLER = "tpe"
+#: How the agent works with a classical sampler (``--agent-mode``; ``lmtune.samplers.agent``).
+AGENT_MODES: dict[str, str] = {
+    "centaur": "the default sampler proposes every trial; the model may replace a bounded share of its proposals",
+    "lead": "the model proposes every trial after the start-up ones; TPE when it gives no usable config",
+}
+#: In centaur mode, the most trials (a share of the study's trials so far) whose config the model may set: the share
+#: the Centaur paper used (arXiv:2603.24647), where larger shares did worse.
+AGENT_OVERRIDE_SHARE = 0.3
 #: The language-BO paper's sampler and its ablations, with their options.
 LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
     name: entry.options for name, entry in REGISTRY.items() if entry.family == "language-bo"}
@@ -93,7 +104,9 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
     With a discrete ``space`` and ``distinct`` (the default) no config is proposed twice (``DistinctSampler``).
     ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
     its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...), or for ``agent``
-    the ``AgentSampler``'s (endpoint, model, prompts, temperature, ...); its fallback is this registry's TPE.
+    ``mode`` (``AGENT_MODES``; centaur by default) and the ``AgentSampler``'s options (endpoint, model, prompts,
+    temperature, ...; centaur's ``override_share``): in lead mode its fallback is this registry's TPE, in centaur
+    mode the sampler it advises is this registry's ``DEFAULT_SAMPLER`` (or ``fallback``, when given).
     ``language-bo+`` (and its ablations) also takes ``transfer`` (``TransferSource``s) and ``description``.
     """
     if name in LANGUAGE_BO_PLUS:
@@ -113,12 +126,7 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         options = {**LANGUAGE_BO_ABLATIONS[name], **language_bo} if name != "language-bo" else language_bo
         return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
     if name == "agent":
-        if space is None:
-            raise InputError("sampler", "the agent sampler needs the search space it proposes from")
-        from lmtune.samplers.agent import AgentSampler
-
-        fallback = make_sampler("tpe", seed=seed, n_startup_trials=n_startup_trials, space=space, distinct=distinct)
-        return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **language_bo)
+        return _agent_sampler(seed, n_startup_trials, space, distinct, dict(language_bo))
     if name not in SAMPLERS:  # a config's names are checked where it is read
         raise ValueError(f"unknown sampler {name!r}")
     if not distinct:
@@ -129,6 +137,26 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         return DistinctSampler(functools.partial(observing_sampler, name, n_startup_trials=n_startup_trials), space,
                                seed=seed)
     return observing_sampler(name, seed, n_startup_trials=n_startup_trials)
+
+
+def _agent_sampler(seed: int | None, n_startup_trials: int, space: SearchSpace | None, distinct: bool,
+                   options: dict[str, Any]) -> BaseSampler:
+    """The agent in its mode: centaur advises ``DEFAULT_SAMPLER`` (Centaur, arXiv:2603.24647), lead proposes itself."""
+    if space is None:
+        raise InputError("sampler", "the agent sampler needs the search space it proposes from")
+    from lmtune.samplers.agent import AgentSampler, CentaurSampler
+
+    mode = options.pop("mode", "centaur")
+    if mode not in AGENT_MODES:
+        raise InputError("agent_mode", f"unknown mode {mode!r}; allowed: {', '.join(AGENT_MODES)}")
+    base = "tpe" if mode == "lead" else DEFAULT_SAMPLER
+    fallback = options.pop("fallback", None) or make_sampler(base, seed=seed, n_startup_trials=n_startup_trials,
+                                                             space=space, distinct=distinct)
+    share = options.pop("override_share", AGENT_OVERRIDE_SHARE)
+    if mode == "lead":
+        return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **options)
+    return CentaurSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback,
+                          override_share=share, **options)
 
 
 def observing_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:

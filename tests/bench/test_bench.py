@@ -266,8 +266,8 @@ def test_cli_reports_bad_tables_and_methods_in_one_line(tmp_path):
 
 
 def test_agent_replay_shows_the_rows_curves_to_the_model_and_reports_its_fallbacks(tmp_path):
-    """A real HTTP server on 127.0.0.1 whose Optimizer replies are never JSON: every asked suggestion falls back,
-    and the Analyzer's prompt holds the TCS report of the rows' trajectories."""
+    """A real HTTP server on 127.0.0.1 whose Optimizer replies are never JSON: every asked suggestion of the lead
+    mode falls back, and the Analyzer's prompt holds the TCS report of the rows' trajectories."""
     from tests.samplers.test_agent import Misbehaving
     from tests.servers import Server
 
@@ -281,11 +281,33 @@ def test_agent_replay_shows_the_rows_curves_to_the_model_and_reports_its_fallbac
     server = Misbehaving()
     with Server(server.app()) as url:
         agent = {"endpoint": url, "model": "m", "timeout": 5.0}
-        report = compare_samplers([table], ["agent", "random"], seeds=2, budget=8, output=tmp_path, agent=agent)
+        report = compare_samplers([table], ["agent-lead", "random"], seeds=2, budget=8, output=tmp_path, agent=agent)
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    agent_runs = [r for r in runs if r["method"] == "agent:m"]
+    agent_runs = [r for r in runs if r["method"] == "agent-lead:m"]
     assert len(agent_runs) == 2 and all(r["extra"]["fallback_rate"] == 1.0 for r in agent_runs)
     assert all(r["extra"]["suggestions"] == 3 for r in agent_runs)  # 8 trials, 5 start-up
-    assert "| agent:m | 6 | 6 (100%) | 3.00 |" in report
+    assert "| agent-lead:m | 6 | 6 (100%) | 3.00 |" in report
     prompts = [r["messages"][1]["content"] for r in server.requests if not r.get("response_format")]
     assert len(prompts) == 6 and any("overfitting" in p for p in prompts)
+
+
+def test_a_centaur_replay_whose_model_overrides_nothing_is_its_base_samplers_row_value_for_value(tmp_path):
+    """Replies that are never JSON: the centaur agent overrides nothing, and its replay is the default sampler's own
+    row (integer-coded, as the replays of Optuna's samplers see the grid), seed for seed; runs.jsonl keeps the mode
+    and the share in the method's name."""
+    from lmtune.samplers.registry import DEFAULT_SAMPLER
+    from tests.samplers.test_agent import Misbehaving
+    from tests.servers import Server
+
+    table = synthetic_table(fail={3})
+    server = Misbehaving()
+    with Server(server.app()) as url:
+        agent = {"endpoint": url, "model": "m", "timeout": 5.0, "override_share": 0.3}
+        report = compare_samplers([table], [DEFAULT_SAMPLER, "agent"], seeds=3, budget=20, output=tmp_path,
+                                  agent=agent)
+    runs = {(r["method"], r["seed"]): r for r in map(json.loads, (tmp_path / "runs.jsonl").read_text().splitlines())}
+    for seed in range(3):
+        centaur = runs["agent:m (centaur 0.3)", seed]
+        assert centaur["values"] == runs[DEFAULT_SAMPLER, seed]["values"]
+        assert centaur["extra"]["overrides"] == 0 and centaur["extra"]["refused"] == centaur["extra"]["asked"] > 0
+    assert "| agent:m (centaur 0.3) | 0 of 60 (0%) |" in report

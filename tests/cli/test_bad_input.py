@@ -17,6 +17,8 @@ from lmtune.cli import main
 ONE_CLASS = "text,label\n" + "".join(f"review number {i},good\n" for i in range(30))
 TWO_CLASSES = "text,label\n" + "".join(f"{'great' if i % 2 else 'awful'} film {i},{i % 2}\n" for i in range(40))
 CURVES = "config name,0,100,200,400,size\nA,3.0,2.5,2.2,2.0,1000\nB,3.2,2.4,2.1,1.9,2000\n"
+#: A committed benchmark table.
+TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "arith-sft.json.gz"
 #: A table whose grid searches warmup instead of dropout: not a memory for a lora-small study.
 OTHER_TABLE = ('{"format": 1, "name": "old", "metric_name": "accuracy", "direction": "maximize", "recipe": {"grid": '
                '{"params": {"rank": {"type": "categorical", "choices": [4]}, "alpha_ratio": {"type": "categorical", '
@@ -92,6 +94,15 @@ CASES = [
         (["lora", "--no-run", "--storage", "sqlite:///s.db"], "../../x"),
         (["infer", "--local-model", "arith-lm", "--inference-budget", "1", "--optimization-budget", "1"], "a/b"),
         (["hag", "label"], ".."), (["bench", "build-table"], "x/y"))],
+    ("an agent override share above 1", {}, ["lora", "--sampler", "agent", "--agent-override-share", "1.5",
+                                             "--storage", "sqlite:///s.db"], "agent_override_share", "at most 1"),
+    ("an unknown agent mode", {}, ["lora", "--sampler", "agent", "--agent-mode", "boss", "--storage",
+                                   "sqlite:///s.db"], "agent_mode", "centaur"),
+    ("overrides without room for their reason", {},
+     ["lora", "--sampler", "agent", "--agent-model", "m", "--endpoint", "http://127.0.0.1:9/v1",
+      "--agent-reason-chars", "0", "--storage", "sqlite:///s.db"], "agent_reason_chars", "reason"),
+    ("an unknown bench method", {}, ["bench", "samplers", "--table", str(TABLE), "--samplers", "agent-boss"],
+     "samplers", "agent-lead"),
     ("a port above 65535", {}, ["serve", "--port", "99999"], "port", "at most 65535"),
     ("an absent device", {}, ["serve", "--device", "cuda:7"], "device", "no cuda device"),
     ("target size 0", {"c.csv": CURVES}, ["select", "--curves", "c.csv", "--target-size", "0"], "target_size",

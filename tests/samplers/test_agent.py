@@ -1,6 +1,6 @@
-"""AgentSampler against real HTTP servers on 127.0.0.1: ``lmtune serve`` with the tiny agent-lm (constrained
-decoding on), and a small server that misbehaves on purpose (invalid JSON, values outside the space, HTTP 500,
-an unreadable body, a hang)."""
+"""AgentSampler in lead mode against real HTTP servers on 127.0.0.1: ``lmtune serve`` with the tiny agent-lm
+(constrained decoding on), and a small server that misbehaves on purpose (invalid JSON, values outside the space,
+HTTP 500, an unreadable body, a hang). The centaur mode: ``test_agent_centaur.py``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def configs(study: optuna.Study) -> list[tuple]:
 
 
 def test_thirty_trials_on_lora_small_from_lmtune_serve_parse_lie_in_the_space_and_never_repeat(agent_endpoint):
-    sampler = make_sampler("agent", seed=0, n_startup_trials=5, space=SPACE, endpoint=agent_endpoint,
+    sampler = make_sampler("agent", mode="lead", seed=0, n_startup_trials=5, space=SPACE, endpoint=agent_endpoint,
                            **AGENT_TEST_OPTIONS)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     run_trials(study, sleepy_quadratic(SPACE), 30)
@@ -116,7 +116,8 @@ def test_bad_replies_end_in_bounded_retries_and_a_logged_tpe_fallback(misbehavin
     server, url = misbehaving
     server.mode, server.requests = mode, []
     storage = f"sqlite:///{tmp_path / 'agent.db'}"
-    sampler = make_sampler("agent", seed=0, n_startup_trials=2, space=SPACE, endpoint=url, model="m", timeout=0.5)
+    sampler = make_sampler("agent", mode="lead", seed=0, n_startup_trials=2, space=SPACE, endpoint=url, model="m",
+                           timeout=0.5)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize", sampler=sampler)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="lmtune"):
@@ -130,6 +131,7 @@ def test_bad_replies_end_in_bounded_retries_and_a_logged_tpe_fallback(misbehavin
     assert all(t.user_attrs[attrs.AGENT_FELL_BACK] for t in asked)
     assert reason in asked[0].user_attrs[attrs.AGENT_FALLBACK_REASON], asked[0].user_attrs
     assert "fell back to TPE" in caplog.text
+    assert sum("fell back to TPE" in r.getMessage() for r in caplog.records) == 1  # the first; then one per 10
     if mode in ("invalid", "outside", "repeat"):  # 1 + 2 retries, each with the error fed back
         assert all(t.user_attrs[attrs.AGENT_RETRIES] == 3 for t in asked)
         optimizer = [r for r in server.requests if r.get("response_format")]
@@ -143,6 +145,27 @@ def test_bad_replies_end_in_bounded_retries_and_a_logged_tpe_fallback(misbehavin
     status = study_status(study="s", storage=storage)
     assert status.agent["suggestions"] == 6 and status.agent["fell_back"] == len(asked)
     assert f"{len(asked)} of 6 suggestions fell back to TPE" in format_status(status)
+
+
+def test_fallbacks_are_logged_once_then_one_line_per_ten_and_proposals_are_unchanged(misbehaving, caplog):
+    server, url = misbehaving
+    server.mode = "invalid"
+    sampler = make_sampler("agent", mode="lead", seed=0, n_startup_trials=2, space=SPACE, endpoint=url, model="m",
+                           retries=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    with caplog.at_level(logging.WARNING, logger="lmtune"):
+        run_trials(study, sleepy_quadratic(SPACE), 27)
+    assert all(t.user_attrs[attrs.AGENT_FELL_BACK] for t in study.trials[2:])
+    lines = [r.getMessage() for r in caplog.records if "fell back to TPE" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("trial 2: the agent fell back to TPE: no usable config after 1 replies")
+    assert lines[1].startswith("the agent fell back to TPE on 10 more trials (3 to 12; 11 in all)")
+    assert lines[2].startswith("the agent fell back to TPE on 10 more trials (13 to 22; 21 in all)")
+    # what TPE proposes after a fallback is what the registry's TPE alone proposes with the same seed
+    alone = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", seed=0, n_startup_trials=2,
+                                                                           space=SPACE))
+    run_trials(alone, sleepy_quadratic(SPACE), 27)
+    assert configs(study) == configs(alone)
 
 
 def test_an_unreachable_endpoint_or_unknown_model_is_an_input_error_at_once(misbehaving):
@@ -173,7 +196,7 @@ def test_prompt_folders_replace_built_in_templates_and_typos_are_refused(tmp_pat
     (tmp_path / "analyzer.txt").write_text("Custom analyst. $goal\n$report")
     server, url = misbehaving
     server.mode, server.requests = "invalid", []
-    sampler = make_sampler("agent", seed=0, n_startup_trials=1, space=SPACE, endpoint=url, model="m",
+    sampler = make_sampler("agent", mode="lead", seed=0, n_startup_trials=1, space=SPACE, endpoint=url, model="m",
                            prompts=str(tmp_path), retries=0)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     run_trials(study, sleepy_quadratic(SPACE), 2)
@@ -192,13 +215,17 @@ def test_a_worker_rebuilds_the_agent_sampler_from_the_study_job(misbehaving, tmp
     from lmtune.lora.config import LoraRunConfig
     from lmtune.lora.search import job_config
     from lmtune.lora.tune import worker_parts
-    from lmtune.samplers.agent import AgentSampler
+    from lmtune.samplers.agent import AgentSampler, CentaurSampler
 
     (tmp_path / "retry.txt").write_text("Rejected: $error")
     job = job_config(LoraRunConfig(sampler="agent", endpoint=misbehaving[1], agent_model="m", agent_temperature=0.5,
-                                   agent_prompts=str(tmp_path)))
+                                   agent_prompts=str(tmp_path), agent_override_share=0.2))
     assert json.loads(json.dumps(job))["agent_model"] == "m"  # the job is stored as JSON in the study
     parts = worker_parts(job, space=SPACE, objective=False)
     assert isinstance(parts.sampler, AgentSampler)
     assert (parts.sampler.endpoint, parts.sampler.model, parts.sampler.temperature) == (misbehaving[1], "m", 0.5)
     assert parts.sampler.prompts.render("retry", error="x") == "Rejected: x"
+    assert isinstance(parts.sampler, CentaurSampler) and parts.sampler.override_share == 0.2
+    lead = worker_parts(job_config(LoraRunConfig(sampler="agent", endpoint=misbehaving[1], agent_model="m",
+                                                 agent_mode="lead")), space=SPACE, objective=False)
+    assert type(lead.sampler) is AgentSampler

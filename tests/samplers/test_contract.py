@@ -1,8 +1,9 @@
 """The contract every lmtune sampler keeps, in the spirit of Optuna's own ``samplers_tests/test_samplers.py``.
 
-Every name in the registry and the grid sampler: proposals lie in the space, no config of a discrete pool
-is proposed twice (finished or running), failed and pruned trials are survived, the same seed gives the same study,
-and the sampler pickles (Optuna pickles samplers with studies and for process pools).
+Every name in the registry (the agent in its default mode, centaur), the agent's lead mode and the grid sampler:
+proposals lie in the space, no config of a discrete pool is proposed twice (finished or running), failed and pruned
+trials are survived, the same seed gives the same study, and the sampler pickles (Optuna pickles samplers with
+studies and for process pools).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SPACE = SearchSpace(
     {"variant": "lora"},
     "contract",
 )
-NAMES = [*SAMPLERS, "grid"]
+NAMES = [*SAMPLERS, "agent-lead", "grid"]
 
 
 @pytest.fixture
@@ -45,8 +46,10 @@ def make(name: str, encoders, tmp_path, seed: int = 0):
     if name == "grid":
         return ShuffledGridSampler(list(SPACE.iter_pool()), seed=seed)
     options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if name.startswith("language-bo") else {}
-    if name == "agent":
+    if name.startswith("agent"):  # centaur needs room for the reason of an override
         options = {"endpoint": encoders["agent"], **AGENT_TEST_OPTIONS, "retries": 1}
+        options.update({"mode": "lead"} if name == "agent-lead" else {"reason_chars": 40, "override_share": 0.5})
+        name = "agent"
     return make_sampler(name, seed=seed, n_startup_trials=3, space=SPACE, **options)
 
 

@@ -1,8 +1,8 @@
 """The expert blocks' prompts: text files with ``$placeholders`` that users may replace by a folder of their own.
 
-``--agent-prompts DIR`` may hold any of ``system.txt``, ``analyzer.txt``, ``optimizer.txt`` and ``retry.txt``;
-the files it lacks come from this package. A template may use only its own placeholders, so a typo is an
-error at start, not an empty hole in a prompt at trial 12.
+``--agent-prompts DIR`` may hold any of ``system.txt``, ``analyzer.txt``, ``optimizer.txt``, ``retry.txt`` (lead
+mode) and ``advisor.txt`` (centaur mode); the files it lacks come from this package. A template may use only its
+own placeholders, so a typo is an error at start, not an empty hole in a prompt at trial 12.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ PLACEHOLDERS: dict[str, frozenset[str]] = {
     "analyzer": frozenset({"goal", "space", "report"}),
     "optimizer": frozenset({"goal", "space", "report", "diagnosis", "schema"}),
     "retry": frozenset({"error"}),
+    "advisor": frozenset({"goal", "space", "report", "diagnosis", "schema", "proposal"}),
 }
 
 
 @dataclass(frozen=True)
 class Prompts:
-    """The four templates, checked."""
+    """The templates, checked."""
 
     templates: dict[str, string.Template]
     source: str

@@ -1,4 +1,6 @@
-"""``AgentSampler``: a language model behind any OpenAI-compatible endpoint proposes each trial's config.
+"""``AgentSampler``: a language model behind any OpenAI-compatible endpoint proposes each trial's config
+(``--agent-mode lead``; the default, ``centaur``, makes the model an advisor of a classical sampler instead:
+``lmtune.samplers.agent.centaur``).
 
 "Small LLMs with Expert Blocks Are Good Enough for Hyperparameter Tuning" (arXiv:2509.15561): a deterministic
 Trajectory Context Summarizer (``lmtune.trajectory``) turns the study into a report; an Analyzer block reads
@@ -8,7 +10,8 @@ built from the space (``response_format``; ``lmtune serve`` decodes under that g
 construction), every reply is validated strictly and its numbers snapped onto the space, a config that any
 trial holds (finished, running in another worker, just claimed) is refused, and a refused reply is asked for
 again with the reason (at most ``retries`` times). When no usable config comes, or the endpoint fails, TPE (as
-lmtune's registry builds it) proposes the trial and the reason is logged and stored on the trial. After
+lmtune's registry builds it) proposes the trial and the reason is stored on the trial; the log says so at the
+first fallback and then once every ``FALLBACK_LOG_EVERY`` fallbacks, not once per trial. After
 ``breaker`` trials in a row whose endpoint failed, the next ``cooldown`` trials go to TPE without a call, so a
 dead server slows a study by a few timeouts, not by one per trial.
 
@@ -36,7 +39,14 @@ from lmtune._compat import queued_params, set_trial_user_attr
 from lmtune.errors import InputError
 from lmtune.llm.generation import BackgroundLoop, GenerationRequest, Generator
 from lmtune.samplers.agent.prompts import Prompts
-from lmtune.samplers.agent.schema import REASON_CHARS, ReplyError, config_schema, parse_reply, response_format
+from lmtune.samplers.agent.schema import (
+    REASON_CHARS,
+    ReplyError,
+    config_schema,
+    has_words,
+    parse_reply,
+    response_format,
+)
 from lmtune.samplers.claim import PoolClaims
 from lmtune.space import SearchSpace, config_key
 from lmtune.trajectory import report_text, summarize_study
@@ -45,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Longest reply or error text stored on a trial.
 STORED_CHARS = 500
+#: After the first fallback is logged, one summary line per this many fallbacks (a weak model falls back often).
+FALLBACK_LOG_EVERY = 10
 
 
 class EndpointFailed(RuntimeError):
@@ -122,6 +134,8 @@ class AgentSampler(BaseSampler):
         self._lock = threading.Lock()
         self._failures = 0  # trials in a row whose endpoint failed
         self._skip = 0  # trials left to skip the endpoint
+        self._unlogged: list[int] = []  # trials that fell back since the last log line
+        self._logged = 0  # fallbacks already in a log line
         if check:
             self.check()
 
@@ -215,7 +229,7 @@ class AgentSampler(BaseSampler):
             return self._fall_back(study, trial, reason, stats, errors, diagnosis)
         _record(study, trial, {**self._usage(stats, errors), attrs.AGENT_SOURCE: "agent",
                                attrs.AGENT_FELL_BACK: False, attrs.AGENT_DIAGNOSIS: diagnosis[:STORED_CHARS],
-                               attrs.AGENT_REASON: reason[:STORED_CHARS]})
+                               **({attrs.AGENT_REASON: reason[:STORED_CHARS]} if has_words(reason) else {})})
         return config
 
     # -- the two blocks -------------------------------------------------------------------------------------
@@ -223,17 +237,14 @@ class AgentSampler(BaseSampler):
     def _ask(self, study: Study, trial: FrozenTrial, others: list[FrozenTrial], stats: dict[str, Any]
              ) -> tuple[dict[str, Any] | None, str, list[str], str, bool]:
         """Analyzer, then Optimizer with retries: (config or None, reason, errors, diagnosis, endpoint failed)."""
-        report = summarize_study(others, space=self.space, direction=study.direction.name.lower())
-        values = {"goal": f"{report['direction']} {report['metric']}", "space": _describe(self.space),
-                  "report": report_text(report), "schema": self._schema}
-        system = ("system", self.prompts.render("system"))
+        values = self._prompt_values(study, others)
         errors: list[str] = []
         try:
-            diagnosis = self._call([system, ("user", self.prompts.render("analyzer", **values))],
-                                   self.analyzer_tokens, self._call_seed(trial, 0), False, stats).strip()
+            diagnosis = self._analyze(trial, values, stats)
         except EndpointFailed as exc:
             return None, f"analyzer call failed: {exc}", errors, "", True
-        messages = [system, ("user", self.prompts.render("optimizer", **values, diagnosis=diagnosis or "(none)"))]
+        messages = [self._system(),
+                    ("user", self.prompts.render("optimizer", **values, diagnosis=diagnosis or "(none)"))]
         held = self._held(others)
         for attempt in range(self.retries + 1):
             try:
@@ -250,6 +261,20 @@ class AgentSampler(BaseSampler):
                 errors.append(str(exc))
                 messages += [("assistant", text[:2000]), ("user", self.prompts.render("retry", error=str(exc)))]
         return None, f"no usable config after {self.retries + 1} replies; last: {errors[-1]}", errors, diagnosis, False
+
+    def _prompt_values(self, study: Study, others: list[FrozenTrial]) -> dict[str, str]:
+        """The placeholders every block's prompt may use: goal, space, the TCS report of the trials, the schema."""
+        report = summarize_study(others, space=self.space, direction=study.direction.name.lower())
+        return {"goal": f"{report['direction']} {report['metric']}", "space": _describe(self.space),
+                "report": report_text(report), "schema": self._schema}
+
+    def _system(self) -> tuple[str, str]:
+        return "system", self.prompts.render("system")
+
+    def _analyze(self, trial: FrozenTrial, values: dict[str, str], stats: dict[str, Any]) -> str:
+        """The Analyzer's diagnosis (``EndpointFailed`` when its call fails)."""
+        return self._call([self._system(), ("user", self.prompts.render("analyzer", **values))],
+                          self.analyzer_tokens, self._call_seed(trial, 0), False, stats).strip()
 
     def _held(self, others: list[FrozenTrial]) -> dict[str, tuple[int, str]]:
         """Config key -> (trial number, what it is) of every config a trial holds."""
@@ -276,11 +301,28 @@ class AgentSampler(BaseSampler):
 
     def _fall_back(self, study: Study, trial: FrozenTrial, reason: str, stats: dict[str, Any], errors: list[str],
                    diagnosis: str) -> dict[str, Any]:
-        log.warning("trial %d: the agent fell back to TPE: %s", trial.number, reason)
+        self._log_fallback(trial.number, reason)
         _record(study, trial, {**self._usage(stats, errors), attrs.AGENT_SOURCE: "fallback",
                                attrs.AGENT_FELL_BACK: True, attrs.AGENT_FALLBACK_REASON: reason[:STORED_CHARS],
                                attrs.AGENT_DIAGNOSIS: diagnosis[:STORED_CHARS]})
         return self._fallback_config(study, trial)
+
+    def _log_fallback(self, number: int, reason: str) -> None:
+        """The first fallback in a line of its own, then one line per ``FALLBACK_LOG_EVERY`` fallbacks."""
+        with self._lock:
+            self._unlogged.append(number)
+            first = self._logged == 0
+            if not first and len(self._unlogged) < FALLBACK_LOG_EVERY:
+                return
+            trials, self._unlogged = self._unlogged, []
+            self._logged += len(trials)
+            total = self._logged
+        if first:
+            log.warning("trial %d: the agent fell back to TPE: %s (later fallbacks: one line per %d)", number,
+                        reason, FALLBACK_LOG_EVERY)
+        else:
+            log.warning("the agent fell back to TPE on %d more trials (%d to %d; %d in all); the last: %s",
+                        len(trials), trials[0], trials[-1], total, reason)
 
     def _fallback_config(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
         space = self.fallback.infer_relative_search_space(study, trial)

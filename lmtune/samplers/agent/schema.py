@@ -95,6 +95,12 @@ def parse_reply(text: str, space: SearchSpace) -> tuple[dict[str, Any], str]:
     return out, reason if isinstance(reason, str) else json.dumps(reason)
 
 
+def has_words(reason: str) -> bool:
+    """Whether a reason has a letter in it: a reply's reason is stored for people to read, and a small model under a
+    grammar may fill the field with punctuation (a reason of "," was seen)."""
+    return any(character.isalpha() for character in reason)
+
+
 def snap(param: Param, value: Any) -> Any:
     """``value`` as the space stores it, or ``ReplyError`` saying what is allowed."""
     allowed = f"allowed: {param.describe()}"
