@@ -1,7 +1,8 @@
-"""``lmtune hag label|train|evaluate``: per-input decoding hyperparameters (HAG)."""
+"""``lmtune hag label|global|train|evaluate``: per-input decoding hyperparameters (HAG)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import typer
@@ -9,7 +10,7 @@ import typer
 from lmtune.cli.app import app, console
 from lmtune.cli.options import config_options
 from lmtune.config import build_config
-from lmtune.hag.config import HagEvaluateConfig, HagLabelConfig, HagTrainConfig
+from lmtune.hag.config import HagEvaluateConfig, HagGlobalConfig, HagLabelConfig, HagTrainConfig
 from lmtune.runtime.quiet import quiet_libraries
 
 hag_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -47,10 +48,36 @@ def label_command(values: dict[str, Any] | None = None) -> None:
     print(f"labels: {result.labels_file}")
 
 
+@hag_app.command("global")
+@config_options(HagGlobalConfig)
+def global_command(values: dict[str, Any] | None = None) -> None:
+    """One decoding for every input: lmtune infer's search on the labelled inputs, with the labels' metric and n."""
+    from lmtune.cli.infer import describe_trial
+    from lmtune.cli.progress import TrialProgress
+    from lmtune.hag.global_config import find_global_config
+    from lmtune.hag.space import Decoding
+    from lmtune.inference.config import InferConfig
+    from lmtune.inference.tuner import tune_inference
+
+    cfg = build_config(HagGlobalConfig, **values)
+    quiet_libraries()
+    with TrialProgress(console, describe=describe_trial) as progress:
+        result = find_global_config(cfg, tune=lambda fields: tune_inference(InferConfig(**fields), listener=progress))
+    print(f"searched {sum(result.trials.values())} configs; spent {result.spent_tokens:.0f} of {result.budget_tokens} "
+          "tokens")
+    if result.config is None:
+        print(f"error: budget_tokens: no config fitted the budget; see {result.results}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"global config: {Decoding.from_dict(result.config).text()}; {result.metric} {result.tuning_score:.4f} on "
+          "the inputs it tuned on" + (f", {result.test_score:.4f} on those held out" if result.test_score else ""))
+    print(f"results: {result.results} (give it to lmtune hag train and evaluate as --global-config)")
+
+
 @hag_app.command("train")
 @config_options(HagTrainConfig)
 def train_command(values: dict[str, Any] | None = None) -> None:
-    """Learn to choose decoding per input: a LoRA adapter that emits it (HAG), or a head on the last hidden state."""
+    """Learn to choose decoding per input: a LoRA adapter that emits it (HAG), or a predictor of each candidate
+    config's margin over the global config, with a guard."""
     from lmtune.hag.learners import train_hag
 
     if "instruction" in values:
@@ -58,10 +85,30 @@ def train_command(values: dict[str, Any] | None = None) -> None:
     cfg = build_config(HagTrainConfig, **values)
     quiet_libraries()
     result = train_hag(cfg)
-    print(f"{result.learner} trained on {result.train_labels} labels in {result.seconds:.1f} s; agreement with "
-          f"them {result.train_agreement:.3f}"
-          + (f", with the validation labels {result.validation['agreement']:.3f}" if result.validation else ""))
+    print(f"{result.learner} trained on {result.train_labels} labels in {result.seconds:.1f} s"
+          + (f"; {result.candidates} candidate configs (those the label search scored on every training input)"
+             if result.candidates else ""))
+    if result.loss is not None:
+        print(f"final loss {result.loss['value']:.4f}: the {result.loss['what']}")
+    if result.guard is not None:
+        print(guard_text(result.guard))
+    validation = (f", of the validation inputs {result.validation['agreement']:.3f}" if result.validation else "")
+    print(f"agreement: the share of inputs whose config is exactly their label, of the training inputs "
+          f"{result.train_agreement:.3f}{validation} (many configs tie with the label, so a low share is expected)")
     print(f"HAG model: {result.output} (serve it: lmtune serve --model {result.output})")
+
+
+def guard_text(guard: dict) -> str:
+    """The guard's margin and what it gave on the inputs it was calibrated on, as a sentence."""
+    inputs = (f"{guard['validation_inputs']} validation inputs and {guard['training_inputs']} training inputs out of "
+              "fold")
+    unguarded = (f"without it: {guard['unguarded_gain']:+.4f} per input, a config of their own for "
+                 f"{guard['unguarded_share']:.0%}")
+    if guard["margin"] is None:
+        return (f"guard: every input keeps the global config (no margin gained anything on {inputs}; {unguarded})")
+    return (f"guard: an input leaves the global config when the predicted gain exceeds {guard['margin']:.4f}; on "
+            f"{inputs} that gained {guard['gain']:+.4f} per input over the global config, a config of their own for "
+            f"{guard['share']:.0%} ({unguarded})")
 
 
 @hag_app.command("evaluate")

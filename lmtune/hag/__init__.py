@@ -10,6 +10,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "HagLabelConfig": ".config",
     "HagTrainConfig": ".config",
     "HagEvaluateConfig": ".config",
+    "HagGlobalConfig": ".config",
+    "find_global_config": ".global_config",
     "load_hag_task": ".task",
     "Decoding": ".space",
     "DecodingSpace": ".space",

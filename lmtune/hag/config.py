@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmtune.runtime.storage import STORAGE_HELP, StudyName
 
 GRID_HELP = "values the label search may choose, comma-separated, in order"
+GLOBAL_HELP = ("results.json of lmtune hag global (or of lmtune infer on the labels' task and metric): the config "
+               "for all inputs")
+CACHE_HELP = "response cache file (default OUTPUT_DIR/responses.sqlite); 'none' disables it"
 
 
 class TaskFields(BaseModel):
@@ -18,13 +21,13 @@ class TaskFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: str = Field("hag-mix", description="hag-mix, or a JSONL file of instances (fields of the template)",
-                      json_schema_extra={"metavar": "TASK"})
+    task: str = Field("hag-mix", description="hag-mix, hag-spread, or a JSONL file of instances (fields of the "
+                      "template)", json_schema_extra={"metavar": "TASK"})
     metric: str | None = Field(None, description="module:function(instance, responses) -> float, or exact, vote, "
-                               "mix (default for hag-mix: mix)", json_schema_extra={"metavar": "METRIC"})
+                               "all, mix, spread (default: the task's own)", json_schema_extra={"metavar": "METRIC"})
     template: str | None = Field(None, description="prompt template, str.format fields of an instance "
                                  "(default {prompt})", json_schema_extra={"metavar": "TEMPLATE"})
-    task_size: int = Field(600, ge=3, description="hag-mix: instances generated")
+    task_size: int = Field(600, ge=3, description="hag-mix, hag-spread: instances generated")
     n: int = Field(8, ge=1, description="responses per request; the metric scores them together")
     max_tokens: int = Field(16, ge=1, description="tokens per response at most")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of instances in the validation split")
@@ -58,8 +61,28 @@ class HagLabelConfig(TaskFields):
                                    "study resumes", json_schema_extra={"metavar": "NAME"})
     output_dir: Path = Field(Path("lmtune-out/hag"), description="where labels-<split>.jsonl and the response "
                              "cache go")
-    cache: str | None = Field(None, description="response cache file (default OUTPUT_DIR/responses.sqlite); "
-                              "'none' disables it", json_schema_extra={"metavar": "FILE"})
+    cache: str | None = Field(None, description=CACHE_HELP, json_schema_extra={"metavar": "FILE"})
+    device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
+
+
+class HagGlobalConfig(BaseModel):
+    """Everything ``lmtune hag global`` takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    labels: Path = Field(description="training labels (lmtune hag label on the train split): the task, metric, "
+                         "model and inputs to tune on", json_schema_extra={"metavar": "FILE"})
+    budget_tokens: int | None = Field(None, ge=1, description="tokens the search may generate and read (default: "
+                                      "what labelling those inputs cost, from label-<split>.json beside the labels)")
+    max_trials: int = Field(200, ge=1, description="stop after this many configs even if budget is left")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="share of the inputs held out to test the best config")
+    storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
+    study_name: str | None = Field(None, description="study name (default hag-global-<task>); an existing study "
+                                   "resumes", json_schema_extra={"metavar": "NAME"})
+    output_dir: Path = Field(Path("lmtune-out/hag/global"), description="where results.json, the inputs and the "
+                             "price table go")
+    cache: str | None = Field(None, description=CACHE_HELP, json_schema_extra={"metavar": "FILE"})
+    seed: int = Field(0, description="seed of the search")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
 
 
@@ -72,15 +95,16 @@ class HagTrainConfig(BaseModel):
                          json_schema_extra={"metavar": "FILE"})
     output: Path = Field(description="the HAG model folder to write (hag.json and the adapter or head)",
                          json_schema_extra={"metavar": "DIR"})
-    learner: Literal["adapter", "head"] = Field("adapter", description="adapter: LoRA instruction tuning, the "
-                                                "model emits its hyperparameters; head: a regressor of each "
-                                                "candidate config's score (the label search's) on the frozen "
-                                                "model's last hidden state")
-    fallback: Path | None = Field(None, description="results.json of lmtune infer: its best config is used when a "
-                                  "stage-1 reply cannot be read (default: the API default decoding)",
-                                  json_schema_extra={"metavar": "FILE"})
-    validation_labels: Path | None = Field(None, description="labels of the validation split, to report the "
-                                           "learner's agreement with them", json_schema_extra={"metavar": "FILE"})
+    learner: Literal["adapter", "head", "neighbours"] = Field(
+        "neighbours", description="adapter: LoRA instruction tuning, the model emits its hyperparameters (HAG); "
+        "head: a small network that predicts each candidate config's margin over the global config from the frozen "
+        "model's hidden states; neighbours: the mean margins of the most similar training inputs")
+    global_config: Path | None = Field(None, description=GLOBAL_HELP + "; head and neighbours learn margins over it "
+                                       "and fall back to it, the adapter when a reply cannot be read (default: the "
+                                       "API default decoding)", json_schema_extra={"metavar": "FILE"})
+    validation_labels: Path | None = Field(None, description="labels of the validation split: the guard's margin is "
+                                           "calibrated on them (and on out-of-fold training inputs)",
+                                           json_schema_extra={"metavar": "FILE"})
     instruction: str = Field("{input}\nhyperparameters:", description="the stage-1 prompt; {input} is the "
                              "stage-2 prompt", json_schema_extra={"metavar": "TEMPLATE"})
     rank: int = Field(8, ge=1, description="adapter: LoRA rank")
@@ -91,6 +115,13 @@ class HagTrainConfig(BaseModel):
     min_steps: int = Field(400, ge=1, description="adapter: optimizer steps at least, passing over the labels "
                            "again if epochs would give fewer")
     head_hidden: int = Field(64, ge=0, description="head: hidden units (0: linear)")
+    pooling: Literal["mean", "last", "last+mean"] = Field("mean", description="head, neighbours: the input's "
+                                                          "feature, the final hidden states averaged over its "
+                                                          "tokens, at its last token, or both")
+    neighbours: int = Field(10, ge=1, description="neighbours: training inputs averaged")
+    cache: str | None = Field(None, description="response cache of the measurements the guard needs (default: "
+                              "responses.sqlite beside the labels, the label search's); 'none' disables it",
+                              json_schema_extra={"metavar": "FILE"})
     seed: int = Field(0, description="seed of the learner")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
 
@@ -105,13 +136,11 @@ class HagEvaluateConfig(BaseModel):
     learners: list[Path] = Field(default_factory=list, description="HAG model folders (lmtune hag train), "
                                  "comma-separated; folders of one learner kind count as seeds",
                                  json_schema_extra={"split": ",", "metavar": "DIR,DIR..."})
-    global_config: Path | None = Field(None, description="results.json of lmtune infer: the best task-level "
-                                       "config", json_schema_extra={"metavar": "FILE"})
+    global_config: Path | None = Field(None, description=GLOBAL_HELP, json_schema_extra={"metavar": "FILE"})
     random_seeds: int = Field(3, ge=0, description="seeds of random per-input configs")
     repeats: int = Field(4, ge=1, description="fresh requests per input and method")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N labelled inputs")
     output_dir: Path = Field(Path("lmtune-out/hag"), description="where evaluation.json and evaluation.md go")
-    cache: str | None = Field(None, description="response cache file (default OUTPUT_DIR/responses.sqlite); "
-                              "'none' disables it", json_schema_extra={"metavar": "FILE"})
+    cache: str | None = Field(None, description=CACHE_HELP, json_schema_extra={"metavar": "FILE"})
     seed: int = Field(0, description="seed of the fresh requests and the random configs")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})

@@ -1,14 +1,16 @@
 """``lmtune hag evaluate``: per-input decoding against one decoding for all, on held-out inputs.
 
 Every method gives each held-out input a config; each config is scored on ``repeats`` fresh seeded requests of
-n responses (seeds that the label search never used, so the oracle's own selection noise does not flatter it).
-Methods: the API default decoding, greedy decoding, the best task-level config of ``lmtune infer`` (the
-"global" config), a random grid config per input (one row per seed), the per-input oracle (the held-out
-labels: an upper bound in expectation, up to the label search's own noise), and every HAG model folder given
-(folders of one learner kind are seeds of that learner). A method's *gap share* is
-(score - global) / (oracle - global): the part of what per-input decoding can add over the global config that
-the method recovers. Stage 1's cost (tokens and seconds per input, batched) is set beside stage 2's (one fresh
-request of n responses per input, batched the same way).
+n responses (seeds that the label search never used, and the same seeds for every method: common random
+numbers). Methods: the API default decoding, greedy decoding, the global config (``lmtune hag global``), a
+random grid config per input (one row per seed), the label search's own best config of each input (the held-out
+labels), every HAG model folder given (folders of one learner kind are seeds of it; a ``head`` or ``neighbours``
+folder gives two rows, its choice without the guard and with it), and the per-input oracle: on each input, the
+best score of every config any method gave it, on these very draws, so that no method can exceed it. A method's
+*gap share* is (score - global) / (oracle - global), the part of what per-input decoding added over the global
+config on these draws that the method recovers; its *per-input share* is the share of inputs that got a config
+of their own (for a learner, other than the global config). Stage 1's cost (tokens and seconds per input,
+batched) is set beside stage 2's (one fresh request of n responses per input, batched the same way).
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.hag.config import HagEvaluateConfig
 from lmtune.hag.generation import HagModel, read_meta
-from lmtune.hag.labels import CountingGenerator, local_generator, make_scorer, read_labels
-from lmtune.hag.learners import read_fallback
+from lmtune.hag.global_config import read_global_config
+from lmtune.hag.head import PREDICTOR_FILES
+from lmtune.hag.labels import CountingGenerator, local_generator, make_scorer, mean_scores, read_labels, task_of_header
 from lmtune.hag.space import Decoding, DecodingSpace
-from lmtune.hag.task import HagTask, make_set_metric
 from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generator
 from lmtune.results import Result
+
+LABELS = {"hag-adapter": "HAG: LoRA instruction tuning", "head": "head: a network on hidden states, no guard",
+          "head+guard": "head, guarded", "neighbours": "neighbours: nearest training inputs, no guard",
+          "neighbours+guard": "neighbours, guarded", "random": "random per-input config"}
 
 
 @dataclass
@@ -52,12 +58,50 @@ class HagEvaluateResult(Result):
     table: str
 
 
+@dataclass
+class Plan:
+    """One method's configs, and which inputs got a config of their own."""
+
+    kind: str
+    label: str
+    configs: list[Decoding]
+    own: list[bool]
+
+
 def evaluate_hag(config: HagEvaluateConfig | None = None, *, generator: Generator | None = None,
                  **fields: Any) -> HagEvaluateResult:
     """Score every method on the labelled held-out inputs; writes evaluation.json and evaluation.md."""
     cfg = config or build_config(HagEvaluateConfig, **fields)
     header, rows = read_labels(cfg.labels)
     rows = rows[:cfg.limit]
+    global_config = read_global_config(cfg.global_config, header, "global_config") if cfg.global_config else None
+    _check_learners(cfg, header, global_config)
+    plans = _fixed_plans(cfg, rows, DecodingSpace.from_dict(header["space"]), global_config)
+    generator = generator or local_generator(header["model"], cfg.device)
+    stage1: dict[str, dict] = {}
+    for directory in cfg.learners:
+        plans += _learner_plans(directory, rows, cfg.device, stage1)
+
+    task = task_of_header(header, [r["instance"] for r in rows])
+    loop = BackgroundLoop()
+    cache = None if cfg.cache == "none" else ResponseStore(cfg.cache or cfg.output_dir / "responses.sqlite")
+    cached = CachedGenerator(generator, cache)
+    try:
+        scored = [(plan, loop.run(mean_scores(task, rows, plan.configs, cached, generator.name, "evaluate", cfg.seed,
+                                              cfg.repeats))) for plan in plans]
+        timing = _stage2_cost(task, rows, plans[-1].configs, generator, loop, cfg.seed)
+    finally:
+        loop.run(cached.aclose())
+        loop.close()
+    scored.append(_oracle(scored, global_config))
+    result = _summarize(cfg, header, rows, scored, stage1, timing)
+    write_atomic(cfg.output_dir / "evaluation.json", result.to_json())
+    write_atomic(cfg.output_dir / "evaluation.md", result.table)
+    return result
+
+
+def _check_learners(cfg: HagEvaluateConfig, header: dict, global_config: Decoding | None) -> None:
+    """Every learner is of the labels' base model, and a guarded one falls back to this global config."""
     from lmtune.llm import resolve_model
 
     base = str(Path(resolve_model(header["model"])).resolve())
@@ -66,60 +110,39 @@ def evaluate_hag(config: HagEvaluateConfig | None = None, *, generator: Generato
         if meta["base_model"] != base:
             raise InputError("learners", f"{directory} was trained on {meta['base_model']}, but the labels are of "
                              f"{base}")
-    global_config = read_fallback(cfg.global_config) if cfg.global_config else None
-    task = HagTask(header["task"], [r["instance"] for r in rows], make_set_metric(header["metric"]),
-                   header["metric"], template=header["template"], n=header["n"], max_tokens=header["max_tokens"],
-                   stop=tuple(header["stop"]) if header["stop"] else None)
-    plans = _fixed_plans(cfg, rows, DecodingSpace.from_dict(header["space"]), global_config)
-    generator = generator or local_generator(header["model"], cfg.device)
-    stage1: dict[str, dict] = {}
-    for directory in cfg.learners:
-        plans.append(_learner_plan(directory, rows, cfg.device, stage1))
-
-    loop = BackgroundLoop()
-    cache = None if cfg.cache == "none" else ResponseStore(cfg.cache or cfg.output_dir / "responses.sqlite")
-    cached = CachedGenerator(generator, cache)
-    try:
-        scored = [(kind, label, loop.run(_scores(task, rows, configs, cached, generator.name, cfg)))
-                  for kind, label, configs in plans]
-        timing = _stage2_cost(task, rows, plans[-1][2], generator, loop, cfg.seed)
-    finally:
-        loop.run(cached.aclose())
-        loop.close()
-    result = _summarize(cfg, header, rows, scored, stage1, timing)
-    write_atomic(cfg.output_dir / "evaluation.json", result.to_json())
-    write_atomic(cfg.output_dir / "evaluation.md", result.table)
-    return result
-
-
-#: One method's configs: (kind, label, a config per input).
-Plan = tuple[str, str, list[Decoding]]
+        fallback = Decoding.from_dict(meta["fallback"])
+        if meta["learner"] in PREDICTOR_FILES and global_config is not None and fallback != global_config:
+            raise InputError("learners", f"{directory} learned margins over {fallback.text()}, not over the "
+                             f"`global_config` ({global_config.text()}); train it with the same global config")
 
 
 def _fixed_plans(cfg: HagEvaluateConfig, rows: list[dict], space: DecodingSpace, global_config: Decoding | None
                  ) -> list[Plan]:
-    """Every method but the learners: default and greedy decoding, lmtune infer's global config, random configs
-    (one plan per seed), and the oracle last."""
-    plans: list[Plan] = [
-        ("default", "default decoding (temperature 1, no cuts)", [Decoding()] * len(rows)),
-        ("greedy", "greedy", [Decoding(temperature=0.0).canonical()] * len(rows))]
+    """Every method but the learners and the oracle: default and greedy decoding, the global config, random
+    configs (one plan per seed) and the held-out labels."""
+    n = len(rows)
+    plans = [Plan("default", "default decoding (temperature 1, no cuts)", [Decoding()] * n, [False] * n),
+             Plan("greedy", "greedy", [Decoding(temperature=0.0).canonical()] * n, [False] * n)]
     if global_config is not None:
-        plans.append(("global", f"global: lmtune infer's best ({global_config.text()})", [global_config] * len(rows)))
+        plans.append(Plan("global", f"global: lmtune hag global's best ({global_config.text()})", [global_config] * n,
+                          [False] * n))
     for seed in range(cfg.random_seeds):
-        plans.append(("random", "random per-input config", [
-            space.random_config(random.Random(f"random:{cfg.seed}:{seed}:{r['prompt']}")) for r in rows]))
-    plans.append(("oracle", "per-input oracle (held-out labels)", [Decoding.from_dict(r["label"]) for r in rows]))
+        plans.append(Plan("random", LABELS["random"], [
+            space.random_config(random.Random(f"random:{cfg.seed}:{seed}:{r['prompt']}")) for r in rows], [True] * n))
+    labels = [Decoding.from_dict(r["label"]) for r in rows]
+    plans.append(Plan("labels", "label search's best config (held-out labels)", labels,
+                      [global_config is None or c != global_config for c in labels]))
     return plans
 
 
-def _learner_plan(directory: Path, rows: list[dict], device: str, stage1: dict[str, dict]) -> Plan:
-    """A HAG model folder's choice for every input; what its stage 1 cost is added to ``stage1`` under the
-    learner's kind (folders of one kind are seeds of it)."""
+def _learner_plans(directory: Path, rows: list[dict], device: str, stage1: dict[str, dict]) -> list[Plan]:
+    """A HAG model folder's choices (a predictor's without and with its guard); what its stage 1 cost is added to
+    ``stage1`` under the learner's kind (folders of one kind are seeds of it)."""
     model = HagModel(directory, device=device, field="learners")
     started = time.perf_counter()
     choices = model.choose([r["prompt"] for r in rows])
     seconds = time.perf_counter() - started
-    name = f"hag-{model.kind}" if model.kind == "adapter" else "head"
+    name = f"hag-{model.kind}" if model.kind == "adapter" else model.kind
     record = stage1.setdefault(name, {"folders": [], "seconds_per_input": [], "prompt_tokens_per_input": [],
                                       "completion_tokens_per_input": [], "statuses": defaultdict(int)})
     record["folders"].append(str(directory))
@@ -128,19 +151,28 @@ def _learner_plan(directory: Path, rows: list[dict], device: str, stage1: dict[s
     record["completion_tokens_per_input"].append(sum(c.completion_tokens for c in choices) / len(rows))
     for c in choices:
         record["statuses"][c.status] += 1
-    return name, f"{name} ({Path(directory).name})", [c.config for c in choices]
+    folder = Path(directory).name
+    if model.kind == "adapter":
+        return [Plan(name, f"{LABELS[name]} ({folder})", [c.config for c in choices],
+                     [c.config != model.fallback for c in choices])]
+    return [Plan(name, f"{LABELS[name]} ({folder})", [c.unguarded for c in choices], [c.gain > 0 for c in choices]),
+            Plan(f"{name}+guard", f"{LABELS[name + '+guard']} ({folder})", [c.config for c in choices],
+                 [c.status == "chosen" for c in choices])]
 
 
-async def _scores(task: HagTask, rows, configs: list[Decoding], generator, model: str, cfg) -> list[float]:
-    """Each input's mean metric over ``repeats`` fresh requests with its config."""
-    async def one(row, config):
-        score = make_scorer(task, row["instance"], generator, model, "evaluate", cfg.seed)
-        values = await asyncio.gather(*(score(config, r) for r in range(cfg.repeats)))
-        return sum(values) / len(values)
-    return list(await asyncio.gather(*(one(row, config) for row, config in zip(rows, configs, strict=True))))
+def _oracle(scored: list[tuple[Plan, list[float]]], global_config: Decoding | None) -> tuple[Plan, list[float]]:
+    """Each input's best score over every config a method gave it, on the same draws; an input got a config of
+    its own when that best beats the global config's score there."""
+    n = len(scored[0][1])
+    best = [max(values[i] for _, values in scored) for i in range(n)]
+    global_scores = next((values for plan, values in scored if plan.kind == "global"), None)
+    own = [global_scores is None or best[i] > global_scores[i] for i in range(n)]
+    configs = [max(scored, key=lambda item, i=i: item[1][i])[0].configs[i] for i in range(n)]
+    label = "per-input oracle: the best of every config above, on each input, on these draws"
+    return Plan("oracle", label, configs, own), best
 
 
-def _stage2_cost(task: HagTask, rows, configs, generator, loop, seed: int) -> dict:
+def _stage2_cost(task, rows, configs, generator, loop, seed: int) -> dict:
     counter = CountingGenerator(CachedGenerator(generator, None))
     started = time.perf_counter()
 
@@ -161,35 +193,41 @@ def _mean_se(values: list[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def _gap(scored: list[tuple[Plan, list[float]]]) -> dict | None:
+    """Oracle - global, paired over inputs, when there is a global config."""
+    per_input = {plan.kind: values for plan, values in scored if plan.kind in ("global", "oracle")}
+    if "global" not in per_input:
+        return None
+    n = len(per_input["global"])
+    mean, se = _mean_se([o - g for o, g in zip(per_input["oracle"], per_input["global"], strict=True)])
+    return {"oracle": sum(per_input["oracle"]) / n, "global": sum(per_input["global"]) / n, "gap": mean,
+            "gap_se_over_inputs": se}
+
+
+def _method(kind: str, label: str, runs: list[tuple[Plan, list[float]]], types: list, gap: dict | None) -> dict:
+    """One method's row: score over inputs (mean ± standard error over seeds), per type, per-input share, gap
+    share."""
+    means = [sum(values) / len(values) for _, values in runs]
+    score, score_se = _mean_se(means)
+    row = {"method": kind, "label": label, "seeds": len(runs), "score": score, "score_se": score_se,
+           "per_input_share": sum(sum(plan.own) / len(plan.own) for plan, _ in runs) / len(runs), "by_type": {}}
+    for t in sorted({t for t in types if t is not None}):
+        picks = [sum(v for v, vt in zip(values, types, strict=True) if vt == t) / types.count(t) for _, values in runs]
+        row["by_type"][t] = sum(picks) / len(picks)
+    if gap is not None and gap["gap"] > 0:
+        row["gap_share"], row["gap_share_se"] = _mean_se([(m - gap["global"]) / gap["gap"] for m in means])
+    return row
+
+
 def _summarize(cfg, header, rows, scored, stage1, timing) -> HagEvaluateResult:
     types = [r["instance"].get("type") for r in rows]
-    per_input = {kind: values for kind, _, values in scored if kind in ("global", "oracle")}
-    gap = None
-    if "global" in per_input:
-        diffs = [o - g for o, g in zip(per_input["oracle"], per_input["global"], strict=True)]
-        mean, se = _mean_se(diffs)
-        gap = {"oracle": sum(per_input["oracle"]) / len(rows), "global": sum(per_input["global"]) / len(rows),
-               "gap": mean, "gap_se_over_inputs": se}
+    gap = _gap(scored)
     groups: dict[str, list] = defaultdict(list)
-    labels = {}
-    for kind, label, values in scored:
-        groups[kind].append(values)
-        labels.setdefault(kind, label if kind not in ("hag-adapter", "head", "random") else
-                          {"hag-adapter": "HAG: LoRA instruction tuning", "head": "predictor head on the last "
-                           "hidden state", "random": "random per-input config"}[kind])
-    methods = []
-    for kind, runs in groups.items():
-        means = [sum(v) / len(v) for v in runs]
-        score, score_se = _mean_se(means)
-        row = {"method": kind, "label": labels[kind], "seeds": len(runs), "score": score, "score_se": score_se,
-               "by_type": {}}
-        for t in sorted({t for t in types if t is not None}):
-            picks = [sum(v[i] for i in range(len(rows)) if types[i] == t) / types.count(t) for v in runs]
-            row["by_type"][t] = sum(picks) / len(picks)
-        if gap is not None and gap["gap"] > 0:
-            shares = [(m - gap["global"]) / (gap["oracle"] - gap["global"]) for m in means]
-            row["gap_share"], row["gap_share_se"] = _mean_se(shares)
-        methods.append(row)
+    labels: dict[str, str] = {}
+    for plan, values in scored:
+        groups[plan.kind].append((plan, values))
+        labels.setdefault(plan.kind, LABELS.get(plan.kind, plan.label))
+    methods = [_method(kind, labels[kind], runs, types, gap) for kind, runs in groups.items()]
     for record in stage1.values():
         record["statuses"] = dict(record["statuses"])
         for key in ("seconds_per_input", "prompt_tokens_per_input", "completion_tokens_per_input"):
@@ -207,21 +245,21 @@ def _pm(mean: float | None, se: float | None, digits: int = 3) -> str:
 
 
 def markdown(result: HagEvaluateResult) -> str:
-    """The evaluation as a Markdown table (scores are means over seeds ± standard error over seeds)."""
+    """The evaluation as Markdown tables (scores are means over seeds ± standard error over seeds)."""
     types = sorted({t for m in result.methods for t in m["by_type"]})
     lines = [f"{result.inputs} held-out inputs, {result.repeats} fresh requests each; mean ± standard error over "
-             "seeds where a method has several.", "",
-             "| method | seeds | score | gap share | " + " | ".join(types) + (" |" if types else ""),
-             "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in types) + (" |" if types else "")]
+             "seeds where a method has several; per-input: the share of inputs given a config of their own.", "",
+             "| method | seeds | score | gap share | per-input | " + " | ".join(types) + (" |" if types else ""),
+             "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in types) + (" |" if types else "")]
     for m in result.methods:
         share = _pm(m.get("gap_share"), m.get("gap_share_se"), 2) if "gap_share" in m else "-"
         cells = " | ".join(f"{m['by_type'][t]:.3f}" for t in types)
-        lines.append(f"| {m['label']} | {m['seeds']} | {_pm(m['score'], m['score_se'])} | {share} | {cells}"
-                     + (" |" if types else ""))
+        lines.append(f"| {m['label']} | {m['seeds']} | {_pm(m['score'], m['score_se'])} | {share} | "
+                     f"{m['per_input_share']:.2f} | {cells}" + (" |" if types else ""))
     if result.gap is not None:
         g = result.gap
-        lines += ["", f"Oracle - global = {g['gap']:.3f} ± {g['gap_se_over_inputs']:.3f} (standard error over "
-                  "inputs, paired)."]
+        se = f" ± {g['gap_se_over_inputs']:.3f}" if g["gap_se_over_inputs"] is not None else ""
+        lines += ["", f"Oracle - global = {g['gap']:.3f}{se} (standard error over inputs, paired)."]
     if result.stage1:
         s2 = result.stage2
         lines += ["", "| stage | tokens in / input | tokens out / input | seconds / input | replies |",

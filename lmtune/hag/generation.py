@@ -1,16 +1,18 @@
 """Two-stage generation: a HAG model folder chooses each input's decoding (stage 1), then answers with it.
 
 A HAG model folder (written by ``lmtune hag train``) holds ``hag.json`` (the base model, the learner kind, the
-stage-1 instruction, the decoding space that bounds emitted values and the fallback config) and either
-``adapter/`` (a LoRA adapter: the model, prompted with the instruction, emits ``t=.. p=.. k=.. r=..``) or
-``head.safetensors`` (a regressor of each candidate config's score on the frozen base model's last hidden
-state).
+stage-1 instruction, the decoding space that bounds emitted values, the global config and, for the ``head`` and
+``neighbours`` learners, their candidates and guard) and either ``adapter/`` (a LoRA adapter: the model, prompted
+with the instruction, emits ``t=.. p=.. k=.. r=..``) or the predictor's tensors (``lmtune.hag.head``: each
+candidate config's predicted margin over the global config; the input keeps the global config unless the best
+margin passes the guard, ``lmtune.hag.guard``).
 
 ``TwoStageGenerator`` is a ``Generator`` like any other, so ``lmtune serve --model FOLDER`` serves it on the
 OpenAI-compatible API. Fields a request sets itself (say ``temperature``) win over the chosen ones. Every
 answer reports, in ``Generation.hyperparameters`` (a field of each choice on the server): the values used, the
-learner, whether the stage-1 reply was read as is, repaired or replaced by the fallback, and stage 1's tokens
-and seconds. Stage-1 tokens are not added to the usage block, which bills the answer as any model would.
+learner, whether the stage-1 reply was read as is, repaired or replaced by the fallback (adapter), or whether the
+predictor's choice was used or the guard kept the global config (head, neighbours), and stage 1's tokens and
+seconds. Stage-1 tokens are not added to the usage block, which bills the answer as any model would.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmtune.errors import InputError
+from lmtune.hag.head import PREDICTOR_FILES
 from lmtune.hag.space import PARAMS, Decoding, DecodingSpace
 from lmtune.llm.generation import ExtraCallHook, Generation, GenerationError, GenerationRequest, Generator
 
@@ -34,13 +37,17 @@ STAGE1_MAX_TOKENS = 48
 
 @dataclass(frozen=True)
 class Choice:
-    """The config chosen for one input, how it was read, and what stage 1 cost."""
+    """The config chosen for one input, how it was read, and what stage 1 cost; for a predictor, its predicted
+    gain over the global config and the config it would use without the guard (its best candidate when the gain is
+    above 0)."""
 
     config: Decoding
-    status: str  # ok, filled, clamped, fallback (adapter); head
+    status: str  # ok, filled, clamped, fallback (adapter); chosen, global (head, neighbours: the guard's verdict)
     reply: str
     prompt_tokens: int
     completion_tokens: int
+    gain: float | None = None
+    unguarded: Decoding | None = None
 
 
 def is_hag_model(path: str | Path) -> bool:
@@ -58,12 +65,16 @@ def read_meta(directory: Path, field: str = "model") -> dict:
         kind = meta["learner"]
         DecodingSpace.from_dict(meta["space"])
         Decoding.from_dict(meta["fallback"])
+        for candidate in meta["predictor"]["candidates"] if kind in PREDICTOR_FILES else []:
+            Decoding.from_dict(candidate)
+        if kind in PREDICTOR_FILES and meta["guard"]["margin"] is not None:
+            float(meta["guard"]["margin"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(field, f"{path} is not a valid {HAG_FILE}: {exc}") from None
-    weights = {"adapter": Path(directory) / "adapter" / "adapter_config.json",
-               "head": Path(directory) / "head.safetensors"}.get(kind)
-    if weights is None:
-        raise InputError(field, f"{path}: learner must be adapter or head, got {kind!r}")
+        raise InputError(field, f"{path} is not a valid {HAG_FILE}: {exc!r}") from None
+    files = {"adapter": "adapter/adapter_config.json", **PREDICTOR_FILES}
+    if kind not in files:
+        raise InputError(field, f"{path}: learner must be {', '.join(files)}, got {kind!r}")
+    weights = Path(directory) / files[kind]
     if not weights.is_file():
         raise InputError(field, f"{directory} has no {kind} ({weights.relative_to(directory)} is missing)")
     return meta
@@ -98,9 +109,10 @@ class HagModel:
 
             model = PeftModel.from_pretrained(model, str(self.directory / "adapter")).merge_and_unload()
         else:
-            from lmtune.hag.head import load_head
+            from lmtune.hag.head import load_predictor
 
-            self.head, self.classes = load_head(self.directory, meta, device)
+            self.predictor, self.candidates = load_predictor(self.directory, meta, device)
+            self.pooling, self.margin = meta["predictor"]["pooling"], meta["guard"]["margin"]
         self.model = model.to(device).eval()
         self._torch = torch
 
@@ -110,7 +122,7 @@ class HagModel:
         with self._lock, self._torch.no_grad():
             for start in range(0, len(prompts), batch_size):
                 batch = prompts[start:start + batch_size]
-                choices += self._adapter(batch) if self.kind == "adapter" else self._head(batch)
+                choices += self._adapter(batch) if self.kind == "adapter" else self._predict(batch)
         self.counts.update(c.status for c in choices)
         return choices
 
@@ -131,13 +143,19 @@ class HagModel:
             choices.append(Choice(parsed.config, parsed.status, reply, len(prompt_ids), len(generated)))
         return choices
 
-    def _head(self, prompts: list[str]) -> list[Choice]:
-        from lmtune.hag.head import last_hidden
+    def _predict(self, prompts: list[str]) -> list[Choice]:
+        """The best candidate by predicted margin; the global config unless that margin passes the guard."""
+        from lmtune.hag.head import hidden_features
 
-        features, lengths = last_hidden(self.model, self.tokenizer, prompts, self.device)
-        picks = self.head(features).argmax(-1).tolist()
-        return [Choice(self.classes[k], "head", self.classes[k].text(), n, 0)
-                for k, n in zip(picks, lengths, strict=True)]
+        features, lengths = hidden_features(self.model, self.tokenizer, prompts, self.pooling, self.device)
+        values, picks = self.predictor(features).max(-1)
+        choices = []
+        for gain, k, n in zip(values.tolist(), picks.tolist(), lengths, strict=True):
+            unguarded = self.candidates[k] if gain > 0 else self.fallback
+            used = self.margin is not None and gain > self.margin
+            config = self.candidates[k] if used else self.fallback
+            choices.append(Choice(config, "chosen" if used else "global", config.text(), n, 0, gain, unguarded))
+        return choices
 
 
 def _left_pad(sequences: list[list[int]], pad: int, device):

@@ -30,7 +30,7 @@ from lmtune.files import write_atomic
 from lmtune.hag.config import HagLabelConfig
 from lmtune.hag.search import SearchOutcome, SearchSettings, search_input
 from lmtune.hag.space import PARAMS, Decoding, DecodingSpace
-from lmtune.hag.task import HagTask, load_hag_task
+from lmtune.hag.task import HagTask, load_hag_task, make_set_metric
 from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generation, GenerationError, GenerationRequest, Generator
 from lmtune.results import Result
@@ -98,6 +98,23 @@ def make_scorer(task: HagTask, instance: dict, generator, model: str, salt: str,
         generation = await generator.generate(request)
         return float(task.metric(instance, generation.texts))
     return score
+
+
+async def mean_scores(task: HagTask, rows: list[dict], configs: list[Decoding], generator, model: str, salt: str,
+                      seed: int, repeats: int) -> list[float]:
+    """Each input's mean metric over ``repeats`` seeded requests with its config, all sent at once."""
+    async def one(row: dict, config: Decoding) -> float:
+        score = make_scorer(task, row["instance"], generator, model, salt, seed)
+        values = await asyncio.gather(*(score(config, r) for r in range(repeats)))
+        return sum(values) / len(values)
+    return list(await asyncio.gather(*(one(row, config) for row, config in zip(rows, configs, strict=True))))
+
+
+def task_of_header(header: dict, instances: list[dict]) -> HagTask:
+    """The task a label file's header describes, over the given instances."""
+    return HagTask(header["task"], instances, make_set_metric(header["metric"]), header["metric"],
+                   template=header["template"], n=header["n"], max_tokens=header["max_tokens"],
+                   stop=tuple(header["stop"]) if header["stop"] else None)
 
 
 def label_task(config: HagLabelConfig | None = None, *, generator: Generator | None = None,

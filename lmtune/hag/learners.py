@@ -1,21 +1,25 @@
-"""``lmtune hag train``: learn the map from an input to its decoding config, two ways.
+"""``lmtune hag train``: learn the map from an input to its decoding config, three ways.
 
 * ``adapter``: HAG as in "LLM can Achieve Self-Regulation via Hyperparameter Aware Generation"
   (arXiv:2402.11251): instruction tuning with LoRA (lmtune's own fine-tuning loop, ``lmtune.finetune``) on
   (instruction + input, label string) pairs, so that the model itself emits ``t=.. p=.. k=.. r=..``. The
   adapter touches every linear layer of the base, since the base has never written this format.
-* ``head``: a small network (one hidden layer, or linear) on the frozen base model's final-layer hidden state
-  at the input's last token that predicts the expected score of each candidate config (the coarse sweep's
-  configs and the distinct labels) from what the label search measured; stage 1 takes the best prediction.
-  Features are computed once, and training is a few hundred full-batch steps, seconds on a CPU. Stage 1 is
-  then one forward pass over the input, with nothing generated.
+* ``head`` and ``neighbours`` (``lmtune.hag.head``): from a feature of the frozen base model's hidden states,
+  predict each candidate config's margin over the global config (``global_config``, the baseline a user would
+  otherwise run); the candidates are the configs the label search scored on every training input. The global
+  config is measured on the training inputs with the label search's own seeded requests, so a margin compares
+  two configs on the same draws. Features are computed once; fitting takes seconds on a CPU, and stage 1 is one
+  forward pass over the input, with nothing generated.
 
-Both write a HAG model folder (``lmtune.hag.generation``); ``validation_labels`` reports how often the learner
-picks the validation label exactly and how often its reply needed the fallback.
+Learning margins rather than scores takes each input's own difficulty out of the targets: what is left is what
+decoding changes. Every candidate is measured on every training input, so no prediction is an extrapolation to a
+config seen on one input only. The guard (``lmtune.hag.guard``) then decides, with validation inputs and
+out-of-fold training inputs, how large a predicted gain must be before the input leaves the global config.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -29,41 +33,36 @@ from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.hag.config import HagTrainConfig
 from lmtune.hag.generation import HAG_FILE, HagModel
-from lmtune.hag.head import HEAD_FILE, last_hidden, network
-from lmtune.hag.labels import read_labels
-from lmtune.hag.search import simplicity
+from lmtune.hag.global_config import read_global_config
+from lmtune.hag.guard import best, calibrate, candidates_and_margins, out_of_fold
+from lmtune.hag.head import PREDICTOR_FILES, fit_head, fit_neighbours, hidden_features, save_predictor
+from lmtune.hag.labels import local_generator, mean_scores, read_labels, task_of_header
 from lmtune.hag.space import Decoding
+from lmtune.llm.cache import CachedGenerator, ResponseStore
+from lmtune.llm.generation import BackgroundLoop
 from lmtune.results import Result
 
 log = logging.getLogger(__name__)
-HEAD_STEPS = 400
+LOSSES = {"adapter": "cross-entropy per token of the label text on (up to 64) training inputs",
+          "head": "mean squared error of the predicted margins over the global config on the training inputs"}
 
 
 @dataclass
 class HagTrainResult(Result):
-    """The HAG model folder written and how well its learner agrees with the labels."""
+    """The HAG model folder written, its training loss (and what it measures), its guard, and how often its
+    choice is exactly the label search's label."""
 
     output: str
     learner: str
     base_model: str
     train_labels: int
-    classes: int | None
+    candidates: int | None
     seconds: float
-    fallback: dict
+    global_config: dict
+    loss: dict | None
+    guard: dict | None
     train_agreement: float | None
     validation: dict | None
-
-
-def read_fallback(path: Path | None) -> Decoding:
-    """The best config of a ``lmtune infer`` results.json (API defaults for what it does not set), or the API
-    default decoding when there is none."""
-    if path is None:
-        return Decoding()
-    try:
-        best = json.loads(Path(path).read_text())["best"]["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise InputError("fallback", f"{path} is not a results.json of lmtune infer with a best config") from None
-    return Decoding.filled(best)
 
 
 def train_hag(config: HagTrainConfig | None = None, **fields: Any) -> HagTrainResult:
@@ -73,7 +72,10 @@ def train_hag(config: HagTrainConfig | None = None, **fields: Any) -> HagTrainRe
     validation = read_labels(cfg.validation_labels, "validation_labels")[1] if cfg.validation_labels else None
     if "{input}" not in cfg.instruction:
         raise InputError("instruction", f"must contain {{input}}, got {cfg.instruction!r}")
-    fallback = read_fallback(cfg.fallback)
+    reference = read_global_config(cfg.global_config, header, "global_config")
+    if cfg.learner != "adapter" and not all(r.get("scores") for r in rows):
+        raise InputError("labels", f"{cfg.labels} has inputs without the label search's scores; the {cfg.learner} "
+                         "learns from them (label the inputs with lmtune hag label)")
     from lmtune.llm import check_device, resolve_model
 
     check_device(cfg.device)
@@ -83,20 +85,21 @@ def train_hag(config: HagTrainConfig | None = None, **fields: Any) -> HagTrainRe
     started = time.perf_counter()
     cfg.output.mkdir(parents=True, exist_ok=True)
     meta = {"learner": cfg.learner, "base_model": str(Path(base).resolve()), "instruction": cfg.instruction,
-            "space": header["space"], "fallback": fallback.as_dict(), "task": {k: header[k] for k in
+            "space": header["space"], "fallback": reference.as_dict(), "task": {k: header[k] for k in
             ("task", "metric", "template", "n", "max_tokens")}, "seed": cfg.seed, "labels": str(cfg.labels)}
-    classes = None
     if cfg.learner == "adapter":
-        _train_adapter(cfg, base, rows)
+        loss = _train_adapter(cfg, base, rows)
     else:
-        classes = _train_head(cfg, base, rows, meta)
+        loss = _train_predictor(cfg, header, rows, validation, reference, meta)
     write_atomic(cfg.output / HAG_FILE, json.dumps(meta, indent=2) + "\n")
     seconds = time.perf_counter() - started
     model = HagModel(cfg.output, device=cfg.device)
-    return HagTrainResult(output=str(cfg.output), learner=cfg.learner, base_model=meta["base_model"],
-                          train_labels=len(rows), classes=classes, seconds=round(seconds, 1),
-                          fallback=fallback.as_dict(), train_agreement=_agreement(model, rows)["agreement"],
-                          validation=_agreement(model, validation) if validation else None)
+    return HagTrainResult(
+        output=str(cfg.output), learner=cfg.learner, base_model=meta["base_model"], train_labels=len(rows),
+        candidates=len(meta["predictor"]["candidates"]) if "predictor" in meta else None, seconds=round(seconds, 1),
+        global_config=reference.as_dict(), loss=None if loss is None else {"value": loss, "what": LOSSES[cfg.learner]},
+        guard=meta.get("guard"), train_agreement=_agreement(model, rows)["agreement"],
+        validation=_agreement(model, validation) if validation else None)
 
 
 def _agreement(model: HagModel, rows: list[dict]) -> dict:
@@ -105,7 +108,7 @@ def _agreement(model: HagModel, rows: list[dict]) -> dict:
     return {"inputs": len(rows), "agreement": same / len(rows), "statuses": dict(Counter(c.status for c in choices))}
 
 
-def _train_adapter(cfg: HagTrainConfig, base: str, rows: list[dict]) -> None:
+def _train_adapter(cfg: HagTrainConfig, base: str, rows: list[dict]) -> float:
     import math
 
     from lmtune.finetune.hparams import LoraHyperparams
@@ -118,63 +121,64 @@ def _train_adapter(cfg: HagTrainConfig, base: str, rows: list[dict]) -> None:
                              min_steps=max(cfg.min_steps, math.ceil(len(pairs) / cfg.batch_size)))
     result = train_and_evaluate(hp, pairs, pairs[:64], task="causal", model=base, settings=settings,
                                 target_modules="all-linear", save_adapter_to=cfg.output / "adapter")
-    log.info("adapter: %d steps, final label loss %.4f", result.steps, result.eval_loss)
+    log.info("adapter: %d steps", result.steps)
+    return result.eval_loss
 
 
-def score_targets(rows: list[dict]) -> tuple[list[Decoding], list[list[float | None]]]:
-    """The head's candidates and, per input, each candidate's measured mean score (None: not measured).
+class _Measure:
+    """Mean metric of configs on labelled inputs over the label search's own seeded requests (its salt, seed and
+    repeats), through a response cache: a config the search already scored costs nothing."""
 
-    Candidates are the configs the label search scored on every training input (the coarse sweep) and every
-    distinct label. A row without search scores (a label file written by hand) scores its label 1 and every
-    other candidate 0, which makes the head a plain classifier over the labels.
-    """
-    measured = []
-    for row in rows:
-        scores = {Decoding.from_dict(c): sum(v) / len(v) for c, v in row.get("scores") or [] if v}
-        measured.append(scores)
-    labels = [Decoding.from_dict(r["label"]) for r in rows]
-    shared = set.intersection(*(set(m) for m in measured)) if all(measured) else set()
-    candidates = [c for c, _ in Counter(labels).most_common()] + sorted(shared - set(labels), key=simplicity)
-    targets = []
-    for row, label, scores in zip(rows, labels, measured, strict=True):
-        if scores:
-            targets.append([scores.get(c) for c in candidates])
-        else:
-            targets.append([float(row.get("score", 1.0)) if c == label else 0.0 for c in candidates])
-    return candidates, targets
+    def __init__(self, header: dict, generator, cache: ResponseStore | None):
+        self.header, self.generator = header, generator
+        self.loop = BackgroundLoop()
+        self.cached = CachedGenerator(generator, cache)
+
+    def __call__(self, rows: list[dict], configs: list[Decoding]) -> list[float]:
+        task = task_of_header(self.header, [r["instance"] for r in rows])
+        return self.loop.run(mean_scores(task, rows, configs, self.cached, self.generator.name, "label",
+                                         self.header["seed"], self.header["search"]["repeats"]))
+
+    def close(self) -> None:
+        self.loop.run(self.cached.aclose())
+        self.loop.close()
 
 
-def _train_head(cfg: HagTrainConfig, base: str, rows: list[dict], meta: dict) -> int:
-    """Features once from the frozen base, then a small network that predicts every candidate's expected score
-    (masked squared error on what the label search measured); stage 1 takes the best predicted candidate.
-
-    Regressing scores rather than classifying labels pools evidence: on a task where many configs are about as
-    good (the labels of open-ended inputs spread over dozens of nearly tied hot configs), each label is a class
-    seen once, while every input's scores of the shared coarse configs say which *kind* of decoding it wants.
-    """
+def _train_predictor(cfg: HagTrainConfig, header: dict, rows: list[dict], validation: list[dict] | None,
+                     reference: Decoding, meta: dict) -> float | None:
+    """Fit the head or neighbours on measured margins, calibrate its guard, save both; the head's final loss."""
     import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base).to(cfg.device).eval()
-    features, _ = last_hidden(model, tokenizer, [r["prompt"] for r in rows], cfg.device)
-    classes, targets = score_targets(rows)
-    mask = torch.tensor([[t is not None for t in row] for row in targets], device=cfg.device)
-    target = torch.tensor([[0.0 if t is None else t for t in row] for row in targets], device=cfg.device)
-    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
-    net = network(features.shape[1], cfg.head_hidden, len(classes)).to(cfg.device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
-    x = (features - mean) / std
-    for _ in range(HEAD_STEPS):
-        loss = ((net(x) - target) ** 2)[mask].mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    log.info("head: %d candidates, final loss %.4f", len(classes), loss.item())
-    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file({**tensors, "mean": mean.cpu().contiguous(), "std": std.cpu().contiguous()}, str(cfg.output / HEAD_FILE))
-    meta["head"] = {"hidden": cfg.head_hidden, "width": features.shape[1], "target": "score",
-                    "classes": [c.as_dict() for c in classes]}
-    return len(classes)
+    generator = local_generator(header["model"], cfg.device)
+    cache = None if cfg.cache == "none" else ResponseStore(cfg.cache or Path(cfg.labels).parent / "responses.sqlite")
+    measure = _Measure(header, generator, cache)
+
+    def features(inputs: list[dict]):
+        return hidden_features(generator.model, generator.tokenizer, [r["prompt"] for r in inputs], cfg.pooling,
+                               cfg.device)[0]
+
+    def fit(x, y):
+        if cfg.learner == "head":
+            return fit_head(x, y, hidden=cfg.head_hidden, learning_rate=cfg.learning_rate, seed=cfg.seed)
+        return fit_neighbours(x, y, k=cfg.neighbours), None
+
+    with contextlib.closing(measure):
+        candidates, margins = candidates_and_margins(rows, measure(rows, [reference] * len(rows)))
+        x, y = features(rows), torch.tensor(margins, device=cfg.device)
+        predictor, loss = fit(x, y)
+        gains, realized = out_of_fold(lambda a, b: fit(a, b)[0], x, y, cfg.seed)
+        if validation:
+            picks, predicted = best(predictor(features(validation)))
+            used = [i for i, gain in enumerate(predicted) if gain > 0]
+            chosen = measure([validation[i] for i in used], [candidates[picks[i]] for i in used])
+            against = measure([validation[i] for i in used], [reference] * len(used))
+            measured = dict(zip(used, (c - a for c, a in zip(chosen, against, strict=True)), strict=True))
+            gains += predicted
+            realized += [measured.get(i, 0.0) for i in range(len(validation))]
+    guard = calibrate(gains, realized)
+    save_predictor(predictor, cfg.output / PREDICTOR_FILES[cfg.learner])
+    meta["predictor"] = {"target": "margin over the global config", "pooling": cfg.pooling, "width": x.shape[1],
+                         "hidden": cfg.head_hidden, "neighbours": cfg.neighbours,
+                         "candidates": [c.as_dict() for c in candidates]}
+    meta["guard"] = {**guard.to_dict(), "validation_inputs": len(validation or []), "training_inputs": len(rows)}
+    return loss

@@ -22,6 +22,14 @@ three kinds of input that want different decoding, each with its own metric:
   likely *answer*, but the most likely *first letter* is wrong, so greedy decoding fails where sampling and a
   vote succeed, as in "Self-Consistency Improves Chain of Thought Reasoning in Language Models"
   (arXiv:2203.11171). Short inputs are answered right either way.
+
+``hag-spread``, for the same model, asks for decodings that lie further apart, so that one config for all inputs
+leaves more on the table. Half its inputs are ``copy`` of 3 or 4 letters scored by whether *every* one of the n
+responses is exactly right (pass^k of "τ-bench: A Benchmark for Tool-Agent-User Interaction in Real-World
+Domains", arXiv:2406.12045, with k = n: an answer that must be the same each time it is asked): greedy decoding is
+best, and any repetition penalty breaks it, since the answer repeats the prompt's letters. The other half are
+``letters``, as in ``hag-mix``: hot decoding with a strong repetition penalty is best, and greedy decoding scores
+1/n.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from pathlib import Path
 from lmtune.config import import_function, read_jsonl
 from lmtune.errors import InputError
 
-BUILTIN = ("hag-mix",)
+BUILTIN = ("hag-mix", "hag-spread")
 #: ``metric(instance, responses) -> float``; higher is better.
 SetMetric = Callable[[dict, list[str]], float]
 LETTERS = string.ascii_lowercase
@@ -47,6 +55,9 @@ REVERSE_TYPO = 0.3
 #: The share of ``copy`` answers that are a structured distractor, by input length.
 COPY_DISTRACTOR = {2: 0.0, 3: 0.0, 4: 0.2, 5: 0.55, 6: 0.6, 7: 0.65}
 KINDS = ("reverse", "letters", "copy")
+#: ``hag-spread``'s kinds (in turn) and the length of its ``copy`` inputs.
+SPREAD_KINDS = ("copy", "letters")
+SPREAD_COPY_LENGTH = (3, 4)
 
 
 @dataclass
@@ -84,9 +95,10 @@ def load_hag_task(name: str, *, metric: str | None = None, template: str | None 
     """``hag-mix`` (``size`` seeded instances) or a JSONL file of instances with a ``module:function`` metric: one
     template and one request shape, unlike ``lmtune infer``'s ``load_infer_task``, whose templates and stops are
     choices to search."""
-    if name == "hag-mix":
-        task = HagTask("hag-mix", mix_instances(size, seed), mix_metric, "lmtune.hag.task:mix_metric", n=n,
-                       max_tokens=max_tokens, stop=stop)
+    if name in BUILTIN:
+        instances, default = (mix_instances, mix_metric) if name == "hag-mix" else (spread_instances, spread_metric)
+        task = HagTask(name, instances(size, seed), default, metric_path(default), n=n, max_tokens=max_tokens,
+                       stop=stop)
         if metric is not None:
             task.metric, task.metric_name = make_set_metric(metric), metric
     elif name.endswith((".jsonl", ".json")) or Path(name).exists():
@@ -126,22 +138,35 @@ def _check_template(template: str, instances: list[dict]) -> None:
 
 
 def make_set_metric(spec: str) -> SetMetric:
-    """``exact`` (share of responses equal to ``answer``), ``vote`` (majority answer equals ``answer``), ``mix``
-    (``hag-mix``'s metric, by the instance's ``type``), or a user's ``module:function(instance, responses)``: a score
-    of one input's set of responses (``lmtune infer``'s ``make_instance_metric`` builds on a per-response check)."""
-    builtin = {"exact": exact_share, "vote": vote_correct, "mix": mix_metric}
-    if spec in builtin:
-        return builtin[spec]
+    """``exact`` (share of responses equal to ``answer``), ``all`` (every response equals ``answer``), ``vote``
+    (majority answer equals ``answer``), ``mix`` and ``spread`` (``hag-mix``'s and ``hag-spread``'s metrics, by the
+    instance's ``type``), or a user's ``module:function(instance, responses)``: a score of one input's set of
+    responses (``lmtune infer``'s ``make_instance_metric`` builds on a per-response check)."""
+    if spec in SET_METRICS:
+        return SET_METRICS[spec]
     if ":" not in spec:
-        raise InputError("metric", f"unknown metric {spec!r}; allowed: exact, vote, mix, or module:function")
+        raise InputError("metric", f"unknown metric {spec!r}; allowed: {', '.join(SET_METRICS)}, or module:function")
     function = import_function(spec, "metric")
     return lambda instance, responses: float(function(instance, responses))
+
+
+def metric_path(spec: SetMetric | str) -> str:
+    """A metric as ``module:function``, the form ``lmtune infer --metric`` imports (a built-in name, or a function,
+    becomes its function's path; a user's ``module:function`` stays as it is)."""
+    function = SET_METRICS.get(spec, spec) if isinstance(spec, str) else spec
+    return function if isinstance(function, str) else f"{function.__module__}:{function.__name__}"
 
 
 def exact_share(instance: dict, responses: Sequence[str]) -> float:
     """The share of responses that are exactly the answer (whitespace at the ends ignored)."""
     answer = str(instance["answer"]).strip()
     return sum(r.strip() == answer for r in responses) / len(responses)
+
+
+def all_correct(instance: dict, responses: Sequence[str]) -> float:
+    """1 when every response is exactly the answer (whitespace at the ends ignored)."""
+    answer = str(instance["answer"]).strip()
+    return float(all(r.strip() == answer for r in responses))
 
 
 def vote_correct(instance: dict, responses: Sequence[str]) -> float:
@@ -176,6 +201,20 @@ def mix_metric(instance: dict, responses: Sequence[str]) -> float:
     raise ValueError(f"unknown hag-mix instance type {kind!r}")
 
 
+def spread_metric(instance: dict, responses: Sequence[str]) -> float:
+    """``hag-spread``'s metric: every response right for ``copy``, distinct valid share for ``letters``."""
+    kind = instance["type"]
+    if kind == "copy":
+        return all_correct(instance, responses)
+    if kind == "letters":
+        return distinct_valid_share(instance, responses)
+    raise ValueError(f"unknown hag-spread instance type {kind!r}")
+
+
+SET_METRICS: dict[str, SetMetric] = {"exact": exact_share, "all": all_correct, "vote": vote_correct, "mix": mix_metric,
+                                     "spread": spread_metric}
+
+
 # -- the built-in task and the teacher the model learned from --------------------------------------------------------
 
 
@@ -191,6 +230,24 @@ def mix_instances(size: int, seed: int) -> list[dict]:
     return rows
 
 
+def spread_instances(size: int, seed: int) -> list[dict]:
+    """``size`` distinct seeded ``hag-spread`` instances: ``copy`` of 3 or 4 letters and ``letters``, in turn."""
+    rng = random.Random(f"hag-spread:{seed}")
+    rows, seen = [], set()
+    while len(rows) < size:
+        kind = SPREAD_KINDS[len(rows) % 2]
+        row = copy_instance(rng, *SPREAD_COPY_LENGTH) if kind == "copy" else random_instance(kind, rng)
+        if row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            rows.append(row)
+    return rows
+
+
+def copy_instance(rng: random.Random, shortest: int, longest: int) -> dict:
+    text = "".join(rng.choice(LETTERS) for _ in range(rng.randint(shortest, longest)))
+    return {"type": "copy", "prompt": f"c:{text}>", "answer": text}
+
+
 def random_instance(kind: str, rng: random.Random) -> dict:
     if kind == "reverse":
         text = "".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 8)))
@@ -201,8 +258,7 @@ def random_instance(kind: str, rng: random.Random) -> dict:
         return {"type": kind, "prompt": f"d:{count}-{forbidden}>", "answer": None, "count": count,
                 "forbidden": forbidden}
     if kind == "copy":
-        text = "".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 7)))
-        return {"type": kind, "prompt": f"c:{text}>", "answer": text}
+        return copy_instance(rng, 2, 7)
     raise ValueError(f"unknown kind {kind!r}")
 
 

@@ -15,8 +15,13 @@ HEADER = {"lmtune_hag_labels": {"task": "hag-mix", "metric": "lmtune.hag.task:mi
 ROW = {"index": 0, "prompt": "r:abc>", "instance": {"type": "reverse", "prompt": "r:abc>", "answer": "cba"},
        "label": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}, "text": "", "score": 1.0}
 LABELS = json.dumps(HEADER) + "\n" + json.dumps(ROW) + "\n"
+BEST = {"best": {"config": {"temperature": 0.5, "top_p": 0.9}}}
+#: lmtune infer's results of another task (arith-add3), and of the labels' task with another metric
+OTHER_TASK = json.dumps({"task": "arith-add3", "metric": "success", **BEST})
+OTHER_METRIC = json.dumps({"task": "hag-mix", "metric": "exact", **BEST})
 HEADLESS = json.dumps({"learner": "head", "base_model": "hag-lm", "instruction": "{input}",
-                       "space": DecodingSpace().to_dict(), "fallback": ROW["label"]})
+                       "space": DecodingSpace().to_dict(), "fallback": ROW["label"],
+                       "predictor": {"pooling": "mean", "candidates": [ROW["label"]]}, "guard": {"margin": None}})
 
 #: (case, files to write, arguments, field named, words in the message)
 CASES = [
@@ -38,6 +43,17 @@ CASES = [
     ("a folder that is no HAG model", {"l.jsonl": LABELS, "plain/config.json": "{}"},
      ["hag", "evaluate", "--labels", "l.jsonl", "--learners", "plain", "--output-dir", "out"], "learners",
      "not a HAG model folder"),
+    ("a global config of another task", {"l.jsonl": LABELS, "infer.json": OTHER_TASK},
+     ["hag", "evaluate", "--labels", "l.jsonl", "--global-config", "infer.json", "--output-dir", "out"],
+     "global_config", "was tuned on task 'arith-add3' with metric 'success', but the labels are of task 'hag-mix'"),
+    ("a global config of another metric", {"l.jsonl": LABELS, "infer.json": OTHER_METRIC},
+     ["hag", "train", "--labels", "l.jsonl", "--global-config", "infer.json", "--output", "out"], "global_config",
+     "with metric 'exact', but the labels are of task 'hag-mix' with metric 'lmtune.hag.task:mix_metric'"),
+    ("a global config that is no results.json", {"l.jsonl": LABELS, "infer.json": "[1, 2]"},
+     ["hag", "evaluate", "--labels", "l.jsonl", "--global-config", "infer.json", "--output-dir", "out"],
+     "global_config", "is not a results.json"),
+    ("a global search without a budget", {"l.jsonl": LABELS},
+     ["hag", "global", "--labels", "l.jsonl", "--storage", "sqlite:///s.db"], "budget_tokens", "label-test.json"),
     ("serving a folder without a head", {"m/hag.json": HEADLESS}, ["serve", "--model", "m"], "model", "has no head"),
 ]
 

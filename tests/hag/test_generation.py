@@ -1,5 +1,9 @@
 """Two-stage generation: a HAG model folder (head or adapter) chooses each input's decoding and answers with it,
-in Python and through a real ``lmtune serve`` on 127.0.0.1; unreadable stage-1 replies fall back, counted."""
+in Python and through a real ``lmtune serve`` on 127.0.0.1; unreadable stage-1 replies fall back, counted.
+
+The labels are written by hand: greedy decoding scored 1 on every reverse input and 0.1 on every letters input,
+hot decoding the other way round; the global config (very hot, with a strong repetition penalty) is measured for
+real, and is worse than greedy decoding on reverse inputs."""
 
 from __future__ import annotations
 
@@ -24,9 +28,16 @@ from tests.servers import Server, free_port
 
 GREEDY = Decoding(0.0, 1.0, 0, 1.0)
 CREATIVE = Decoding(1.5, 0.9, 0, 1.35)
-FALLBACK = Decoding(0.75, 0.95, 16, 1.1)
+FALLBACK = Decoding(2.0, 1.0, 0, 2.0)
 REVERSE = ["r:abcd>", "r:kqzfa>", "r:mmoxy>", "r:plkj>", "r:uvwxyz>", "r:qqrs>"]
-LETTERS = ["d:4-ab>", "d:3-xq>", "d:5-e>", "d:6-tz>", "d:3-mno>", "d:4-k>"]
+LETTERS = ["d:4-ab>", "d:3-qx>", "d:5-e>", "d:6-tz>", "d:3-mno>", "d:4-k>"]
+
+
+def instance(prompt: str) -> dict:
+    if prompt.startswith("r:"):
+        return {"type": "reverse", "prompt": prompt, "answer": prompt[2:-1][::-1]}
+    count, forbidden = prompt[2:-1].split("-")
+    return {"type": "letters", "prompt": prompt, "answer": None, "count": int(count), "forbidden": forbidden}
 
 
 def post(url: str, body: dict | None = None) -> dict:
@@ -40,9 +51,10 @@ def post(url: str, body: dict | None = None) -> dict:
 def write_labels(path, pairs: list[tuple[str, Decoding]]) -> None:
     header = {"lmtune_hag_labels": {"task": "hag-mix", "metric": "lmtune.hag.task:mix_metric", "template": "{prompt}",
                                     "n": 4, "max_tokens": 8, "stop": None, "split": "train", "model": "hag-lm",
-                                    "space": DecodingSpace().to_dict()}}
-    rows = [{"index": i, "prompt": p, "instance": {"prompt": p}, "label": c.as_dict(), "text": c.text(), "score": 1.0,
-             "scores": []} for i, (p, c) in enumerate(pairs)]
+                                    "seed": 0, "search": {"repeats": 2}, "space": DecodingSpace().to_dict()}}
+    rows = [{"index": i, "prompt": p, "instance": instance(p), "label": c.as_dict(), "text": c.text(), "score": 1.0,
+             "scores": [[d.as_dict(), [1.0 if d == c else 0.1]] for d in (GREEDY, CREATIVE)]}
+            for i, (p, c) in enumerate(pairs)]
     path.write_text("\n".join(json.dumps(x) for x in [header, *rows]) + "\n")
 
 
@@ -50,23 +62,27 @@ def write_labels(path, pairs: list[tuple[str, Decoding]]) -> None:
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hag")
     write_labels(root / "labels.jsonl", [(p, GREEDY) for p in REVERSE] + [(p, CREATIVE) for p in LETTERS])
-    (root / "infer.json").write_text(json.dumps({"best": {"config": {  # as lmtune infer writes it
-        "model": "hag-lm", "template": "{prompt}", "stop": None, "max_tokens": 8, "n": 4, **FALLBACK.as_dict()}}}))
-    head = train_hag(labels=root / "labels.jsonl", output=root / "head", learner="head", fallback=root / "infer.json",
-                     validation_labels=root / "labels.jsonl")
+    (root / "global.json").write_text(json.dumps({  # as lmtune infer writes it, on the labels' task and metric
+        "task": "hag-mix", "metric": "lmtune.hag.task:mix_metric", "best": {"config": {
+            "model": "hag-lm", "template": "{prompt}", "stop": None, "max_tokens": 8, "n": 4, **FALLBACK.as_dict()}}}))
+    head = train_hag(labels=root / "labels.jsonl", output=root / "head", learner="head",
+                     global_config=root / "global.json", validation_labels=root / "labels.jsonl",
+                     cache=str(root / "responses.sqlite"))
     adapter = train_hag(labels=root / "labels.jsonl", output=root / "adapter", learner="adapter", epochs=0.1,
-                        min_steps=4, fallback=root / "infer.json")
+                        min_steps=4, global_config=root / "global.json")
     return root, head, adapter
 
 
 def test_the_head_learns_its_labels_and_answers_in_python(folders):
     root, head, _ = folders
-    assert head.classes == 2 and head.train_agreement == 1.0 and head.validation["agreement"] == 1.0
+    assert head.candidates == 2 and head.train_agreement == 1.0 and head.validation["agreement"] == 1.0
+    assert head.guard["margin"] is not None and head.guard["share"] == 1.0  # every input leaves the global config
+    assert "margins over the global config" in head.loss["what"]
     generator = TwoStageGenerator(root / "head")
     answer = generator.answer("r:abcd>", n=3, max_tokens=8, seed=1)
     chosen = answer.hyperparameters
     assert {k: chosen[k] for k in GREEDY.as_dict()} == GREEDY.as_dict()
-    assert chosen["learner"] == "head" and chosen["stage1"]["completion_tokens"] == 0
+    assert chosen["learner"] == "head" and chosen["status"] == "chosen" and chosen["stage1"]["completion_tokens"] == 0
     assert len(answer.texts) == 3 and len(set(answer.texts)) == 1  # greedy: one answer three times
     assert generator.hag.choose(LETTERS)[0].config == CREATIVE
 
