@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
+from lmtune.extras import require
 from lmtune.files import write_atomic
 from lmtune.inference.config import InferConfig, stop_text
 from lmtune.inference.evaluate import Evaluator
@@ -164,6 +165,7 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
     if (s.endpoint is None) == (s.local_model is None):
         raise InputError("endpoint", "give exactly one of `endpoint` (a URL) or `local_model` (a path)")
     if s.endpoint is not None:
+        require("openai", "endpoint")
         from lmtune.llm.openai_compat import OpenAIGenerator
 
         if not s.models:

@@ -12,12 +12,13 @@ two-stage model) reports the hyperparameters it used in a ``hyperparameters`` fi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,24 +26,14 @@ from starlette.routing import Route
 
 from lmtune.config import build_config
 from lmtune.llm import check_device
+from lmtune.llm.config import ServeConfig
 from lmtune.llm.constrained import GrammarError
 from lmtune.llm.generation import GenerationError, GenerationRequest
 
 if TYPE_CHECKING:
     from lmtune.llm.local import LocalGenerator
 
-
-class ServeConfig(BaseModel):
-    """Everything ``lmtune serve`` takes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field("arith-lm", description="local HF causal LM folder, or arith-lm",
-                       json_schema_extra={"metavar": "PATH"})
-    host: str = Field("127.0.0.1", description="address to listen on", json_schema_extra={"metavar": "HOST"})
-    port: int = Field(8000, ge=1, le=65535, description="port", json_schema_extra={"metavar": "PORT"})
-    device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps)",
-                        json_schema_extra={"metavar": "DEVICE"})
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -141,4 +132,18 @@ def serve(config: ServeConfig | None = None, *, generator=None, **fields: Any) -
     cfg = config or build_config(ServeConfig, **fields)
     check_device(cfg.device)
     generator = generator or LocalGenerator(cfg.model, device=cfg.device)
-    uvicorn.run(make_app(generator), host=cfg.host, port=cfg.port, log_level="warning")
+    app = make_app(generator)
+    _say_when_ready(app, f"{generator.name} at http://{cfg.host}:{cfg.port}/v1")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+
+
+def _say_when_ready(app: Starlette, what: str) -> None:
+    """Log one line once the server listens (uvicorn's own lines are quieted), so a person or a script starting
+    ``lmtune serve`` knows where to send requests and when."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        log.info("Serving %s (ready; Ctrl-C stops)", what)
+        yield
+
+    app.router.lifespan_context = lifespan

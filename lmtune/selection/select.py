@@ -15,6 +15,7 @@ import numpy as np
 
 from lmtune.config import build_config
 from lmtune.errors import InputError
+from lmtune.extras import require
 from lmtune.results import Result
 from lmtune.selection.config import SelectConfig
 from lmtune.selection.curves import Curves
@@ -41,6 +42,7 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     from lmtune.selection.curves import load_curves
 
     cfg = config or build_config(SelectConfig, **fields)
+    require("select", "select")  # the PNG is part of every answer
     plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable `plot` fails now, not later
     if (cfg.curves is None) == (not cfg.models):
         raise InputError("curves", "give either `curves` FILE or `models` A B C (with `dataset` and `sizes`)")
