@@ -32,12 +32,6 @@ def parse_stop(text: str) -> list[str]:
     return [part.encode().decode("unicode_escape") for part in text.split("|") if part]
 
 
-def stop_text(stop: list[str] | tuple[str, ...] | None) -> str:
-    """A stop choice as one entry of ``stops`` is written (the inverse of ``parse_stop``): '|'-joined, escapes
-    shown, 'none'."""
-    return "|".join(s.encode("unicode_escape").decode() for s in stop) if stop else "none"
-
-
 class InferConfig(BaseModel):
     """Everything ``lmtune infer`` takes."""
 
