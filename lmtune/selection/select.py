@@ -141,4 +141,9 @@ def format_selection(selection: Selection, curves: Curves, top: int | None = Non
         lines.append(f"| {method}{failed} | {pick} | {pc} | {ra} | {result.flops:.3g} | {saved:.1f}% |")
     if truth is None:
         lines += ["", f"(no true losses at size {selection.target:,} in the file: PearCorr and RelAcc not computed)"]
+    lines += ["", "PearCorr: Pearson correlation (x100) of a method's predicted losses with the true losses at the "
+              "target, over the models. RelAcc: where the method's pick ranks against the truth, as (worst - pick) / "
+              "(worst - best) x100 on the true losses (100: it picked the best model). FLOPs: what the method trained "
+              "(6 x parameters x tokens over every subset it fitted). saved vs all-data: the share of FLOPs saved "
+              "against fine-tuning every model once on the target size."]
     return "\n".join(lines) + "\n"
