@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import attrs
 from lmtune.files import write_atomic
 from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
-from lmtune.lora.recipe import model_card
+from lmtune.lora.recipe import model_card, trl_config
 from lmtune.runtime.trials import counted_trials
 from lmtune.space import SearchSpace
 from lmtune.trajectory import learned_sentences, summarize_study
@@ -138,6 +138,21 @@ def learned_markdown(sentences: list[str]) -> list[str]:
     if not sentences:
         return []
     return ["", "## What the study learned", "", *[f"- {s}" for s in sentences]]
+
+
+def write_trl(out_dir: Path, results: dict[str, Any], train_rows: list[dict]) -> list[Path]:
+    """For a causal task, ``best.trl.yaml`` (the best config for ``trl sft --config``) and the training split it
+    reads (``trl-data/train.jsonl``: prompt and completion); nothing for a classifier, which TRL does not train."""
+    if results["task"] != "causal":
+        return []
+    import torch
+
+    data, cuda = out_dir / "trl-data", torch.cuda.is_available()
+    header, fields = trl_config(results, data.resolve(), (out_dir / "trl-adapter").resolve(), cuda=cuda,
+                                bf16=cuda and torch.cuda.is_bf16_supported())
+    lines = "".join(json.dumps({"prompt": r["prompt"], "completion": r["response"]}) + "\n" for r in train_rows)
+    return [write_atomic(data / "train.jsonl", lines),
+            write_atomic(out_dir / "best.trl.yaml", header + yaml.safe_dump(fields, sort_keys=False))]
 
 
 def write_run(out_dir: Path, results: dict[str, Any]) -> list[Path]:

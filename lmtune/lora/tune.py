@@ -34,6 +34,7 @@ from lmtune.lora.report import (
     trial_rows,
     warn_startup,
     write_run,
+    write_trl,
 )
 from lmtune.lora.search import (
     LoraSearch,
@@ -217,7 +218,7 @@ def _finish(search: LoraSearch, study: optuna.Study, listener: TrialListener, st
     result = LoraResult.from_run(search, study, best, final, recipe, round(time.perf_counter() - started, 1))
     page = report_study(cfg.storage, cfg.study_name, cfg.out_dir / "report.html")  # a warning if it cannot be made
     result.report = None if page is None else str(page)
-    written = write_run(cfg.out_dir, result.to_dict())
+    written = write_run(cfg.out_dir, result.to_dict()) + write_trl(cfg.out_dir, result.to_dict(), search.splits.train)
     log.info("Wrote %s", ", ".join(map(str, written)))
     return result
 
