@@ -10,7 +10,7 @@ FAST_TESTS := tests/test_space.py tests/test_compat.py tests/test_layers.py test
 	tests/samplers/test_grid.py tests/finetune/test_data.py tests/inference/test_parts.py tests/cli/test_bad_input.py \
 	tests/selection/test_selection.py tests/report/test_report.py
 
-.PHONY: demo test lint test-min
+.PHONY: demo test lint test-min screenshots wheel-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ $(STAMP): pyproject.toml
 # proxy: benchmarks/proxy_end_to_end.py), best config retrained and tested.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/lmtune lora --trials 7 --max-length 64 --study-name demo --output-dir lmtune-out/demo
+
+# docs/img again: make demo's report, the README's infer example's, both studies in optuna-dashboard (Chromium).
+screenshots: $(STAMP)
+	BIN=$(BIN) bash scripts/screenshots.sh
+
+# The wheel alone in a fresh virtualenv outside the checkout, each command once (.ci/run runs it after make test).
+wheel-smoke: $(STAMP)
+	bash scripts/wheel_smoke.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmtune tests benchmarks scripts

@@ -84,6 +84,10 @@ TABLE, CHOSEN_CONFIGS = "table", "configs"
 #: rate for classification, the most common response for exact match, 0 for an inference task). A trial at or
 #: below it learned nothing.
 CONSTANT_SCORE = "constant_score"
+#: What a command did after its search, for reports: ``{"metric", "score", "split", "what"}`` and the run's own
+#: numbers (``lmtune lora``: the best config retrained on the full training split and tested; ``lmtune infer``: the
+#: chosen config on the held-out split).
+FINAL_RUN = "final_run"
 
 # -- trial system attributes (samplers' own bookkeeping) -----------------------------------------------------
 #: The grid config a ``ShuffledGridSampler`` trial holds.

@@ -27,6 +27,7 @@ from lmtune.bench.replay import (
 )
 from lmtune.bench.table import Table
 from lmtune.config import build_config
+from lmtune.extras import require
 from lmtune.files import write_atomic
 from lmtune.runtime.quiet import quiet_libraries
 from lmtune.samplers.registry import AGENT_OVERRIDE_SHARE, TRANSFER_SAMPLERS
@@ -210,6 +211,7 @@ def table_summary_markdown(tables: list[Table]) -> str:
 def bench_samplers(config: BenchSamplersConfig | None = None, **fields: Any) -> str:
     """``lmtune bench samplers``: load the tables and compare the methods on them (see ``compare_samplers``)."""
     cfg = config or build_config(BenchSamplersConfig, **fields)
+    require("bench", "samplers", ("matplotlib", *(("PyNomad",) if "nomad" in cfg.samplers else ())))
     tables = [Table.load(path) for path in cfg.table]
     check_methods(list(cfg.samplers))
     agent = None

@@ -31,12 +31,9 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
     quiet_libraries()
     with TrialProgress(console, describe=describe_trial) as progress:
         results = tune_inference(cfg, listener=progress)
-    spend = results.spend
-    print(f"spent {spend['real']:.6g} of {cfg.optimization_budget:.6g} (cached {spend['cached']:.6g}); "
-          f"{results.configs_scored} configs scored, {results.configs_over_budget_measured} over budget, "
-          f"{results.configs_pruned_by_knowledge} pruned by knowledge"
-          + (f"; {spend['unsettled']:.6g} of it counted at worst case (calls whose bill is unknown)"
-             if spend.get("unsettled", 0) > 0 else ""))
+    print(spend_line(results.spend, cfg.optimization_budget)
+          + f"; {results.configs_scored} configs scored, {results.configs_over_budget_measured} over budget, "
+          f"{results.configs_pruned_by_knowledge} pruned by knowledge")
     best = results.best
     if results.stopped == "endpoint":  # not bad input (exit 2): the backend failed; results.json says how
         if cfg.output_dir is not None:
@@ -49,8 +46,8 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
     else:
         print(f"best config: {best['config']}")
         tested = best.get("test")
-        print(f"tuning {cfg.metric}: {best['tuning']['quality']:.4f} at {best['tuning']['cost_per_instance']:.6g} "
-              "per instance" + (f"; test {cfg.metric}: {tested['quality']:.4f} at {tested['cost_per_instance']:.6g} "
+        print(f"tuning {cfg.metric}: {best['tuning']['quality']:.4f} at ${best['tuning']['cost_per_instance']:.6g} "
+              "per instance" + (f"; test {cfg.metric}: {tested['quality']:.4f} at ${tested['cost_per_instance']:.6g} "
                                 "per instance" if tested else "; not tested"))
         print(f"pareto front: {len(results.pareto_front)} configs")
     if cfg.output_dir is not None:
@@ -65,11 +62,24 @@ def infer_command(values: dict[str, Any] | None = None) -> None:
         raise SystemExit(1)
 
 
+def spend_line(spend: dict, budget: float) -> str:
+    """What the search spent of its budget and what testing on the held-out split cost on top (paid apart, so
+    the search's budget holds), in dollars as the prices are."""
+    line = f"spent ${spend['real']:.4g} of ${budget:.4g} on the search"
+    if spend.get("unsettled", 0) > 0:
+        line += f" (${spend['unsettled']:.4g} of it counted at worst case: calls whose bill is unknown)"
+    if spend.get("cached", 0) > 0:
+        line += f", ${spend['cached']:.4g} more answered from the cache (not paid)"
+    if spend.get("test_real") is not None:
+        line += f"; testing the best config on the held-out split cost ${spend['test_real']:.4g} more"
+    return line
+
+
 def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
     """How a finished inference trial reads in the progress line: its score and cost, or why it has none (a field
     the reason names, as its flag), and what the search has spent so far."""
     if trial.state == TrialState.COMPLETE:
-        outcome = f"{trial.value:.4f} at {trial.user_attrs[attrs.COST_PER_INSTANCE]:.4g}/instance"
+        outcome = f"{trial.value:.4f} at ${trial.user_attrs[attrs.COST_PER_INSTANCE]:.4g}/instance"
     else:
         why = trial.user_attrs.get(attrs.INFEASIBLE) or trial.user_attrs.get(attrs.FAIL_REASON)
         outcome = f"{trial.state.name} ({as_flags(str(why))})"
@@ -77,4 +87,4 @@ def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
     if spent is None:
         spent = sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False))
     budget = study.user_attrs.get(attrs.OPTIMIZATION_BUDGET)
-    return f"{outcome}; spent {spent:.4g} of {budget:.4g} {trial.params}"
+    return f"{outcome}; spent ${spent:.4g} of ${budget:.4g} {trial.params}"

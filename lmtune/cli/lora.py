@@ -39,9 +39,6 @@ def lora(
     if not cfg.run:
         print(f"study {result.study_name}: {result.finished} of {result.budget} trials finished")
         return
-    from lmtune.report.reports import report_study
-
-    report = report_study(cfg.storage, cfg.study_name, cfg.out_dir / "report.html")
     print(f"best config: {result.best['hyperparams']}")
     nothing = result.best.get("learned_nothing")
     print("proxy validation " + ", ".join(f"{k}: {v:.4f}" for k, v in result.best["proxy_metrics"].items())
@@ -52,8 +49,8 @@ def lora(
     if result.final is not None:
         print(f"test {result.final['metric_name']}: {result.final['test_metric']:.4f}")
     print(f"results: {cfg.out_dir / 'results.json'}; train it again: lmtune lora --config {cfg.out_dir / 'best.yaml'}")
-    if report is not None:
-        print(f"report: {report}")
+    if result.report is not None:
+        print(f"report: {result.report}")
 
 
 @lora_app.command("proxy-check")

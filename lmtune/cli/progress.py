@@ -7,7 +7,6 @@ loop's listener (``lmtune.runtime.loop.TrialListener``), and each command may sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -22,31 +21,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from lmtune import attrs
 from lmtune.cli.options import as_flags
-from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
+from lmtune.report.progress import Describe, default_outcome, trial_line, waiting_line
 from lmtune.runtime.loop import TrialListener
-from lmtune.runtime.trials import Budget, counted_trials, describe_failure
+from lmtune.runtime.trials import Budget, counted_trials
 
 #: Seconds of progress the time-left estimate averages over: a whole run, since one trial may take minutes.
 SPEED_WINDOW = 24 * 3600.0
-#: How a finished trial reads in its line (after "trial N [k/total]"); the default shows value or reason.
-Describe = Callable[[optuna.Study, FrozenTrial], str]
-
-
-def default_outcome(study: optuna.Study, trial: FrozenTrial) -> str:
-    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    if trial.state == TrialState.COMPLETE:
-        outcome = f"{trial.value:.4f}"
-        # a LoRA trial ranked by one validation metric shows the others of its last evaluation too
-        ranked = trial.user_attrs.get(attrs.METRIC_NAME)
-        others = [f"{k} {v:.4f}" for k, v in last_metrics(trial).items()
-                  if k in ("accuracy", "exact_match", "eval_loss") and k != ranked and isinstance(v, int | float)]
-        if ranked and others:
-            outcome = f"{ranked} {outcome} ({', '.join(others)})"
-    else:
-        outcome = f"{trial.state.name} ({describe_failure(trial) or 'pruned'})"
-    return f"{outcome} in {seconds:.1f} s {trial.params}"
 
 
 class TrialProgress(TrialListener):
@@ -100,19 +81,15 @@ class TrialProgress(TrialListener):
             best = _best_so_far(study)
             self.progress.update(self.trials_task, completed=finished,
                                  description="trials" + (f" (best {best:.4g})" if best is not None else ""))
-        line = f"trial {trial.number} \\[{finished}/{self.total}] {escape(self.describe(study, trial))}"
-        constant, maximize = constant_of(study)
-        nothing = learned_nothing(constant, trial, maximize)
-        self.console.print(line + (f" [yellow]{escape(nothing)}[/]" if nothing else ""))
+        line, nothing = trial_line(study, trial, self.total, self.describe)
+        self.console.print(escape(line) + (f" [yellow]{escape(nothing)}[/]" if nothing else ""))
 
     def waiting(self, state: Budget) -> None:
         """Say once which trials of other workers this one waits for (see ``run_trials``)."""
         numbers = sorted(t.number for t in state.running)
         if numbers != self._waiting_for:
             self._waiting_for = numbers
-            self.console.print(f"{state.counted} of {state.total} trials finished; waiting for trial(s) "
-                               f"{', '.join(map(str, numbers))} running elsewhere (a trial whose worker stops "
-                               "sending heartbeats is failed and retried)")
+            self.console.print(waiting_line(state))
 
 
 def _best_so_far(study: optuna.Study) -> float | None:

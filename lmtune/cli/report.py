@@ -13,7 +13,7 @@ from lmtune.report.reports import ReportConfig
 @app.command("report")
 @config_options(ReportConfig)
 def report_command(values: dict[str, Any] | None = None) -> None:
-    """Write one HTML page per study: best so far, learning curves, importances, parallel coordinates, failures,
+    """Write one HTML page per study: best so far, learning curves, parameter effects, parallel coordinates, failures,
     and for `lmtune infer` studies the cost/quality front. Opens offline in any browser."""
     from lmtune.report.reports import write_reports
     from lmtune.runtime.quiet import quiet_libraries

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from lmtune.errors import InputError
+from lmtune.extras import require
 
 TASKS: tuple[str, ...] = ("classification", "causal")
 BBC_NEWS = "bbc-news"
@@ -207,6 +208,7 @@ def _read_directory(path: Path) -> dict[str, list[dict]]:
 
 def _load_hub(source: str, task: str | None, fields: _Fields, seed: int, fractions: tuple[float, float]):
     """A Hugging Face dataset id (needs network access or a warm cache)."""
+    require("datasets", "dataset")
     import datasets
 
     try:

@@ -125,7 +125,7 @@ def check_quantize(quantize: str, device: torch.device, variants: Iterable[str] 
     if quantize == "none":
         return
     if not (has_bitsandbytes() if bitsandbytes is None else bitsandbytes):
-        raise InputError("quantize", "4bit needs the bitsandbytes package (pip install bitsandbytes) and a CUDA "
+        raise InputError("quantize", "4bit needs the bitsandbytes package (pip install 'lmtune[gpu]') and a CUDA "
                                      "device")
     if device.type != "cuda":
         raise InputError("quantize", f"4bit needs a CUDA device; this run's device is {device}")

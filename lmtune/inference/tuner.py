@@ -15,6 +15,7 @@ response cache answers what was already asked (counted as cached spend). SIGTERM
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -28,9 +29,11 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
+from lmtune.extras import require
 from lmtune.files import write_atomic
-from lmtune.inference.config import InferConfig, stop_text
+from lmtune.inference.config import InferConfig
 from lmtune.inference.evaluate import Evaluator
+from lmtune.inference.final import record_final, track_run
 from lmtune.inference.metrics import make_instance_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
@@ -39,7 +42,9 @@ from lmtune.inference.space import InferencePoint, InferenceSpace
 from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
 from lmtune.inference.tasks import InferTask, load_infer_task
 from lmtune.llm.cache import CachedGenerator, ResponseStore
-from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator
+from lmtune.llm.generation import BackgroundLoop, GenerationError, Generator, stop_text
+from lmtune.pareto import pareto_front
+from lmtune.report.trackers import check_trackers
 from lmtune.results import Result
 from lmtune.runtime.loop import Interrupted, TrialListener, run_trials, sigterm_as_interrupt
 from lmtune.runtime.orphans import fail_dead_trials
@@ -91,11 +96,16 @@ def tune_inference(config: InferConfig | None = None, *, generator: Generator | 
     ``Interrupted`` once the calls in flight have finished (briefly) or been given up (at their worst case).
     """
     s = config or build_config(InferConfig, **fields)
+    check_trackers(s.track)
+    started = datetime.datetime.now()
     try:
         with sigterm_as_interrupt():
-            return _tune(s, generator, listener)
+            results = _tune(s, generator, listener)
     except KeyboardInterrupt:
         raise Interrupted("before the search started; nothing was spent") from None
+    if s.track:
+        track_run(s, results.study_name, results.best, results.spend, started)
+    return results
 
 
 def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener | None) -> InferResult:
@@ -143,6 +153,7 @@ def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener |
         try:
             stopped, error = _search(study, space, evaluator, ledger, s.max_trials, listener)
             results = _results(study, s, evaluator, test, ledger, study_name, stopped, error)
+            record_final(study, results.best, results.spend, s.metric, len(test))
         except (Interrupted, KeyboardInterrupt):
             raise Interrupted(f"spent {ledger.spent:.6g} of {s.optimization_budget:.6g}") from None
     finally:
@@ -165,6 +176,7 @@ def _backend(s: InferConfig, generator: Generator | None, loop: BackgroundLoop) 
     if (s.endpoint is None) == (s.local_model is None):
         raise InputError("endpoint", "give exactly one of `endpoint` (a URL) or `local_model` (a path)")
     if s.endpoint is not None:
+        require("openai", "endpoint")
         from lmtune.llm.openai_compat import OpenAIGenerator
 
         if not s.models:
@@ -257,15 +269,6 @@ def point_of(trial) -> InferencePoint:
     return InferencePoint(model=p["model"], template=p["template"], stop=p["stop"], max_tokens=p["max_tokens"],
                           n=p["n"], temperature=p.get("temperature"), top_p=p.get("top_p"), top_k=p.get("top_k"),
                           repetition_penalty=p.get("repetition_penalty"))
-
-
-def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
-    """(cost, quality, item) that no other point beats on both: lower or equal cost and higher or equal quality."""
-    front = []
-    for cost, quality, item in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or quality > front[-1][1]:
-            front.append((cost, quality, item))
-    return front
 
 
 def _results(study, s: InferConfig, evaluator: Evaluator, test: list[dict], ledger: SpendLedger, study_name: str,

@@ -23,6 +23,12 @@ SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_p
 ExtraCallHook = Callable[["GenerationRequest", int], None]
 
 
+def stop_text(stop: list[str] | tuple[str, ...] | None) -> str:
+    """A stop choice as one entry of ``stops`` is written (the inverse of ``parse_stop``): '|'-joined, escapes
+    shown, 'none'."""
+    return "|".join(s.encode("unicode_escape").decode() for s in stop) if stop else "none"
+
+
 class GenerationError(RuntimeError):
     """A request that failed for good (after retries): the trial that needed it is recorded as FAIL.
 

@@ -18,15 +18,17 @@ at their next token, and uvicorn's graceful shutdown is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
+import logging
 import socket
 import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -36,6 +38,7 @@ from lmtune.config import build_config, validation_to_input_error
 from lmtune.errors import InputError
 from lmtune.llm import check_device
 from lmtune.llm.api import ChatBody, CompletionBody
+from lmtune.llm.config import ServeConfig
 from lmtune.llm.constrained import GrammarError
 from lmtune.llm.generation import GenerationError, Generator
 
@@ -45,18 +48,7 @@ MAX_PROMPT_TOKENS = 8192
 #: Seconds uvicorn waits for open requests after SIGTERM before it cancels them.
 SHUTDOWN_SECONDS = 3
 
-
-class ServeConfig(BaseModel):
-    """Everything ``lmtune serve`` takes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field("arith-lm", description="local HF causal LM folder, or arith-lm",
-                       json_schema_extra={"metavar": "PATH"})
-    host: str = Field("127.0.0.1", description="address to listen on", json_schema_extra={"metavar": "HOST"})
-    port: int = Field(8000, ge=1, le=65535, description="port", json_schema_extra={"metavar": "PORT"})
-    device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps)",
-                        json_schema_extra={"metavar": "DEVICE"})
+log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
@@ -214,7 +206,9 @@ def serve(config: ServeConfig | None = None, *, generator=None, **fields: Any) -
     sock = listening_socket(cfg.host, cfg.port)
     try:
         generator = generator or LocalGenerator(cfg.model, device=cfg.device)
-        server = _stopping_server()(uvicorn.Config(make_app(generator), host=cfg.host, port=cfg.port,
+        app = make_app(generator)
+        _say_when_ready(app, f"{generator.name} at http://{cfg.host}:{cfg.port}/v1")
+        server = _stopping_server()(uvicorn.Config(app, host=cfg.host, port=cfg.port,
                                                    log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS),
                                     generator)
         server.run(sockets=[sock])
@@ -241,3 +235,15 @@ def _stopping_server() -> type:
             super().handle_exit(sig, frame)
 
     return StoppingServer
+
+
+def _say_when_ready(app: Starlette, what: str) -> None:
+    """Log one line once the server listens (uvicorn's own lines are quieted), so a person or a script starting
+    ``lmtune serve`` knows where to send requests and when."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        log.info("Serving %s (ready; Ctrl-C stops)", what)
+        yield
+
+    app.router.lifespan_context = lifespan

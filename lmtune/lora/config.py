@@ -21,7 +21,7 @@ from lmtune.samplers.registry import (
 
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
-                          "grace_period", "final_train", "device"})
+                          "grace_period", "final_train", "device", "track"})
 #: What trials may be ranked by: the validation loss, or the task's metric (checked against the task later).
 PROXY_METRICS = ("eval_loss", "accuracy", "exact_match")
 #: Config fields that may name a local file or folder; a worker gets them as absolute paths.
@@ -99,6 +99,10 @@ class LoraRunConfig(BaseModel):
     transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in `storage` "
                                      "whose results inform this study from its first trial (they take no trial of "
                                      "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
+    track: list[str] = Field([], description="experiment trackers: mlflow, mlflow:TRACKING_URI, wandb or "
+                             "wandb:PROJECT; each trial a run with its parameters, metrics at every evaluation and "
+                             "state, the best adapter and results.json as artifacts of a final run (extra: track)",
+                             json_schema_extra={"split": ",", "metavar": "TRACKER,..."})
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: StudyName = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",

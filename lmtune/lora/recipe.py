@@ -113,3 +113,41 @@ def model_card(result: dict[str, Any]) -> str:
         targets=", ".join(targets) if isinstance(targets, list) else str(targets),
         proxy_rule=(result.get("proxy") or {}).get("rule") or f"{data['proxy_fraction']:.0%} of the training split")
     return str(card) + "\n"
+
+
+def trl_config(results: dict[str, Any], data_dir: Path, output_dir: Path, *, cuda: bool,
+               bf16: bool) -> tuple[str, dict[str, Any]]:
+    """The best config as a TRL SFT run (``trl sft --config best.trl.yaml``): a header saying what it reproduces
+    and what differs, and the fields of TRL's ``ScriptArguments``, ``ModelConfig`` and ``SFTConfig``.
+
+    ``data_dir`` holds lmtune's training split as ``train.jsonl`` of ``prompt``/``completion`` rows (the same seeded
+    split), so TRL trains on what the search's final run trained on. Training is the recipe's: AdamW without weight
+    decay, the learning rate and batch size found, cosine decay after warmup (transformers 5 reads a
+    ``warmup_steps`` below 1 as a share of the steps, what ``warmup_ratio`` was), the loss on the completion only.
+    ``cuda``/``bf16``: what this machine has (TRL defaults to bf16 and refuses it on a CPU), as lmtune's
+    ``precision auto`` chose.
+    """
+    recipe = results["recipe"]
+    base, lora, training = recipe["base_model"], recipe["lora"], recipe["training"]
+    model = base["path"] if Path(base["path"]).exists() else base["hub_id"] or base["path"]
+    targets = lora["target_modules"]
+    fields = {
+        "model_name_or_path": model, "dataset_name": str(data_dir), "dataset_train_split": "train",
+        "use_peft": True, "lora_r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_dropout": lora["lora_dropout"],
+        "lora_target_modules": targets if isinstance(targets, list) else None,
+        "use_rslora": lora["use_rslora"], "use_dora": lora["use_dora"],
+        "learning_rate": training["learning_rate"], "per_device_train_batch_size": training["batch_size"],
+        "num_train_epochs": training["epochs"], "lr_scheduler_type": training["lr_scheduler"],
+        "warmup_steps": training["warmup_ratio"], "weight_decay": training["weight_decay"],
+        "max_length": training["max_length"], "completion_only_loss": True, "seed": training["seed"],
+        "output_dir": str(output_dir), "report_to": "none", "bf16": cuda and bf16, "use_cpu": not cuda,
+    }
+    notes = [f"trl sft --config best.trl.yaml: trial {results['best']['trial']} of study {results['study_name']} "
+             "with TRL's SFTTrainer + PEFT,",
+             f"on lmtune's training split ({data_dir}/train.jsonl, seed {training['seed']}); TRL batches its own "
+             "way, so its scores are close to lmtune's, not equal."]
+    if lora["variant"] == "pissa":
+        notes.append("PiSSA: TRL's ModelConfig has no init_lora_weights, so this trains a LoRA-initialised adapter.")
+    if base["hub_id"] and model != base["hub_id"]:
+        notes.append(f"The base model's hub id is {base['hub_id']} (the local copy is named so it loads offline).")
+    return "".join(f"# {line}\n" for line in notes), fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,14 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import attrs
 from lmtune.files import write_atomic
 from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
-from lmtune.lora.recipe import model_card
+from lmtune.lora.recipe import model_card, trl_config
 from lmtune.runtime.trials import counted_trials
 from lmtune.space import SearchSpace
 from lmtune.trajectory import learned_sentences, summarize_study
+
+log = logging.getLogger(__name__)
+#: Samplers that draw every trial the same way: no start-up phase, no model.
+SAMPLERS_WITHOUT_MODEL = ("random",)
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -46,6 +51,77 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
+def startup_of(sampler: str, startup_trials: int) -> int | None:
+    """The random start-up trials a sampler takes before its model proposes; None for ``random``, which has none."""
+    return None if sampler in SAMPLERS_WITHOUT_MODEL else startup_trials
+
+
+def warn_startup(sampler: str, startup_trials: int, trials: int) -> None:
+    """Say at the start when every trial of the budget is a random start-up trial, so the sampler named never
+    proposes one (``lmtune lora --trials 4 --sampler gp`` once ran four random trials without a word)."""
+    if startup_of(sampler, startup_trials) is not None and startup_trials >= trials:
+        log.warning("`startup_trials` %d >= `trials` %d: every trial is a random start-up trial and %s's model "
+                    "proposes none; lower `startup_trials` or raise `trials`", startup_trials, trials, sampler)
+
+
+def model_chosen(study: optuna.Study, startup: int | None) -> list[int]:
+    """The trials the sampler's model proposed: those started after ``startup`` trials had finished with a score
+    (Optuna's samplers count complete and pruned trials; language-BO counts its observations the same way).
+    Exact for one process; with workers, a trial's neighbours may still have been running when it started."""
+    if startup is None:
+        return []
+    trials = sorted(counted_trials(study), key=lambda t: t.number)
+    scored = [t.datetime_complete for t in trials
+              if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete is not None]
+    return [t.number for t in trials if t.datetime_start is not None
+            and sum(done <= t.datetime_start for done in scored) >= startup]
+
+
+def sampler_lines(results: dict[str, Any]) -> list[str]:
+    """Which trials the sampler's model chose, and which were its random start-up trials."""
+    startup, chosen = results.get("startup_trials"), results.get("model_trials") or []
+    if startup is None:
+        return []
+    numbers = [r["number"] for r in results["trials"]]
+    if not chosen:
+        return [f"- **warning**: sampler `{results['sampler']}` chose no trial: all {len(numbers)} were random "
+                f"start-up trials (`startup_trials` {startup})"]
+    others = [n for n in numbers if n not in chosen]
+    return [f"- sampler `{results['sampler']}`: its model chose trial(s) {_numbers(chosen)}"
+            + (f"; {_numbers(others)} were random start-up trials (`startup_trials` {startup})" if others else "")]
+
+
+def _numbers(numbers: list[int]) -> str:
+    """0-4, 7, 9: runs of consecutive trial numbers as ranges."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def final_run_attr(final: dict[str, Any], best_number: int) -> dict[str, Any]:
+    """The final run as a report shows it (``attrs.FINAL_RUN``): the test score and what it was measured on."""
+    also = {"test loss": f"{final['test_loss']:.4f}", "training": f"{final['train_seconds']:.1f} s"}
+    return {"metric": final["metric_name"], "score": final["test_metric"], "split": "test", "also": also,
+            "what": f"trial {best_number}'s config retrained on the full training split ({final['train_examples']} "
+                    "examples) and tested on the held-out test split", "warning": final.get("warning")}
+
+
+def final_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a run's final run for a tracker: the best trial's proxy scores and, after the retrain, its
+    test scores."""
+    best = results["best"]
+    metrics = {f"proxy_{k}": float(v) for k, v in (best.get("proxy_metrics") or {}).items()}
+    final = results.get("final")
+    if final:
+        metrics.update({f"test_{final['metric_name']}": float(final["test_metric"]),
+                        "test_loss": float(final["test_loss"]), "train_seconds": float(final["train_seconds"])})
+    return metrics
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     return study.best_trial if complete else None
@@ -62,6 +138,21 @@ def learned_markdown(sentences: list[str]) -> list[str]:
     if not sentences:
         return []
     return ["", "## What the study learned", "", *[f"- {s}" for s in sentences]]
+
+
+def write_trl(out_dir: Path, results: dict[str, Any], train_rows: list[dict]) -> list[Path]:
+    """For a causal task, ``best.trl.yaml`` (the best config for ``trl sft --config``) and the training split it
+    reads (``trl-data/train.jsonl``: prompt and completion); nothing for a classifier, which TRL does not train."""
+    if results["task"] != "causal":
+        return []
+    import torch
+
+    data, cuda = out_dir / "trl-data", torch.cuda.is_available()
+    header, fields = trl_config(results, data.resolve(), (out_dir / "trl-adapter").resolve(), cuda=cuda,
+                                bf16=cuda and torch.cuda.is_bf16_supported())
+    lines = "".join(json.dumps({"prompt": r["prompt"], "completion": r["response"]}) + "\n" for r in train_rows)
+    return [write_atomic(data / "train.jsonl", lines),
+            write_atomic(out_dir / "best.trl.yaml", header + yaml.safe_dump(fields, sort_keys=False))]
 
 
 def write_run(out_dir: Path, results: dict[str, Any]) -> list[Path]:
@@ -129,7 +220,7 @@ def best_lines(results: dict[str, Any]) -> list[str]:
     metric, best = results["metric_name"], results["best"]
     others = ", ".join(f"{k} {v:.4f}" for k, v in (best.get("proxy_metrics") or {}).items() if k != metric)
     lines = [f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})"
-             + (f"; {others}" if others else ""), *proxy_lines(results)]
+             + (f"; {others}" if others else ""), *sampler_lines(results), *proxy_lines(results)]
     constant = results.get("constant_score")
     if constant:
         lines.append(f"- trials at or below {constant['value']:.4f} {constant.get('label', 'learned nothing')}: "

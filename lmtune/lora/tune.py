@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,7 +24,18 @@ from lmtune.finetune.train import metric_direction, train_and_evaluate
 from lmtune.llm import hub_id
 from lmtune.lora.config import LoraRunConfig
 from lmtune.lora.recipe import build_recipe, finish_adapter, rerun_config
-from lmtune.lora.report import best_trial, study_learned, trial_rows, write_run
+from lmtune.lora.report import (
+    best_trial,
+    final_metrics,
+    final_run_attr,
+    model_chosen,
+    startup_of,
+    study_learned,
+    trial_rows,
+    warn_startup,
+    write_run,
+    write_trl,
+)
 from lmtune.lora.search import (
     LoraSearch,
     build_search,
@@ -33,6 +45,9 @@ from lmtune.lora.search import (
     resolve_space,
     transfer_sources,
 )
+from lmtune.report.progress import LogProgress
+from lmtune.report.reports import report_study
+from lmtune.report.trackers import TrackingListener, check_trackers, finish_trackers, open_trackers
 from lmtune.results import Result
 from lmtune.runtime.compute import spent
 from lmtune.runtime.loop import TrialListener, run_trials
@@ -83,6 +98,12 @@ class LoraResult(Result):
     recipe: dict[str, Any]
     #: What the study learned: plain sentences from the Trajectory Context Summarizer (``summary.md`` lists them).
     learned: list[str]
+    #: Random start-up trials before the sampler's model proposes (``startup_trials``; None for ``random``) and the
+    #: trials its model chose (``lmtune.lora.report.model_chosen``).
+    startup_trials: int | None = None
+    model_trials: list[int] = dataclasses.field(default_factory=list)
+    #: The report page (``report.html``), or None when it could not be written (a logged warning).
+    report: str | None = None
 
     @classmethod
     def from_run(cls, search: LoraSearch, study: optuna.Study, best: FrozenTrial, final: dict[str, Any] | None,
@@ -105,7 +126,9 @@ class LoraResult(Result):
             proxy=plan.to_dict(), pruner=cfg.pruner, budget_steps=cfg.budget_steps, budget_seconds=cfg.budget_seconds,
             spent={**spent(study).to_dict(), "full_runs": round(examples / (len(splits.train) * cfg.epochs), 2)},
             constant_score=search.constant_score, recipe=recipe,
-            learned=study_learned(study, search.space, objective.metric_name))
+            learned=study_learned(study, search.space, objective.metric_name),
+            startup_trials=startup_of(cfg.sampler, cfg.startup_trials),
+            model_trials=model_chosen(study, startup_of(cfg.sampler, cfg.startup_trials)))
 
 
 @dataclass
@@ -143,14 +166,18 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
 
     Takes a :class:`LoraRunConfig` or its fields as keyword arguments; ``sampler`` may be any Optuna
     sampler object, which then replaces the one named in the config (a name is the config field);
-    ``listener`` sees the trials (the CLI draws its progress from it). Every input is checked before the
-    study is opened, so bad input leaves nothing in storage. ``results.json`` is the result's ``to_dict()``;
-    with ``run=False`` only the study is created (``PublishedStudy``).
+    ``listener`` sees the trials (the CLI draws its progress from it; without one, each finished trial is a
+    line of the ``lmtune`` logger, as the command prints it). Every input is checked before the study is opened,
+    so bad input leaves nothing in storage. It writes what ``lmtune lora`` writes: ``results.json`` (the result's
+    ``to_dict()``), ``summary.md``, ``best.yaml``, the adapter and ``report.html``; with ``run=False`` only the
+    study is created (``PublishedStudy``).
     """
     if isinstance(sampler, str):  # the config field, given by name as every other field
         sampler, fields = None, {**fields, "sampler": sampler}
     cfg = config or build_config(LoraRunConfig, **fields)
     started = time.perf_counter()
+    listener = listener or LogProgress()
+    check_trackers(cfg.track)
     search = build_search(cfg, sampler=sampler, listener=listener)
     study = open_search_study(search)
     finished = len(counted_trials(study))
@@ -164,18 +191,34 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
     log.info("Proxy: %s on %d of %d training rows, ranked by %s; a trial costs %s of a full run's training "
              "examples.", plan.rule, plan.rows, plan.train_rows, plan.metric,
              ", ".join(f"{plan.cost_share(b):.0%} at batch {b}" for b in plan.batch_sizes))
-    run_trials(study, search.objective, cfg.trials, listener=listener, stop_when=search.stop_when)
+    warn_startup(cfg.sampler, cfg.startup_trials, cfg.trials)
+    trackers = open_trackers(cfg.track, cfg.study_name, cfg.out_dir)
+    run_trials(study, search.objective, cfg.trials, stop_when=search.stop_when,
+               listener=TrackingListener(listener, trackers, plan.metric) if trackers else listener)
+    result = _finish(search, study, listener, started)
+    finish_trackers(trackers, result.best["hyperparams"], final_metrics(result.to_dict()),
+                    [*([Path(result.final["adapter_dir"])] if result.final else []), cfg.out_dir / "results.json"])
+    return result
+
+
+def _finish(search: LoraSearch, study: optuna.Study, listener: TrialListener, started: float) -> LoraResult:
+    """After the search: the best config retrained and tested, its recipe, and every file ``lmtune lora`` writes
+    (the report page first, so that ``results.json`` says where it is)."""
+    cfg, plan = search.cfg, search.plan
     best = _best(study, search)
     final, target_modules = None, cfg.target_modules
     if cfg.final_train:
         final, target_modules = _final_run(search, best, listener)
+        study.set_user_attr(attrs.FINAL_RUN, final_run_attr(final, best.number))
     hp = search.hyperparams(best)
     recipe = build_recipe(rerun=rerun_config(job_config(cfg), hp, cfg.study_name), model=cfg.model,
                           model_path=search.model, base_id=hub_id(cfg.model), splits=search.splits,
                           settings=search.settings, hp=hp, proxy_fraction=plan.fraction, proxy_examples=plan.rows,
                           target_modules=target_modules or _default_targets(search.model))
     result = LoraResult.from_run(search, study, best, final, recipe, round(time.perf_counter() - started, 1))
-    written = write_run(cfg.out_dir, result.to_dict())
+    page = report_study(cfg.storage, cfg.study_name, cfg.out_dir / "report.html")  # a warning if it cannot be made
+    result.report = None if page is None else str(page)
+    written = write_run(cfg.out_dir, result.to_dict()) + write_trl(cfg.out_dir, result.to_dict(), search.splits.train)
     log.info("Wrote %s", ", ".join(map(str, written)))
     return result
 

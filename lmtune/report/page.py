@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lmtune import attrs
 from lmtune.files import write_atomic
 from lmtune.finetune.scores import constant_of, learned_nothing
-from lmtune.inference.config import stop_text
+from lmtune.llm.generation import stop_text
 from lmtune.report import figures
 from lmtune.runtime.status import advisor_summary
 from lmtune.runtime.trials import counted_trials, describe_failure
@@ -77,6 +77,13 @@ def trajectory_sentences(study: optuna.Study) -> list[str]:
     return learned_sentences(summarize_study(study, metric=metric_of(study)))
 
 
+def final_run(study: optuna.Study) -> dict[str, Any] | None:
+    """What the command did after the search (``attrs.FINAL_RUN``): the best config retrained and tested, or
+    tested on the held-out split; None before it ran (or for a study no lmtune command finished)."""
+    final = study.user_attrs.get(attrs.FINAL_RUN)
+    return final if isinstance(final, dict) and final.get("score") is not None else None
+
+
 def build_page(study: optuna.Study) -> tuple[str, int]:
     """The report's HTML and how many figures it holds."""
     kind, metric = study_kind(study), metric_of(study)
@@ -84,10 +91,11 @@ def build_page(study: optuna.Study) -> tuple[str, int]:
     counted = sorted(counted_trials(study), key=lambda t: t.number)
     best = _best(study)
     infer = study.user_attrs.get(INFER_ATTR) or {}
-    panels = _figures(study, kind, metric, constant, maximize, infer)
+    learned = summarize_study(study, metric=metric)  # the sentences and the effects figure: one report
+    panels = _figures(study, kind, metric, constant, maximize, infer, learned)
     failures = _failures(counted)
     page = _TEMPLATES.get_template("page.html.j2").render(
-        study_name=study.study_name, kind=KINDS[kind], metric=metric, maximize=maximize,
+        study_name=study.study_name, kind=KINDS[kind], kind_name=kind, metric=metric, maximize=maximize,
         cards=[("trials", len(counted))] + [(name.lower(), n) for name, n in sorted(
             Counter(t.state.name for t in counted).items())],
         best=best, best_params={k: _fmt(v) for k, v in readable_params(study, best).items()} if best else {},
@@ -95,7 +103,7 @@ def build_page(study: optuna.Study) -> tuple[str, int]:
         lora=_lora_facts(study.user_attrs) if kind == "lora" else None, infer=infer,
         spent=sum(t.user_attrs.get(attrs.SPEND, 0.0) for t in study.get_trials(deepcopy=False)),
         optimization_budget=study.user_attrs.get(attrs.OPTIMIZATION_BUDGET), constant=constant,
-        sentences=trajectory_sentences(study), figures=panels, figure_class=FIGURE_CLASS,
+        sentences=learned_sentences(learned), figures=panels, final=final_run(study), figure_class=FIGURE_CLASS,
         advisor=_advisor(counted),
         failures=failures, failure_reasons=Counter(str(r[2]).split(":")[0] for r in failures).most_common(),
         columns=["trial", "state", metric, *_param_names(counted), "seconds", "note"],
@@ -122,12 +130,15 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
     return study.best_trial
 
 
-def _figures(study, kind, metric, constant, maximize, infer) -> list[dict[str, Any]]:
-    """Each figure's title, caption and HTML (None, with why, where the study cannot draw it)."""
+def _figures(study, kind, metric, constant, maximize, infer, learned) -> list[dict[str, Any]]:
+    """Each figure's title, caption and HTML (None, with why, where the study cannot draw it). Captions say which way
+    is better, since the same page serves a maximized accuracy and a minimized loss."""
+    better = "higher" if maximize else "lower"
     scored = "the tuning split" if kind == "infer" else "the validation split"
-    floor = " The dotted line is what one constant answer scores." if constant else ""
-    built = [("Best so far", f"Each dot is one trial's {metric} on {scored}; the line is the best so far.{floor}",
-              figures.history(study, metric, constant))]
+    floor = (" The dotted line is what one constant answer scores." if constant and
+             constant.get("metric", metric) == metric else "")
+    built = [("Best so far", f"Each dot is one trial's {metric} on {scored} ({better} is better); the line is the "
+              f"best so far.{floor}", figures.history(study, metric, constant))]
     if kind == "infer":
         built.append(("Cost and quality", f"Every scored config by its cost per instance and {metric}. The green "
                       "staircase is the cost/quality front: no config is both cheaper and better. The star is the "
@@ -135,20 +146,34 @@ def _figures(study, kind, metric, constant, maximize, infer) -> list[dict[str, A
                       "the budget, which get no score.",
                       figures.cost_quality(study, metric, infer.get("inference_budget"))))
     else:
-        built.append(("Learning curves", f"Validation {metric} and loss at each evaluation along training, one line "
-                      f"per trial (at most the {figures.MAX_CURVES} best): the best trial in red, trials that learned "
-                      "nothing dashed grey.", figures.learning_curves(study, metric, constant, maximize)))
+        built.append(("Learning curves", _curves_caption(metric, maximize, constant),
+                      figures.learning_curves(study, metric, constant, maximize)))
     labels = {"template": [str(x) for x in infer.get("templates") or []],
               "stop": [stop_text(x) for x in infer.get("stops") or []]}
-    built += [("Parameter importances", f"How much of the variation of {metric} each parameter explains (Optuna's "
-               "PED-ANOVA over the completed trials); with few trials a hint, not a finding.",
-               figures.importances(study, metric)),
-              ("Parallel coordinates", f"Each completed trial is a line through its parameter values to its {metric} "
-               "(darker is higher).", figures.parallel_coordinates(study, metric, labels if infer else None))]
+    built += [("Parameter effects", "Spearman's rank correlation of each numeric parameter with "
+               f"{metric} over the completed trials, signed so that a bar to the right means higher values scored "
+               "better: the numbers behind the sentences of \"What the study learned\". It measures a monotone "
+               "trend, one parameter at a time (a learning rate best in the middle shows as weak); with few trials a "
+               "hint, not a finding.", figures.parameter_effects(learned, metric)),
+              ("Parallel coordinates", f"Each completed trial is a line through its parameter values to its {metric}; "
+               f"darker is better ({better} {metric}).",
+               figures.parallel_coordinates(study, metric, labels if infer else None))]
     return [{"title": title, "caption": caption, "why": why,
              "html": None if fig is None else Markup(pio.to_html(
                  fig, full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True}))}
             for title, caption, (fig, why) in built]
+
+
+def _curves_caption(metric: str, maximize: bool, constant: dict | None) -> str:
+    task = (constant or {}).get("metric")
+    ranked = f"Trials are ranked by validation {metric} ({'higher' if maximize else 'lower'} is better)"
+    panels = (f"left, the loss: each trial's training loss at every optimizer step (thin line) and its validation "
+              f"loss at each evaluation (dots); right, its validation {task} at each evaluation"
+              + (", with the dotted score of one constant answer" if constant and task else "")) if task else (
+              "the loss: each trial's training loss at every optimizer step (thin line) and its validation loss at "
+              "each evaluation (dots)")
+    return (f"{ranked}; {panels}. At most the {figures.MAX_CURVES} best trials: the best in red, trials that learned "
+            "nothing grey.")
 
 
 def _lora_facts(user: dict[str, Any]) -> dict[str, Any]:

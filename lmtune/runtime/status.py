@@ -132,7 +132,8 @@ def study_status(config: StatusConfig | None = None, *, now: dt.datetime | None 
     if complete:
         pick = max if summary.direction.name == "MAXIMIZE" else min
         b = pick(complete, key=lambda t: t.value)
-        best = {"number": b.number, "value": b.value, "params": b.params,
+        # a LoRA trial's config as it trained (alpha, not alpha_ratio), as summary.md and results.json show it
+        best = {"number": b.number, "value": b.value, "params": b.user_attrs.get(attrs.HYPERPARAMS) or b.params,
                 "metric": (study.metric_names or [b.user_attrs.get(attrs.METRIC_NAME, "value")])[0]}
 
     def seconds(t) -> float:

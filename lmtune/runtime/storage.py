@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 
 from lmtune._compat import stale_retry_callback
 from lmtune.errors import InputError
+from lmtune.extras import require
 
 DEFAULT_STORAGE = "sqlite:///lmtune.db"
 JOURNAL_PREFIX = "journal:///"
@@ -242,6 +243,8 @@ def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBSto
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}
     elif url.startswith("postgresql"):
+        if url.startswith("postgresql+psycopg:"):  # the driver lmtune names; another is the user's own
+            require("postgres", "storage")
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
     else:
         engine_kwargs = {"pool_pre_ping": True}

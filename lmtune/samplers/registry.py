@@ -18,6 +18,7 @@ import optuna
 from optuna.samplers import BaseSampler
 
 from lmtune.errors import InputError
+from lmtune.extras import require
 from lmtune.space import SearchSpace
 
 
@@ -129,6 +130,8 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         return _agent_sampler(seed, n_startup_trials, space, distinct, dict(language_bo))
     if name not in SAMPLERS:  # a config's names are checked where it is read
         raise ValueError(f"unknown sampler {name!r}")
+    if name == "botorch":  # now, not when DistinctSampler first builds it in a trial
+        require("botorch", "sampler")
     if not distinct:
         return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
     if space is not None and space.is_discrete:
@@ -144,6 +147,7 @@ def _agent_sampler(seed: int | None, n_startup_trials: int, space: SearchSpace |
     """The agent in its mode: centaur advises ``DEFAULT_SAMPLER`` (Centaur, arXiv:2603.24647), lead proposes itself."""
     if space is None:
         raise InputError("sampler", "the agent sampler needs the search space it proposes from")
+    require("openai", "endpoint")
     from lmtune.samplers.agent import AgentSampler, CentaurSampler
 
     mode = options.pop("mode", "centaur")

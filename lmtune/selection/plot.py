@@ -100,9 +100,45 @@ class _Panel:
         _style(ax, title, picked)
 
 
+#: How each alternative extrapolation of ``lmtune.selection.guard`` reads in the legend.
+ALTERNATIVE_WORDS = {"tail3": "last-3-points line", "kernel": "kernel-weighted line", "rectified": "rectified law",
+                     "lensllm": "LENSLLM law"}
+#: Log-axis tick values within one decade, coarse to fine; a short axis takes the first that gives it three labels.
+NICE_TICKS = ((1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0),
+              tuple(k / 10 for k in range(10, 100)))
+
+
+def setting_words(setting: Setting) -> str:
+    """A guard setting in words (``tail3+kernel+jackknife@1`` is a key, not a legend)."""
+    if not setting.alternatives or setting.weight == 0:
+        return "AtS itself"
+    names = " and ".join(ALTERNATIVE_WORDS.get(a, a) for a in setting.alternatives)
+    how = "moved halfway" if setting.weight == 0.5 else f"moved {setting.weight:g} of the way"
+    return (f"AtS clipped into the range of the {names}" + (" (jackknifed)" if setting.jackknife else "")
+            + ("" if setting.weight == 1 else f", {how}"))
+
+
+def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """Round values between ``low`` and ``high`` (> 0), three or more where the axis allows, at least 1/most of the
+    log range apart, so labels on a short log axis never overlap (matplotlib labels every minor tick of a range under
+    a decade, and they collide)."""
+    span = math.log10(high / low)
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    ticks: list[float] = []
+    for level in NICE_TICKS:
+        candidates = sorted(v * 10.0**k for k in decades for v in level if low <= v * 10.0**k <= high)
+        ticks = []
+        for value in candidates:
+            if not ticks or math.log10(value / ticks[-1]) >= span / most:
+                ticks.append(value)
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
 def _style(ax, title: str, picked: bool) -> None:
-    """Log axes with plain tick labels, the title, and a red frame around a chosen model."""
-    from matplotlib.ticker import FuncFormatter
+    """Log axes with plain, spaced tick labels, the title, and a red frame around a chosen model."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     plain = FuncFormatter(lambda value, _: f"{value:.3g}")  # 1.8, not 1.8 x 10^0, on a log axis
     ax.set_xscale("log")
@@ -112,10 +148,12 @@ def _style(ax, title: str, picked: bool) -> None:
         for spine in ax.spines.values():
             spine.set_edgecolor(CHOSEN)
             spine.set_linewidth(2.2)
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_locator(FixedLocator(log_ticks(low, high)))
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(low, high)
     ax.tick_params(labelsize=6)
-    ax.tick_params(which="minor", labelsize=5)
 
 
 def _legend(budget: float, target: int, setting: Setting, chosen_by: str | None) -> list:
@@ -127,7 +165,8 @@ def _legend(budget: float, target: int, setting: Setting, chosen_by: str | None)
         Line2D([], [], color=SEEN, marker="o", ls="", markersize=4, markerfacecolor="none", label="held out"),
         Line2D([], [], color=FIT, lw=1, label="LENSLLM/rectified fit"),
         Line2D([], [], color=ATS, lw=1, ls="--", label="AtS line"),
-        Line2D([], [], color=GUARD, marker="x", ls="", markersize=5, label=f"guarded prediction ({setting.name})"),
+        Line2D([], [], color=GUARD, marker="x", ls="", markersize=5,
+               label=f"guarded prediction: {setting_words(setting)}"),
         Line2D([], [], color="grey", lw=0.8, label=f"budget: {budget:,.0f} examples"),
         Line2D([], [], color="black", lw=0.8, ls=":", label=f"target: {target:,} examples"),
     ]

@@ -15,6 +15,7 @@ import numpy as np
 
 from lmtune.config import build_config
 from lmtune.errors import InputError
+from lmtune.extras import require
 from lmtune.results import Result
 from lmtune.selection.config import SelectConfig
 from lmtune.selection.curves import Curves
@@ -41,6 +42,7 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     from lmtune.selection.curves import load_curves
 
     cfg = config or build_config(SelectConfig, **fields)
+    require("select", "select")  # the PNG is part of every answer
     plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable `plot` fails now, not later
     if (cfg.curves is None) == (not cfg.models):
         raise InputError("curves", "give either `curves` FILE or `models` A B C (with `dataset` and `sizes`)")
@@ -139,4 +141,9 @@ def format_selection(selection: Selection, curves: Curves, top: int | None = Non
         lines.append(f"| {method}{failed} | {pick} | {pc} | {ra} | {result.flops:.3g} | {saved:.1f}% |")
     if truth is None:
         lines += ["", f"(no true losses at size {selection.target:,} in the file: PearCorr and RelAcc not computed)"]
+    lines += ["", "PearCorr: Pearson correlation (x100) of a method's predicted losses with the true losses at the "
+              "target, over the models. RelAcc: where the method's pick ranks against the truth, as (worst - pick) / "
+              "(worst - best) x100 on the true losses (100: it picked the best model). FLOPs: what the method trained "
+              "(6 x parameters x tokens over every subset it fitted). saved vs all-data: the share of FLOPs saved "
+              "against fine-tuning every model once on the target size."]
     return "\n".join(lines) + "\n"

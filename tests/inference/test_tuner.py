@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from lmtune.inference.config import InferConfig
 from lmtune.inference.evaluate import doubling, hoeffding_serfling
 from lmtune.inference.pruning import PruningKnowledge
-from lmtune.inference.tuner import pareto_front, tune_inference
+from lmtune.inference.tuner import tune_inference
 from lmtune.llm.local import LocalGenerator
+from lmtune.pareto import pareto_front
 from tests.servers import Server
 
 

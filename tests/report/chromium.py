@@ -2,7 +2,8 @@
 
 A hook script goes first in the page's head: it records JavaScript errors (``error`` events, rejected promises,
 ``console.error``) and, once the page has loaded, writes how many report figures hold a drawn plotly SVG into
-the DOM that ``--dump-dom`` prints.
+the DOM that ``--dump-dom`` prints, with each figure's layout as drawn: its panels' plot areas, its annotations
+(text and box) and its y-axis titles.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ window.addEventListener('load', () => setTimeout(() => {
   const figures = [...document.querySelectorAll('.lmtune-figure')];
   const drawn = figures.filter(f => { const svg = f.querySelector('svg.main-svg');
     return svg && svg.getBoundingClientRect().width > 100 && f.querySelector('.trace, .parcoords') !== null; });
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.right, r.top, r.bottom]; };
+  const layout = figures.map(f => ({
+    panels: [...f.querySelectorAll('.draglayer .nsewdrag')].map(box),
+    notes: [...f.querySelectorAll('g.annotation')].map(a => ({text: a.textContent, box: box(a)})),
+    titles: [...f.querySelectorAll('.g-ytitle, .g-y2title')].map(t => t.textContent)}));
   document.body.setAttribute('data-check', JSON.stringify(
-    {figures: figures.length, drawn: drawn.length, errors: window.__errors}));
+    {figures: figures.length, drawn: drawn.length, errors: window.__errors, layout: layout}));
 }, 1000));
 </script>"""
 
@@ -44,7 +50,8 @@ def chromium() -> str:
 
 
 def render(page: Path) -> dict:
-    """``{"figures", "drawn", "errors"}`` of ``page`` loaded in headless Chromium."""
+    """``{"figures", "drawn", "errors", "layout"}`` of ``page`` loaded in headless Chromium; boxes are
+    ``[left, right, top, bottom]`` in CSS pixels."""
     hooked = page.with_name("hooked-" + page.name)
     hooked.write_text(page.read_text().replace("<head>", "<head>" + HOOK, 1))
     profile = page.parent / "chromium-profile"

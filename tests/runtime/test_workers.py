@@ -97,6 +97,7 @@ def config_of(trial) -> tuple:
 
 
 def test_four_workers_reach_the_budget_exactly_and_language_bo_never_repeats_a_config(pg_url, tmp_path, postgres):
+    """Also after a resume: a fresh process given a larger budget proposes no config any worker held."""
     # Without the learnable token each fit takes a fraction of a second: the test is about workers.
     create_study(pg_url, "lbo", tmp_path, "--no-learnable-token", sampler="language-bo", trials=12, startup=3)
     results = finish(start_workers(4, pg_url, "lbo", tmp_path, seconds=0.3))
@@ -111,17 +112,20 @@ def test_four_workers_reach_the_budget_exactly_and_language_bo_never_repeats_a_c
     assert len(ran) == 12  # stubs (lost the race for the last slot) never ran and hold no config
     assert len({config_of(t) for t in ran}) == 12  # no config proposed twice across the 4 workers
     assert len({t.user_attrs["worker"] for t in ran}) >= 2
+    study.set_user_attr(attrs.BUDGET, 14)
+    assert [rc for rc, _ in finish(start_workers(1, pg_url, "lbo", tmp_path, seconds=0.3))] == [0]
+    ran = [t for t in optuna.load_study(study_name="lbo", storage=pg_url).trials if not is_budget_stub(t)]
+    assert len(ran) == 14 and len({config_of(t) for t in ran}) == 14
 
 
 # One Optuna sampler (every one goes through the same DistinctSampler, seeded per trial; each sampler's own
-# never-repeat rule is in tests/samplers/test_contract.py) and the pool samplers with their own claims. The agent
-# needs an endpoint: tests/samplers/test_agent.py runs it against lmtune serve.
-@pytest.mark.parametrize("sampler", ["tpe", "language-bo", "language-bo+"])
+# never-repeat rule is in tests/samplers/test_contract.py) and language-bo+'s own claims (language-bo's: the test
+# above, resume included). The agent needs an endpoint: tests/samplers/test_agent.py runs it against lmtune serve.
+@pytest.mark.parametrize("sampler", ["tpe", "language-bo+"])
 def test_no_sampler_repeats_a_config_across_workers_or_on_resume(sampler, pg_url, tmp_path, postgres):
     """Every worker and every resumed run used to seed its sampler alike and replay the same draws."""
     name = f"distinct-{sampler}"
-    options = ("--no-learnable-token",) if sampler == "language-bo" else ()
-    create_study(pg_url, name, tmp_path, *options, sampler=sampler, trials=9, startup=3)
+    create_study(pg_url, name, tmp_path, sampler=sampler, trials=9, startup=3)
     results = finish(start_workers(3, pg_url, name, tmp_path, seconds=0.2))
     assert [rc for rc, _ in results] == [0] * 3, results
     optuna.load_study(study_name=name, storage=pg_url).set_user_attr(attrs.BUDGET, 12)  # a larger budget
