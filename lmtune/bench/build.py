@@ -115,7 +115,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
 
 def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, sampler: ShuffledGridSampler) -> None:
     """Add a table file's rows to an empty study as finished trials, grid index and all."""
-    if table.recipe != spec.recipe():
+    if not table.built_with(spec.recipe()):
         raise InputError("table", f"table {table.name} was built with a different recipe than {spec.name}; "
                          "pick another output file")
     distributions = spec.grid.distributions()
@@ -189,7 +189,7 @@ def _grid_sampler(study: optuna.Study) -> ShuffledGridSampler:
     if configs is None:
         from lmtune.space import SearchSpace
 
-        configs = list(SearchSpace.from_dict(study.user_attrs[attrs.TABLE]["grid"]).iter_pool())
+        configs = list(SearchSpace.from_stored(study.user_attrs[attrs.TABLE]["grid"]).iter_pool())
     return ShuffledGridSampler(configs)
 
 

@@ -35,7 +35,7 @@ from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
 from lmtune.samplers.language_bo.transfer import TransferSource, check_compatible, describe_task, load_source
 from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
-from lmtune.space import Categorical, SearchSpace, load_space
+from lmtune.space import Categorical, Listed, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
 #: The study attribute holding ``DatasetSplits.fingerprint()``.
@@ -60,7 +60,7 @@ def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
         raise InputError("alpha_ratio", "a space may set alpha or alpha_ratio, not both")
     LoraHyperparams.from_params(space.fixed)
     for param in space.params:  # every value a sampler may propose must make a valid config
-        edges = param.values() if isinstance(param, Categorical) else (param.low, param.high)
+        edges = param.values() if isinstance(param, Listed) else (param.low, param.high)
         for value in edges:
             LoraHyperparams.from_params({param.name: value})
     return space

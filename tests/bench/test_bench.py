@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -11,18 +12,19 @@ import pytest
 from lmtune.bench.build import build_full_runs, build_table, choose_full_configs
 from lmtune.bench.compare import compare_samplers, summarize
 from lmtune.bench.replay import regret_curve, replay, trials_to_reach
-from lmtune.bench.specs import TableSpec
+from lmtune.bench.specs import TableSpec, load_table_spec
 from lmtune.bench.table import Table
 from lmtune.errors import InputError
 from lmtune.finetune.data import load_dataset
-from lmtune.space import Categorical, SearchSpace, config_key
+from lmtune.space import Categorical, Ordered, SearchSpace, config_key
 
+ROOT = Path(__file__).resolve().parents[2]
 GRID = SearchSpace(
     (
-        Categorical("rank", (2, 4, 8, 16)),
-        Categorical("alpha_ratio", (0.5, 1.0, 2.0)),
-        Categorical("learning_rate", (1e-4, 1e-3, 1e-2)),
-        Categorical("dropout", (0.0, 0.1)),
+        Ordered("rank", (2, 4, 8, 16), log=True),
+        Ordered("alpha_ratio", (0.5, 1.0, 2.0), log=True),
+        Ordered("learning_rate", (1e-4, 1e-3, 1e-2), log=True),
+        Ordered("dropout", (0.0, 0.1)),
     ),
     {"variant": "lora", "batch_size": 8},
     "synthetic",
@@ -30,8 +32,8 @@ GRID = SearchSpace(
 
 
 SMALL_GRID = SearchSpace(
-    (Categorical("rank", (2, 8, 16)), Categorical("alpha_ratio", (1.0, 2.0)),
-     Categorical("learning_rate", (1e-3, 1e-2)), Categorical("dropout", (0.0,))),
+    (Ordered("rank", (2, 8, 16), log=True), Ordered("alpha_ratio", (1.0, 2.0), log=True),
+     Ordered("learning_rate", (1e-3, 1e-2), log=True), Ordered("dropout", (0.0,))),
     {"variant": "lora", "batch_size": 8},
     "synthetic-small",
 )
@@ -80,6 +82,33 @@ def test_table_file_round_trips_and_summary_counts(tmp_path):
     (tmp_path / "bad.json.gz").write_text("not gzip")
     with pytest.raises(InputError, match="not a gzipped lmtune table"):
         Table.load(tmp_path / "bad.json.gz")
+
+
+def old_grid(grid: SearchSpace) -> dict:
+    """A grid as table files stored it before ordered parameters existed: every number categorical, no format."""
+    return {"name": grid.name, "fixed": dict(grid.fixed),
+            "params": {p.name: {"type": "categorical", "choices": list(p.values())} for p in grid.params}}
+
+
+def test_a_table_file_written_before_ordered_parameters_reads_its_numbers_ordered(tmp_path):
+    """Old table files (the committed ones among them) read as ordered, log-scaled where all values are positive
+    and span a factor of 4; the file, its recipe and its fingerprint stay as they were."""
+    old = synthetic_table(grid=GRID.with_param(Categorical("target", ("q", "v"))))
+    old.recipe = {**old.recipe, "grid": old_grid(old.grid)}
+    loaded = Table.load(old.save(tmp_path / "old.json.gz"))
+    assert loaded.grid.param("rank") == Ordered("rank", (2, 4, 8, 16), log=True)
+    assert loaded.grid.param("alpha_ratio") == Ordered("alpha_ratio", (0.5, 1.0, 2.0), log=True)
+    assert loaded.grid.param("dropout") == Ordered("dropout", (0.0, 0.1), log=False)
+    assert loaded.grid.param("target") == Categorical("target", ("q", "v"))
+    assert loaded.recipe == old.recipe and loaded.fingerprint() == old.fingerprint()
+    assert loaded.built_with({**old.recipe, "grid": loaded.grid.to_dict()})  # today's spec of the same grid
+    assert not loaded.built_with({**old.recipe, "grid": GRID.to_dict()})  # another grid
+    committed = {json.loads(line)["table"]: json.loads(line)["fingerprint"]
+                 for line in (ROOT / "benchmarks/results/samplers/runs.jsonl").read_text().splitlines()}
+    for name in ("arith-sft", "bbc-minilm"):
+        table = Table.load(ROOT / f"benchmarks/data/{name}.json.gz")
+        assert table.fingerprint() == committed[name]  # the committed replays stay keyed to it
+        assert table.grid == load_table_spec(name).grid  # the spec declares what the old rule reads
 
 
 def test_regret_curve_and_trials_to_top():
@@ -180,8 +209,8 @@ def tiny_model_dir(tmp_path_factory, tiny_bert, tokenizer):
 def tiny_spec(tmp_path, model: str) -> TableSpec:
     rows = [f"{'good' if i % 2 else 'bad'} film {i},{'pos' if i % 2 else 'neg'}" for i in range(60)]
     (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
-    grid = SearchSpace((Categorical("rank", (2, 4)), Categorical("learning_rate", (1e-3, 1e-2)),
-                        Categorical("alpha_ratio", (1.0, 2.0))), {"variant": "lora", "batch_size": 8}, "tiny")
+    grid = SearchSpace((Ordered("rank", (2, 4), log=True), Ordered("learning_rate", (1e-3, 1e-2), log=True),
+                        Ordered("alpha_ratio", (1.0, 2.0), log=True)), {"variant": "lora", "batch_size": 8}, "tiny")
     return TableSpec(name="tiny", grid=grid, dataset=str(tmp_path / "reviews.csv"), model=model, proxy_fraction=0.5,
                      max_length=16, eval_points=2)
 

@@ -58,7 +58,9 @@ class TransferSource:
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        blob = json.dumps([self.name, self.direction, self.space.to_dict(), list(self.configs), list(self.values)],
+        """A short hash of the source's results: its space by the configs it holds, not by how a sampler sees them
+        (``SearchSpace.values_dict``), so a source reads the same before and after ordered parameters."""
+        blob = json.dumps([self.name, self.direction, self.space.values_dict(), list(self.configs), list(self.values)],
                           sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -125,7 +127,7 @@ def read_table_file(path: Path) -> TransferSource:
         blob = path.read_bytes()
         data = json.loads(gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob)
         recipe, rows = data["recipe"], data["rows"]
-        space = SearchSpace.from_dict(recipe["grid"], source=f"table {path}")
+        space = SearchSpace.from_stored(recipe["grid"], source=f"table {path}")
     except (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
         raise InputError("transfer_from", f"{path} is not an lmtune table file: {exc}") from None
     description = describe_recipe(recipe, data.get("metric_name"), data["direction"], space.fixed)
@@ -147,7 +149,7 @@ def read_study(storage, study_name: str) -> TransferSource:
         raise InputError("transfer_from", f"study {study_name!r} has several objectives; transfer needs one")
     if "space" not in summary.user_attrs:
         raise InputError("transfer_from", f"study {study_name!r} has no stored search space (not an lmtune study)")
-    space = SearchSpace.from_dict(summary.user_attrs["space"], source=f"study {study_name}")
+    space = SearchSpace.from_stored(summary.user_attrs["space"], source=f"study {study_name}")
     direction = summary.direction.name.lower()
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
