@@ -17,7 +17,8 @@ class BuildTableConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    table: str = Field("bbc-minilm", description="which table to build: bbc-minilm or arith-sft",
+    table: str = Field("bbc-minilm", description="which table to build: bbc-minilm, arith-sft, arith-mul, "
+                       "arith-variants or bbc-minilm-l2",
                        json_schema_extra={"metavar": "NAME"})
     output: Path | None = Field(None, description="table file (.json.gz); rows already in it are not trained again "
                                 "(default: benchmarks/data/<table>.json.gz)", json_schema_extra={"metavar": "FILE"})
