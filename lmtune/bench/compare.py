@@ -22,6 +22,7 @@ from lmtune.bench.replay import (
     check_methods,
     regret_curve,
     replay,
+    search_version,
     table_source,
     trials_to_reach,
 )
@@ -217,7 +218,7 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
 
     def key(table: Table, method: str, seed: int) -> tuple:
         prior = "+".join(m.name + ":" + fp for m, fp in memory[table.name]) if method in TRANSFER_SAMPLERS else ""
-        return table.name, fingerprints[table.name], label(method), seed, budget, prior
+        return table.name, fingerprints[table.name], label(method), seed, budget, prior, search_version(method)
 
     def sources(table: Table, method: str) -> tuple:
         return tuple(table_source(m) for m, _ in memory[table.name]) if method in TRANSFER_SAMPLERS else ()
@@ -252,9 +253,10 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     return report
 
 
-#: What identifies a replay in runs.jsonl; a changed table (fingerprint), budget or memory is replayed again.
-#: ``prior`` (the tables a transferring method remembers) is empty for the other methods and in older logs.
-_LOG_KEY = ("table", "fingerprint", "method", "seed", "budget", "prior")
+#: What identifies a replay in runs.jsonl; a changed table (fingerprint), budget, memory or search is replayed again.
+#: ``prior`` (the tables a transferring method remembers) is empty for the other methods and in older logs;
+#: ``search`` (``replay.search_version``) is empty for the methods whose search has not changed and in older logs.
+_LOG_KEY = ("table", "fingerprint", "method", "seed", "budget", "prior", "search")
 
 
 def _read_log(log: Path) -> dict[tuple, Run]:

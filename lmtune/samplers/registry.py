@@ -1,11 +1,15 @@
 """Samplers and pruners by name: the one list of what ``--sampler`` and ``--pruner`` accept.
 
+``make_sampler`` is the one function that builds a sampler by name: ``lmtune lora``, ``lmtune worker`` and the
+benchmark's replays (``lmtune bench samplers``) all call it the same way for the same method, so a replay runs the
+search a user runs. Each sampler gets the encoding of the space it can use: Optuna's samplers see every ordered
+parameter as its index (``lmtune.samplers.encoding``); language-BO and the agent read the values and their text.
+
 On a discrete space every sampler lmtune hands out proposes only configs no trial holds yet, finished or
 running, across workers and resumed runs: language-BO by itself, Optuna's samplers through
 ``DistinctSampler``, which also seeds them per trial (from the study seed and the trial number). Every sampler
 lmtune hands out sees a pruned trial as an observation at its fidelity (``lmtune.samplers.fidelity``), not as
-a failure or as nothing. Benchmark replays ask for Optuna's samplers as Optuna ships them (``distinct=False``):
-those are the baselines a user already has.
+a failure or as nothing.
 """
 
 from __future__ import annotations
@@ -73,8 +77,6 @@ LANGUAGE_BO_PLUS: dict[str, dict[str, Any]] = {
     name: entry.options for name, entry in REGISTRY.items() if entry.family == "language-bo+"}
 #: The names that use transferred observations.
 TRANSFER_SAMPLERS = tuple(name for name, entry in REGISTRY.items() if entry.transfer)
-#: The names that rank a discrete space as a pool of configs (the others see one variable per parameter).
-POOL_SAMPLERS = (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS)
 
 PRUNERS: dict[str, str] = {
     "none": "no pruning",
@@ -86,15 +88,17 @@ PRUNERS: dict[str, str] = {
 REDUCTION_FACTOR = 3
 
 
-def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 5, space: SearchSpace | None = None,
-                 distinct: bool = True, **language_bo: Any) -> BaseSampler:
+def make_sampler(name: str, *, space: SearchSpace | None = None, seed: int | None = None, n_startup_trials: int = 5,
+                 **language_bo: Any) -> BaseSampler:
     """An Optuna sampler by name; ``n_startup_trials`` random trials precede model-based ones.
 
-    With a discrete ``space`` and ``distinct`` (the default) no config is proposed twice (``DistinctSampler``).
-    ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
-    its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...), or for ``agent``
-    the ``AgentSampler``'s (endpoint, model, prompts, temperature, ...); its fallback is this registry's TPE.
-    ``language-bo+`` (and its ablations) also takes ``transfer`` (``TransferSource``s) and ``description``.
+    Optuna's samplers (random, tpe, gp, botorch) see each ``Ordered`` parameter of ``space`` as its index and pruned
+    trials as observations (``model_sampler``); on a discrete ``space`` no config is proposed twice
+    (``DistinctSampler``, which keeps that rule over the values). ``language-bo`` (and its ablation names) searches
+    the discrete pool of ``space``; ``language_bo`` holds its options (template, encoder, use_projection,
+    use_learnable_token, shortlist_k, ...), or for ``agent`` the ``AgentSampler``'s (endpoint, model, prompts,
+    temperature, ...); its fallback is this registry's TPE. ``language-bo+`` (and its ablations) also takes
+    ``transfer`` (``TransferSource``s: the memory) and ``description``.
     """
     if name in LANGUAGE_BO_PLUS:
         if space is None:
@@ -117,26 +121,27 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
             raise InputError("sampler", "the agent sampler needs the search space it proposes from")
         from lmtune.samplers.agent import AgentSampler
 
-        fallback = make_sampler("tpe", seed=seed, n_startup_trials=n_startup_trials, space=space, distinct=distinct)
+        fallback = make_sampler("tpe", space=space, seed=seed, n_startup_trials=n_startup_trials)
         return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **language_bo)
     if name not in SAMPLERS:  # a config's names are checked where it is read
         raise ValueError(f"unknown sampler {name!r}")
-    if not distinct:
-        return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
     if space is not None and space.is_discrete:
         from lmtune.samplers.distinct import DistinctSampler
 
-        return DistinctSampler(functools.partial(observing_sampler, name, n_startup_trials=n_startup_trials), space,
-                               seed=seed)
-    return observing_sampler(name, seed, n_startup_trials=n_startup_trials)
+        return DistinctSampler(functools.partial(model_sampler, name, space, n_startup_trials=n_startup_trials),
+                               space, seed=seed)
+    return model_sampler(name, space, seed, n_startup_trials=n_startup_trials)
 
 
-def observing_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:
-    """One of Optuna's samplers that sees pruned trials as observations at their fidelity."""
+def model_sampler(name: str, space: SearchSpace | None, seed: int | None, *, n_startup_trials: int = 5
+                  ) -> BaseSampler:
+    """One of Optuna's samplers as lmtune runs it: it sees pruned trials as observations at their fidelity
+    (``ObservingSampler``) and each ordered parameter of ``space`` as its index (``IndexedSampler``)."""
+    from lmtune.samplers.encoding import IndexedSampler
     from lmtune.samplers.fidelity import ObservingSampler
 
-    return ObservingSampler(optuna_sampler(name, seed, n_startup_trials=n_startup_trials))
-
+    observing = ObservingSampler(optuna_sampler(name, seed, n_startup_trials=n_startup_trials))
+    return observing if space is None else IndexedSampler(observing, space)
 
 
 def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:

@@ -111,6 +111,20 @@ def test_a_table_file_written_before_ordered_parameters_reads_its_numbers_ordere
         assert table.grid == load_table_spec(name).grid  # the spec declares what the old rule reads
 
 
+def test_logged_replays_are_reused_only_for_methods_whose_search_did_not_change(tmp_path):
+    """A run logged before ordered parameters (no ``search`` key) is reused for NOMAD, replayed again for Optuna's
+    samplers (now index-encoded and never repeating)."""
+    table = synthetic_table()
+    logged = [{"table": "synthetic", "fingerprint": table.fingerprint(), "method": method, "seed": 0, "budget": 6,
+               "prior": "", "values": [0.5] * 6, "seconds": 0.0} for method in ("nomad", "random")]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged))
+    compare_samplers([table], ["nomad", "random"], seeds=1, budget=6, output=tmp_path)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["method"], r.get("search")) for r in runs] == [("nomad", None), ("random", None),
+                                                              ("random", "ordered-index")]
+    assert runs[-1]["values"] != [0.5] * 6
+
+
 def test_regret_curve_and_trials_to_top():
     table = synthetic_table()
     worst, best = table.worst, table.best

@@ -19,15 +19,15 @@ from lmtune.runtime.loop import run_trials
 from lmtune.runtime.study import open_study
 from lmtune.samplers.grid import ShuffledGridSampler
 from lmtune.samplers.registry import SAMPLERS, make_sampler
-from lmtune.space import Categorical, SearchSpace
+from lmtune.space import Ordered, SearchSpace
 from tests.conftest import AGENT_TEST_OPTIONS
 
-#: 24 configs: small enough to exhaust in a test, ordered numbers for the numeric samplers.
+#: 24 configs: small enough to exhaust in a test, ordered numbers (the numeric samplers see their indexes).
 SPACE = SearchSpace(
     (
-        Categorical("rank", (4, 16, 64)),
-        Categorical("learning_rate", (1e-4, 3e-4, 1e-3, 3e-3)),
-        Categorical("dropout", (0.0, 0.1)),
+        Ordered("rank", (4, 16, 64), log=True),
+        Ordered("learning_rate", (1e-4, 3e-4, 1e-3, 3e-3), log=True),
+        Ordered("dropout", (0.0, 0.1)),
     ),
     {"variant": "lora"},
     "contract",
