@@ -270,13 +270,18 @@ def _read_log(log: Path) -> dict[tuple, Run]:
 
 
 def _memories(tables: list[Table], extra: list[Table]) -> dict[str, list[tuple[Table, str]]]:
-    """Per searched table: the other tables of the run and the extra ones, with their fingerprints; never a table
-    with the searched table's rows (the same file given twice, or under another name)."""
+    """Per searched table: the other tables of the run and the extra ones whose searched space is compatible with
+    its own (``transfer.space_differences``, the rule of ``lmtune lora``'s memory), with their fingerprints; never a
+    table with the searched table's rows (the same file given twice, or under another name). A table with no
+    compatible one remembers nothing."""
+    from lmtune.samplers.language_bo.transfer import space_differences  # torch: only when a method transfers
+
     everything = {t.fingerprint(): t for t in [*tables, *extra]}
     memory = {}
     for table in tables:
         own = table.fingerprint()
-        memory[table.name] = [(t, fp) for fp, t in everything.items() if fp != own]
+        memory[table.name] = [(t, fp) for fp, t in everything.items()
+                              if fp != own and not space_differences(t.grid, table.grid)]
     return memory
 
 

@@ -193,22 +193,43 @@ def test_language_bo_replay_is_deterministic(tmp_path, monkeypatch):
     assert len(set(map(str, first.values))) > 1
 
 
-def test_transferring_methods_remember_the_other_tables_never_the_one_they_search(tmp_path, monkeypatch):
-    """Leave one out: each table's transferring replays remember the other table (and an extra file), never the
-    table itself, even when it is passed again as an extra; other methods remember nothing."""
+VARIANT_GRID = SearchSpace(
+    (Categorical("variant", ("lora", "dora")), Ordered("rank", (2, 8), log=True),
+     Ordered("learning_rate", (1e-3, 1e-2), log=True)),
+    {"alpha_ratio": 2.0, "batch_size": 8, "dropout": 0.0},
+    "synthetic-variants",
+)
+
+
+def variant_table() -> Table:
+    """A table of another shape: it searches the variant (a name) and no alpha ratio nor dropout."""
+    rows = [{"params": {k: v for k, v in config.items() if k not in VARIANT_GRID.fixed}, "state": "COMPLETE",
+             "metric": 0.5 + 0.1 * (config["variant"] == "dora") - 0.01 * config["rank"], "eval_loss": None,
+             "trajectory": [], "step_losses": [], "train_seconds": 1.0, "fail_reason": None}
+            for config in VARIANT_GRID.iter_pool()]
+    return Table(name="variants", recipe={"grid": VARIANT_GRID.to_dict()}, metric_name="accuracy",
+                 direction="maximize", rows=rows)
+
+
+def test_transferring_methods_remember_the_other_compatible_tables_never_the_one_they_search(tmp_path, monkeypatch):
+    """Leave one out: each table's transferring replays remember the other tables that search a compatible space
+    (and an extra file), never the table itself, even when it is passed again as an extra; a table of another
+    shape remembers nothing and is remembered by none, and its replay runs; other methods remember nothing."""
     monkeypatch.setenv("LMTUNE_CACHE_DIR", str(tmp_path / "cache"))
     first = synthetic_table()
     second = Table(name="shifted", recipe={"grid": SMALL_GRID.to_dict()}, metric_name="accuracy",
                    direction="maximize", rows=synthetic_table(grid=SMALL_GRID).rows)
-    report = compare_samplers([first, second], ["language-bo+", "random"], seeds=1, budget=6,
+    third = variant_table()
+    report = compare_samplers([first, second, third], ["language-bo+", "random"], seeds=1, budget=6,
                               output=tmp_path / "out", transfer_from=[first])
-    assert "synthetic remembers shifted; shifted remembers synthetic" in report
+    assert "synthetic remembers shifted; shifted remembers synthetic; variants remembers nothing" in report
     runs = [json.loads(line) for line in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
     prior = {(r["table"], r["method"]): r["prior"] for r in runs}
     assert prior[("synthetic", "language-bo+")] == f"shifted:{second.fingerprint()}"
     assert prior[("shifted", "language-bo+")] == f"synthetic:{first.fingerprint()}"
+    assert prior[("variants", "language-bo+")] == ""
     assert prior[("synthetic", "random")] == prior[("shifted", "random")] == ""
-    assert all(len(r["values"]) == 6 for r in runs)  # remembered rows never took a trial of the budget
+    assert len(runs) == 6 and all(len(r["values"]) == 6 for r in runs)  # remembered rows never took a trial
     assert "| mean rank @5 |" in report
 
 

@@ -170,13 +170,14 @@ def load_source(spec: str | Path, storage=None) -> TransferSource:
     return read_study(storage, str(spec))
 
 
-def check_compatible(source: TransferSource, space: SearchSpace) -> None:
-    """A source must search the same parameters, each as numbers or each as names; else an ``InputError`` that
-    names every parameter that differs."""
-    theirs, ours = NumericFeatures(source.space).kinds(), NumericFeatures(space).kinds()
-    only_there = sorted(set(theirs) - set(ours))
-    only_here = sorted(set(ours) - set(theirs))
-    kinds = sorted(n for n in set(theirs) & set(ours) if theirs[n] != ours[n])
+def space_differences(theirs: SearchSpace, ours: SearchSpace) -> list[str]:
+    """How a remembered space differs from this one (empty: compatible): memory needs the same searched parameters,
+    each a number in both or a name in both. The one rule ``lmtune lora``'s memory and ``lmtune bench samplers``'
+    memory of other tables both follow."""
+    their_kinds, our_kinds = NumericFeatures(theirs).kinds(), NumericFeatures(ours).kinds()
+    only_there = sorted(set(their_kinds) - set(our_kinds))
+    only_here = sorted(set(our_kinds) - set(their_kinds))
+    kinds = sorted(n for n in set(their_kinds) & set(our_kinds) if their_kinds[n] != our_kinds[n])
     problems = []
     if only_there:
         problems.append(f"only in the source: {', '.join(only_there)}")
@@ -184,6 +185,13 @@ def check_compatible(source: TransferSource, space: SearchSpace) -> None:
         problems.append(f"only in this study: {', '.join(only_here)}")
     if kinds:
         problems.append("numbers in one, names in the other: " + ", ".join(kinds))
+    return problems
+
+
+def check_compatible(source: TransferSource, space: SearchSpace) -> None:
+    """A source must search a compatible space (``space_differences``); else an ``InputError`` that names every
+    parameter that differs."""
+    problems = space_differences(source.space, space)
     if problems:
         raise InputError("transfer_from", f"{source.name} searches another space than this study ("
                          + "; ".join(problems) + "); transfer needs the same searched parameters")
