@@ -202,7 +202,8 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     replays in that many processes; a replay depends only on its seed, so the report is the same. ``agent`` holds
     the agent sampler's options; its runs are labelled ``agent:<model>``, so runs of different models are kept
     apart. Methods that transfer (``TRANSFER_SAMPLERS``) remember every other table of the run and every
-    ``transfer_from`` table, never the table they search (leave one out). Returns the Markdown report.
+    ``transfer_from`` table that searches a compatible space, never the table they search (leave one out).
+    Returns the Markdown report.
     """
     check_methods(methods)
     for table in tables:

@@ -17,6 +17,8 @@ LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run"
                           "grace_period", "final_train", "device"})
 #: What trials may be ranked by: the validation loss, or the task's metric (checked against the task later).
 PROXY_METRICS = ("eval_loss", "accuracy", "exact_match")
+#: ``memory``: every compatible earlier study of the storage, or nothing (``lmtune.lora.memory``).
+AUTO_MEMORY, NO_MEMORY = "auto", "none"
 #: Config fields that may name a local file or folder; a worker gets them as absolute paths.
 PATH_FIELDS = ("model", "dataset", "space", "template", "encoder", "agent_prompts")
 
@@ -83,9 +85,11 @@ class LoraRunConfig(BaseModel):
     agent_analyzer_tokens: int = Field(256, ge=1, description="agent: longest diagnosis of the Analyzer, in tokens")
     agent_reason_chars: int = Field(240, ge=0, description="agent: longest reason the Optimizer writes before its "
                                     "config (0: none)")
-    transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in `storage` "
-                                     "whose results inform this study from its first trial (they take no trial of "
-                                     "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
+    memory: list[str] = Field([AUTO_MEMORY], description="language-bo+: earlier results it knows from its first "
+                              "trial (they take no trial of its budget): auto, every earlier LoRA study in `storage` "
+                              "with a compatible space and a few finished trials (never this one); none; or table "
+                              "files and names of studies in `storage`. Other samplers remember nothing",
+                              json_schema_extra={"split": ",", "metavar": "auto|none|STUDY_OR_TABLE,..."})
     seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: str = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
@@ -124,13 +128,17 @@ class LoraRunConfig(BaseModel):
     def _known_sampler(cls, value: str) -> str:
         return _one_of(value, SAMPLERS, "sampler")
 
-    @field_validator("transfer_from")
+    @field_validator("memory")
     @classmethod
-    def _transfer_needs_a_transferring_sampler(cls, value: list[str], info: ValidationInfo) -> list[str]:
+    def _memory_for_a_sampler_that_remembers(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value or not all(name.strip() for name in value):
+            raise ValueError(f"needs {AUTO_MEMORY}, {NO_MEMORY}, or table files and study names")
+        if NO_MEMORY in value and len(value) > 1:
+            raise ValueError(f"{NO_MEMORY} remembers nothing and stands alone; got {', '.join(value)}")
         sampler = info.data.get("sampler")
-        if value and sampler not in TRANSFER_SAMPLERS:
-            raise ValueError(f"sampler {sampler} does not use transferred results; use `sampler` "
-                             f"{TRANSFER_SAMPLERS[0]}")
+        if value not in ([AUTO_MEMORY], [NO_MEMORY]) and sampler not in TRANSFER_SAMPLERS:
+            raise ValueError(f"sampler {sampler} remembers no earlier results; use `sampler` {TRANSFER_SAMPLERS[0]}, "
+                             f"or leave `memory` {AUTO_MEMORY}")
         return value
 
     @field_validator("pruner")
@@ -174,7 +182,7 @@ class LoraRunConfig(BaseModel):
     @property
     def sampler_options(self) -> dict[str, Any]:
         """Keyword arguments of ``make_sampler`` for this run (its name and space aside; ``language-bo+``'s
-        transferred observations and description are added by ``tune_lora``)."""
+        memory and description are added by ``lmtune.lora.search``)."""
         options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
         if self.sampler in LANGUAGE_BO_PLUS:  # its own settings of the token and projection (registry)
             return {**options, "template": self.template, "encoder": self.encoder, "shortlist_k": self.shortlist_k}

@@ -22,6 +22,7 @@ from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
 from lmtune.finetune.train import metric_direction, train_and_evaluate
 from lmtune.llm import hub_id
 from lmtune.lora.config import LoraRunConfig
+from lmtune.lora.memory import resolve_memory
 from lmtune.lora.recipe import build_recipe, finish_adapter, rerun_config
 from lmtune.lora.report import best_trial, study_learned, trial_rows, write_run
 from lmtune.lora.search import (
@@ -31,7 +32,6 @@ from lmtune.lora.search import (
     lora_sampler,
     open_search_study,
     resolve_space,
-    transfer_sources,
 )
 from lmtune.results import Result
 from lmtune.runtime.compute import spent
@@ -83,6 +83,9 @@ class LoraResult(Result):
     recipe: dict[str, Any]
     #: What the study learned: plain sentences from the Trajectory Context Summarizer (``summary.md`` lists them).
     learned: list[str]
+    #: The earlier studies and tables the sampler remembered (``Memory.summary``: asked for, used, and whether the
+    #: sampler's memory gate kept them at its last fit, where the sampler reports it).
+    memory: dict[str, Any]
 
     @classmethod
     def from_run(cls, search: LoraSearch, study: optuna.Study, best: FrozenTrial, final: dict[str, Any] | None,
@@ -105,7 +108,8 @@ class LoraResult(Result):
             proxy=plan.to_dict(), pruner=cfg.pruner, budget_steps=cfg.budget_steps, budget_seconds=cfg.budget_seconds,
             spent={**spent(study).to_dict(), "full_runs": round(examples / (len(splits.train) * cfg.epochs), 2)},
             constant_score=search.constant_score, recipe=recipe,
-            learned=study_learned(study, search.space, objective.metric_name))
+            learned=study_learned(study, search.space, objective.metric_name),
+            memory=search.memory.summary(_memory_report(search.sampler)))
 
 
 @dataclass
@@ -129,7 +133,7 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     cfg = build_config(LoraRunConfig, **job)
     if not objective:  # the worker brings its own objective for the space the study stored
         space = space or resolve_space(cfg)
-        sampler = lora_sampler(cfg, space, transfer_sources(cfg, space), "LoRA fine-tuning.")
+        sampler = lora_sampler(cfg, space, resolve_memory(cfg, space), "LoRA fine-tuning.")
         return WorkerParts(space, sampler, make_pruner(cfg.pruner, min_resource=1, max_resource=1), None)
     search = build_search(cfg, listener=listener)
     stored = {k: v for k, v in search.attrs.items() if k != "model"}
@@ -195,6 +199,12 @@ def _best(study: optuna.Study, search: LoraSearch) -> FrozenTrial:
         log.warning("the best trial %s: try other learning rates or a longer proxy (a larger share in `proxy`)",
                     nothing)
     return best
+
+
+def _memory_report(sampler: BaseSampler) -> dict[str, Any] | None:
+    """What a sampler says of its memory (``memory_report``: whether its gate keeps it), where it says anything."""
+    report = getattr(sampler, "memory_report", None)
+    return report() if callable(report) else None
 
 
 def _default_targets(model: str) -> list[str] | None:

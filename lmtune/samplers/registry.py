@@ -29,7 +29,7 @@ from lmtune.space import SearchSpace
 class SamplerEntry:
     """One sampler name: its family (how ``make_sampler`` builds it), its options for that family, the CLI's help
     text for the names ``--sampler`` offers (None: a benchmark ablation), and whether it uses transferred
-    observations (``transfer=``; ``--transfer-from``)."""
+    observations (``transfer=``; the ``memory`` of ``lmtune lora``)."""
 
     family: str  # "optuna", "language-bo" (the paper's sampler), "language-bo+" or "agent"
     options: dict[str, Any] = field(default_factory=dict)
@@ -58,7 +58,7 @@ REGISTRY: dict[str, SamplerEntry] = {
         "agent", help="a language model at --endpoint proposes configs from a summary of the study (TPE fallback)"),
     "language-bo+": SamplerEntry(
         "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False},
-        help="language-BO with a numeric kernel beside the text one, memory of past studies (--transfer-from) and a "
+        help="language-BO with a numeric kernel beside the text one, memory of past studies (--memory) and a "
              "space-filling start", transfer=True),
     "language-bo+numeric": SamplerEntry("language-bo+", {"numeric": True, "start": "random"}),
     "language-bo+transfer": SamplerEntry(

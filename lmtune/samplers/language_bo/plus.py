@@ -120,6 +120,18 @@ class LanguageBOPlusSampler(LanguageBOSampler):
                          weight_sd=self._weight_sd, fit=self._fit, text_ard=self._text_ard,
                          memory_gate=self._memory_gate)
 
+    def memory_report(self) -> dict[str, Any] | None:
+        """What the sampler remembers (None: nothing) and whether its memory gate keeps it: ``kept`` is whether the
+        GP with the memory predicted this study's left-out results better than the GP without it at the last fit,
+        None before a fit has judged it (the first trials) or without the gate (``memory_gate=False``)."""
+        if not self.transfer:
+            return None
+        surrogate = self._surrogate
+        judged = surrogate is not None and surrogate.memory_gate and surrogate.gp_no_memory is not None
+        similarity = None if self.similarity is None else [round(float(v), 4) for v in self.similarity]
+        return {"sources": [source.name for source in self.transfer], "similarity": similarity,
+                "gate": self._memory_gate, "kept": bool(surrogate.uses_memory) if judged else None}
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update(_pool_x=None, _text_features=None, _prior=None, similarity=None)

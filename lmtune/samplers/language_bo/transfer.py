@@ -115,7 +115,7 @@ def source_from_rows(name: str, space: SearchSpace, direction: str, rows: Sequen
     kept = [({k: config[k] for k in searched}, float(value)) for config, value in rows
             if value is not None and math.isfinite(float(value))]
     if not kept:
-        raise InputError("transfer_from", f"{name} has no finished observation to transfer")
+        raise InputError("memory", f"{name} has no finished observation to transfer")
     configs, values = zip(*kept, strict=True)
     return TransferSource(name, description, space, direction, tuple(configs), tuple(values), dict(space.fixed))
 
@@ -129,7 +129,7 @@ def read_table_file(path: Path) -> TransferSource:
         recipe, rows = data["recipe"], data["rows"]
         space = SearchSpace.from_stored(recipe["grid"], source=f"table {path}")
     except (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
-        raise InputError("transfer_from", f"{path} is not an lmtune table file: {exc}") from None
+        raise InputError("memory", f"{path} is not an lmtune table file: {exc}") from None
     description = describe_recipe(recipe, data.get("metric_name"), data["direction"], space.fixed)
     return source_from_rows(str(data.get("name", path)), space, data["direction"],
                             [(r["params"], r["metric"]) for r in rows], description)
@@ -142,13 +142,13 @@ def read_study(storage, study_name: str) -> TransferSource:
     studies = {s.study_name: s for s in storage.get_all_studies()}
     if study_name not in studies:
         names = ", ".join(sorted(studies)[:10]) or "none"
-        raise InputError("transfer_from", f"{study_name!r} is neither a table file nor a study in the storage; "
-                         f"studies there: {names}")
+        raise InputError("memory", f"{study_name!r} is neither a table file nor a study in the storage; "
+                                   f"studies there: {names}")
     summary = studies[study_name]
     if len(summary.directions) != 1:
-        raise InputError("transfer_from", f"study {study_name!r} has several objectives; transfer needs one")
+        raise InputError("memory", f"study {study_name!r} has several objectives; transfer needs one")
     if "space" not in summary.user_attrs:
-        raise InputError("transfer_from", f"study {study_name!r} has no stored search space (not an lmtune study)")
+        raise InputError("memory", f"study {study_name!r} has no stored search space (not an lmtune study)")
     space = SearchSpace.from_stored(summary.user_attrs["space"], source=f"study {study_name}")
     direction = summary.direction.name.lower()
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -166,7 +166,7 @@ def load_source(spec: str | Path, storage=None) -> TransferSource:
     if path.is_file():
         return read_table_file(path)
     if storage is None:
-        raise InputError("transfer_from", f"{spec!r} is not a file, and no storage was given to find a study in")
+        raise InputError("memory", f"{spec!r} is not a file, and no storage was given to find a study in")
     return read_study(storage, str(spec))
 
 
@@ -193,8 +193,8 @@ def check_compatible(source: TransferSource, space: SearchSpace) -> None:
     parameter that differs."""
     problems = space_differences(source.space, space)
     if problems:
-        raise InputError("transfer_from", f"{source.name} searches another space than this study ("
-                         + "; ".join(problems) + "); transfer needs the same searched parameters")
+        raise InputError("memory", f"{source.name} searches another space than this study ("
+                                   + "; ".join(problems) + "); transfer needs the same searched parameters")
 
 
 # -- what a source predicts ---------------------------------------------------------------------------------
