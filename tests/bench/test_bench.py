@@ -12,7 +12,7 @@ import pytest
 from lmtune.bench.build import build_full_runs, build_table, choose_full_configs
 from lmtune.bench.compare import compare_samplers, summarize
 from lmtune.bench.replay import regret_curve, replay, trials_to_reach
-from lmtune.bench.specs import TableSpec, load_table_spec
+from lmtune.bench.specs import TABLES, TableSpec, load_table_spec
 from lmtune.bench.table import Table
 from lmtune.errors import InputError
 from lmtune.finetune.data import load_dataset
@@ -52,6 +52,19 @@ def synthetic_table(fail: set[int] = frozenset(), grid: SearchSpace = GRID) -> T
                      "fail_reason": "diverged" if failed else None})
     recipe = {"name": "synthetic", "grid": grid.to_dict()}
     return Table(name="synthetic", recipe=recipe, metric_name="accuracy", direction="maximize", rows=rows)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_committed_table_holds_its_whole_grid_built_with_its_spec(name):
+    """A committed file's numbers are stored as categorical choices: they read back as the spec's ordered
+    parameters, the recipe is the spec's, and every config of the grid has its row, each once."""
+    table = Table.load(ROOT / "benchmarks" / "data" / f"{name}.json.gz")
+    spec = load_table_spec(name)
+    assert table.built_with(spec.recipe()) and table.complete
+    assert [(type(p), p.values(), getattr(p, "log", None)) for p in table.grid.params] == [
+        (type(p), p.values(), getattr(p, "log", None)) for p in spec.grid.params]
+    assert sorted(config_key({**r["params"], **spec.grid.fixed}) for r in table.rows) == sorted(
+        config_key(c) for c in spec.grid.iter_pool())
 
 
 def test_lookup_is_exact_and_rejects_configs_outside_the_grid():
