@@ -39,7 +39,7 @@ class BenchSamplersConfig(BaseModel):
 
     table: list[Path] = Field(description="table file(s) to replay against; repeat for several",
                               json_schema_extra={"metavar": "FILE"})
-    samplers: list[str] = Field(["random", "tpe", "gp", "botorch", "nomad", "language-bo"],
+    samplers: list[str] = Field(["auto", "random", "tpe", "gp", "botorch", "nomad", "language-bo"],
                                 description="methods, comma-separated: " + ", ".join(METHODS),
                                 json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
     budget: int = Field(30, ge=1, description="trials per search")

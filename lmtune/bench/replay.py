@@ -27,7 +27,7 @@ from lmtune.runtime.status import agent_summary
 from lmtune.runtime.study import name_metrics
 from lmtune.samplers.registry import (
     LANGUAGE_BO_ABLATIONS,
-    LANGUAGE_BO_PLUS,
+    PLUS_OPTIONS,
     REGISTRY,
     TRANSFER_SAMPLERS,
     make_sampler,
@@ -130,7 +130,7 @@ def replay_sampler(table: Table, method: str, seed: int, threads: int = 1, agent
     options: dict[str, Any] = {}
     if method == "agent":
         options = {**(agent or {}), "check": False}
-    elif method in LANGUAGE_BO_PLUS:
+    elif method in PLUS_OPTIONS:
         options = {"fit_threads": threads, "description": table_description(table),
                    "transfer": tuple(sources) if method in TRANSFER_SAMPLERS else ()}
     elif method in LANGUAGE_BO_ABLATIONS:

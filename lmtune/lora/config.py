@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from lmtune.finetune.hparams import VARIANTS
 from lmtune.finetune.proxy import Proxy, ShareProxy, parse_proxy
 from lmtune.runtime.storage import STORAGE_HELP
-from lmtune.samplers.registry import LANGUAGE_BO_PLUS, PRUNERS, SAMPLERS, TRANSFER_SAMPLERS
+from lmtune.samplers.registry import DEFAULT_SAMPLER, PLUS_OPTIONS, PRUNERS, SAMPLERS, TRANSFER_SAMPLERS
 
 #: Config fields that belong to one process, not to the study a worker joins.
 LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run", "heartbeat_interval",
@@ -61,7 +61,8 @@ class LoraRunConfig(BaseModel):
                                          description="stop starting trials once a whole trial (its mean time so "
                                          "far) no longer fits in this many seconds of trials",
                                          json_schema_extra={"metavar": "SECONDS"})
-    sampler: str = Field("tpe", description="random, tpe, gp, botorch, language-bo, language-bo+ or agent",
+    sampler: str = Field(DEFAULT_SAMPLER, description="auto, random, tpe, gp, botorch, language-bo, language-bo+ or "
+                         "agent",
                          json_schema_extra={"metavar": "NAME"})
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
     pruner: str = Field("none", description="none, median, successive-halving or hyperband: stop trials that "
@@ -184,7 +185,7 @@ class LoraRunConfig(BaseModel):
         """Keyword arguments of ``make_sampler`` for this run (its name and space aside; ``language-bo+``'s
         memory and description are added by ``lmtune.lora.search``)."""
         options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
-        if self.sampler in LANGUAGE_BO_PLUS:  # its own settings of the token and projection (registry)
+        if self.sampler in PLUS_OPTIONS:  # its own settings of the token and projection (registry)
             return {**options, "template": self.template, "encoder": self.encoder, "shortlist_k": self.shortlist_k}
         extra = {"language-bo": self.language_bo_options, "agent": self.agent_options}.get(self.sampler, {})
         return {**options, **extra}

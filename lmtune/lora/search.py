@@ -35,7 +35,7 @@ from lmtune.runtime.loop import TrialListener
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
 from lmtune.samplers.language_bo.transfer import describe_task
-from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
+from lmtune.samplers.registry import PLUS_OPTIONS, make_pruner, make_sampler
 from lmtune.space import Categorical, Listed, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ class LoraSearch:
     objective: LoraObjective
     pruner: optuna.pruners.BasePruner
     sampler: BaseSampler
-    #: The config's sampler name, or the class name of a sampler object passed to ``tune_lora``.
+    #: The config's sampler name (for ``auto``, what it runs: ``AutoSampler.describe``), or the class name of a
+    #: sampler object passed to ``tune_lora``.
     sampler_name: str
     #: The earlier studies and tables the sampler remembers (``lmtune.lora.memory``).
     memory: Memory
@@ -171,9 +172,9 @@ def build_search(cfg: LoraRunConfig, *, sampler: BaseSampler | None = None,
     pruner = make_pruner(cfg.pruner, min_resource=first, max_resource=last)
     description = describe_task(model=cfg.model, dataset=splits.name, task=splits.task, metric=objective.metric_name,
                                 direction=objective.direction, fixed=space.fixed)
-    return LoraSearch(cfg, space, splits, model, settings, plan, objective, pruner,
-                      sampler or lora_sampler(cfg, space, memory, description),
-                      cfg.sampler if sampler is None else type(sampler).__name__, memory)
+    chosen = sampler or lora_sampler(cfg, space, memory, description)
+    name = type(sampler).__name__ if sampler is not None else getattr(chosen, "describe", lambda: cfg.sampler)()
+    return LoraSearch(cfg, space, splits, model, settings, plan, objective, pruner, chosen, name, memory)
 
 
 def check_same_data(storage, study_name: str, splits: DatasetSplits) -> None:
@@ -222,7 +223,7 @@ def lora_sampler(cfg: LoraRunConfig, space: SearchSpace, memory: Memory, descrip
     """The configured sampler (``make_sampler``); ``language-bo+`` also gets this study's description and its
     memory."""
     options = dict(cfg.sampler_options)
-    if cfg.sampler in LANGUAGE_BO_PLUS:
+    if cfg.sampler in PLUS_OPTIONS:
         options["description"] = description
     if memory.sources:
         options["transfer"] = memory.sources

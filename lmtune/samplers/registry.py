@@ -22,6 +22,7 @@ import optuna
 from optuna.samplers import BaseSampler
 
 from lmtune.errors import InputError
+from lmtune.samplers.auto import PLANS as AUTO_PLANS
 from lmtune.space import SearchSpace
 
 
@@ -31,7 +32,7 @@ class SamplerEntry:
     text for the names ``--sampler`` offers (None: a benchmark ablation), and whether it uses transferred
     observations (``transfer=``; the ``memory`` of ``lmtune lora``)."""
 
-    family: str  # "optuna", "language-bo" (the paper's sampler), "language-bo+" or "agent"
+    family: str  # "optuna", "language-bo" (the paper's sampler), "language-bo+", "agent" or "auto"
     options: dict[str, Any] = field(default_factory=dict)
     help: str | None = None
     transfer: bool = False
@@ -41,6 +42,9 @@ class SamplerEntry:
 #: +projection, +domain prompt, +token; ``language-bo+`` and each of its three ideas alone on top of the paper's
 #: sampler (``language_bo.plus``).
 REGISTRY: dict[str, SamplerEntry] = {
+    "auto": SamplerEntry(
+        "auto", help="the default: Optuna's GP, or with memory of earlier studies language-bo+ for the first 5 "
+                     "trials and then the GP (a rule chosen on lmtune's replay tables)", transfer=True),
     "random": SamplerEntry("optuna", help="uniform random configs (Optuna's RandomSampler)"),
     "tpe": SamplerEntry("optuna", help="Tree-structured Parzen Estimator (Optuna's TPESampler)"),
     "gp": SamplerEntry("optuna", help="Gaussian process with log EI on the numbers (Optuna's GPSampler)"),
@@ -66,15 +70,25 @@ REGISTRY: dict[str, SamplerEntry] = {
     "language-bo+start": SamplerEntry("language-bo+", {"numeric": False, "start": "space-filling", "lbfgs": False}),
     "language-bo+no-transfer": SamplerEntry(
         "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False}),
+    "language-bo+parameter-gate": SamplerEntry(
+        "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False,
+                         "memory_gate": "parameter"}, transfer=True),
+    **{f"auto-{plan}": SamplerEntry("auto", {"plan": plan}, transfer=True) for plan in AUTO_PLANS},
 }
 #: The names ``--sampler`` accepts, with what each is (the CLI's help text).
 SAMPLERS: dict[str, str] = {name: entry.help for name, entry in REGISTRY.items() if entry.help}
+#: The sampler a study gets when none is named.
+DEFAULT_SAMPLER = "auto"
 #: The language-BO paper's sampler and its ablations, with their options.
 LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
     name: entry.options for name, entry in REGISTRY.items() if entry.family == "language-bo"}
 #: ``language-bo+`` and its ablations, with their options.
 LANGUAGE_BO_PLUS: dict[str, dict[str, Any]] = {
     name: entry.options for name, entry in REGISTRY.items() if entry.family == "language-bo+"}
+#: ``auto`` and its plans (the design candidates of its rule), with their options.
+AUTO: dict[str, dict[str, Any]] = {name: entry.options for name, entry in REGISTRY.items() if entry.family == "auto"}
+#: The names that take ``language-bo+``'s options (description, encoder, template, fit threads): it and ``auto``.
+PLUS_OPTIONS = (*LANGUAGE_BO_PLUS, *AUTO)
 #: The names that use transferred observations.
 TRANSFER_SAMPLERS = tuple(name for name, entry in REGISTRY.items() if entry.transfer)
 
@@ -109,6 +123,12 @@ def make_sampler(name: str, *, space: SearchSpace | None = None, seed: int | Non
 
         return LanguageBOPlusSampler(space, seed=seed, n_startup_trials=n_startup_trials,
                                      **{**LANGUAGE_BO_PLUS[name], **language_bo})
+    if name in AUTO:
+        if space is None:
+            raise InputError("sampler", "auto needs the search space it chooses a sampler for")
+        from lmtune.samplers.auto import AutoSampler
+
+        return AutoSampler(space, seed=seed, n_startup_trials=n_startup_trials, **{**AUTO[name], **language_bo})
     if name in LANGUAGE_BO_ABLATIONS:
         if space is None:
             raise InputError("sampler", "language-bo needs the search space whose pool it ranks")

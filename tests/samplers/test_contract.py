@@ -32,7 +32,7 @@ SPACE = SearchSpace(
     {"variant": "lora"},
     "contract",
 )
-NAMES = [*SAMPLERS, "grid"]
+NAMES = [*SAMPLERS, "auto-memory-then-gp-5", "grid"]
 
 
 @pytest.fixture
@@ -44,7 +44,8 @@ def encoders(encoders, agent_endpoint):
 def make(name: str, encoders, tmp_path, seed: int = 0):
     if name == "grid":
         return ShuffledGridSampler(list(SPACE.iter_pool()), seed=seed)
-    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if name.startswith("language-bo") else {}
+    model_based = name.startswith(("language-bo", "auto"))
+    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if model_based else {}
     if name == "agent":
         options = {"endpoint": encoders["agent"], **AGENT_TEST_OPTIONS, "retries": 1}
     return make_sampler(name, seed=seed, n_startup_trials=3, space=SPACE, **options)

@@ -245,6 +245,24 @@ def source_prediction(source: TransferSource, features: NumericFeatures,
     return mean, lengthscale
 
 
+def main_effects(prediction: torch.Tensor, space: SearchSpace) -> torch.Tensor:
+    """A source's prediction over the pool split into one column per searched parameter: each value's mean
+    prediction over every config with that value, centred (the partial dependence of "Greedy Function
+    Approximation: A Gradient Boosting Machine", Friedman 2001, over the whole grid). Their sum is the additive
+    part of the prediction, so a study can keep a source's view of the learning rate and drop its view of the
+    dropout. ``prediction`` is in pool order (the last parameter varies fastest)."""
+    shape = [len(p.values()) for p in space.params]
+    grid = prediction.reshape(shape)
+    columns = []
+    for axis in range(len(shape)):
+        others = tuple(a for a in range(len(shape)) if a != axis)
+        effect = grid.mean(dim=others) - grid.mean() if others else grid - grid.mean()
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        columns.append(effect.reshape(view).expand(shape).reshape(-1))
+    return torch.stack(columns, dim=1)
+
+
 def description_similarity(encoder, target: str, sources: Sequence[str]) -> torch.Tensor:
     """Cosine similarity of the target's description with each source's, under the frozen encoder's pooling,
     clipped to [0, 1]: how much a source is trusted before the new study has results of its own."""
