@@ -37,7 +37,7 @@ import torch
 from lmtune.bench.replay import regret_curve, replay, table_source
 from lmtune.bench.table import Table
 from lmtune.samplers.language_bo.plus import LanguageBOPlusSampler
-from lmtune.space import Categorical, SearchSpace, load_space
+from lmtune.space import Ordered, SearchSpace, load_space
 
 PAPER = load_space("lora-paper")
 RESULTS = Path(__file__).resolve().parent / "results" / "plus-design"
@@ -97,11 +97,11 @@ def random_grid(rng: np.random.Generator, name: str) -> SearchSpace:
         return tuple(values[i] for i in sorted(chosen))
 
     while True:
-        grid = SearchSpace((Categorical("rank", pick("rank", 4, 6)),
-                            Categorical("alpha_ratio", pick("alpha_ratio", 4, 6)),
-                            Categorical("batch_size", pick("batch_size", 3, 5)),
-                            Categorical("learning_rate", pick("learning_rate", 4, 6)),
-                            Categorical("dropout", pick("dropout", 1, 2, keep_zero=True))), {"variant": "lora"}, name)
+        grid = SearchSpace((Ordered("rank", pick("rank", 4, 6), log=True),
+                            Ordered("alpha_ratio", pick("alpha_ratio", 4, 6), log=True),
+                            Ordered("batch_size", pick("batch_size", 3, 5), log=True),
+                            Ordered("learning_rate", pick("learning_rate", 4, 6), log=True),
+                            Ordered("dropout", pick("dropout", 1, 2, keep_zero=True))), {"variant": "lora"}, name)
         if 600 <= grid.pool_size <= 2400:
             return grid
 

@@ -70,7 +70,7 @@ def objective(seed: int):
 def sampler_for(method: str, seed: int, cache_dir: str | None):
     if method == "language-bo" or method in ABLATIONS:
         return LanguageBOSampler(SPACE, seed=seed, cache_dir=cache_dir, **ABLATIONS.get(method, {}))
-    return make_sampler(method, seed=seed, n_startup_trials=5)
+    return make_sampler(method, space=SPACE, seed=seed, n_startup_trials=5)  # as lmtune lora builds it
 
 
 def run_method(method: str, seeds: int, trials: int, cache_dir: str | None) -> dict:
@@ -136,7 +136,8 @@ def main() -> None:
         "method; mean ± standard error over seeds. Best-so-far: highest observed (noisy) value; regret: "
         "(f* - f(best config so far)) / (f* - median f), noise-free. language-bo: `LanguageBOSampler` defaults "
         "(MiniLM, domain template, 5 random trials); random, tpe, gp: `lmtune.samplers.registry.make_sampler(name, "
-        "n_startup_trials=5)` (Optuna RandomSampler, TPESampler, GPSampler)" + ablations + ". The objective is "
+        "space=SPACE, n_startup_trials=5)` (Optuna RandomSampler, TPESampler, GPSampler on the ordered parameters' "
+        "indexes, never repeating a config)" + ablations + ". The objective is "
         "described in the script's docstring.\n\n" + table(results, budgets, f_best, f_median)
     )
     print(body)

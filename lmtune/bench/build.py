@@ -56,7 +56,7 @@ def training_setup(spec: TableSpec, threads: int | None) -> TrainingSetup:
     check_model(model)
     settings = TrainSettings(max_length=spec.max_length, epochs=spec.epochs, eval_points=spec.eval_points,
                              exact_match=spec.exact_match, seed=spec.seed, threads=threads)
-    name = metric_name(splits.task, settings)
+    name = spec.metric or metric_name(splits.task, settings)
     return TrainingSetup(splits, model, settings, name, metric_direction(name))
 
 
@@ -96,7 +96,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
     if seed_from is not None and not study.get_trials(deepcopy=False):
         _import_rows(study, seed_from, spec, sampler)
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=spec.proxy_fraction,
-                              settings=setup.settings, seed=spec.seed,
+                              settings=setup.settings, seed=spec.seed, metric=spec.metric,
                               progress=listener.step if listener is not None else None)
     done = len(_rows_by_index(study, sampler))
     log.info("Table %s: %d of %d configs finished; %d not started.", spec.name, done, len(configs),
@@ -115,7 +115,7 @@ def build_table(spec: TableSpec, *, storage: str | None = None, study_name: str 
 
 def _import_rows(study: optuna.Study, table: Table, spec: TableSpec, sampler: ShuffledGridSampler) -> None:
     """Add a table file's rows to an empty study as finished trials, grid index and all."""
-    if table.recipe != spec.recipe():
+    if not table.built_with(spec.recipe()):
         raise InputError("table", f"table {table.name} was built with a different recipe than {spec.name}; "
                          "pick another output file")
     distributions = spec.grid.distributions()
@@ -189,7 +189,7 @@ def _grid_sampler(study: optuna.Study) -> ShuffledGridSampler:
     if configs is None:
         from lmtune.space import SearchSpace
 
-        configs = list(SearchSpace.from_dict(study.user_attrs[attrs.TABLE]["grid"]).iter_pool())
+        configs = list(SearchSpace.from_stored(study.user_attrs[attrs.TABLE]["grid"]).iter_pool())
     return ShuffledGridSampler(configs)
 
 
@@ -262,7 +262,7 @@ def build_full_runs(table: Table, spec: TableSpec, count: int, *, storage: str |
                        attrs={attrs.TABLE: spec.recipe(), attrs.CHOSEN_CONFIGS: chosen},
                        metric_names=[setup.metric_name])
     objective = LoraObjective(spec.grid, setup.splits, model=setup.model, proxy_fraction=1.0,
-                              settings=setup.settings, seed=spec.seed,
+                              settings=setup.settings, seed=spec.seed, metric=spec.metric,
                               progress=listener.step if listener is not None else None)
     while sampler.untaken(study):
         run_trials(study, objective, len(counted_trials(study)) + len(sampler.untaken(study)), listener=listener)

@@ -22,6 +22,7 @@ from lmtune.bench.replay import (
     check_methods,
     regret_curve,
     replay,
+    search_version,
     table_source,
     trials_to_reach,
 )
@@ -235,8 +236,8 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
     replays in that many processes; a replay depends only on its seed, so the report is the same. ``agent`` holds
     the agent sampler's options; its runs are labelled ``agent:<model> (centaur <share>)`` and
     ``agent-lead:<model>``, so runs of different models, modes and shares are kept apart. Methods that transfer
-    (``TRANSFER_SAMPLERS``) remember every other table of the run and every ``transfer_from`` table, never the
-    table they search (leave one out). Returns the Markdown report.
+    (``TRANSFER_SAMPLERS``) remember every other table of the run and every ``transfer_from`` table that searches
+    a compatible space, never the table they search (leave one out). Returns the Markdown report.
     """
     check_methods(methods)
     for table in tables:
@@ -252,7 +253,7 @@ def compare_samplers(tables: list[Table], methods: list[str], seeds: int, budget
 
     def key(table: Table, method: str, seed: int) -> tuple:
         prior = "+".join(m.name + ":" + fp for m, fp in memory[table.name]) if method in TRANSFER_SAMPLERS else ""
-        return table.name, fingerprints[table.name], label(method), seed, budget, prior
+        return table.name, fingerprints[table.name], label(method), seed, budget, prior, search_version(method)
 
     def sources(table: Table, method: str) -> tuple:
         return tuple(table_source(m) for m, _ in memory[table.name]) if method in TRANSFER_SAMPLERS else ()
@@ -294,9 +295,10 @@ def agent_label(method: str, agent: dict[str, Any]) -> str:
     return f"{method}:{agent.get('model')} (centaur {agent.get('override_share', AGENT_OVERRIDE_SHARE):g})"
 
 
-#: What identifies a replay in runs.jsonl; a changed table (fingerprint), budget or memory is replayed again.
-#: ``prior`` (the tables a transferring method remembers) is empty for the other methods and in older logs.
-_LOG_KEY = ("table", "fingerprint", "method", "seed", "budget", "prior")
+#: What identifies a replay in runs.jsonl; a changed table (fingerprint), budget, memory or search is replayed again.
+#: ``prior`` (the tables a transferring method remembers) is empty for the other methods and in older logs;
+#: ``search`` (``replay.search_version``) is empty for the methods whose search has not changed and in older logs.
+_LOG_KEY = ("table", "fingerprint", "method", "seed", "budget", "prior", "search")
 
 
 def _read_log(log: Path) -> dict[tuple, Run]:
@@ -310,13 +312,18 @@ def _read_log(log: Path) -> dict[tuple, Run]:
 
 
 def _memories(tables: list[Table], extra: list[Table]) -> dict[str, list[tuple[Table, str]]]:
-    """Per searched table: the other tables of the run and the extra ones, with their fingerprints; never a table
-    with the searched table's rows (the same file given twice, or under another name)."""
+    """Per searched table: the other tables of the run and the extra ones whose searched space is compatible with
+    its own (``transfer.space_differences``, the rule of ``lmtune lora``'s memory), with their fingerprints; never a
+    table with the searched table's rows (the same file given twice, or under another name). A table with no
+    compatible one remembers nothing."""
+    from lmtune.samplers.language_bo.transfer import space_differences  # torch: only when a method transfers
+
     everything = {t.fingerprint(): t for t in [*tables, *extra]}
     memory = {}
     for table in tables:
         own = table.fingerprint()
-        memory[table.name] = [(t, fp) for fp, t in everything.items() if fp != own]
+        memory[table.name] = [(t, fp) for fp, t in everything.items()
+                              if fp != own and not space_differences(t.grid, table.grid)]
     return memory
 
 

@@ -21,7 +21,8 @@ class BuildTableConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    table: str = Field("bbc-minilm", description="which table to build: bbc-minilm or arith-sft",
+    table: str = Field("bbc-minilm", description="which table to build: bbc-minilm, arith-sft, arith-mul, "
+                       "arith-variants or bbc-minilm-l2",
                        json_schema_extra={"metavar": "NAME"})
     output: Path | None = Field(None, description="table file (.json.gz); rows already in it are not trained again "
                                 "(default: benchmarks/data/<table>.json.gz)", json_schema_extra={"metavar": "FILE"})
@@ -42,7 +43,7 @@ class BenchSamplersConfig(BaseModel):
 
     table: list[Path] = Field(description="table file(s) to replay against; repeat for several",
                               json_schema_extra={"metavar": "FILE"})
-    samplers: list[str] = Field(["random", "tpe", "gp", "botorch", "nomad", "language-bo"],
+    samplers: list[str] = Field(["auto", "random", "tpe", "gp", "botorch", "nomad", "language-bo"],
                                 description="methods, comma-separated: " + ", ".join(METHODS),
                                 json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
     budget: int = Field(30, ge=1, description="trials per search")

@@ -1,13 +1,13 @@
 """Replay search methods against a table: each proposed config is looked up, never trained.
 
 Every method sees exactly what it would see in a live study: the table's grid as its search space,
-one result per trial (a failed config fails the trial), and a budget counted in trials.
+one result per trial (a failed config fails the trial), and a budget counted in trials. Every method but NOMAD
+is the sampler ``lmtune lora`` would run (``make_sampler``, never-repeat rule and the space's encoding included).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import sys
@@ -20,21 +20,18 @@ import numpy as np
 import optuna
 
 from lmtune import attrs
-from lmtune._compat import TrialsView
 from lmtune.bench.config import AGENT_METHODS, METHODS
 from lmtune.bench.table import Table
 from lmtune.errors import InputError, TrialFailed
 from lmtune.runtime.status import advisor_summary, agent_summary
 from lmtune.runtime.study import name_metrics
 from lmtune.samplers.registry import (
-    DEFAULT_SAMPLER,
     LANGUAGE_BO_ABLATIONS,
-    LANGUAGE_BO_PLUS,
-    POOL_SAMPLERS,
+    PLUS_OPTIONS,
+    REGISTRY,
     TRANSFER_SAMPLERS,
     make_sampler,
 )
-from lmtune.space import SearchSpace, canonical_value
 
 if TYPE_CHECKING:
     from lmtune.samplers.language_bo.transfer import TransferSource
@@ -78,9 +75,8 @@ def replay(table: Table, method: str, seed: int, budget: int, *, threads: int = 
     torch.set_num_threads(threads)  # the GP-based samplers' fits; one thread each is fastest for models this small
     started = time.perf_counter()
     extra = {}
-    values = _replay_nomad(table, seed, budget) if method == "nomad" else _replay_optuna(table, method, seed, budget,
-                                                                                       threads, agent, extra,
-                                                                                       sources)
+    values = _replay_nomad(table, seed, budget) if method == "nomad" else _replay_study(table, method, seed, budget,
+                                                                                      threads, agent, extra, sources)
     return Run(method, seed, values, time.perf_counter() - started, extra or None)
 
 
@@ -88,30 +84,26 @@ def _lookup_value(table: Table, params: dict[str, Any]) -> float | None:
     return table.lookup(params)["metric"]
 
 
-def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: int, agent: dict[str, Any] | None,
-                   extra: dict[str, Any], sources: tuple[TransferSource, ...] = ()) -> list[float | None]:
-    """Language-BO and the agent see the grid as it is (a model reads ``learning_rate 0.0005``, not an index);
-    the other samplers see integer-coded variables, the one the agent advises in centaur mode too (``IndexCoded``),
-    so that it is the sampler of its own row. The agent's trials carry the row's curves as user attributes, so its
-    Trajectory Context Summarizer reads them as it would in a live study.
+def search_version(method: str) -> str:
+    """How a method's replays search, as far as it changed since replays were first logged: Optuna's samplers (and
+    the agent's TPE fallback) see ordered numbers as indexes and never repeat a config since ordered parameters
+    exist, so their replays logged before are not reused; language-BO's and NOMAD's searches are as they were."""
+    entry = REGISTRY.get(method.split(":")[0])
+    return "ordered-index" if entry is not None and entry.family in ("optuna", "agent") else ""
 
-    Every grid parameter is an ordered, roughly log-spaced list, so an index keeps the order that
-    Optuna's GP and BoTorch can exploit (as categorical choices BoTorch enumerates every combination
-    at each step, minutes per trial on a 1,200-config grid). NOMAD is coded the same way.
-    """
-    sampler = _sampler(table, method, seed, threads, agent, sources)
+
+def _replay_study(table: Table, method: str, seed: int, budget: int, threads: int, agent: dict[str, Any] | None,
+                  extra: dict[str, Any], sources: tuple[TransferSource, ...] = ()) -> list[float | None]:
+    """One replay in an in-memory study: the method's sampler (``replay_sampler``) proposes, each trial's config
+    is suggested from the grid as ``lmtune lora`` suggests it and looked up. The agent's trials carry the row's
+    curves as user attributes, so its Trajectory Context Summarizer reads them as it would in a live study."""
+    sampler = replay_sampler(table, method, seed, threads, agent, sources)
     study = optuna.create_study(sampler=sampler, direction=table.direction, pruner=optuna.pruners.NopPruner())
     name_metrics(study, [table.metric_name])
-    params = table.grid.params
     values: list[float | None] = []
 
-    def suggest(trial: optuna.Trial) -> dict[str, Any]:
-        if method in POOL_SAMPLERS or method in AGENT_METHODS:  # the others see integer-coded variables
-            return table.grid.suggest(trial)
-        return {p.name: p.values()[trial.suggest_int(p.name, 0, len(p.values()) - 1)] for p in params}
-
     def objective(trial: optuna.Trial) -> float:
-        row = table.lookup(suggest(trial))
+        row = table.lookup(table.grid.suggest(trial))
         value = row["metric"]
         values.append(value)
         if method in AGENT_METHODS:  # what a live LoRA trial stores
@@ -129,74 +121,22 @@ def _replay_optuna(table: Table, method: str, seed: int, budget: int, threads: i
     return values
 
 
-def _sampler(table: Table, method: str, seed: int, threads: int, agent: dict[str, Any] | None = None,
-             sources: tuple[TransferSource, ...] = ()) -> optuna.samplers.BaseSampler:
-    if method in AGENT_METHODS:  # lead: its fallback is TPE as Optuna ships it (on the values, not indices)
-        mode = AGENT_METHODS[method]
-        options = {**(agent or {}), "mode": mode}
-        if mode == "centaur":  # the sampler it advises, as that sampler's own row replays it
-            base = _sampler(table, DEFAULT_SAMPLER, seed, threads, sources=sources)
-            options["fallback"] = base if DEFAULT_SAMPLER in POOL_SAMPLERS else IndexCoded(base, table.grid)
-        return make_sampler("agent", seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid, distinct=False,
-                            check=False, **options)
-    if method in LANGUAGE_BO_PLUS:
-        transfer = tuple(sources) if method in TRANSFER_SAMPLERS else ()
-        return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
-                            fit_threads=threads, transfer=transfer, description=table_description(table))
-    if method in LANGUAGE_BO_ABLATIONS:
-        return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS, space=table.grid,
-                            fit_threads=threads, **LANGUAGE_BO_ABLATIONS[method])
-    return make_sampler(method, seed=seed, n_startup_trials=STARTUP_TRIALS)
-
-
-class IndexCoded(optuna.samplers.BaseSampler):
-    """A sampler that sees each grid parameter as the index into its ordered list of values (as the replays of
-    Optuna's samplers do) while the study's trials hold the values: the sampler the agent advises in a centaur
-    replay is then the sampler of its own row, draw for draw, whenever the model overrides nothing."""
-
-    def __init__(self, base: optuna.samplers.BaseSampler, grid: SearchSpace):
-        self.base = base
-        self.values = {p.name: list(p.values()) for p in grid.params}
-        self.indices = {name: {canonical_value(v): i for i, v in enumerate(values)}
-                        for name, values in self.values.items()}
-        self.coded = {name: optuna.distributions.IntDistribution(0, len(values) - 1)
-                      for name, values in self.values.items()}
-
-    def _code(self, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
-        coded = copy.copy(trial)
-        coded.params = {n: self.indices[n][canonical_value(v)] if n in self.coded else v
-                        for n, v in trial.params.items()}
-        coded.distributions = {n: self.coded.get(n, d) for n, d in trial.distributions.items()}
-        return coded
-
-    def _view(self, study: optuna.Study) -> TrialsView:
-        return TrialsView(study, lambda trials: [self._code(t) for t in trials])
-
-    def _decode(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {n: self.values[n][int(v)] if n in self.coded else v for n, v in params.items()}
-
-    def reseed_rng(self) -> None:
-        self.base.reseed_rng()
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.base.before_trial(self._view(study), self._code(trial))
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state, values) -> None:
-        self.base.after_trial(self._view(study), self._code(trial), state, values)
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        return self.base.infer_relative_search_space(self._view(study), self._code(trial))
-
-    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                        search_space: dict[str, Any]) -> dict[str, Any]:
-        return self._decode(self.base.sample_relative(self._view(study), self._code(trial), search_space))
-
-    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
-                           param_distribution: Any) -> Any:
-        if param_name not in self.coded:
-            return self.base.sample_independent(study, trial, param_name, param_distribution)
-        index = self.base.sample_independent(self._view(study), self._code(trial), param_name, self.coded[param_name])
-        return self.values[param_name][int(index)]
+def replay_sampler(table: Table, method: str, seed: int, threads: int = 1, agent: dict[str, Any] | None = None,
+                   sources: tuple[TransferSource, ...] = ()) -> optuna.samplers.BaseSampler:
+    """The sampler ``lmtune lora --sampler METHOD --seed SEED`` would run on the table's grid (``make_sampler``
+    with the space, seed and start-up trials), with the options of a replay: the GP fits' threads, the table's
+    description and its memory (``sources``) for ``language-bo+``, the agent's endpoint (checked once for the whole
+    comparison, not per replay)."""
+    options: dict[str, Any] = {}
+    if method in AGENT_METHODS:  # centaur advises the registry's DEFAULT_SAMPLER (without memory)
+        options = {**(agent or {}), "check": False, "mode": AGENT_METHODS[method]}
+        method = "agent"
+    elif method in PLUS_OPTIONS:
+        options = {"fit_threads": threads, "description": table_description(table),
+                   "transfer": tuple(sources) if method in TRANSFER_SAMPLERS else ()}
+    elif method in LANGUAGE_BO_ABLATIONS:
+        options = {"fit_threads": threads, **LANGUAGE_BO_ABLATIONS[method]}
+    return make_sampler(method, space=table.grid, seed=seed, n_startup_trials=STARTUP_TRIALS, **options)
 
 
 def table_description(table: Table) -> str:
@@ -215,7 +155,9 @@ def table_source(table: Table) -> TransferSource:
 
 
 def _replay_nomad(table: Table, seed: int, budget: int) -> list[float | None]:
-    """NOMAD's mesh-adaptive direct search over integer-coded values (index into each parameter's list).
+    """NOMAD's mesh-adaptive direct search over each parameter's index into its list: for ordered numbers the
+    encoding Optuna's samplers see (``Ordered.index_distribution``, ``Ordered.value_at``); NOMAD has no
+    categorical variables, so a name's position in its list stands in for it.
 
     NOMAD minimizes and caches the points it has evaluated. When its mesh converges before the budget
     is spent it is restarted from a new random point with what is left, as a user would.

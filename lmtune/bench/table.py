@@ -31,6 +31,11 @@ class Table:
 
     ``metric`` is ``None`` for a failed config; a search that proposes it pays for the trial and learns
     it failed, exactly as it would in a live study.
+
+    The grid is read as stored (``SearchSpace.from_stored``): table files written before ordered parameters existed
+    stored every number as categorical, and their numbers read as ordered, on a log scale when all are positive and
+    the largest is at least 4 times the smallest (the rule language-BO guessed by). The rule exists only for those
+    old files, so that a replay runs the search a user runs; the file and its ``fingerprint`` stay as they are.
     """
 
     name: str
@@ -41,7 +46,7 @@ class Table:
     build: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.grid = SearchSpace.from_dict(self.recipe["grid"], source=f"table {self.name}")
+        self.grid = SearchSpace.from_stored(self.recipe["grid"], source=f"table {self.name}")
         self._by_key = {config_key(r["params"]): r for r in self.rows}
 
     # -- lookups -------------------------------------------------------------------------------
@@ -54,6 +59,12 @@ class Table:
             raise InputError("params", f"config {searched} is in the grid of table {self.name} but has no row yet "
                              f"({len(self.rows)} of {self.grid.pool_size} configs are built)")
         return row
+
+    def built_with(self, recipe: dict[str, Any]) -> bool:
+        """Whether the rows were built with ``recipe`` (a ``TableSpec.recipe``): the same settings and grid, however
+        the file spells the grid."""
+        grid = SearchSpace.from_stored(recipe["grid"], source=f"recipe of {self.name}")
+        return {**self.recipe, "grid": None} == {**recipe, "grid": None} and grid == self.grid
 
     @property
     def complete(self) -> bool:

@@ -24,6 +24,10 @@ BBC_NEWS = "bbc-news"
 #: Built-in synthetic SFT set for lmtune's small arithmetic model: 3-digit subtraction, which its
 #: pretraining (addition up to 3 digits, subtraction up to 2) never showed it.
 ARITH_SUB3 = "arith-sub3"
+#: Every built-in arithmetic SFT set: (operator, most digits, fewest digits) of 2,500 seeded problems. Each is a
+#: task the small model's pretraining never showed it: 3-digit subtraction, multiplication, 4-digit addition.
+ARITH_SETS: dict[str, tuple[str, int, int]] = {ARITH_SUB3: ("-", 3, 3), "arith-mul2": ("*", 2, 1),
+                                               "arith-add4": ("+", 4, 4)}
 FILE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".json")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation", "test": "test"}
@@ -83,7 +87,8 @@ def load_dataset(
     """Load ``source`` and split it.
 
     ``source`` is ``None``/``"bbc-news"`` (offline BBC News, 2,127 distinct articles in 5 classes),
-    ``"arith-sub3"`` (2,500 seeded 3-digit subtraction problems for the small arithmetic model), a ``.csv``,
+    ``"arith-sub3"``, ``"arith-mul2"``, ``"arith-add4"`` (``ARITH_SETS``: 2,500 seeded problems each for the small
+    arithmetic model), a ``.csv``,
     ``.jsonl`` or ``.json`` file, a directory of ``train``/``validation``/``test`` files, or else a Hugging
     Face dataset id. A file's ``split`` column (train/validation/test) is used when present. Splits the
     source lacks are carved out of its training rows, seeded and stratified by label for classification:
@@ -102,13 +107,14 @@ def load_dataset(
         if task == "causal":
             raise InputError("task", "bbc-news is a classification dataset")
         return _finish({"train": _bbc_news_rows()}, "classification", _Fields(), BBC_NEWS, seed, fractions)
-    if source == ARITH_SUB3:
+    if source in ARITH_SETS:
         if task == "classification":
-            raise InputError("task", "arith-sub3 is a causal (prompt/response) dataset")
+            raise InputError("task", f"{source} is a causal (prompt/response) dataset")
         from lmtune.arithmetic import make_problems
 
-        rows = make_problems(2500, op="-", digits=3, min_digits=3, seed=seed)
-        return _finish({"train": rows}, "causal", _Fields(), ARITH_SUB3, seed, fractions)
+        op, digits, min_digits = ARITH_SETS[source]
+        rows = make_problems(2500, op=op, digits=digits, min_digits=min_digits, seed=seed)
+        return _finish({"train": rows}, "causal", _Fields(), source, seed, fractions)
     path = Path(source)
     if path.is_dir():
         parts = _read_directory(path)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.errors import InputError
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.space import Categorical, Float, SearchSpace
+from lmtune.space import Float, SearchSpace
 
 #: The proxy of lmtune's benchmark tables: one epoch of this share of the training split.
 EPOCH_PROXY_FRACTION = 0.1
@@ -96,7 +96,7 @@ def batch_sizes(space: SearchSpace) -> tuple[int, ...]:
     param = space.param("batch_size")
     if isinstance(param, Float) and param.step is None:
         return (int(param.low), int(param.high))
-    values = param.values() if isinstance(param, Categorical) or hasattr(param, "values") else ()
+    values = param.values()
     return tuple(sorted({int(v) for v in values}))
 
 

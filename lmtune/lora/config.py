@@ -13,7 +13,7 @@ from lmtune.runtime.storage import STORAGE_HELP, StudyName
 from lmtune.samplers.registry import (
     AGENT_OVERRIDE_SHARE,
     DEFAULT_SAMPLER,
-    LANGUAGE_BO_PLUS,
+    PLUS_OPTIONS,
     PRUNERS,
     SAMPLERS,
     TRANSFER_SAMPLERS,
@@ -24,6 +24,8 @@ LOCAL_FIELDS = frozenset({"storage", "study_name", "output_dir", "trials", "run"
                           "grace_period", "final_train", "device", "track"})
 #: What trials may be ranked by: the validation loss, or the task's metric (checked against the task later).
 PROXY_METRICS = ("eval_loss", "accuracy", "exact_match")
+#: ``memory``: every compatible earlier study of the storage, or nothing (``lmtune.lora.memory``).
+AUTO_MEMORY, NO_MEMORY = "auto", "none"
 #: Config fields that may name a local file or folder; a worker gets them as absolute paths.
 PATH_FIELDS = ("model", "dataset", "space", "template", "encoder", "agent_prompts")
 
@@ -66,7 +68,8 @@ class LoraRunConfig(BaseModel):
                                          description="stop starting trials once a whole trial (its mean time so "
                                          "far) no longer fits in this many seconds of trials",
                                          json_schema_extra={"metavar": "SECONDS"})
-    sampler: str = Field(DEFAULT_SAMPLER, description="random, tpe, gp, botorch, language-bo, language-bo+ or agent",
+    sampler: str = Field(DEFAULT_SAMPLER, description="auto, random, tpe, gp, botorch, language-bo, language-bo+ or "
+                         "agent",
                          json_schema_extra={"metavar": "NAME"})
     startup_trials: int = Field(5, ge=0, description="random trials before a model-based sampler takes over")
     pruner: str = Field("none", description="none, median, successive-halving or hyperband: stop trials that "
@@ -96,9 +99,11 @@ class LoraRunConfig(BaseModel):
     agent_override_share: float = Field(AGENT_OVERRIDE_SHARE, ge=0.0, le=1.0, allow_inf_nan=False,
                                         description="agent (centaur): the most trials, as a share of "
                                         "the study's trials so far, whose config the model may set")
-    transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in `storage` "
-                                     "whose results inform this study from its first trial (they take no trial of "
-                                     "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
+    memory: list[str] = Field([AUTO_MEMORY], description="language-bo+: earlier results it knows from its first "
+                              "trial (they take no trial of its budget): auto, every earlier LoRA study in `storage` "
+                              "with a compatible space and a few finished trials (never this one); none; or table "
+                              "files and names of studies in `storage`. Other samplers remember nothing",
+                              json_schema_extra={"split": ",", "metavar": "auto|none|STUDY_OR_TABLE,..."})
     track: list[str] = Field([], description="experiment trackers: mlflow, mlflow:TRACKING_URI, wandb or "
                              "wandb:PROJECT; each trial a run with its parameters, metrics at every evaluation and "
                              "state, the best adapter and results.json as artifacts of a final run (extra: track)",
@@ -141,13 +146,17 @@ class LoraRunConfig(BaseModel):
     def _known_sampler(cls, value: str) -> str:
         return _one_of(value, SAMPLERS, "sampler")
 
-    @field_validator("transfer_from")
+    @field_validator("memory")
     @classmethod
-    def _transfer_needs_a_transferring_sampler(cls, value: list[str], info: ValidationInfo) -> list[str]:
+    def _memory_for_a_sampler_that_remembers(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value or not all(name.strip() for name in value):
+            raise ValueError(f"needs {AUTO_MEMORY}, {NO_MEMORY}, or table files and study names")
+        if NO_MEMORY in value and len(value) > 1:
+            raise ValueError(f"{NO_MEMORY} remembers nothing and stands alone; got {', '.join(value)}")
         sampler = info.data.get("sampler")
-        if value and sampler not in TRANSFER_SAMPLERS:
-            raise ValueError(f"sampler {sampler} does not use transferred results; use `sampler` "
-                             f"{TRANSFER_SAMPLERS[0]}")
+        if value not in ([AUTO_MEMORY], [NO_MEMORY]) and sampler not in TRANSFER_SAMPLERS:
+            raise ValueError(f"sampler {sampler} remembers no earlier results; use `sampler` {TRANSFER_SAMPLERS[0]}, "
+                             f"or leave `memory` {AUTO_MEMORY}")
         return value
 
     @field_validator("pruner")
@@ -192,9 +201,9 @@ class LoraRunConfig(BaseModel):
     @property
     def sampler_options(self) -> dict[str, Any]:
         """Keyword arguments of ``make_sampler`` for this run (its name and space aside; ``language-bo+``'s
-        transferred observations and description are added by ``tune_lora``)."""
+        memory and description are added by ``lmtune.lora.search``)."""
         options = {"seed": self.seed, "n_startup_trials": self.startup_trials}
-        if self.sampler in LANGUAGE_BO_PLUS:  # its own settings of the token and projection (registry)
+        if self.sampler in PLUS_OPTIONS:  # its own settings of the token and projection (registry)
             return {**options, "template": self.template, "encoder": self.encoder, "shortlist_k": self.shortlist_k}
         extra = {"language-bo": self.language_bo_options, "agent": self.agent_options}.get(self.sampler, {})
         return {**options, **extra}

@@ -23,7 +23,7 @@ from lmtune.version import __version__
 
 #: Config fields that only steer the search; a run of one fixed config does not need them.
 SEARCH_FIELDS = ("sampler", "startup_trials", "pruner", "template", "encoder", "projection", "learnable_token",
-                 "shortlist_k", "variant")
+                 "shortlist_k", "variant", "memory")
 #: PEFT task types by lmtune task.
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal": "CAUSAL_LM"}
 #: The adapter's model card, a Jinja template for ``huggingface_hub.ModelCard``.

@@ -191,6 +191,27 @@ def proxy_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def memory_lines(results: dict[str, Any]) -> list[str]:
+    """Which earlier studies and tables the sampler remembered, and whether its memory gate kept them."""
+    memory = results.get("memory")
+    if not memory:
+        return []
+    if not memory["used"]:
+        return [f"- memory: none used (asked for: {', '.join(memory['requested'])})"]
+    used = ", ".join(f"`{m['name']}` ({m['results']} results)" for m in memory["used"])
+    gate = memory.get("gate") or {}
+    if not gate:
+        verdict = "the sampler reports no memory gate"
+    elif not gate.get("gate"):
+        verdict = "used without a memory gate"
+    elif gate.get("kept") is None:
+        verdict = "the memory gate had not judged them yet"
+    else:
+        verdict = ("the memory gate kept them at the last fit" if gate["kept"] else "the memory gate dropped them at "
+                   "the last fit: this study's own results predicted better without them")
+    return [f"- memory: {used}; {verdict}"]
+
+
 def markdown_summary(results: dict[str, Any]) -> str:
     """summary.md: the run in a few lines, the best config, what the study learned and a table of the trials."""
     proxy = results.get("proxy") or {}
@@ -220,7 +241,8 @@ def best_lines(results: dict[str, Any]) -> list[str]:
     metric, best = results["metric_name"], results["best"]
     others = ", ".join(f"{k} {v:.4f}" for k, v in (best.get("proxy_metrics") or {}).items() if k != metric)
     lines = [f"- proxy validation {metric}: {best['proxy_metric']:.4f} (trial {best['trial']})"
-             + (f"; {others}" if others else ""), *sampler_lines(results), *proxy_lines(results)]
+             + (f"; {others}" if others else ""), *sampler_lines(results), *proxy_lines(results),
+             *memory_lines(results)]
     constant = results.get("constant_score")
     if constant:
         lines.append(f"- trials at or below {constant['value']:.4f} {constant.get('label', 'learned nothing')}: "

@@ -29,13 +29,14 @@ from lmtune.finetune.scores import constant_score
 from lmtune.finetune.train import TrainSettings, metric_name
 from lmtune.llm import resolve_model
 from lmtune.lora.config import LOCAL_FIELDS, PATH_FIELDS, LoraRunConfig
+from lmtune.lora.memory import Memory, resolve_memory
 from lmtune.runtime.compute import ComputeBudget
 from lmtune.runtime.loop import TrialListener
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url
 from lmtune.runtime.study import open_study, publish_job
-from lmtune.samplers.language_bo.transfer import TransferSource, check_compatible, describe_task, load_source
-from lmtune.samplers.registry import LANGUAGE_BO_PLUS, make_pruner, make_sampler
-from lmtune.space import Categorical, SearchSpace, load_space
+from lmtune.samplers.language_bo.transfer import describe_task
+from lmtune.samplers.registry import PLUS_OPTIONS, make_pruner, make_sampler
+from lmtune.space import Categorical, Listed, SearchSpace, load_space
 
 log = logging.getLogger(__name__)
 #: The study attribute holding ``DatasetSplits.fingerprint()``.
@@ -60,7 +61,7 @@ def resolve_space(cfg: LoraRunConfig) -> SearchSpace:
         raise InputError("alpha_ratio", "a space may set alpha or alpha_ratio, not both")
     LoraHyperparams.from_params(space.fixed)
     for param in space.params:  # every value a sampler may propose must make a valid config
-        edges = param.values() if isinstance(param, Categorical) else (param.low, param.high)
+        edges = param.values() if isinstance(param, Listed) else (param.low, param.high)
         for value in edges:
             LoraHyperparams.from_params({param.name: value})
     return space
@@ -123,8 +124,11 @@ class LoraSearch:
     objective: LoraObjective
     pruner: optuna.pruners.BasePruner
     sampler: BaseSampler
-    #: The config's sampler name, or the class name of a sampler object passed to ``tune_lora``.
+    #: The config's sampler name (for ``auto``, what it runs: ``AutoSampler.describe``), or the class name of a
+    #: sampler object passed to ``tune_lora``.
     sampler_name: str
+    #: The earlier studies and tables the sampler remembers (``lmtune.lora.memory``).
+    memory: Memory
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -160,7 +164,7 @@ def build_search(cfg: LoraRunConfig, *, sampler: BaseSampler | None = None,
     """Check every input and make the search's parts; bad input raises ``InputError`` here, before storage is
     touched (an agent's endpoint answers here too). ``sampler`` replaces the config's."""
     space, splits, model, settings = prepare_run(cfg)
-    sources = transfer_sources(cfg, space)
+    memory = resolve_memory(cfg, space) if sampler is None else Memory(tuple(cfg.memory))
     plan = proxy_plan(cfg, space, splits, settings)
     objective, evals = trial_objective(cfg, space, splits, model, settings, plan,
                                        listener.step if listener is not None else None)
@@ -168,9 +172,9 @@ def build_search(cfg: LoraRunConfig, *, sampler: BaseSampler | None = None,
     pruner = make_pruner(cfg.pruner, min_resource=first, max_resource=last)
     description = describe_task(model=cfg.model, dataset=splits.name, task=splits.task, metric=objective.metric_name,
                                 direction=objective.direction, fixed=space.fixed)
-    return LoraSearch(cfg, space, splits, model, settings, plan, objective, pruner,
-                      sampler or lora_sampler(cfg, space, sources, description),
-                      cfg.sampler if sampler is None else type(sampler).__name__)
+    chosen = sampler or lora_sampler(cfg, space, memory, description)
+    name = type(sampler).__name__ if sampler is not None else getattr(chosen, "describe", lambda: cfg.sampler)()
+    return LoraSearch(cfg, space, splits, model, settings, plan, objective, pruner, chosen, name, memory)
 
 
 def check_same_data(storage, study_name: str, splits: DatasetSplits) -> None:
@@ -203,42 +207,26 @@ def warn_if_tiny(plan: ProxyPlan, settings: TrainSettings) -> None:
         log.warning("proxy: %s", note)
 
 
-def job_config(cfg: LoraRunConfig) -> dict[str, Any]:
-    """The fields a worker needs to rebuild this run's objective and sampler (local paths made absolute)."""
+def job_config(cfg: LoraRunConfig, memory: Memory | None = None) -> dict[str, Any]:
+    """The fields a worker needs to rebuild this run's objective and sampler (local paths made absolute; with
+    ``memory``, the studies and tables it found, so that workers remember the same)."""
     job = cfg.model_dump(mode="json", exclude=LOCAL_FIELDS)
     for name in PATH_FIELDS:
         if isinstance(job.get(name), str) and Path(job[name]).exists():
             job[name] = str(Path(job[name]).resolve())
-    job["transfer_from"] = [str(Path(s).resolve()) if Path(s).is_file() else s for s in job["transfer_from"]]
+    if memory is not None:
+        job["memory"] = memory.job_value
     return job
 
 
-def transfer_sources(cfg: LoraRunConfig, space: SearchSpace) -> list[TransferSource]:
-    """The tables and studies of ``transfer_from``, read and checked against the space before anything is stored
-    (a study is looked up in ``storage``, which must exist then)."""
-    sources, storage = [], None
-    for spec in cfg.transfer_from:
-        if not Path(spec).expanduser().is_file() and storage is None:
-            try:
-                storage = make_storage(cfg.storage, existing=True)
-            except InputError as exc:
-                raise InputError("transfer_from", f"{spec!r} is not a file, and no study can be read from the "
-                                 f"storage: {exc.message}") from None
-        source = load_source(spec, storage)
-        check_compatible(source, space)
-        log.info("Transferring %d results of %s: %s", len(source.values), source.name, source.description)
-        sources.append(source)
-    return sources
-
-
-def lora_sampler(cfg: LoraRunConfig, space: SearchSpace, sources: list[TransferSource],
-                 description: str) -> BaseSampler:
-    """The configured sampler; ``language-bo+`` also gets this study's description and its transfer sources."""
+def lora_sampler(cfg: LoraRunConfig, space: SearchSpace, memory: Memory, description: str) -> BaseSampler:
+    """The configured sampler (``make_sampler``); ``language-bo+`` also gets this study's description and its
+    memory."""
     options = dict(cfg.sampler_options)
-    if cfg.sampler in LANGUAGE_BO_PLUS:
+    if cfg.sampler in PLUS_OPTIONS:
         options["description"] = description
-    if sources:
-        options["transfer"] = sources
+    if memory.sources:
+        options["transfer"] = memory.sources
     return make_sampler(cfg.sampler, space=space, **options)
 
 
@@ -253,7 +241,7 @@ def open_search_study(search: LoraSearch) -> optuna.Study:
                        direction=search.objective.direction, attrs=search.attrs,
                        info={"dataset": search.splits.name, "task": search.splits.task},
                        metric_names=[search.objective.metric_name])
-    publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg), cfg.trials)
+    publish_job(study, "lora", "lmtune.lora.tune:worker_parts", job_config(cfg, search.memory), cfg.trials)
     constant = search.constant_score
     if constant is not None and attrs.CONSTANT_SCORE not in study.user_attrs:
         study.set_user_attr(attrs.CONSTANT_SCORE, constant)

@@ -23,6 +23,7 @@ from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
 from lmtune.finetune.train import metric_direction, train_and_evaluate
 from lmtune.llm import hub_id
 from lmtune.lora.config import LoraRunConfig
+from lmtune.lora.memory import resolve_memory
 from lmtune.lora.recipe import build_recipe, finish_adapter, rerun_config
 from lmtune.lora.report import (
     best_trial,
@@ -43,7 +44,6 @@ from lmtune.lora.search import (
     lora_sampler,
     open_search_study,
     resolve_space,
-    transfer_sources,
 )
 from lmtune.report.progress import LogProgress
 from lmtune.report.reports import report_study
@@ -104,6 +104,9 @@ class LoraResult(Result):
     model_trials: list[int] = dataclasses.field(default_factory=list)
     #: The report page (``report.html``), or None when it could not be written (a logged warning).
     report: str | None = None
+    #: The earlier studies and tables the sampler remembered (``Memory.summary``: asked for, used, and whether the
+    #: sampler's memory gate kept them at its last fit, where the sampler reports it).
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_run(cls, search: LoraSearch, study: optuna.Study, best: FrozenTrial, final: dict[str, Any] | None,
@@ -128,7 +131,8 @@ class LoraResult(Result):
             constant_score=search.constant_score, recipe=recipe,
             learned=study_learned(study, search.space, objective.metric_name),
             startup_trials=startup_of(cfg.sampler, cfg.startup_trials),
-            model_trials=model_chosen(study, startup_of(cfg.sampler, cfg.startup_trials)))
+            model_trials=model_chosen(study, startup_of(cfg.sampler, cfg.startup_trials)),
+            memory=search.memory.summary(_memory_report(search.sampler)))
 
 
 @dataclass
@@ -152,7 +156,7 @@ def worker_parts(job: dict[str, Any], *, space: SearchSpace | None = None, objec
     cfg = build_config(LoraRunConfig, **job)
     if not objective:  # the worker brings its own objective for the space the study stored
         space = space or resolve_space(cfg)
-        sampler = lora_sampler(cfg, space, transfer_sources(cfg, space), "LoRA fine-tuning.")
+        sampler = lora_sampler(cfg, space, resolve_memory(cfg, space), "LoRA fine-tuning.")
         return WorkerParts(space, sampler, make_pruner(cfg.pruner, min_resource=1, max_resource=1), None)
     search = build_search(cfg, listener=listener)
     stored = {k: v for k, v in search.attrs.items() if k != "model"}
@@ -238,6 +242,12 @@ def _best(study: optuna.Study, search: LoraSearch) -> FrozenTrial:
         log.warning("the best trial %s: try other learning rates or a longer proxy (a larger share in `proxy`)",
                     nothing)
     return best
+
+
+def _memory_report(sampler: BaseSampler) -> dict[str, Any] | None:
+    """What a sampler says of its memory (``memory_report``: whether its gate keeps it), where it says anything."""
+    report = getattr(sampler, "memory_report", None)
+    return report() if callable(report) else None
 
 
 def _default_targets(model: str) -> list[str] | None:

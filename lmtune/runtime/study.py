@@ -17,6 +17,7 @@ from optuna.storages import BaseStorage
 from lmtune import attrs
 from lmtune.errors import InputError
 from lmtune.runtime.storage import make_storage, mask_url, normalize_url, scrub, secrets_in
+from lmtune.space import SearchSpace
 
 
 def open_study(
@@ -49,7 +50,7 @@ def open_study(
                              f"not {direction}d; pick another study name")
         for key, value in (attrs or {}).items():
             stored = found.user_attrs.get(key)
-            if stored is not None and stored != value:
+            if stored is not None and not _same_setting(key, stored, value):
                 raise InputError(key, f"study {study_name!r} was created with a different {key}; "
                                  "rerun with the same settings or pick another study name")
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
@@ -70,6 +71,18 @@ def open_study(
     if metric_names:
         name_metrics(study, metric_names)
     return study
+
+
+def _same_setting(key: str, stored: Any, value: Any) -> bool:
+    """Whether a stored attribute and today's say the same. A space (a LoRA study's, a build study's table grid)
+    is the same when it holds the same configs: a study stored before ordered parameters existed resumes under
+    today's spelling of its space (``SearchSpace.same_values``)."""
+    if key == attrs.SPACE:
+        return SearchSpace.from_stored(stored).same_values(SearchSpace.from_stored(value))
+    if key == attrs.TABLE and isinstance(stored, dict) and isinstance(value, dict) and "grid" in stored:
+        grids = SearchSpace.from_stored(stored["grid"]), SearchSpace.from_stored(value.get("grid"))
+        return {**stored, "grid": None} == {**value, "grid": None} and grids[0].same_values(grids[1])
+    return stored == value
 
 
 def name_metrics(study: optuna.Study, names: list[str]) -> None:

@@ -17,7 +17,7 @@ import optuna
 
 from lmtune import attrs
 from lmtune.errors import InputError
-from lmtune.space import Categorical, Float, Int, SearchSpace
+from lmtune.space import Listed, Param, SearchSpace
 
 SECONDS_ENV = "LMTUNE_SYNTHETIC_SECONDS"
 
@@ -43,9 +43,9 @@ def sleepy_quadratic(space: SearchSpace) -> Callable[[optuna.Trial], float]:
     return objective
 
 
-def position(param: Categorical | Int | Float, value: float | int | str | bool) -> float:
+def position(param: Param, value: float | int | str | bool) -> float:
     """Where ``value`` lies in the parameter's range, from 0 to 1 (log scale where the parameter is)."""
-    if isinstance(param, Categorical):
+    if isinstance(param, Listed):
         values = param.values()
         return values.index(param.canonical(value)) / max(1, len(values) - 1)
     low, high, x = float(param.low), float(param.high), float(value)

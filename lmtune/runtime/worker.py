@@ -120,7 +120,7 @@ def run_worker(config: WorkerConfig | None = None, *, objective_factory: Objecti
     if cfg.objective is not None:
         objective_factory = load_callable(cfg.objective, "objective", "lmtune.runtime.synthetic:sleepy_quadratic")
     stored_space = summary.user_attrs.get(attrs.SPACE)
-    space = None if stored_space is None else SearchSpace.from_dict(stored_space, source=f"study {cfg.study}")
+    space = None if stored_space is None else SearchSpace.from_stored(stored_space, source=f"study {cfg.study}")
     parts: WorkerParts = load_callable(spec, "study", "lmtune.lora.tune:worker_parts")(
         {**job["config"], "storage": cfg.storage, "study_name": cfg.study, "trials": total,
          "heartbeat_interval": cfg.heartbeat_interval, "grace_period": cfg.grace_period},

@@ -1,11 +1,15 @@
 """Samplers and pruners by name: the one list of what ``--sampler`` and ``--pruner`` accept.
 
+``make_sampler`` is the one function that builds a sampler by name: ``lmtune lora``, ``lmtune worker`` and the
+benchmark's replays (``lmtune bench samplers``) all call it the same way for the same method, so a replay runs the
+search a user runs. Each sampler gets the encoding of the space it can use: Optuna's samplers see every ordered
+parameter as its index (``lmtune.samplers.encoding``); language-BO and the agent read the values and their text.
+
 On a discrete space every sampler lmtune hands out proposes only configs no trial holds yet, finished or
 running, across workers and resumed runs: language-BO by itself, Optuna's samplers through
 ``DistinctSampler``, which also seeds them per trial (from the study seed and the trial number). Every sampler
 lmtune hands out sees a pruned trial as an observation at its fidelity (``lmtune.samplers.fidelity``), not as
-a failure or as nothing. Benchmark replays ask for Optuna's samplers as Optuna ships them (``distinct=False``):
-those are the baselines a user already has.
+a failure or as nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from optuna.samplers import BaseSampler
 
 from lmtune.errors import InputError
 from lmtune.extras import require
+from lmtune.samplers.auto import PLANS as AUTO_PLANS
 from lmtune.space import SearchSpace
 
 
@@ -26,9 +31,9 @@ from lmtune.space import SearchSpace
 class SamplerEntry:
     """One sampler name: its family (how ``make_sampler`` builds it), its options for that family, the CLI's help
     text for the names ``--sampler`` offers (None: a benchmark ablation), and whether it uses transferred
-    observations (``transfer=``; ``--transfer-from``)."""
+    observations (``transfer=``; the ``memory`` of ``lmtune lora``)."""
 
-    family: str  # "optuna", "language-bo" (the paper's sampler), "language-bo+" or "agent"
+    family: str  # "optuna", "language-bo" (the paper's sampler), "language-bo+", "agent" or "auto"
     options: dict[str, Any] = field(default_factory=dict)
     help: str | None = None
     transfer: bool = False
@@ -38,6 +43,9 @@ class SamplerEntry:
 #: +projection, +domain prompt, +token; ``language-bo+`` and each of its three ideas alone on top of the paper's
 #: sampler (``language_bo.plus``).
 REGISTRY: dict[str, SamplerEntry] = {
+    "auto": SamplerEntry(
+        "auto", help="the default: Optuna's GP, or with memory of earlier studies language-bo+ for the first 5 "
+                     "trials and then the GP (a rule chosen on lmtune's replay tables)", transfer=True),
     "random": SamplerEntry("optuna", help="uniform random configs (Optuna's RandomSampler)"),
     "tpe": SamplerEntry("optuna", help="Tree-structured Parzen Estimator (Optuna's TPESampler)"),
     "gp": SamplerEntry("optuna", help="Gaussian process with log EI on the numbers (Optuna's GPSampler)"),
@@ -56,7 +64,7 @@ REGISTRY: dict[str, SamplerEntry] = {
                       "(centaur), or proposes every config itself with a TPE fallback (lead)"),
     "language-bo+": SamplerEntry(
         "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False},
-        help="language-BO with a numeric kernel beside the text one, memory of past studies (--transfer-from) and a "
+        help="language-BO with a numeric kernel beside the text one, memory of past studies (--memory) and a "
              "space-filling start", transfer=True),
     "language-bo+numeric": SamplerEntry("language-bo+", {"numeric": True, "start": "random"}),
     "language-bo+transfer": SamplerEntry(
@@ -64,11 +72,15 @@ REGISTRY: dict[str, SamplerEntry] = {
     "language-bo+start": SamplerEntry("language-bo+", {"numeric": False, "start": "space-filling", "lbfgs": False}),
     "language-bo+no-transfer": SamplerEntry(
         "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False}),
+    "language-bo+parameter-gate": SamplerEntry(
+        "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False,
+                         "memory_gate": "parameter"}, transfer=True),
+    **{f"auto-{plan}": SamplerEntry("auto", {"plan": plan}, transfer=True) for plan in AUTO_PLANS},
 }
 #: The names ``--sampler`` accepts, with what each is (the CLI's help text).
 SAMPLERS: dict[str, str] = {name: entry.help for name, entry in REGISTRY.items() if entry.help}
 #: The sampler a study gets when none is named, and the one the agent advises in centaur mode.
-DEFAULT_SAMPLER = "tpe"
+DEFAULT_SAMPLER = "auto"
 #: How the agent works with a classical sampler (``--agent-mode``; ``lmtune.samplers.agent``).
 AGENT_MODES: dict[str, str] = {
     "centaur": "the default sampler proposes every trial; the model may replace a bounded share of its proposals",
@@ -83,10 +95,12 @@ LANGUAGE_BO_ABLATIONS: dict[str, dict[str, Any]] = {
 #: ``language-bo+`` and its ablations, with their options.
 LANGUAGE_BO_PLUS: dict[str, dict[str, Any]] = {
     name: entry.options for name, entry in REGISTRY.items() if entry.family == "language-bo+"}
+#: ``auto`` and its plans (the design candidates of its rule), with their options.
+AUTO: dict[str, dict[str, Any]] = {name: entry.options for name, entry in REGISTRY.items() if entry.family == "auto"}
+#: The names that take ``language-bo+``'s options (description, encoder, template, fit threads): it and ``auto``.
+PLUS_OPTIONS = (*LANGUAGE_BO_PLUS, *AUTO)
 #: The names that use transferred observations.
 TRANSFER_SAMPLERS = tuple(name for name, entry in REGISTRY.items() if entry.transfer)
-#: The names that rank a discrete space as a pool of configs (the others see one variable per parameter).
-POOL_SAMPLERS = (*LANGUAGE_BO_ABLATIONS, *LANGUAGE_BO_PLUS)
 
 PRUNERS: dict[str, str] = {
     "none": "no pruning",
@@ -98,17 +112,19 @@ PRUNERS: dict[str, str] = {
 REDUCTION_FACTOR = 3
 
 
-def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 5, space: SearchSpace | None = None,
-                 distinct: bool = True, **language_bo: Any) -> BaseSampler:
+def make_sampler(name: str, *, space: SearchSpace | None = None, seed: int | None = None, n_startup_trials: int = 5,
+                 **language_bo: Any) -> BaseSampler:
     """An Optuna sampler by name; ``n_startup_trials`` random trials precede model-based ones.
 
-    With a discrete ``space`` and ``distinct`` (the default) no config is proposed twice (``DistinctSampler``).
-    ``language-bo`` (and its ablation names) searches the discrete pool of ``space``; ``language_bo`` holds
-    its options (template, encoder, use_projection, use_learnable_token, shortlist_k, ...), or for ``agent``
-    ``mode`` (``AGENT_MODES``; centaur by default) and the ``AgentSampler``'s options (endpoint, model, prompts,
-    temperature, ...; centaur's ``override_share``): in lead mode its fallback is this registry's TPE, in centaur
-    mode the sampler it advises is this registry's ``DEFAULT_SAMPLER`` (or ``fallback``, when given).
-    ``language-bo+`` (and its ablations) also takes ``transfer`` (``TransferSource``s) and ``description``.
+    Optuna's samplers (random, tpe, gp, botorch) see each ``Ordered`` parameter of ``space`` as its index and pruned
+    trials as observations (``model_sampler``); on a discrete ``space`` no config is proposed twice
+    (``DistinctSampler``, which keeps that rule over the values). ``language-bo`` (and its ablation names) searches
+    the discrete pool of ``space``; ``language_bo`` holds its options (template, encoder, use_projection,
+    use_learnable_token, shortlist_k, ...), or for ``agent`` ``mode`` (``AGENT_MODES``; centaur by default) and the
+    ``AgentSampler``'s options (endpoint, model, prompts, temperature, ...; centaur's ``override_share``): in lead
+    mode its fallback is this registry's TPE, in centaur mode the sampler it advises is this registry's
+    ``DEFAULT_SAMPLER`` (or ``fallback``, when given). ``language-bo+`` (and its ablations) also takes
+    ``transfer`` (``TransferSource``s: the memory) and ``description``.
     """
     if name in LANGUAGE_BO_PLUS:
         if space is None:
@@ -119,6 +135,12 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
 
         return LanguageBOPlusSampler(space, seed=seed, n_startup_trials=n_startup_trials,
                                      **{**LANGUAGE_BO_PLUS[name], **language_bo})
+    if name in AUTO:
+        if space is None:
+            raise InputError("sampler", "auto needs the search space it chooses a sampler for")
+        from lmtune.samplers.auto import AutoSampler
+
+        return AutoSampler(space, seed=seed, n_startup_trials=n_startup_trials, **{**AUTO[name], **language_bo})
     if name in LANGUAGE_BO_ABLATIONS:
         if space is None:
             raise InputError("sampler", "language-bo needs the search space whose pool it ranks")
@@ -127,22 +149,20 @@ def make_sampler(name: str, *, seed: int | None = None, n_startup_trials: int = 
         options = {**LANGUAGE_BO_ABLATIONS[name], **language_bo} if name != "language-bo" else language_bo
         return LanguageBOSampler(space, seed=seed, n_startup_trials=n_startup_trials, **options)
     if name == "agent":
-        return _agent_sampler(seed, n_startup_trials, space, distinct, dict(language_bo))
+        return _agent_sampler(seed, n_startup_trials, space, dict(language_bo))
     if name not in SAMPLERS:  # a config's names are checked where it is read
         raise ValueError(f"unknown sampler {name!r}")
     if name == "botorch":  # now, not when DistinctSampler first builds it in a trial
         require("botorch", "sampler")
-    if not distinct:
-        return optuna_sampler(name, seed, n_startup_trials=n_startup_trials)
     if space is not None and space.is_discrete:
         from lmtune.samplers.distinct import DistinctSampler
 
-        return DistinctSampler(functools.partial(observing_sampler, name, n_startup_trials=n_startup_trials), space,
-                               seed=seed)
-    return observing_sampler(name, seed, n_startup_trials=n_startup_trials)
+        return DistinctSampler(functools.partial(model_sampler, name, space, n_startup_trials=n_startup_trials),
+                               space, seed=seed)
+    return model_sampler(name, space, seed, n_startup_trials=n_startup_trials)
 
 
-def _agent_sampler(seed: int | None, n_startup_trials: int, space: SearchSpace | None, distinct: bool,
+def _agent_sampler(seed: int | None, n_startup_trials: int, space: SearchSpace | None,
                    options: dict[str, Any]) -> BaseSampler:
     """The agent in its mode: centaur advises ``DEFAULT_SAMPLER`` (Centaur, arXiv:2603.24647), lead proposes itself."""
     if space is None:
@@ -154,8 +174,8 @@ def _agent_sampler(seed: int | None, n_startup_trials: int, space: SearchSpace |
     if mode not in AGENT_MODES:
         raise InputError("agent_mode", f"unknown mode {mode!r}; allowed: {', '.join(AGENT_MODES)}")
     base = "tpe" if mode == "lead" else DEFAULT_SAMPLER
-    fallback = options.pop("fallback", None) or make_sampler(base, seed=seed, n_startup_trials=n_startup_trials,
-                                                             space=space, distinct=distinct)
+    fallback = options.pop("fallback", None) or make_sampler(base, space=space, seed=seed,
+                                                             n_startup_trials=n_startup_trials)
     share = options.pop("override_share", AGENT_OVERRIDE_SHARE)
     if mode == "lead":
         return AgentSampler(space, seed=seed, n_startup_trials=n_startup_trials, fallback=fallback, **options)
@@ -163,12 +183,15 @@ def _agent_sampler(seed: int | None, n_startup_trials: int, space: SearchSpace |
                           override_share=share, **options)
 
 
-def observing_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:
-    """One of Optuna's samplers that sees pruned trials as observations at their fidelity."""
+def model_sampler(name: str, space: SearchSpace | None, seed: int | None, *, n_startup_trials: int = 5
+                  ) -> BaseSampler:
+    """One of Optuna's samplers as lmtune runs it: it sees pruned trials as observations at their fidelity
+    (``ObservingSampler``) and each ordered parameter of ``space`` as its index (``IndexedSampler``)."""
+    from lmtune.samplers.encoding import IndexedSampler
     from lmtune.samplers.fidelity import ObservingSampler
 
-    return ObservingSampler(optuna_sampler(name, seed, n_startup_trials=n_startup_trials))
-
+    observing = ObservingSampler(optuna_sampler(name, seed, n_startup_trials=n_startup_trials))
+    return observing if space is None else IndexedSampler(observing, space)
 
 
 def optuna_sampler(name: str, seed: int | None, *, n_startup_trials: int = 5) -> BaseSampler:

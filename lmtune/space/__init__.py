@@ -4,6 +4,8 @@ from lmtune.space.params import (
     Categorical,
     Float,
     Int,
+    Listed,
+    Ordered,
     Param,
     Scalar,
     canonical_value,
@@ -13,5 +15,5 @@ from lmtune.space.params import (
 from lmtune.space.presets import PAPER_LEARNING_RATES, PRESETS, load_space
 from lmtune.space.search_space import SearchSpace
 
-__all__ = ["PAPER_LEARNING_RATES", "PRESETS", "Categorical", "Float", "Int", "Param", "Scalar", "SearchSpace",
-           "canonical_value", "config_key", "load_space", "same_value"]
+__all__ = ["PAPER_LEARNING_RATES", "PRESETS", "Categorical", "Float", "Int", "Listed", "Ordered", "Param", "Scalar",
+           "SearchSpace", "canonical_value", "config_key", "load_space", "same_value"]

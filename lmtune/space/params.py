@@ -1,11 +1,11 @@
-"""Typed search parameters (categorical, int, float) and the one rule for "the same value"."""
+"""Typed search parameters (categorical, ordered, int, float) and the one rule for "the same value"."""
 
 from __future__ import annotations
 
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,22 +21,27 @@ from lmtune.errors import InputError
 
 Scalar = bool | int | float | str
 
+#: How spaces written before ordered parameters existed read their numbers (``legacy_param``): a positive list whose
+#: largest value is at least this multiple of its smallest was on a log scale (powers of two and decades alike).
+LEGACY_LOG_RATIO = 4.0
 
-@dataclass(frozen=True)
-class Categorical:
-    """A choice among listed values (numbers or strings); order is kept."""
+
+class _Listed:
+    """What ``Categorical`` and ``Ordered`` share: a finite list of values (``choices``). Optuna stores both as a
+    ``CategoricalDistribution`` of the values, so a trial's parameters are the values themselves whichever way a
+    sampler sees them."""
 
     name: str
     choices: tuple[Scalar, ...]
 
-    def __post_init__(self):
+    def _check_choices(self) -> None:
         if not self.choices:
-            raise InputError(self.name, "a categorical parameter needs at least one choice")
+            raise InputError(self.name, f"a {self._KIND} parameter needs at least one value")
         bad = [c for c in self.choices if isinstance(c, float) and not math.isfinite(c)]
         if bad:
-            raise InputError(self.name, f"choices must be finite, got {bad[0]}")
-        if len(set(self.choices)) != len(self.choices):
-            raise InputError(self.name, f"choices repeat a value: {list(self.choices)}")
+            raise InputError(self.name, f"values must be finite, got {bad[0]}")
+        if len({_lookup_key(c) for c in self.choices}) != len(self.choices):
+            raise InputError(self.name, f"values repeat a value: {list(self.choices)}")
 
     def distribution(self) -> BaseDistribution:
         return CategoricalDistribution(self.choices)
@@ -48,21 +53,80 @@ class Categorical:
         return self.choices
 
     def position(self, value: Any) -> int | None:
-        """The index of ``value`` among the choices, or None when it is not one of them."""
+        """The index of ``value`` among the values, or None when it is not one of them."""
         return _index_of(self.choices, value)
 
     def contains(self, value: Any) -> bool:
         return self.position(value) is not None
 
     def canonical(self, value: Any) -> Scalar:
-        """The stored choice equal to ``value`` (so ``8.0`` maps to the choice ``8``)."""
+        """The stored value equal to ``value`` (so ``8.0`` maps to the value ``8``)."""
         return self.choices[self.position(value)]
+
+
+@dataclass(frozen=True)
+class Categorical(_Listed):
+    """An unordered choice among listed values: names (variant, target modules), or numbers declared unordered.
+    A sampler sees each value as a label of its own; order is kept only as written."""
+
+    _KIND: ClassVar[str] = "categorical"
+
+    name: str
+    choices: tuple[Scalar, ...]
+
+    def __post_init__(self):
+        self._check_choices()
 
     def describe(self) -> str:
         return "one of " + ", ".join(str(c) for c in self.choices)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "categorical", "choices": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class Ordered(_Listed):
+    """Numbers in strictly increasing order, on a linear or a declared log scale (rank, batch size, learning rate).
+
+    Stored as the values (``distribution``), so studies read back the values; a sampler that models numbers sees
+    the index instead (``index_distribution``, ``value_at``, ``position``): Optuna's samplers through
+    ``lmtune.samplers.encoding``, NOMAD in the benchmark. Language-BO reads the values and, with ``log``, their
+    logarithms.
+    """
+
+    _KIND: ClassVar[str] = "ordered"
+
+    name: str
+    choices: tuple[int | float, ...]
+    log: bool = False
+
+    def __post_init__(self):
+        words = [c for c in self.choices if not _is_number(c)]
+        if words:
+            raise InputError(self.name, f"ordered values must be numbers, got {words[0]!r}; names are a categorical "
+                             "parameter: a list with a name in it, or {type: categorical, choices: [...]}")
+        self._check_choices()
+        keys = [canonical_value(c) for c in self.choices]
+        if keys != sorted(keys):
+            ascending = ", ".join(str(c) for c in sorted(self.choices))
+            raise InputError(self.name, f"ordered values must increase: write [{ascending}], or "
+                             "{type: categorical, choices: [...]} for an unordered choice")
+        if self.log and self.choices[0] <= 0:
+            raise InputError(self.name, f"a log scale needs every value > 0, got {self.choices[0]}")
+
+    def index_distribution(self) -> IntDistribution:
+        """The values as their positions 0..n-1: what a sampler of numbers should search."""
+        return IntDistribution(0, len(self.choices) - 1)
+
+    def value_at(self, index: int) -> int | float:
+        return self.choices[index]
+
+    def describe(self) -> str:
+        scale = ", log scale" if self.log else ""
+        return "one of " + ", ".join(str(c) for c in self.choices) + f" (ordered{scale})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "ordered", "values": list(self.choices), "log": self.log}
 
 
 class _Range:
@@ -174,7 +238,9 @@ class Float(_Range):
         return out
 
 
-Param = Categorical | Int | Float
+Param = Categorical | Ordered | Int | Float
+#: The parameters whose values are listed (a finite list; both stored as Optuna categoricals).
+Listed = Categorical | Ordered
 
 
 #: Significant digits at which two numbers are the same value (see ``canonical_value``).
@@ -219,30 +285,80 @@ def _lookup_key(value: Any) -> tuple[type, Any]:
     return (type(canonical), canonical)
 
 
-def param_from_spec(name: str, spec: dict[str, Any]) -> Param:
-    kind = spec.get("type", "categorical" if "choices" in spec else None)
-    keys = {"categorical": {"type", "choices"}, "int": {"type", "low", "high", "log", "step"},
-            "float": {"type", "low", "high", "log", "step"}}
-    if kind not in keys:
-        raise InputError(name, f"type {kind!r} is not allowed; allowed: categorical, int, float")
-    extra = sorted(set(spec) - keys[kind])
+def param_from_list(name: str, values: Sequence[Any]) -> Param:
+    """A YAML list: numbers are ordered (on a linear scale: declare a log scale with ``{values: [...], log: true}``);
+    a list with a name (or a boolean) in it is categorical."""
+    values = tuple(number(v) for v in values)
+    if values and all(_is_number(v) for v in values):
+        return Ordered(name, values)
+    return Categorical(name, values)
+
+
+def legacy_param(name: str, choices: Sequence[Any]) -> Param:
+    """How a categorical list of a space written before ordered parameters existed reads: increasing numbers are
+    ordered, on a log scale when all are positive and the largest is at least ``LEGACY_LOG_RATIO`` times the
+    smallest (the rule language-BO guessed the scale by). Only old table files and old studies' stored spaces are
+    read so (``SearchSpace.from_stored``); a space written now says what it means. Numbers listed out of order stay
+    categorical: a study stored them in that order, and Optuna refuses another order of the same choices."""
+    choices = tuple(number(v) for v in choices)
+    keys = [canonical_value(v) for v in choices]
+    if not choices or not all(_is_number(v) for v in choices) or keys != sorted(set(keys)):
+        return Categorical(name, choices)
+    return Ordered(name, choices, choices[0] > 0 and choices[-1] >= LEGACY_LOG_RATIO * choices[0])
+
+
+#: The keys each kind of parameter takes in a space's mapping, and how a message names the kind.
+KIND_WORDS = {"categorical": "a categorical", "ordered": "an ordered", "int": "an int", "float": "a float"}
+SPEC_KEYS = {"categorical": {"type", "choices"}, "ordered": {"type", "values", "log"},
+             "int": {"type", "low", "high", "log", "step"}, "float": {"type", "low", "high", "log", "step"}}
+
+
+def param_from_spec(name: str, spec: dict[str, Any], *, legacy: bool = False) -> Param:
+    """A parameter from its mapping: ``{type: categorical, choices: [...]}`` (``choices`` alone will do),
+    ``{values: [...], log: true}`` (ordered numbers; ``type: ordered`` may be written), or an int or float range.
+    With ``legacy`` (a space written before ordered parameters existed) categorical numbers read as
+    ``legacy_param`` says."""
+    kind = spec.get("type", "categorical" if "choices" in spec else "ordered" if "values" in spec else None)
+    if kind not in SPEC_KEYS:
+        raise InputError(name, f"type {kind!r} is not allowed; allowed: {', '.join(SPEC_KEYS)} (a list of numbers "
+                         "is ordered)")
+    extra = sorted(set(spec) - SPEC_KEYS[kind])
     if extra:
-        allowed = ", ".join(sorted(keys[kind]))
-        raise InputError(name, f"unknown key {extra[0]!r} for a {kind} parameter; allowed: {allowed}")
+        allowed = ", ".join(sorted(SPEC_KEYS[kind]))
+        raise InputError(name, f"unknown key {extra[0]!r} for {KIND_WORDS[kind]} parameter; allowed: {allowed}")
     try:
         if kind == "categorical":
-            return Categorical(name, tuple(number(v) for v in spec["choices"]))
-        low, high = number(spec["low"]), number(spec["high"])
+            choices = _listed(name, spec["choices"], "choices")
+            return legacy_param(name, choices) if legacy else Categorical(name, choices)
+        if kind == "ordered":
+            return Ordered(name, _listed(name, spec["values"], "values"), _flag(name, spec.get("log", False)))
+        low, high, log = number(spec["low"]), number(spec["high"]), _flag(name, spec.get("log", False))
         if kind == "int":
             whole = [_whole(name, v, key) for v, key in ((low, "low"), (high, "high"), (spec.get("step", 1), "step"))]
-            return Int(name, whole[0], whole[1], bool(spec.get("log", False)), whole[2])
+            return Int(name, whole[0], whole[1], log, whole[2])
         step = spec.get("step")
-        return Float(name, float(low), float(high), bool(spec.get("log", False)),
-                     None if step is None else float(number(step)))
+        return Float(name, float(low), float(high), log, None if step is None else float(number(step)))
     except KeyError as exc:
-        raise InputError(name, f"a {kind} parameter needs {exc.args[0]!r}") from None
+        raise InputError(name, f"{KIND_WORDS[kind]} parameter needs {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise InputError(name, f"bad {kind} parameter: {exc}") from None
+
+
+def _listed(name: str, values: Any, key: str) -> tuple[Any, ...]:
+    if not isinstance(values, list | tuple):
+        raise InputError(name, f"{key} must be a list, got {values!r}")
+    return tuple(number(v) for v in values)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(name, f"log must be true or false, got {value!r}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    """A number a scale can hold: an int or a finite-or-not float, never a boolean."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _whole(name: str, value: Any, key: str) -> int:

@@ -1,11 +1,15 @@
-"""The built-in spaces: the language-BO paper's 45,360-config pool and a CPU-sized one; ``load_space``."""
+"""The built-in spaces: the language-BO paper's 45,360-config pool and a CPU-sized one; ``load_space``.
+
+Every number is ``Ordered``: rank, alpha ratio, batch size and learning rate act multiplicatively and are on a log
+scale; dropout holds 0 and is linear. The variant, a name, is categorical where it is searched.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lmtune.errors import InputError
-from lmtune.space.params import Categorical
+from lmtune.space.params import Ordered
 from lmtune.space.search_space import SearchSpace
 
 #: The ten learning rates of Table 1 of "Efficient Hyper-parameter Search for LoRA via Language-aided Bayesian
@@ -17,11 +21,11 @@ PAPER_LEARNING_RATES = (1e-6, 5e-6, 2e-5, 3e-5, 5e-5, 1e-4, 3e-4, 4e-4, 5e-4, 5e
 def _lora_paper() -> SearchSpace:
     return SearchSpace(
         (
-            Categorical("rank", tuple(2**i for i in range(9))),
-            Categorical("alpha_ratio", tuple(2.0**k for k in range(-1, 8))),
-            Categorical("batch_size", tuple(2**i for i in range(1, 9))),
-            Categorical("learning_rate", PAPER_LEARNING_RATES),
-            Categorical("dropout", tuple(round(0.05 * i, 2) for i in range(7))),
+            Ordered("rank", tuple(2**i for i in range(9)), log=True),
+            Ordered("alpha_ratio", tuple(2.0**k for k in range(-1, 8)), log=True),
+            Ordered("batch_size", tuple(2**i for i in range(1, 9)), log=True),
+            Ordered("learning_rate", PAPER_LEARNING_RATES, log=True),
+            Ordered("dropout", tuple(round(0.05 * i, 2) for i in range(7))),
         ),
         {"variant": "lora"},
         "lora-paper",
@@ -32,11 +36,11 @@ def _lora_small() -> SearchSpace:
     """A few hundred configs that train in seconds each on a small encoder on CPU."""
     return SearchSpace(
         (
-            Categorical("rank", (4, 8, 16, 32)),
-            Categorical("alpha_ratio", (0.5, 1.0, 2.0, 4.0)),
-            Categorical("batch_size", (8, 16)),
-            Categorical("learning_rate", (3e-4, 1e-3, 2e-3, 3e-3, 5e-3)),
-            Categorical("dropout", (0.0, 0.1)),
+            Ordered("rank", (4, 8, 16, 32), log=True),
+            Ordered("alpha_ratio", (0.5, 1.0, 2.0, 4.0), log=True),
+            Ordered("batch_size", (8, 16), log=True),
+            Ordered("learning_rate", (3e-4, 1e-3, 2e-3, 3e-3, 5e-3), log=True),
+            Ordered("dropout", (0.0, 0.1)),
         ),
         {"variant": "lora"},
         "lora-small",

@@ -21,16 +21,22 @@ from optuna.distributions import BaseDistribution
 
 from lmtune.errors import InputError
 from lmtune.space.params import (
-    Categorical,
     Float,
+    Listed,
     Param,
     Scalar,
     _lookup_key,
+    canonical_value,
     first_line,
     number,
+    param_from_list,
     param_from_spec,
     same_value,
 )
+
+#: The format of a space's mapping (``to_dict``); a stored mapping without it was written before ordered
+#: parameters existed (``from_stored``).
+SPACE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -154,27 +160,55 @@ class SearchSpace:
         fixed = {k: v for k, v in self.fixed.items() if k != param.name}
         return SearchSpace(params, fixed, self.name)
 
+    def values_dict(self) -> dict[str, Any]:
+        """The configs the space holds, whatever a sampler is told of them: each listed parameter as its values (a
+        categorical mapping, as every space was written before ordered parameters existed), each range as its
+        bounds, and the fixed values. What identifies a space's results (``same_values``, a transfer source's
+        fingerprint) without its encoding."""
+        params = {p.name: {"type": "categorical", "choices": list(p.values())} if isinstance(p, Listed) else p.to_dict()
+                  for p in self.params}
+        return {"name": self.name, "params": params, "fixed": dict(self.fixed)}
+
+    def same_values(self, other: SearchSpace) -> bool:
+        """Whether two spaces hold the same configs (names, each parameter's values or range, fixed values), however
+        a sampler is told to see them (ordered or not, log scale or not): a study may resume under either."""
+        return _canonical(self.values_dict()) == _canonical(other.values_dict())
+
     # -- (de)serialization --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": {p.name: p.to_dict() for p in self.params}, "fixed": dict(self.fixed)}
+        return {"name": self.name, "params": {p.name: p.to_dict() for p in self.params}, "fixed": dict(self.fixed),
+                "format": SPACE_FORMAT}
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "space") -> SearchSpace:
+    def from_dict(cls, data: Any, *, source: str = "space", legacy: bool = False) -> SearchSpace:
+        """A space from its mapping: ``params`` (each a list, a mapping as ``params.param_from_spec`` reads, or a
+        value to fix), ``fixed`` and ``name``. With ``legacy`` its categorical numbers read as a space written
+        before ordered parameters existed meant them (``params.legacy_param``)."""
         if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or not data["params"]:
             raise InputError("space", f"{source}: expected a mapping with a non-empty 'params' mapping")
-        extra = sorted(set(data) - {"name", "params", "fixed"})
+        extra = sorted(set(data) - {"name", "params", "fixed", "format"})
         if extra:
-            raise InputError(extra[0], f"{source}: unknown key; allowed keys: name, params, fixed")
+            raise InputError(extra[0], f"{source}: unknown key; allowed keys: name, params, fixed, format")
+        if data.get("format", SPACE_FORMAT) != SPACE_FORMAT:
+            raise InputError("space", f"{source}: format {data['format']!r} is not one this lmtune reads "
+                             f"({SPACE_FORMAT})")
         params: list[Param] = []
         fixed: dict[str, Scalar] = dict(data.get("fixed") or {})
         for name, spec in data["params"].items():
             if isinstance(spec, list):
-                params.append(Categorical(name, tuple(number(v) for v in spec)))
+                params.append(param_from_list(name, spec))
             elif isinstance(spec, dict):
-                params.append(param_from_spec(name, spec))
+                params.append(param_from_spec(name, spec, legacy=legacy))
             else:
                 fixed[name] = number(spec)
         return cls(tuple(params), fixed, str(data.get("name", Path(source).stem)))
+
+    @classmethod
+    def from_stored(cls, data: Any, *, source: str = "space") -> SearchSpace:
+        """A space lmtune stored (a study's ``space`` attribute, a table's grid): one without a ``format`` was
+        written before ordered parameters existed, and its categorical numbers read as ordered by the old rule."""
+        legacy = isinstance(data, dict) and "format" not in data
+        return cls.from_dict(data, source=source, legacy=legacy)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
@@ -186,3 +220,12 @@ class SearchSpace:
         except yaml.YAMLError as exc:
             raise InputError("space", f"{path} is not valid YAML: {first_line(exc)}") from None
         return cls.from_dict(data, source=str(path))
+
+
+def _canonical(data: Any) -> Any:
+    """``data`` with every number in its canonical form (``canonical_value``), for comparing."""
+    if isinstance(data, dict):
+        return {key: _canonical(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_canonical(value) for value in data]
+    return canonical_value(data)

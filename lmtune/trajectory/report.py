@@ -21,7 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
-from lmtune.space import Categorical, Float, Int, Param, SearchSpace, canonical_value
+from lmtune.space import Categorical, Float, Int, Listed, Param, SearchSpace, canonical_value
 from lmtune.trajectory.curves import rounded, summarize_curve
 
 #: Completed trials needed before an effect is estimated: fewer give a rank correlation of pure noise.
@@ -165,7 +165,7 @@ def _param_history(param: Param, rows: list[dict[str, Any]], maximize: bool) -> 
 
 def _order(param: Param, text: str) -> float:
     """Tried values in the space's order (choices as listed, numbers ascending)."""
-    if isinstance(param, Categorical):
+    if isinstance(param, Listed):
         return float(next((i for i, c in enumerate(param.choices) if _text(c) == text), len(param.choices)))
     try:
         return float(text)
@@ -187,7 +187,7 @@ def _untried(space: SearchSpace, rows: list[dict[str, Any]]) -> dict[str, list[s
     out: dict[str, list[str]] = {}
     for p in space.params:
         seen = [r["config"][p.name] for r in rows if p.name in r["config"]]
-        if isinstance(p, Categorical):
+        if isinstance(p, Listed):
             missing = [_text(c) for c in p.choices if not any(_same(c, v) for v in seen)]
         else:
             missing = [f"{_text(lo)}..{_text(hi)}" for lo, hi in _bins(p)

@@ -142,6 +142,8 @@ def _space(spec: dict[str, Any]) -> str:
     if spec["type"] == "categorical":
         return "{" + ",".join(_val(c) for c in spec["choices"]) + "}"
     scale = " log" if spec.get("log") else ""
+    if spec["type"] == "ordered":
+        return "ordered {" + ",".join(_val(c) for c in spec["values"]) + "}" + scale
     step = f" step {spec['step']}" if spec.get("step") not in (None, 1) else ""
     return f"{spec['type']} [{_val(spec['low'])}, {_val(spec['high'])}]{scale}{step}"
 

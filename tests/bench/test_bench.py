@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -11,18 +12,19 @@ import pytest
 from lmtune.bench.build import build_full_runs, build_table, choose_full_configs
 from lmtune.bench.compare import compare_samplers, summarize
 from lmtune.bench.replay import regret_curve, replay, trials_to_reach
-from lmtune.bench.specs import TableSpec
+from lmtune.bench.specs import TABLES, TableSpec, load_table_spec
 from lmtune.bench.table import Table
 from lmtune.errors import InputError
 from lmtune.finetune.data import load_dataset
-from lmtune.space import Categorical, SearchSpace, config_key
+from lmtune.space import Categorical, Ordered, SearchSpace, config_key
 
+ROOT = Path(__file__).resolve().parents[2]
 GRID = SearchSpace(
     (
-        Categorical("rank", (2, 4, 8, 16)),
-        Categorical("alpha_ratio", (0.5, 1.0, 2.0)),
-        Categorical("learning_rate", (1e-4, 1e-3, 1e-2)),
-        Categorical("dropout", (0.0, 0.1)),
+        Ordered("rank", (2, 4, 8, 16), log=True),
+        Ordered("alpha_ratio", (0.5, 1.0, 2.0), log=True),
+        Ordered("learning_rate", (1e-4, 1e-3, 1e-2), log=True),
+        Ordered("dropout", (0.0, 0.1)),
     ),
     {"variant": "lora", "batch_size": 8},
     "synthetic",
@@ -30,8 +32,8 @@ GRID = SearchSpace(
 
 
 SMALL_GRID = SearchSpace(
-    (Categorical("rank", (2, 8, 16)), Categorical("alpha_ratio", (1.0, 2.0)),
-     Categorical("learning_rate", (1e-3, 1e-2)), Categorical("dropout", (0.0,))),
+    (Ordered("rank", (2, 8, 16), log=True), Ordered("alpha_ratio", (1.0, 2.0), log=True),
+     Ordered("learning_rate", (1e-3, 1e-2), log=True), Ordered("dropout", (0.0,))),
     {"variant": "lora", "batch_size": 8},
     "synthetic-small",
 )
@@ -50,6 +52,19 @@ def synthetic_table(fail: set[int] = frozenset(), grid: SearchSpace = GRID) -> T
                      "fail_reason": "diverged" if failed else None})
     recipe = {"name": "synthetic", "grid": grid.to_dict()}
     return Table(name="synthetic", recipe=recipe, metric_name="accuracy", direction="maximize", rows=rows)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_committed_table_holds_its_whole_grid_built_with_its_spec(name):
+    """A committed file's numbers are stored as categorical choices: they read back as the spec's ordered
+    parameters, the recipe is the spec's, and every config of the grid has its row, each once."""
+    table = Table.load(ROOT / "benchmarks" / "data" / f"{name}.json.gz")
+    spec = load_table_spec(name)
+    assert table.built_with(spec.recipe()) and table.complete
+    assert [(type(p), p.values(), getattr(p, "log", None)) for p in table.grid.params] == [
+        (type(p), p.values(), getattr(p, "log", None)) for p in spec.grid.params]
+    assert sorted(config_key({**r["params"], **spec.grid.fixed}) for r in table.rows) == sorted(
+        config_key(c) for c in spec.grid.iter_pool())
 
 
 def test_lookup_is_exact_and_rejects_configs_outside_the_grid():
@@ -80,6 +95,47 @@ def test_table_file_round_trips_and_summary_counts(tmp_path):
     (tmp_path / "bad.json.gz").write_text("not gzip")
     with pytest.raises(InputError, match="not a gzipped lmtune table"):
         Table.load(tmp_path / "bad.json.gz")
+
+
+def old_grid(grid: SearchSpace) -> dict:
+    """A grid as table files stored it before ordered parameters existed: every number categorical, no format."""
+    return {"name": grid.name, "fixed": dict(grid.fixed),
+            "params": {p.name: {"type": "categorical", "choices": list(p.values())} for p in grid.params}}
+
+
+def test_a_table_file_written_before_ordered_parameters_reads_its_numbers_ordered(tmp_path):
+    """Old table files (the committed ones among them) read as ordered, log-scaled where all values are positive
+    and span a factor of 4; the file, its recipe and its fingerprint stay as they were."""
+    old = synthetic_table(grid=GRID.with_param(Categorical("target", ("q", "v"))))
+    old.recipe = {**old.recipe, "grid": old_grid(old.grid)}
+    loaded = Table.load(old.save(tmp_path / "old.json.gz"))
+    assert loaded.grid.param("rank") == Ordered("rank", (2, 4, 8, 16), log=True)
+    assert loaded.grid.param("alpha_ratio") == Ordered("alpha_ratio", (0.5, 1.0, 2.0), log=True)
+    assert loaded.grid.param("dropout") == Ordered("dropout", (0.0, 0.1), log=False)
+    assert loaded.grid.param("target") == Categorical("target", ("q", "v"))
+    assert loaded.recipe == old.recipe and loaded.fingerprint() == old.fingerprint()
+    assert loaded.built_with({**old.recipe, "grid": loaded.grid.to_dict()})  # today's spec of the same grid
+    assert not loaded.built_with({**old.recipe, "grid": GRID.to_dict()})  # another grid
+    committed = {json.loads(line)["table"]: json.loads(line)["fingerprint"]
+                 for line in (ROOT / "benchmarks/results/samplers/runs.jsonl").read_text().splitlines()}
+    for name in ("arith-sft", "bbc-minilm"):
+        table = Table.load(ROOT / f"benchmarks/data/{name}.json.gz")
+        assert table.fingerprint() == committed[name]  # the committed replays stay keyed to it
+        assert table.grid == load_table_spec(name).grid  # the spec declares what the old rule reads
+
+
+def test_logged_replays_are_reused_only_for_methods_whose_search_did_not_change(tmp_path):
+    """A run logged before ordered parameters (no ``search`` key) is reused for NOMAD, replayed again for Optuna's
+    samplers (now index-encoded and never repeating)."""
+    table = synthetic_table()
+    logged = [{"table": "synthetic", "fingerprint": table.fingerprint(), "method": method, "seed": 0, "budget": 6,
+               "prior": "", "values": [0.5] * 6, "seconds": 0.0} for method in ("nomad", "random")]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged))
+    compare_samplers([table], ["nomad", "random"], seeds=1, budget=6, output=tmp_path)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["method"], r.get("search")) for r in runs] == [("nomad", None), ("random", None),
+                                                              ("random", "ordered-index")]
+    assert runs[-1]["values"] != [0.5] * 6
 
 
 def test_regret_curve_and_trials_to_top():
@@ -150,22 +206,43 @@ def test_language_bo_replay_is_deterministic(tmp_path, monkeypatch):
     assert len(set(map(str, first.values))) > 1
 
 
-def test_transferring_methods_remember_the_other_tables_never_the_one_they_search(tmp_path, monkeypatch):
-    """Leave one out: each table's transferring replays remember the other table (and an extra file), never the
-    table itself, even when it is passed again as an extra; other methods remember nothing."""
+VARIANT_GRID = SearchSpace(
+    (Categorical("variant", ("lora", "dora")), Ordered("rank", (2, 8), log=True),
+     Ordered("learning_rate", (1e-3, 1e-2), log=True)),
+    {"alpha_ratio": 2.0, "batch_size": 8, "dropout": 0.0},
+    "synthetic-variants",
+)
+
+
+def variant_table() -> Table:
+    """A table of another shape: it searches the variant (a name) and no alpha ratio nor dropout."""
+    rows = [{"params": {k: v for k, v in config.items() if k not in VARIANT_GRID.fixed}, "state": "COMPLETE",
+             "metric": 0.5 + 0.1 * (config["variant"] == "dora") - 0.01 * config["rank"], "eval_loss": None,
+             "trajectory": [], "step_losses": [], "train_seconds": 1.0, "fail_reason": None}
+            for config in VARIANT_GRID.iter_pool()]
+    return Table(name="variants", recipe={"grid": VARIANT_GRID.to_dict()}, metric_name="accuracy",
+                 direction="maximize", rows=rows)
+
+
+def test_transferring_methods_remember_the_other_compatible_tables_never_the_one_they_search(tmp_path, monkeypatch):
+    """Leave one out: each table's transferring replays remember the other tables that search a compatible space
+    (and an extra file), never the table itself, even when it is passed again as an extra; a table of another
+    shape remembers nothing and is remembered by none, and its replay runs; other methods remember nothing."""
     monkeypatch.setenv("LMTUNE_CACHE_DIR", str(tmp_path / "cache"))
     first = synthetic_table()
     second = Table(name="shifted", recipe={"grid": SMALL_GRID.to_dict()}, metric_name="accuracy",
                    direction="maximize", rows=synthetic_table(grid=SMALL_GRID).rows)
-    report = compare_samplers([first, second], ["language-bo+", "random"], seeds=1, budget=6,
+    third = variant_table()
+    report = compare_samplers([first, second, third], ["language-bo+", "random"], seeds=1, budget=6,
                               output=tmp_path / "out", transfer_from=[first])
-    assert "synthetic remembers shifted; shifted remembers synthetic" in report
+    assert "synthetic remembers shifted; shifted remembers synthetic; variants remembers nothing" in report
     runs = [json.loads(line) for line in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
     prior = {(r["table"], r["method"]): r["prior"] for r in runs}
     assert prior[("synthetic", "language-bo+")] == f"shifted:{second.fingerprint()}"
     assert prior[("shifted", "language-bo+")] == f"synthetic:{first.fingerprint()}"
+    assert prior[("variants", "language-bo+")] == ""
     assert prior[("synthetic", "random")] == prior[("shifted", "random")] == ""
-    assert all(len(r["values"]) == 6 for r in runs)  # remembered rows never took a trial of the budget
+    assert len(runs) == 6 and all(len(r["values"]) == 6 for r in runs)  # remembered rows never took a trial
     assert "| mean rank @5 |" in report
 
 
@@ -180,8 +257,8 @@ def tiny_model_dir(tmp_path_factory, tiny_bert, tokenizer):
 def tiny_spec(tmp_path, model: str) -> TableSpec:
     rows = [f"{'good' if i % 2 else 'bad'} film {i},{'pos' if i % 2 else 'neg'}" for i in range(60)]
     (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
-    grid = SearchSpace((Categorical("rank", (2, 4)), Categorical("learning_rate", (1e-3, 1e-2)),
-                        Categorical("alpha_ratio", (1.0, 2.0))), {"variant": "lora", "batch_size": 8}, "tiny")
+    grid = SearchSpace((Ordered("rank", (2, 4), log=True), Ordered("learning_rate", (1e-3, 1e-2), log=True),
+                        Ordered("alpha_ratio", (1.0, 2.0), log=True)), {"variant": "lora", "batch_size": 8}, "tiny")
     return TableSpec(name="tiny", grid=grid, dataset=str(tmp_path / "reviews.csv"), model=model, proxy_fraction=0.5,
                      max_length=16, eval_points=2)
 

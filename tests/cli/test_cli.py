@@ -117,15 +117,15 @@ def test_language_bo_sampler_runs_end_to_end_on_lora_small(tmp_path):
     assert list((tmp_path / "cache").rglob("*"))  # the pool's embeddings were cached on disk
 
 
-def test_language_bo_plus_remembers_a_finished_study_and_spends_only_its_own_budget(tmp_path):
-    """``--transfer-from`` a study in the same storage: the new study runs its own budget of distinct configs,
-    and the remembered results stay where they were."""
+def test_language_bo_plus_remembers_an_earlier_study_by_default_and_spends_only_its_own_budget(tmp_path):
+    """``memory`` auto: the earlier study of the same storage is remembered (and named in the summary), the new
+    study runs its own budget of distinct configs, and the remembered results stay where they were."""
     data = write_reviews(tmp_path)
     common = (*FAST, "--dataset", data, "--proxy-fraction", "0.5", "--no-final-train")
-    past = lmtune("lora", *common, "--trials", "3", "--study-name", "past", cwd=tmp_path)
+    past = lmtune("lora", *common, "--trials", "5", "--study-name", "past", cwd=tmp_path)
     assert past.returncode == 0, past.stderr
-    new = lmtune("lora", *common, "--sampler", "language-bo+", "--startup-trials", "2", "--trials", "3",
-                 "--study-name", "new", "--transfer-from", "past", cwd=tmp_path)
+    new = lmtune("lora", *common, "--sampler", "language-bo+", "--startup-trials", "2", "--trials", "4",
+                 "--study-name", "new", "--output-dir", "new", cwd=tmp_path)
     assert new.returncode == 0, new.stderr
     with sqlite3.connect(tmp_path / "lmtune.db") as conn:
         rows = conn.execute("select s.study_name, t.state, count(*) from trials t join studies s "
@@ -133,9 +133,14 @@ def test_language_bo_plus_remembers_a_finished_study_and_spends_only_its_own_bud
         params = conn.execute("select t.trial_id, p.param_name, p.param_value from trial_params p join trials t "
                               "on t.trial_id = p.trial_id join studies s on s.study_id = t.study_id "
                               "where s.study_name = 'new'").fetchall()
-    assert sorted(rows) == [("new", "COMPLETE", 3), ("past", "COMPLETE", 3)]
+    assert sorted(rows) == [("new", "COMPLETE", 4), ("past", "COMPLETE", 5)]
     configs = {tid: tuple(sorted((n, v) for t, n, v in params if t == tid)) for tid, _, _ in params}
-    assert len(set(configs.values())) == 3
+    assert len(set(configs.values())) == 4
+    memory = json.loads((tmp_path / "new" / "results.json").read_text())["memory"]
+    assert memory["requested"] == ["auto"] and [m["name"] for m in memory["used"]] == ["past"]
+    # three start-up trials (the memory's best config, two design points), then a fit that judges the memory
+    assert memory["gate"]["sources"] == ["past"] and memory["gate"]["kept"] in (True, False)
+    assert "- memory: `past` (5 results); the memory gate " in (tmp_path / "new" / "summary.md").read_text()
 
 
 def test_proxy_check_prints_both_correlations_the_cost_and_a_recommendation(tmp_path):

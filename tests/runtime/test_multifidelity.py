@@ -14,10 +14,11 @@ from lmtune.runtime.compute import ComputeBudget, spent
 from lmtune.runtime.loop import run_trials
 from lmtune.runtime.study import open_study
 from lmtune.samplers.registry import make_pruner, make_sampler
-from lmtune.space import Categorical, SearchSpace
+from lmtune.space import Ordered, SearchSpace
 
-SPACE = SearchSpace((Categorical("rank", (4, 8, 16, 32, 64)), Categorical("learning_rate", (1e-4, 3e-4, 1e-3, 3e-3)),
-                     Categorical("dropout", (0.0, 0.1))), {"variant": "lora"}, "mf")
+SPACE = SearchSpace((Ordered("rank", (4, 8, 16, 32, 64), log=True),
+                     Ordered("learning_rate", (1e-4, 3e-4, 1e-3, 3e-3), log=True),
+                     Ordered("dropout", (0.0, 0.1))), {"variant": "lora"}, "mf")
 STEPS, EVERY = 81, 9  # a trial reports every 9 steps up to 81: rungs at 9, 27, 81 with reduction factor 3
 
 

@@ -20,20 +20,20 @@ from lmtune.runtime.loop import run_trials
 from lmtune.runtime.study import open_study
 from lmtune.samplers.grid import ShuffledGridSampler
 from lmtune.samplers.registry import SAMPLERS, make_sampler
-from lmtune.space import Categorical, SearchSpace
+from lmtune.space import Ordered, SearchSpace
 from tests.conftest import AGENT_TEST_OPTIONS
 
-#: 24 configs: small enough to exhaust in a test, ordered numbers for the numeric samplers.
+#: 24 configs: small enough to exhaust in a test, ordered numbers (the numeric samplers see their indexes).
 SPACE = SearchSpace(
     (
-        Categorical("rank", (4, 16, 64)),
-        Categorical("learning_rate", (1e-4, 3e-4, 1e-3, 3e-3)),
-        Categorical("dropout", (0.0, 0.1)),
+        Ordered("rank", (4, 16, 64), log=True),
+        Ordered("learning_rate", (1e-4, 3e-4, 1e-3, 3e-3), log=True),
+        Ordered("dropout", (0.0, 0.1)),
     ),
     {"variant": "lora"},
     "contract",
 )
-NAMES = [*SAMPLERS, "agent-lead", "grid"]
+NAMES = [*SAMPLERS, "agent-lead", "auto-memory-then-gp-5", "grid"]
 
 
 @pytest.fixture
@@ -45,7 +45,8 @@ def encoders(encoders, agent_endpoint):
 def make(name: str, encoders, tmp_path, seed: int = 0):
     if name == "grid":
         return ShuffledGridSampler(list(SPACE.iter_pool()), seed=seed)
-    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if name.startswith("language-bo") else {}
+    model_based = name.startswith(("language-bo", "auto"))
+    options = {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache"} if model_based else {}
     if name.startswith("agent"):  # centaur needs room for the reason of an override
         options = {"endpoint": encoders["agent"], **AGENT_TEST_OPTIONS, "retries": 1}
         options.update({"mode": "lead"} if name == "agent-lead" else {"reason_chars": 40, "override_share": 0.5})

@@ -18,17 +18,17 @@ from lmtune.samplers.language_bo.acquisition import log_ei_scorer
 from lmtune.samplers.language_bo.embeddings import TextPool, shared_prefix
 from lmtune.samplers.language_bo.encoder import FrozenEncoder
 from lmtune.samplers.templates import Template, format_value
-from lmtune.space import Categorical, Float, Int, SearchSpace, load_space
+from lmtune.space import Categorical, Float, Int, Ordered, SearchSpace, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: 36 configs: small enough to exhaust, large enough for a shortlist.
 SPACE = SearchSpace(
     (
-        Categorical("rank", (4, 16, 64)),
-        Categorical("alpha_ratio", (1.0, 4.0)),
-        Categorical("learning_rate", (1e-5, 1e-4, 1e-3)),
-        Categorical("dropout", (0.0, 0.1)),
+        Ordered("rank", (4, 16, 64), log=True),
+        Ordered("alpha_ratio", (1.0, 4.0), log=True),
+        Ordered("learning_rate", (1e-5, 1e-4, 1e-3), log=True),
+        Ordered("dropout", (0.0, 0.1)),
     ),
     {"variant": "lora"},
     "test",

@@ -30,16 +30,16 @@ from lmtune.samplers.language_bo.transfer import (
     source_from_rows,
 )
 from lmtune.samplers.registry import make_sampler
-from lmtune.space import Categorical, SearchSpace
+from lmtune.space import Categorical, Ordered, SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: 180 configs over four numbers and a name.
 SPACE = SearchSpace(
     (
-        Categorical("rank", (2, 4, 8, 16, 32)),
-        Categorical("learning_rate", (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)),
-        Categorical("dropout", (0.0, 0.1, 0.2)),
+        Ordered("rank", (2, 4, 8, 16, 32), log=True),
+        Ordered("learning_rate", (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3), log=True),
+        Ordered("dropout", (0.0, 0.1, 0.2)),
         Categorical("variant", ("lora", "dora")),
     ),
     {"alpha_ratio": 2.0},
@@ -224,19 +224,19 @@ def test_a_large_sources_prior_is_the_same_whatever_study_fits_it_first(encoders
 
 
 def test_a_source_with_another_space_is_an_error_naming_the_parameters_that_differ(encoders, tmp_path):
-    other = SearchSpace((Categorical("rank", (2, 4)), Categorical("learning_rate", (1e-4, 1e-3)),
-                         Categorical("batch_size", (8, 16)), Categorical("variant", ("lora",))), {}, "other")
+    other = SearchSpace((Ordered("rank", (2, 4)), Ordered("learning_rate", (1e-4, 1e-3)),
+                         Ordered("batch_size", (8, 16)), Categorical("variant", ("lora",))), {}, "other")
     memory = source(other, "other-study", score=lambda c: float(c["rank"]))
     with pytest.raises(InputError) as err:
         check_compatible(memory, SPACE)
-    assert err.value.field == "transfer_from"
+    assert err.value.field == "memory"
     assert "only in the source: batch_size" in err.value.message
     assert "only in this study: dropout" in err.value.message and "other-study" in err.value.message
     with pytest.raises(InputError) as err:  # the sampler checks before any trial
         make(encoders, tmp_path, transfer=[memory])
     assert "batch_size" in err.value.message
-    names = SearchSpace((Categorical("rank", (2, 4)), Categorical("learning_rate", ("low", "high")),
-                         Categorical("dropout", (0.0,)), Categorical("variant", ("lora",))), {}, "names")
+    names = SearchSpace((Ordered("rank", (2, 4)), Categorical("learning_rate", ("low", "high")),
+                         Ordered("dropout", (0.0,)), Categorical("variant", ("lora",))), {}, "names")
     with pytest.raises(InputError) as err:
         check_compatible(source(names, "named", score=lambda c: 1.0), SPACE)
     assert "numbers in one, names in the other: learning_rate" in err.value.message
@@ -269,7 +269,7 @@ def test_sources_load_from_a_table_file_and_from_a_study(tmp_path):
     assert "bbc-news" in loaded.description and "classification" in loaded.description
     with pytest.raises(InputError) as err:
         load_source("nowhere", storage)
-    assert err.value.field == "transfer_from" and "past" in err.value.message
+    assert err.value.field == "memory" and "past" in err.value.message
 
 
 def test_normal_scores_put_the_best_value_highest_in_either_direction():

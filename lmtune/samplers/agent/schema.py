@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from lmtune.space import Categorical, Float, Int, Param, SearchSpace, canonical_value
+from lmtune.space import Float, Int, Listed, Param, SearchSpace, canonical_value
 
 #: Longest ``reason`` the Optimizer may write before its config (bounds a reply from a model that rambles).
 REASON_CHARS = 240
@@ -27,7 +27,7 @@ class ReplyError(ValueError):
 
 
 def param_schema(param: Param) -> dict[str, Any]:
-    if isinstance(param, Categorical):
+    if isinstance(param, Listed):
         return {"enum": list(param.choices)}
     kind = "integer" if isinstance(param, Int) else "number"
     schema: dict[str, Any] = {"type": kind, "minimum": param.low, "maximum": param.high}
@@ -104,7 +104,7 @@ def has_words(reason: str) -> bool:
 def snap(param: Param, value: Any) -> Any:
     """``value`` as the space stores it, or ``ReplyError`` saying what is allowed."""
     allowed = f"allowed: {param.describe()}"
-    if isinstance(param, Categorical):
+    if isinstance(param, Listed):
         if param.contains(value):
             return param.canonical(value)
         if _is_number(value):

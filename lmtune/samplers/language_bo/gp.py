@@ -21,8 +21,9 @@ def prior_mean(prior_dims: Sequence[int], weight_mean: torch.Tensor | None, weig
     import gpytorch
 
     class PriorMean(gpytorch.means.Mean):
-        """c + Σ_s w_s x[s]: a constant plus weighted source predictions (columns of the input), with a Normal
-        prior on the weights centred on how related each source is said to be."""
+        """c + Σ_s w_s m_s x[s]: a constant plus weighted source predictions (columns of the input), with a Normal
+        prior on the weights centred on how related each source is said to be; ``mask`` (m_s, 1 or 0) switches a
+        column off without touching its fitted weight (the per-parameter memory gate)."""
 
         def __init__(self, dims: Sequence[int], loc: torch.Tensor, scale: float):
             super().__init__()
@@ -30,9 +31,10 @@ def prior_mean(prior_dims: Sequence[int], weight_mean: torch.Tensor | None, weig
             self.register_parameter("constant", torch.nn.Parameter(torch.zeros((), dtype=torch.float64)))
             self.register_parameter("weights", torch.nn.Parameter(loc.clone().double()))
             self.register_prior("weights_prior", gpytorch.priors.NormalPrior(loc.double(), scale), "weights")
+            self.register_buffer("mask", torch.ones(len(self.dims), dtype=torch.float64))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.constant + x[..., self.dims] @ self.weights
+            return self.constant + x[..., self.dims] @ (self.weights * self.mask)
 
     if not prior_dims:
         return gpytorch.means.ConstantMean().double()

@@ -1,10 +1,12 @@
 """The numbers of a config as a point in the unit cube, and a space-filling first design over them.
 
 A numeric GP (Optuna's ``GPSampler``, BoTorch) sees a LoRA config as its values: learning rate, rank, alpha and
-batch size are scale parameters whose effect is multiplicative, so they enter on a log scale; dropout, which holds
-0, enters as it is; names (variant, target modules) enter one-hot. Each dimension is scaled to [0, 1] over the
-values of *this* space, so a config from another space (a transferred observation) may lie outside the cube: its
-values are placed where they are, not snapped to this space's values.
+batch size are scale parameters whose effect is multiplicative, so the spaces declare them on a log scale
+(``Ordered(..., log=True)``); dropout, which holds 0, is linear. Each number enters on the scale its parameter
+declares; names (variant, target modules), and numbers a space declares unordered (``Categorical``), enter
+one-hot. Each dimension is scaled to [0, 1] over the values of *this* space, so a config from another space (a
+transferred observation) may lie outside the cube: its values are placed where they are, not snapped to this
+space's values.
 """
 
 from __future__ import annotations
@@ -18,36 +20,25 @@ import torch
 
 from lmtune.space import Categorical, SearchSpace
 
-#: A positive numeric parameter whose largest value is at least this multiple of its smallest enters on a log
-#: scale (powers of two and decades alike); with 0 among its values it cannot and enters linearly.
-LOG_RATIO = 4.0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
 
 class NumericFeatures:
-    """Maps configs of ``space`` to float64 vectors: one dimension per numeric parameter, one per choice of a
-    parameter whose values are names (one-hot), 0/1 for booleans."""
+    """Maps configs of ``space`` to float64 vectors: one dimension per ordered or ranged parameter (log-scaled where
+    it declares a log scale), one per choice of a categorical parameter (one-hot), 0/1 for booleans."""
 
     def __init__(self, space: SearchSpace):
         self.space = space
         self._columns: list[tuple[str, str, Any]] = []  # (parameter, kind, data)
         for param in space.params:
             values = param.values()
-            if all(_is_number(v) for v in values):
-                logged = all(v > 0 for v in values) and max(values) >= LOG_RATIO * min(values)
-                if getattr(param, "log", False):
-                    logged = True
-                points = [math.log(v) if logged else float(v) for v in values]
-                low, high = min(points), max(points)
-                self._columns.append((param.name, "log" if logged else "linear", (low, high - low or 1.0)))
-            elif all(isinstance(v, bool) for v in values):
+            if isinstance(param, Categorical) and all(isinstance(v, bool) for v in values):
                 self._columns.append((param.name, "bool", None))
-            else:
-                for choice in (param.choices if isinstance(param, Categorical) else values):
+            elif isinstance(param, Categorical):
+                for choice in param.choices:
                     self._columns.append((param.name, "name", choice))
+            else:
+                points = [math.log(v) if param.log else float(v) for v in values]
+                low, high = min(points), max(points)
+                self._columns.append((param.name, "log" if param.log else "linear", (low, high - low or 1.0)))
         #: Which dimensions are numeric (not one-hot): the space-filling design covers these.
         self.numeric_dims = [i for i, (_, kind, _) in enumerate(self._columns) if kind in ("log", "linear", "bool")]
 

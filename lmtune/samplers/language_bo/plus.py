@@ -35,11 +35,14 @@ from lmtune.samplers.language_bo.transfer import (
     TransferSource,
     check_compatible,
     description_similarity,
+    main_effects,
     source_prediction,
 )
 from lmtune.space import SearchSpace
 
 STARTS = ("random", "space-filling")
+#: Off, the whole memory judged at once, or each parameter's part of it judged too.
+MEMORY_GATES = (False, True, "parameter")
 
 
 class LanguageBOPlusSampler(LanguageBOSampler):
@@ -58,19 +61,23 @@ class LanguageBOPlusSampler(LanguageBOSampler):
             the model takes over: they guard against a misleading source (the default was chosen on the
             synthetic design suite, docs/benchmarks.md).
         memory_gate: keep the transferred prior mean only while it predicts this study's left-out results better
-            than a GP without it (``surrogate.Surrogate``).
+            than a GP without it (``surrogate.Surrogate``); ``"parameter"`` also judges each searched parameter's
+            part of it (each source's prediction split into per-parameter main effects, ``transfer.main_effects``),
+            so a source can be kept for the learning rate and dropped for the dropout.
     """
 
     def __init__(self, space: SearchSpace, *, numeric: bool = True, text: bool = True,
                  start: str = "space-filling", transfer: Sequence[TransferSource] = (),
                  description: str | None = None, weight_sd: float = 0.5, lbfgs: bool = True,
-                 text_ard: bool = True, transfer_design: int = 2, memory_gate: bool = True,
+                 text_ard: bool = True, transfer_design: int = 2, memory_gate: bool | str = True,
                  **language_bo: Any):
         super().__init__(space, **language_bo)
         if start not in STARTS:
             raise InputError("start", f"{start!r} is not allowed; allowed: {', '.join(STARTS)}")
         if not (numeric or text):
             raise InputError("text", "language-bo+ needs the numeric kernel, the text kernel or both; both are off")
+        if memory_gate not in MEMORY_GATES:
+            raise InputError("memory_gate", f"{memory_gate!r} is not allowed; allowed: True, False, 'parameter'")
         for source in transfer:
             check_compatible(source, space)
         self._numeric, self._text, self._start = numeric, text, start
@@ -86,6 +93,8 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         #: of its weight), once prepared.
         self._prior: torch.Tensor | None = None
         self.similarity: torch.Tensor | None = None
+        #: With the per-parameter gate: the prior's columns of each searched parameter.
+        self._prior_groups: list[list[int]] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def prepare(self) -> LanguageBOPlusSampler:
@@ -99,9 +108,16 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         self._pool_x = self._features.pool()
         if self.transfer:
             columns = [source_prediction(s, self._features, self._pool_x)[0] for s in self.transfer]
-            self._prior = torch.stack(columns, dim=1)
-            self.similarity = description_similarity(self._encoder(), self.description,
-                                                     [s.description for s in self.transfer])
+            similarity = description_similarity(self._encoder(), self.description,
+                                                [s.description for s in self.transfer])
+            if self._memory_gate == "parameter":  # column s * P + j: source s's view of parameter j
+                effects = [main_effects(column, self.space) for column in columns]
+                self._prior = torch.cat(effects, dim=1)
+                self.similarity = similarity.repeat_interleave(effects[0].shape[1])
+                self._prior_groups = [list(range(j, self._prior.shape[1], effects[0].shape[1]))
+                                      for j in range(effects[0].shape[1])]
+            else:
+                self._prior, self.similarity = torch.stack(columns, dim=1), similarity
         self._surrogate = self._new_surrogate()
         self.last_timings = {**self.last_timings, "prepare_s": time.perf_counter() - started}
         return self
@@ -118,7 +134,19 @@ class LanguageBOPlusSampler(LanguageBOSampler):
         return Surrogate(numeric=self._pool_x if self._numeric else None, text=self._text_features,
                          prior=self._prior, weight_mean=None if self.similarity is None else self.similarity.clone(),
                          weight_sd=self._weight_sd, fit=self._fit, text_ard=self._text_ard,
-                         memory_gate=self._memory_gate)
+                         memory_gate=bool(self._memory_gate), prior_groups=self._prior_groups)
+
+    def memory_report(self) -> dict[str, Any] | None:
+        """What the sampler remembers (None: nothing) and whether its memory gate keeps it: ``kept`` is whether the
+        GP with the memory predicted this study's left-out results better than the GP without it at the last fit,
+        None before a fit has judged it (the first trials) or without the gate (``memory_gate=False``)."""
+        if not self.transfer:
+            return None
+        surrogate = self._surrogate
+        judged = surrogate is not None and surrogate.memory_gate and surrogate.gp_no_memory is not None
+        similarity = None if self.similarity is None else [round(float(v), 4) for v in self.similarity]
+        return {"sources": [source.name for source in self.transfer], "similarity": similarity,
+                "gate": self._memory_gate, "kept": bool(surrogate.uses_memory) if judged else None}
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

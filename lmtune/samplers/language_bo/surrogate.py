@@ -85,13 +85,19 @@ class Surrogate:
 
     def __init__(self, *, numeric: torch.Tensor | None = None, text: TextFeatures | None = None,
                  prior: torch.Tensor | None = None, weight_mean: torch.Tensor | None = None, weight_sd: float = 0.5,
-                 fit: str = "adamw+lbfgs", text_ard: bool = True, memory_gate: bool = True):
+                 fit: str = "adamw+lbfgs", text_ard: bool = True, memory_gate: bool = True,
+                 prior_groups: Sequence[Sequence[int]] | None = None):
         if fit not in FITS or (fit == "paper" and text is None):
             raise ValueError(f"fit {fit!r}: one of {FITS}; 'paper' needs text features")
         self.numeric, self.text, self.prior = numeric, text, prior
         self.weight_mean, self.weight_sd = weight_mean, weight_sd
         self.fit_kind, self.text_ard = fit, text_ard
         self.memory_gate = memory_gate and prior is not None
+        #: Columns of the prior that stand or fall together (one group per searched parameter), or None: the
+        #: memory is judged as a whole only.
+        self.prior_groups = [list(g) for g in prior_groups] if prior_groups and self.memory_gate else None
+        #: The groups the per-parameter gate keeps (all until a fit judges them).
+        self.kept_groups = list(range(len(self.prior_groups or ())))
         self.device = torch.device("cpu") if text is None else text.device
         d = 0 if numeric is None else numeric.shape[1]
         p = 0 if text is None else text.out_dim
@@ -155,6 +161,8 @@ class Surrogate:
         if joint and steps:
             self._adamw(indices, y, mll, steps, lr_gp=lr_gp, lr_features=lr_features, decay=decay)
         x = self._eval_inputs(indices)
+        if self.prior_groups is not None:  # every part of the memory is fitted; the gate below judges each
+            self._mask_groups(range(len(self.prior_groups)))
         if self.fit_kind == "adamw+lbfgs" or not joint:
             fit_lbfgs(self.gp, x, y)
         if self.text is not None and self.numeric is not None:
@@ -219,13 +227,45 @@ class Surrogate:
                 "text_dims": self.text_dims, "text_ard": self.text_ard}
             self.gp_no_memory = make_gp(x, y, **blocks)
         fit_lbfgs(self.gp_no_memory, x, y)
-        if self.gp_numeric is not None:  # the text check has just scored the GP with memory
+        if self.prior_groups is not None:
+            with_memory = self._gate_groups(x, y)
+        elif self.gp_numeric is not None:  # the text check has just scored the GP with memory
             with_memory = self.last_loo["with_text" if self.uses_text else "numbers_only"]
         else:
             with_memory = loo_log_predictive(self._with_memory, x, y)
         self.last_loo = {**self.last_loo, "with_memory": with_memory,
                          "no_memory": loo_log_predictive(self.gp_no_memory, x, y)}
         self.uses_memory = with_memory > self.last_loo["no_memory"]
+
+    def _gate_groups(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Drop, one at a time, the parameter whose part of the memory the left-out observations are best without,
+        while dropping it helps (backward elimination on the leave-one-out score, the fitted weights held); returns
+        the score of what is kept."""
+        gp = self._with_memory
+        kept = list(range(len(self.prior_groups)))
+        score = loo_log_predictive(gp, x, y)
+        while kept:
+            trials = {}
+            for group in kept:
+                self._mask_groups([g for g in kept if g != group], gp)
+                trials[group] = loo_log_predictive(gp, x, y)
+            drop = max(trials, key=trials.get)
+            if trials[drop] <= score:
+                break
+            kept.remove(drop)
+            score = trials[drop]
+        self._mask_groups(kept, gp)
+        self.kept_groups = kept
+        return score
+
+    def _mask_groups(self, keep, gp=None) -> None:
+        """Switch the prior's columns of the groups in ``keep`` on and all others off, in every GP with the prior."""
+        mask = torch.zeros(len(self.prior_dims), dtype=torch.float64)
+        for group in keep:
+            mask[self.prior_groups[group]] = 1.0
+        for model in (gp,) if gp is not None else (self.gp, self.gp_numeric):
+            if model is not None and hasattr(model.mean_module, "mask"):
+                model.mean_module.mask.copy_(mask)
 
     @property
     def _with_memory(self):

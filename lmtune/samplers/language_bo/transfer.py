@@ -58,7 +58,9 @@ class TransferSource:
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        blob = json.dumps([self.name, self.direction, self.space.to_dict(), list(self.configs), list(self.values)],
+        """A short hash of the source's results: its space by the configs it holds, not by how a sampler sees them
+        (``SearchSpace.values_dict``), so a source reads the same before and after ordered parameters."""
+        blob = json.dumps([self.name, self.direction, self.space.values_dict(), list(self.configs), list(self.values)],
                           sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -113,7 +115,7 @@ def source_from_rows(name: str, space: SearchSpace, direction: str, rows: Sequen
     kept = [({k: config[k] for k in searched}, float(value)) for config, value in rows
             if value is not None and math.isfinite(float(value))]
     if not kept:
-        raise InputError("transfer_from", f"{name} has no finished observation to transfer")
+        raise InputError("memory", f"{name} has no finished observation to transfer")
     configs, values = zip(*kept, strict=True)
     return TransferSource(name, description, space, direction, tuple(configs), tuple(values), dict(space.fixed))
 
@@ -125,9 +127,9 @@ def read_table_file(path: Path) -> TransferSource:
         blob = path.read_bytes()
         data = json.loads(gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob)
         recipe, rows = data["recipe"], data["rows"]
-        space = SearchSpace.from_dict(recipe["grid"], source=f"table {path}")
+        space = SearchSpace.from_stored(recipe["grid"], source=f"table {path}")
     except (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
-        raise InputError("transfer_from", f"{path} is not an lmtune table file: {exc}") from None
+        raise InputError("memory", f"{path} is not an lmtune table file: {exc}") from None
     description = describe_recipe(recipe, data.get("metric_name"), data["direction"], space.fixed)
     return source_from_rows(str(data.get("name", path)), space, data["direction"],
                             [(r["params"], r["metric"]) for r in rows], description)
@@ -140,14 +142,14 @@ def read_study(storage, study_name: str) -> TransferSource:
     studies = {s.study_name: s for s in storage.get_all_studies()}
     if study_name not in studies:
         names = ", ".join(sorted(studies)[:10]) or "none"
-        raise InputError("transfer_from", f"{study_name!r} is neither a table file nor a study in the storage; "
-                         f"studies there: {names}")
+        raise InputError("memory", f"{study_name!r} is neither a table file nor a study in the storage; "
+                                   f"studies there: {names}")
     summary = studies[study_name]
     if len(summary.directions) != 1:
-        raise InputError("transfer_from", f"study {study_name!r} has several objectives; transfer needs one")
+        raise InputError("memory", f"study {study_name!r} has several objectives; transfer needs one")
     if "space" not in summary.user_attrs:
-        raise InputError("transfer_from", f"study {study_name!r} has no stored search space (not an lmtune study)")
-    space = SearchSpace.from_dict(summary.user_attrs["space"], source=f"study {study_name}")
+        raise InputError("memory", f"study {study_name!r} has no stored search space (not an lmtune study)")
+    space = SearchSpace.from_stored(summary.user_attrs["space"], source=f"study {study_name}")
     direction = summary.direction.name.lower()
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -164,17 +166,18 @@ def load_source(spec: str | Path, storage=None) -> TransferSource:
     if path.is_file():
         return read_table_file(path)
     if storage is None:
-        raise InputError("transfer_from", f"{spec!r} is not a file, and no storage was given to find a study in")
+        raise InputError("memory", f"{spec!r} is not a file, and no storage was given to find a study in")
     return read_study(storage, str(spec))
 
 
-def check_compatible(source: TransferSource, space: SearchSpace) -> None:
-    """A source must search the same parameters, each as numbers or each as names; else an ``InputError`` that
-    names every parameter that differs."""
-    theirs, ours = NumericFeatures(source.space).kinds(), NumericFeatures(space).kinds()
-    only_there = sorted(set(theirs) - set(ours))
-    only_here = sorted(set(ours) - set(theirs))
-    kinds = sorted(n for n in set(theirs) & set(ours) if theirs[n] != ours[n])
+def space_differences(theirs: SearchSpace, ours: SearchSpace) -> list[str]:
+    """How a remembered space differs from this one (empty: compatible): memory needs the same searched parameters,
+    each a number in both or a name in both. The one rule ``lmtune lora``'s memory and ``lmtune bench samplers``'
+    memory of other tables both follow."""
+    their_kinds, our_kinds = NumericFeatures(theirs).kinds(), NumericFeatures(ours).kinds()
+    only_there = sorted(set(their_kinds) - set(our_kinds))
+    only_here = sorted(set(our_kinds) - set(their_kinds))
+    kinds = sorted(n for n in set(their_kinds) & set(our_kinds) if their_kinds[n] != our_kinds[n])
     problems = []
     if only_there:
         problems.append(f"only in the source: {', '.join(only_there)}")
@@ -182,9 +185,16 @@ def check_compatible(source: TransferSource, space: SearchSpace) -> None:
         problems.append(f"only in this study: {', '.join(only_here)}")
     if kinds:
         problems.append("numbers in one, names in the other: " + ", ".join(kinds))
+    return problems
+
+
+def check_compatible(source: TransferSource, space: SearchSpace) -> None:
+    """A source must search a compatible space (``space_differences``); else an ``InputError`` that names every
+    parameter that differs."""
+    problems = space_differences(source.space, space)
     if problems:
-        raise InputError("transfer_from", f"{source.name} searches another space than this study ("
-                         + "; ".join(problems) + "); transfer needs the same searched parameters")
+        raise InputError("memory", f"{source.name} searches another space than this study ("
+                                   + "; ".join(problems) + "); transfer needs the same searched parameters")
 
 
 # -- what a source predicts ---------------------------------------------------------------------------------
@@ -233,6 +243,24 @@ def source_prediction(source: TransferSource, features: NumericFeatures,
     lengthscale = gp.covar_module.base_kernel.lengthscale.detach().squeeze(0)
     _CACHE[key] = (mean, lengthscale)
     return mean, lengthscale
+
+
+def main_effects(prediction: torch.Tensor, space: SearchSpace) -> torch.Tensor:
+    """A source's prediction over the pool split into one column per searched parameter: each value's mean
+    prediction over every config with that value, centred (the partial dependence of "Greedy Function
+    Approximation: A Gradient Boosting Machine", Friedman 2001, over the whole grid). Their sum is the additive
+    part of the prediction, so a study can keep a source's view of the learning rate and drop its view of the
+    dropout. ``prediction`` is in pool order (the last parameter varies fastest)."""
+    shape = [len(p.values()) for p in space.params]
+    grid = prediction.reshape(shape)
+    columns = []
+    for axis in range(len(shape)):
+        others = tuple(a for a in range(len(shape)) if a != axis)
+        effect = grid.mean(dim=others) - grid.mean() if others else grid - grid.mean()
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        columns.append(effect.reshape(view).expand(shape).reshape(-1))
+    return torch.stack(columns, dim=1)
 
 
 def description_similarity(encoder, target: str, sources: Sequence[str]) -> torch.Tensor:
