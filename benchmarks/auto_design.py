@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--plain", nargs="+", help="candidates without memory",
                         default=["gp", "tpe", "language-bo+", "auto-memory-then-gp-5", "auto-memory-then-gp-10"])
     parser.add_argument("--memory", nargs="+", help="candidates with memory (their runs with a prior)",
-                        default=["language-bo+ (memory)", "auto-memory-then-gp-5 (memory)",
-                                 "auto-memory-then-gp-10 (memory)", "language-bo+parameter-gate (memory)"])
+                        default=["language-bo+ (memory)", "language-bo+whole-gate (memory)",
+                                 "auto-memory-then-gp-5 (memory)", "auto-memory-then-gp-10 (memory)"])
     parser.add_argument("--baselines", nargs="+", default=["gp", "tpe"])
     args = parser.parse_args()
     tables = {t.name: t for t in map(Table.load, args.table)}

@@ -12,5 +12,5 @@ for t in arith-sft bbc-minilm arith-mul arith-variants bbc-minilm-l2; do
   $B --table $D/$t.json.gz --samplers gp,tpe,auto-memory-then-gp-5,auto-memory-then-gp-10,language-bo+
 done
 $B --table $D/arith-sft.json.gz --table $D/bbc-minilm.json.gz --table $D/arith-mul.json.gz \
-   --samplers auto-memory-then-gp-5,auto-memory-then-gp-10,language-bo+,language-bo+parameter-gate
+   --samplers auto-memory-then-gp-5,auto-memory-then-gp-10,language-bo+,language-bo+whole-gate
 .venv/bin/python benchmarks/auto_design.py --runs $OUT/runs.jsonl --table $D/*.json.gz | tee $OUT/design.md

@@ -1,11 +1,12 @@
 """``--sampler auto``: one of lmtune's samplers, chosen from what the study has, by a rule fixed on evidence.
 
-No sampler is best everywhere on lmtune's replay tables (docs/benchmarks.md): Optuna's GP leads without memory,
-while ``language-bo+`` remembering a related study finds a good config in its first trials and then lags. ``auto``
-runs a *plan*: a lead sampler for the first ``handoff`` trials and a main sampler after them, each built by
-``make_sampler`` exactly as ``--sampler NAME`` builds it, so every trial is one an ordinary lmtune sampler
-proposed. Which plan (``choose_plan``) depends on whether the study has memory of earlier studies; the rule and
-the leave-one-table-out protocol that chose it are in docs/decisions.md (issue 29).
+No sampler is best everywhere on lmtune's replay tables (docs/benchmarks.md): without memory Optuna's GP led on
+every table left out; with memory of earlier studies ``language-bo+`` (its memory judged parameter by parameter)
+led on every table left out. ``auto`` runs a *plan*: a main sampler, or a lead sampler for the first ``handoff``
+trials and a main sampler after them (a candidate the design also weighed), each built by ``make_sampler`` exactly
+as ``--sampler NAME`` builds it, so every trial is one an ordinary lmtune sampler proposed. Which plan
+(``choose_plan``) depends on whether the study has memory; the rule and the leave-one-table-out protocol that
+chose it are in docs/decisions.md (issue 29).
 
 ``AutoSampler`` is an ordinary Optuna sampler: any study can use it, workers rebuild it from the study's job, and
 a resumed study routes each trial by its number, so the plan holds across processes.
@@ -51,7 +52,7 @@ PLANS: dict[str, Plan] = {
 
 def choose_plan(*, memory: bool) -> str:
     """The plan ``auto`` runs: decided by leave-one-table-out over the committed tables (docs/decisions.md)."""
-    return "memory-then-gp-5" if memory else "gp"
+    return "language-bo+" if memory else "gp"
 
 
 class AutoSampler(BaseSampler):
@@ -72,7 +73,7 @@ class AutoSampler(BaseSampler):
         self.memory = tuple(transfer)
 
         def build(name: str) -> BaseSampler:
-            options = {"transfer": self.memory, **language_bo} if name == "language-bo+" else {}
+            options = {"transfer": self.memory, **language_bo} if name.startswith("language-bo+") else {}
             return make_sampler(name, space=space, seed=seed, n_startup_trials=n_startup_trials, **options)
 
         self.main = build(self.plan.main)

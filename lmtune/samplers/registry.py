@@ -44,8 +44,8 @@ class SamplerEntry:
 #: sampler (``language_bo.plus``).
 REGISTRY: dict[str, SamplerEntry] = {
     "auto": SamplerEntry(
-        "auto", help="the default: Optuna's GP, or with memory of earlier studies language-bo+ for the first 5 "
-                     "trials and then the GP (a rule chosen on lmtune's replay tables)", transfer=True),
+        "auto", help="the default: Optuna's GP, or language-bo+ when earlier studies give it memory (a rule chosen "
+                     "by leave-one-table-out on lmtune's replay tables)", transfer=True),
     "random": SamplerEntry("optuna", help="uniform random configs (Optuna's RandomSampler)"),
     "tpe": SamplerEntry("optuna", help="Tree-structured Parzen Estimator (Optuna's TPESampler)"),
     "gp": SamplerEntry("optuna", help="Gaussian process with log EI on the numbers (Optuna's GPSampler)"),
@@ -63,18 +63,19 @@ REGISTRY: dict[str, SamplerEntry] = {
         "agent", help="a language model at --endpoint advises the default sampler on a bounded share of trials "
                       "(centaur), or proposes every config itself with a TPE fallback (lead)"),
     "language-bo+": SamplerEntry(
-        "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False},
-        help="language-BO with a numeric kernel beside the text one, memory of past studies (--memory) and a "
-             "space-filling start", transfer=True),
+        "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False,
+                         "memory_gate": "parameter"},
+        help="language-BO with a numeric kernel beside the text one, memory of past studies (--memory) judged "
+             "parameter by parameter, and a space-filling start", transfer=True),
     "language-bo+numeric": SamplerEntry("language-bo+", {"numeric": True, "start": "random"}),
     "language-bo+transfer": SamplerEntry(
         "language-bo+", {"numeric": False, "start": "random", "lbfgs": False}, transfer=True),
     "language-bo+start": SamplerEntry("language-bo+", {"numeric": False, "start": "space-filling", "lbfgs": False}),
     "language-bo+no-transfer": SamplerEntry(
         "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False}),
-    "language-bo+parameter-gate": SamplerEntry(
+    "language-bo+whole-gate": SamplerEntry(
         "language-bo+", {"numeric": True, "start": "space-filling", "use_learnable_token": False,
-                         "memory_gate": "parameter"}, transfer=True),
+                         "memory_gate": True}, transfer=True),
     **{f"auto-{plan}": SamplerEntry("auto", {"plan": plan}, transfer=True) for plan in AUTO_PLANS},
 }
 #: The names ``--sampler`` accepts, with what each is (the CLI's help text).

@@ -73,7 +73,7 @@ CASES = [
      "storage", "readonly"),
     ("memory with a sampler that remembers nothing", {}, ["lora", "--memory", "old.json", "--storage",
                                                           "sqlite:///s.db"], "memory",
-     "use --sampler language-bo+"),  # the library names the field; the CLI writes it as its flag
+     "use --sampler auto"),  # the library names the field; the CLI writes it as its flag
     ("a memory table with another space", {"old.json": OTHER_TABLE},
      ["lora", "--sampler", "language-bo+", "--memory", "old.json", "--storage", "sqlite:///s.db"],
      "memory", "only in the source: warmup; only in this study: dropout"),

@@ -44,7 +44,7 @@ def test_a_config_round_trips_through_yaml_as_best_yaml_holds_it():
     ({"proxy": {"kind": "bogus"}}, "proxy", "must be one of 'share', 'steps', 'epochs'"),
     ({"proxy_fraction": 1.5}, "proxy_fraction", "at most 1"),
     ({"variant": "qlora"}, "variant", "allowed: lora, rslora, dora, pissa, search"),
-    ({"sampler": "tpe", "memory": ["old.json"]}, "memory", "use `sampler` language-bo+"),
+    ({"sampler": "tpe", "memory": ["old.json"]}, "memory", "use `sampler` auto"),
     ({"sampler": "language-bo+", "memory": ["none", "old.json"]}, "memory", "stands alone"),
     ({"sampler": "language-bo+", "memory": []}, "memory", "needs auto, none"),
 ])

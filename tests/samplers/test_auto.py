@@ -23,9 +23,10 @@ def lbo_options(encoders, tmp_path) -> dict:
     return {"encoder": encoders["bert"], "cache_dir": tmp_path / "cache", "mll_steps": 20, "warm_mll_steps": 5}
 
 
-def test_the_rule_runs_the_gp_without_memory_and_the_memory_plan_with_it():
+def test_the_rule_runs_the_gp_without_memory_and_language_bo_plus_with_it():
     assert choose_plan(memory=False) == "gp"
-    assert PLANS[choose_plan(memory=True)].lead == "language-bo+"
+    assert choose_plan(memory=True) == "language-bo+" and PLANS["language-bo+"].lead is None
+    assert REGISTRY["language-bo+"].options["memory_gate"] == "parameter"  # the gate the design chose
     assert DEFAULT_SAMPLER == "auto" and "auto" in SAMPLERS and LoraRunConfig().sampler == "auto"
     assert all(f"auto-{plan}" in REGISTRY for plan in PLANS)  # each plan is a method bench samplers can replay
 
@@ -41,23 +42,37 @@ def test_without_memory_auto_proposes_what_the_gp_proposes(encoders, tmp_path):
     assert runs[0] == runs[1]
 
 
-def test_with_memory_language_bo_plus_leads_then_the_gp_takes_over(encoders, tmp_path):
+def test_with_memory_auto_proposes_what_language_bo_plus_with_that_memory_proposes(encoders, tmp_path):
     memory = (source(count=60),)
-    auto = make_sampler("auto", space=SPACE, seed=1, n_startup_trials=3, transfer=memory,
+    runs = []
+    for name in ("auto", "language-bo+"):
+        sampler = make_sampler(name, space=SPACE, seed=1, n_startup_trials=3, transfer=memory,
+                               **lbo_options(encoders, tmp_path))
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        run_trials(study, objective, 6)
+        runs.append(configs(study))
+    assert runs[0] == runs[1]
+    assert sampler.memory_report()["sources"] == ["past"]
+    auto = make_sampler("auto", space=SPACE, seed=1, transfer=memory, **lbo_options(encoders, tmp_path))
+    assert auto.describe() == "auto (plan language-bo+: language-bo+; memory of 1 study)"
+    assert auto.memory_report()["sources"] == ["past"]
+
+
+def test_a_plan_with_a_lead_hands_over_by_trial_number(encoders, tmp_path):
+    """The plans that start with language-bo+ and hand over to the GP (candidates of the design) keep both
+    samplers' rules: the lead's trials are language-bo+'s, memory and all, and the GP never repeats them."""
+    memory = (source(count=60),)
+    auto = make_sampler("auto-memory-then-gp-5", space=SPACE, seed=1, n_startup_trials=3, transfer=memory,
                         **lbo_options(encoders, tmp_path))
-    assert isinstance(auto, AutoSampler) and auto.plan_name == choose_plan(memory=True)
-    handoff = auto.plan.handoff
-    assert "language-bo+ for the first" in auto.describe() and "memory of 1 study" in auto.describe()
+    assert "language-bo+ for the first 5 trials, then gp" in auto.describe()
     study = optuna.create_study(direction="maximize", sampler=auto)
-    run_trials(study, objective, handoff + 3)
+    run_trials(study, objective, 8)
     alone = optuna.create_study(direction="maximize", sampler=make_sampler(
         "language-bo+", space=SPACE, seed=1, n_startup_trials=3, transfer=memory, **lbo_options(encoders, tmp_path)))
-    run_trials(alone, objective, handoff)
-    assert configs(study)[:handoff] == configs(alone)  # the lead trials are language-bo+'s, memory and all
-    assert auto.memory_report()["sources"] == ["past"]
-    trial = study.trials[handoff]
-    assert auto._for(trial) is auto.main and auto._for(study.trials[0]) is auto.lead
-    assert len(set(configs(study))) == handoff + 3  # the gp never repeats a config the lead tried
+    run_trials(alone, objective, 5)
+    assert configs(study)[:5] == configs(alone)
+    assert auto._for(study.trials[5]) is auto.main and auto._for(study.trials[0]) is auto.lead
+    assert len(set(configs(study))) == 8
 
 
 def test_an_unknown_plan_is_refused():
