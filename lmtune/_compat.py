@@ -208,3 +208,13 @@ def log_ei(u: Any) -> Any:
     from botorch.acquisition.analytic import _log_ei_helper
 
     return _log_ei_helper(u)
+
+
+# -- torch -------------------------------------------------------------------------------------------------
+# ``nn.Module.compile`` compiles a module in place; torch has no public way to undo it, so a kept base whose layers
+# a trial compiled is given back plain by clearing the compiled call that ``compile`` stored.
+
+
+def uncompile(module: Any) -> None:
+    """Undo ``module.compile()``: calls run the module's plain forward again."""
+    module._compiled_call_impl = None
