@@ -16,6 +16,8 @@ from lmtune.cli import main
 
 ONE_CLASS = "text,label\n" + "".join(f"review number {i},good\n" for i in range(30))
 TWO_CLASSES = "text,label\n" + "".join(f"{'great' if i % 2 else 'awful'} film {i},{i % 2}\n" for i in range(40))
+CHAT = "".join(f'{{"messages": [{{"role": "user", "content": "{i} plus 1?"}}, {{"role": "assistant", "content": '
+               f'"{i + 1}"}}]}}\n' for i in range(30))
 CURVES = "config name,0,100,200,400,size\nA,3.0,2.5,2.2,2.0,1000\nB,3.2,2.4,2.1,1.9,2000\n"
 #: A table whose grid searches warmup instead of dropout: not a memory for a lora-small study.
 OTHER_TABLE = ('{"format": 1, "name": "old", "metric_name": "accuracy", "direction": "maximize", "recipe": {"grid": '
@@ -58,6 +60,18 @@ CASES = [
     ("a metric the task does not have", {"d.csv": TWO_CLASSES},
      ["lora", "--dataset", "d.csv", "--proxy-metric", "exact_match", "--storage", "sqlite:///s.db"], "proxy_metric",
      "eval_loss, accuracy"),
+    ("chat rows for a model without a chat template", {"c.jsonl": CHAT},
+     ["lora", "--model", "arith-lm", "--dataset", "c.jsonl", "--storage", "sqlite:///s.db"], "dataset",
+     "arith-lm has no chat template, so `messages` rows cannot be rendered; pass a --model whose tokenizer has one"),
+    ("a chat row that ends with the user", {"c.jsonl": CHAT + '{"messages": [{"role": "user", "content": "hi"}]}\n'},
+     ["lora", "--model", "agent-lm", "--dataset", "c.jsonl", "--storage", "sqlite:///s.db"], "dataset",
+     "row 31 of c.jsonl (train): the last turn must be the assistant's"),
+    ("loss tokens of a classifier", {"d.csv": TWO_CLASSES},
+     ["lora", "--dataset", "d.csv", "--loss-on", "all", "--storage", "sqlite:///s.db"], "loss_on", "causal data"),
+    ("packing a classifier", {"d.csv": TWO_CLASSES},
+     ["lora", "--dataset", "d.csv", "--packing", "--storage", "sqlite:///s.db"], "packing", "causal examples"),
+    ("a micro-batch of none", {}, ["lora", "--max-micro-batch", "0", "--storage", "sqlite:///s.db"],
+     "max_micro_batch", ""),
     ("an unknown proxy metric", {}, ["lora", "--proxy-metric", "f1", "--storage", "sqlite:///s.db"], "proxy_metric",
      "allowed"),
     ("a budget of no steps", {}, ["lora", "--budget-steps", "0", "--storage", "sqlite:///s.db"], "budget_steps", ""),
