@@ -218,3 +218,13 @@ def log_ei(u: Any) -> Any:
 def uncompile(module: Any) -> None:
     """Undo ``module.compile()``: calls run the module's plain forward again."""
     module._compiled_call_impl = None
+
+
+# -- transformers' attention implementation ----------------------------------------------------------------
+# A model's config records which attention kernels it runs (``eager``, ``sdpa``, ``flash_attention_2``, ...) in an
+# attribute transformers keeps private; ``set_attn_implementation`` is public, reading it back is not.
+
+
+def attention_implementation(model: Any) -> str:
+    """The attention implementation a built model runs (``sdpa``, ``eager``, ``flash_attention_2``, ...)."""
+    return str(getattr(model.config, "_attn_implementation", None) or "eager")

@@ -10,6 +10,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lmtune.finetune.encode import IGNORE_INDEX, CausalExample
@@ -120,7 +121,7 @@ def causal_batch(examples: list[CausalExample], pad_id: int, packing: str | None
         width = bucket_width(max(map(len, ids)), bucket)
         padding = [list(range(width - len(row))) for row in ids]  # a segment of its own
         return CausalBatch(_padded(ids, pad_id, width), _padded(labels, IGNORE_INDEX, width),
-                           None, _padded([p + pad for p, pad in zip(positions, padding, strict=True)], 0),
+                           None, _padded([p + pad for p, pad in zip(positions, padding, strict=True)], 0, width),
                            any(padding))
     ids, labels = [x.ids for x in examples], [x.labels for x in examples]
     width = bucket_width(max(map(len, ids)), bucket)
@@ -173,9 +174,9 @@ def _padded(rows, value: int, width: int) -> torch.Tensor:
 def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For a (rows, width) host tensor of labels: the positions whose next-token logits score some row's label
     (sorted), and the (rows, positions) targets there (``IGNORE_INDEX`` where a row has none)."""
-    following = labels[:, 1:]
-    positions = (following != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    return positions, following[:, positions]
+    following = labels[:, 1:].numpy()  # numpy: host arithmetic that is never mistaken for a wait on the device
+    positions = np.flatnonzero((following != IGNORE_INDEX).any(0))
+    return torch.from_numpy(positions), torch.from_numpy(following[:, positions])
 
 
 def micro_batches(examples: list, cap: int | None) -> list[list]:

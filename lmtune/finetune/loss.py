@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmtune._compat import attention_implementation
 from lmtune.errors import InputError
-from lmtune.finetune.batches import causal_batch, pad_sequences, scored_positions, to_device
+from lmtune.finetune.batches import CausalBatch, causal_batch, pad_sequences, scored_positions, to_device
 from lmtune.finetune.device import Precision
 from lmtune.finetune.encode import IGNORE_INDEX, CausalExample
 
@@ -41,7 +42,11 @@ class LossOptions:
     """How a batch's loss is computed (module docstring); ``capacity`` is a packed row's most tokens,
     ``mask_unpadded`` passes the attention mask also for a batch without padding (the CPU path, as it always did:
     off the CPU transformers would inspect the all-ones mask on the device, a wait per forward pass), and a
-    ``bucket`` (the longest width) pads batches to a few widths (``batches.bucket_width``) for compiled layers."""
+    ``bucket`` (the longest width) pads batches to a few widths (``batches.bucket_width``) for compiled layers.
+    ``block_mask`` (``bool`` for SDPA, ``additive`` for eager attention) hands a padded or packed batch's attention
+    to the model as a ready 4D mask built on the device (``full_attention_mask``), the mask transformers would
+    build itself, without the checks of its values with which transformers decides whether a mask is needed: each
+    of those is a wait for the device, two per forward pass."""
 
     pad_id: int
     device: torch.device
@@ -52,6 +57,7 @@ class LossOptions:
     cross_entropy: str = "plain"
     mask_unpadded: bool = True
     bucket: int = 0
+    block_mask: str | None = None
 
 
 def liger_available(device: torch.device) -> bool:
@@ -76,6 +82,20 @@ def check_cross_entropy(name: str, model, device: torch.device) -> None:
                                           "are more than its head's output (or its head carries an adapter); use plain")
 
 
+def block_mask_kind(model, device: torch.device) -> str | None:
+    """Which 4D mask ``full_attention_mask`` hands ``model`` (``LossOptions.block_mask``), or None to let transformers
+    build it: on the CPU (where its checks wait for nothing), and for attention that is not full causal attention
+    in every layer (sliding windows, chunks, layer types), whose masks transformers alone knows."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config()
+    sliding = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if device.type == "cpu" or sliding or layer_types != {"full_attention"} or getattr(
+            config, "attention_chunk_size", None):
+        return None
+    return {"sdpa": "bool", "eager": "additive"}.get(attention_implementation(base))
+
+
 def classification_loss(model, examples: list[tuple[list[int], int]], options: LossOptions):
     """(summed loss, examples, logits) of a classifier's batch."""
     input_ids, mask = pad_sequences([ids for ids, _ in examples], options.pad_id, options.device,
@@ -97,6 +117,8 @@ def causal_loss(model, examples: list[CausalExample], options: LossOptions):
         inputs["position_ids"] = to_device(batch.position_ids, options.device)
     elif batch.padded or options.mask_unpadded:
         inputs["attention_mask"] = to_device(batch.attention_mask, options.device)
+    if options.block_mask and (batch.padded or batch.position_ids is not None):
+        inputs["attention_mask"] = full_attention_mask(batch, options)
     if options.cross_entropy != "plain":
         return _head_loss(model, inputs, batch.labels, options), count, None
     if options.keep_logits:
@@ -112,6 +134,24 @@ def causal_loss(model, examples: list[CausalExample], options: LossOptions):
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                            reduction="sum")
     return loss, count, logits
+
+
+def full_attention_mask(batch: CausalBatch, options: LossOptions) -> torch.Tensor:
+    """The (rows, 1, width, width) mask of a batch for full (not sliding-window) causal attention, on the device:
+    each token sees the tokens up to it in its own example (packed rows; padding forms a segment of its own, so
+    no row is all masked) or the real tokens up to it (padded rows), as transformers' masking builds it."""
+    width = batch.input_ids.size(1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=options.device).tril()
+    if batch.position_ids is not None:
+        segments = to_device((batch.position_ids == 0).cumsum(1), options.device)
+        mask = causal & (segments[:, :, None] == segments[:, None, :])
+    else:
+        mask = causal & to_device(batch.attention_mask, options.device).bool()[:, None, :]
+    mask = mask[:, None]
+    if options.block_mask == "additive":  # eager attention adds it to the scores
+        dtype = options.precision.base_dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=options.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
 
 
 def _head_loss(model, inputs: dict, labels: torch.Tensor, options: LossOptions) -> torch.Tensor:

@@ -23,7 +23,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from lmtune._compat import accepts_logits_to_keep
+from lmtune._compat import accepts_logits_to_keep, attention_implementation
 from lmtune.errors import InputError, TrialFailed
 from lmtune.finetune.batches import chunks, example_length, grouped_batches, micro_batches, shuffled_batches, to_device
 from lmtune.finetune.chat import chat_template
@@ -32,7 +32,14 @@ from lmtune.finetune.divergence import DivergenceGuard
 from lmtune.finetune.encode import LOSS_ON, encode_rows
 from lmtune.finetune.exact_match import exact_match
 from lmtune.finetune.hparams import LoraHyperparams
-from lmtune.finetune.loss import CROSS_ENTROPY, LossOptions, causal_loss, check_cross_entropy, classification_loss
+from lmtune.finetune.loss import (
+    CROSS_ENTROPY,
+    LossOptions,
+    block_mask_kind,
+    causal_loss,
+    check_cross_entropy,
+    classification_loss,
+)
 from lmtune.finetune.peft_model import attach_adapter, prepare_base, save_adapter, save_initial_adapter
 from lmtune.finetune.proxy import full_run_steps
 from lmtune.finetune.reuse import ReusableBase
@@ -270,13 +277,13 @@ class TrainingRun:
             raise InputError("packing", "packs causal examples; a classifier's batch has one example per row")
         if task == "causal":
             check_cross_entropy(settings.cross_entropy, model, self.device)
-        implementation = str(getattr(base.config, "_attn_implementation", None) or "")
         self.options = LossOptions(
             pad_id=tokenizer.pad_token_id, device=self.device, precision=self.precision,
             keep_logits=scored and task == "causal" and accepts_logits_to_keep(base),
-            packing=("flat" if "flash" in implementation else "rows") if settings.packing else None,
+            packing=("flat" if "flash" in attention_implementation(base) else "rows") if settings.packing else None,
             capacity=settings.max_length, cross_entropy=settings.cross_entropy, mask_unpadded=on_cpu,
-            bucket=settings.max_length if settings.compile else 0)
+            bucket=settings.max_length if settings.compile else 0,
+            block_mask=block_mask_kind(model, self.device) if task == "causal" else None)
 
     @property
     def keep_logits(self) -> bool:
