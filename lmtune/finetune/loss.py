@@ -112,9 +112,9 @@ def causal_loss(model, examples: list[CausalExample], options: LossOptions):
     """(summed loss, scored targets, logits or None) of a causal LM's batch; the targets are counted on the host."""
     batch = causal_batch(examples, options.pad_id, options.packing, options.capacity, options.bucket)
     count = sum(x.targets for x in examples)
-    inputs = {"input_ids": to_device(batch.input_ids, options.device), "use_cache": False}
-    if batch.position_ids is not None:
-        inputs["position_ids"] = to_device(batch.position_ids, options.device)
+    inputs = {"input_ids": to_device(batch.input_ids, options.device)}
+    if batch.position_ids is not None:  # without a cache, transformers reads packing from the position ids
+        inputs.update(position_ids=to_device(batch.position_ids, options.device), use_cache=False)
     elif batch.padded or options.mask_unpadded:
         inputs["attention_mask"] = to_device(batch.attention_mask, options.device)
     if options.block_mask and (batch.padded or batch.position_ids is not None):

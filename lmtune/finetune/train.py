@@ -65,8 +65,7 @@ class TrainSettings:
     say how a run uses the hardware (``lmtune.finetune.device``); ``group_by_length`` batches examples of
     similar length (less padding, still seeded). On an accelerator losses are read every ``check_every`` steps
     and at evaluations (the divergence guard checks each step's loss then), unpadded batches go without an
-    attention mask, and a causal LM's output head runs only at scored positions (``scored_logits``; on the CPU
-    too when it is True).
+    attention mask. A causal LM's output head runs only at the positions that carry the loss (``scored_logits``).
 
     ``loss_on`` (causal data): the assistant's tokens, the response or completion (``assistant``) or every token
     (``all``); ``packing`` puts several causal examples in one row, attention kept within each
@@ -98,7 +97,7 @@ class TrainSettings:
     packing: bool = False
     max_micro_batch: int | None = None
     fused_optimizer: bool = True
-    scored_logits: bool | None = None
+    scored_logits: bool = True
     cross_entropy: str = "plain"
     compile: bool = False
 
@@ -272,14 +271,13 @@ class TrainingRun:
         on_cpu = self.device.type == "cpu"
         self.read_every = 1 if on_cpu else settings.check_every
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        scored = (not on_cpu) if settings.scored_logits is None else settings.scored_logits
         if settings.packing and task != "causal":
             raise InputError("packing", "packs causal examples; a classifier's batch has one example per row")
         if task == "causal":
             check_cross_entropy(settings.cross_entropy, model, self.device)
         self.options = LossOptions(
             pad_id=tokenizer.pad_token_id, device=self.device, precision=self.precision,
-            keep_logits=scored and task == "causal" and accepts_logits_to_keep(base),
+            keep_logits=settings.scored_logits and task == "causal" and accepts_logits_to_keep(base),
             packing=("flat" if "flash" in attention_implementation(base) else "rows") if settings.packing else None,
             capacity=settings.max_length, cross_entropy=settings.cross_entropy, mask_unpadded=on_cpu,
             bucket=settings.max_length if settings.compile else 0,

@@ -60,10 +60,11 @@ def test_micro_batches_are_near_equal_and_cover_the_batch():
     assert bucket_width(100, 96) == 100 and bucket_width(17, 0) == 17
 
 
-def test_a_step_on_the_gpu_path_reads_nothing_back_between_loss_reads(tiny_llama, tokenizer):
-    """On an accelerator losses are read every ``check_every`` steps, padded batches get a ready mask and the output
-    head runs at scored positions; forced here on the CPU, steps 2-7 of 8 (no read, no evaluation) make no
-    operation that would wait for the device."""
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_step_on_the_gpu_path_reads_nothing_back_between_loss_reads(tiny_llama, tokenizer, padded):
+    """On an accelerator losses are read every ``check_every`` steps, padded batches get a ready mask, unpadded ones
+    none, and the output head runs at scored positions; forced here on the CPU, steps 2-7 of 8 (no read, no
+    evaluation) make no operation that would wait for the device."""
     hp = LoraHyperparams(rank=4, learning_rate=1e-2, batch_size=4)
     base = prepare_base(tiny_llama, task="causal", tokenizer=tokenizer)[0]
     run = TrainingRun(attach_adapter(base, hp, task="causal", target_modules=MODULES), tokenizer, "causal",
@@ -79,8 +80,8 @@ def test_a_step_on_the_gpu_path_reads_nothing_back_between_loss_reads(tiny_llama
         if step == 7:
             counter.__exit__(None, None, None)
 
-    data = run.encode(rows(16))
-    assert len({len(x.ids) for x in data}) > 1  # padded batches
+    data = run.encode(rows(16) if padded else [{"prompt": f"question {i}", "response": " yes"} for i in range(16)])
+    assert (len({len(x.ids) for x in data}) > 1) == padded
     run.fit(data, data, hp, None, on_step)
     assert syncs[0].count == 0, syncs[0].found
 
