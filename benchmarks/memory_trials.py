@@ -123,6 +123,35 @@ def build(shape: str, device: torch.device):
     return model.to(device), tokenizer
 
 
+def run(device: torch.device, shape: str = "tiny", trials: int = 20, steps: int = 4, max_length: int = 128,
+        rows: int = 256) -> list[TrialMemory]:
+    """``trials`` trials of ``CONFIGS`` in turn on one kept base of ``shape`` (synthetic rows of many lengths)."""
+    model, tokenizer = build(shape, device)
+    examples = [{"prompt": "question " * (8 + i % 40) + str(i), "response": " answer" * (1 + i % 5)}
+                for i in range(rows)]
+    validation = rows * 3 // 4
+    splits = DatasetSplits("causal", examples[:validation], examples[validation:validation + 16],
+                           examples[validation + 16:], None, "synthetic")
+    space = SearchSpace.from_dict({"name": "memory", "params": {"rank": list(RANKS), "batch_size": list(BATCH_SIZES),
+                                                               "alpha_ratio": 2.0, "learning_rate": 1e-4}})
+    objective = LoraObjective(space, splits, model=model, tokenizer=tokenizer, proxy_fraction=1.0,
+                              target_modules=LINEAR, metric="eval_loss",
+                              settings=TrainSettings(max_length=max_length, steps=steps, eval_points=1,
+                                                     exact_match=False, device=str(device)))
+    return measure_trials(objective, trials, device)
+
+
+def table(records: list[TrialMemory]) -> list[str]:
+    """The per-trial table and the largest departures, as Markdown lines."""
+    lines = ["| trial | rank | batch | resident MiB | peak resident MiB | allocated MiB | reserved MiB | "
+             "peak allocated MiB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.trial} | {r.rank} | {r.batch_size} | {r.resident} | {r.peak_resident} | {r.allocated} | "
+              f"{r.reserved} | {r.peak_allocated} |" for r in records]
+    worst = flat_within(records)
+    return lines + ["", "largest departure from the first: " + ", ".join(f"{k} {100 * v:.1f}%"
+                                                                         for k, v in worst.items())]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -133,30 +162,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    model, tokenizer = build(args.shape, device)
-    rows = [{"prompt": "question " * (8 + i % 40) + str(i), "response": " answer" * (1 + i % 5)}
-            for i in range(args.rows)]
-    validation = args.rows * 3 // 4
-    splits = DatasetSplits("causal", rows[:validation], rows[validation:validation + 16], rows[validation + 16:], None,
-                           "synthetic")
-    space = SearchSpace.from_dict({"name": "memory", "params": {"rank": list(RANKS), "batch_size": list(BATCH_SIZES),
-                                                               "alpha_ratio": 2.0, "learning_rate": 1e-4}})
-    objective = LoraObjective(space, splits, model=model, tokenizer=tokenizer, proxy_fraction=1.0,
-                              target_modules=LINEAR, metric="eval_loss",
-                              settings=TrainSettings(max_length=args.max_length, steps=args.steps, eval_points=1,
-                                                     exact_match=False, device=args.device))
-    records = measure_trials(objective, args.trials, device)
-    print("| trial | rank | batch | resident MiB | peak resident MiB | allocated MiB | reserved MiB | "
-          "peak allocated MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in records:
-        print(f"| {r.trial} | {r.rank} | {r.batch_size} | {r.resident} | {r.peak_resident} | {r.allocated} | "
-              f"{r.reserved} | {r.peak_allocated} |")
-    worst = flat_within(records)
-    print("largest departure from the first: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in worst.items()))
+    records = run(torch.device(args.device), args.shape, args.trials, args.steps, args.max_length, args.rows)
+    print("\n".join(table(records)))
     if args.json:
-        args.json.write_text(json.dumps({"records": [asdict(r) for r in records], "worst": worst}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"records": [asdict(r) for r in records], "worst": flat_within(records)},
+                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":
