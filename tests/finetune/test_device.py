@@ -153,6 +153,7 @@ def test_the_output_head_on_scored_positions_only_gives_the_same_loss(tiny_llama
     run, data = _run(tiny_llama, tokenizer, "causal", rows, FAST, LoraHyperparams(rank=4), ["q_proj"])
     run.model.eval()
     with torch.no_grad():
+        run.options = dataclasses.replace(run.options, keep_logits=False)  # on by default: the head everywhere
         full, count, logits = run.loss_of(data)
         run.options = dataclasses.replace(run.options, keep_logits=True)
         kept, kept_count, kept_logits = run.loss_of(data)
