@@ -35,6 +35,7 @@ import argparse
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -98,7 +99,7 @@ def lora_rows(args: argparse.Namespace, setup: Setup, failures: list[str]) -> li
                 continue
             rows.append(row)
             print(json.dumps(asdict(row) | {"tokens_per_s": row.tokens_per_s}), flush=True)
-        setup.cache.pop("folder", None)
+        shutil.rmtree(setup.cache.pop("folder", "/nonexistent"), ignore_errors=True)  # a 4-bit run's saved model
         del model
     return rows
 
