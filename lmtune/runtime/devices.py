@@ -82,6 +82,8 @@ def run_processes(commands: Sequence[tuple[list[str], dict[str, str]]]) -> list[
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         for argv, env in commands:
+            if received:  # Ctrl-C while starting them: start no more
+                break
             processes.append(subprocess.Popen(argv, env=env, start_new_session=True))
         codes = [process.wait() for process in processes]
     finally:
