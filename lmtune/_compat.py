@@ -208,3 +208,23 @@ def log_ei(u: Any) -> Any:
     from botorch.acquisition.analytic import _log_ei_helper
 
     return _log_ei_helper(u)
+
+
+# -- torch -------------------------------------------------------------------------------------------------
+# ``nn.Module.compile`` compiles a module in place; torch has no public way to undo it, so a kept base whose layers
+# a trial compiled is given back plain by clearing the compiled call that ``compile`` stored.
+
+
+def uncompile(module: Any) -> None:
+    """Undo ``module.compile()``: calls run the module's plain forward again."""
+    module._compiled_call_impl = None
+
+
+# -- transformers' attention implementation ----------------------------------------------------------------
+# A model's config records which attention kernels it runs (``eager``, ``sdpa``, ``flash_attention_2``, ...) in an
+# attribute transformers keeps private; ``set_attn_implementation`` is public, reading it back is not.
+
+
+def attention_implementation(model: Any) -> str:
+    """The attention implementation a built model runs (``sdpa``, ``eager``, ``flash_attention_2``, ...)."""
+    return str(getattr(model.config, "_attn_implementation", None) or "eager")

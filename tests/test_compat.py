@@ -129,3 +129,22 @@ def test_log_ei_is_log_expected_improvement_where_ei_itself_underflows():
         exact = [float(mpmath.log(mpmath.npdf(x) + x * mpmath.ncdf(x))) for x in u]
     ours = _compat.log_ei(torch.tensor(u, dtype=torch.float64))
     assert torch.allclose(ours, torch.tensor(exact, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_uncompile_gives_a_compiled_module_its_plain_forward_back():
+    module = torch.nn.Linear(2, 2)
+    module.compile()
+    assert module._compiled_call_impl is not None
+    _compat.uncompile(module)
+    assert module._compiled_call_impl is None
+    assert module(torch.ones(1, 2)).shape == (1, 2)
+
+
+def test_attention_implementation_is_read_from_this_transformers(tiny_llama):
+    import copy
+
+    model = copy.deepcopy(tiny_llama)
+    model.set_attn_implementation("eager")
+    assert _compat.attention_implementation(model) == "eager"
+    model.set_attn_implementation("sdpa")
+    assert _compat.attention_implementation(model) == "sdpa"

@@ -135,6 +135,16 @@ class LoraRunConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, one more forward pass of time")
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding; seeded)")
+    loss_on: Literal["assistant", "all"] = Field("assistant", description="causal data: the tokens that carry the "
+                                                 "loss: the assistant's turns, the response or the completion "
+                                                 "(assistant), or every token (all)")
+    packing: bool = Field(False, description="causal data: several short examples per sequence, attention kept "
+                          "within each (position ids restart per example)")
+    max_micro_batch: int | None = Field(None, ge=1, description="most examples per forward pass: a larger batch is "
+                                        "cut into micro-batches whose gradients add up to the batch's (the batch "
+                                        "size stays the config's)", json_schema_extra={"metavar": "N"})
+    compile: bool = Field(False, description="torch.compile each decoder layer, batch widths bucketed (pays off only "
+                          "when trials outlast the compilation; docs/benchmarks.md)")
 
     @field_validator("proxy", mode="before")
     @classmethod

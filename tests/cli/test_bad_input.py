@@ -16,6 +16,8 @@ from lmtune.cli import main
 
 ONE_CLASS = "text,label\n" + "".join(f"review number {i},good\n" for i in range(30))
 TWO_CLASSES = "text,label\n" + "".join(f"{'great' if i % 2 else 'awful'} film {i},{i % 2}\n" for i in range(40))
+CHAT = "".join(f'{{"messages": [{{"role": "user", "content": "{i} plus 1?"}}, {{"role": "assistant", "content": '
+               f'"{i + 1}"}}]}}\n' for i in range(30))
 CURVES = "config name,0,100,200,400,size\nA,3.0,2.5,2.2,2.0,1000\nB,3.2,2.4,2.1,1.9,2000\n"
 #: A committed benchmark table.
 TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "arith-sft.json.gz"
@@ -62,6 +64,18 @@ CASES = [
     ("a metric the task does not have", {"d.csv": TWO_CLASSES},
      ["lora", "--dataset", "d.csv", "--proxy-metric", "exact_match", "--storage", "sqlite:///s.db"], "proxy_metric",
      "eval_loss, accuracy"),
+    ("chat rows for a model without a chat template", {"c.jsonl": CHAT},
+     ["lora", "--model", "arith-lm", "--dataset", "c.jsonl", "--storage", "sqlite:///s.db"], "dataset",
+     "arith-lm has no chat template, so `messages` rows cannot be rendered; pass a --model whose tokenizer has one"),
+    ("a chat row that ends with the user", {"c.jsonl": CHAT + '{"messages": [{"role": "user", "content": "hi"}]}\n'},
+     ["lora", "--model", "agent-lm", "--dataset", "c.jsonl", "--storage", "sqlite:///s.db"], "dataset",
+     "row 31 of c.jsonl (train): the last turn must be the assistant's"),
+    ("loss tokens of a classifier", {"d.csv": TWO_CLASSES},
+     ["lora", "--dataset", "d.csv", "--loss-on", "all", "--storage", "sqlite:///s.db"], "loss_on", "causal data"),
+    ("packing a classifier", {"d.csv": TWO_CLASSES},
+     ["lora", "--dataset", "d.csv", "--packing", "--storage", "sqlite:///s.db"], "packing", "causal examples"),
+    ("a micro-batch of none", {}, ["lora", "--max-micro-batch", "0", "--storage", "sqlite:///s.db"],
+     "max_micro_batch", ""),
     ("an unknown proxy metric", {}, ["lora", "--proxy-metric", "f1", "--storage", "sqlite:///s.db"], "proxy_metric",
      "allowed"),
     ("a budget of no steps", {}, ["lora", "--budget-steps", "0", "--storage", "sqlite:///s.db"], "budget_steps", ""),
@@ -69,6 +83,14 @@ CASES = [
      "does not exist"),
     ("worker on a missing journal", {}, ["worker", "--study", "s", "--storage", "journal:///missing.log"], "storage",
      "does not exist"),
+    ("a worker on a GPU this machine lacks", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db",
+                                                  "--device", "cuda:64"], "device", "'cuda:64'"),
+    ("workers on a device that is not one", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db",
+                                                 "--devices", "cpu,gpu0"], "devices", "is not cpu or cuda:N"),
+    ("workers on a GPU this machine lacks", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db",
+                                                 "--devices", "cuda:64"], "devices", "'cuda:64'"),
+    ("one device and a list of them", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db", "--device",
+                                           "cpu", "--devices", "cpu"], "devices", "--device (this worker) or"),
     ("a read-only database", {}, ["lora", "--storage", "sqlite:///file:ro.db?mode=ro&uri=true", "--no-run"],
      "storage", "readonly"),
     ("memory with a sampler that remembers nothing", {}, ["lora", "--memory", "old.json", "--storage",
