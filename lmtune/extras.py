@@ -10,6 +10,7 @@ is refused before any work, as one line naming the feature and the command that 
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from lmtune.errors import InputError
 
@@ -29,8 +30,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 
 
 def missing(modules: tuple[str, ...] | list[str]) -> list[str]:
-    """The modules of ``modules`` that cannot be imported here."""
-    return [name for name in modules if importlib.util.find_spec(name) is None]
+    """The modules of ``modules`` that cannot be imported here. One already imported is there, whatever its
+    ``__spec__`` (optuna-integration replaces its module with a lazy one whose ``__spec__`` is None, and
+    ``find_spec`` then raises)."""
+    return [name for name in modules if name not in sys.modules and importlib.util.find_spec(name) is None]
 
 
 def require(extra: str, feature: str, modules: tuple[str, ...] | None = None) -> None:

@@ -53,3 +53,15 @@ def test_a_command_whose_extra_is_missing_says_which_to_install_and_exits_2_befo
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith(line), run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written: no storage, no output
+
+
+def test_a_module_already_imported_is_present_whatever_its_spec():
+    """optuna-integration swaps its module for a lazy one with ``__spec__`` None; ``find_spec`` then raises."""
+    import optuna_integration  # noqa: F401  (imported: the lazy module is what sys.modules holds)
+
+    from lmtune.extras import missing
+
+    assert missing(["optuna_integration", "no_such_module_here"]) == ["no_such_module_here"]
+    from optuna_integration import BoTorchSampler  # noqa: F401  (the lazy module resolved: still present)
+
+    assert missing(["optuna_integration"]) == []

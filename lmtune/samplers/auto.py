@@ -13,7 +13,7 @@ a resumed study routes each trial by its number, so the plan holds across proces
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,15 +56,15 @@ def choose_plan(*, memory: bool) -> str:
 
 class AutoSampler(BaseSampler):
     """The plan's samplers in turn, by trial number; ``plan`` names one of ``PLANS`` (None: ``choose_plan``).
+    ``make_sampler`` is the registry's builder (passed in: the registry lists the plans, so it imports this module).
 
     ``transfer`` (the study's memory), ``description`` and the language-BO options go to the plan's
     ``language-bo+``; ``seed`` and ``n_startup_trials`` to both samplers.
     """
 
-    def __init__(self, space: SearchSpace, *, seed: int | None = None, n_startup_trials: int = 5,
-                 transfer: Sequence[Any] = (), plan: str | None = None, **language_bo: Any):
-        from lmtune.samplers.registry import make_sampler
-
+    def __init__(self, space: SearchSpace, make_sampler: Callable[..., BaseSampler], *, seed: int | None = None,
+                 n_startup_trials: int = 5, transfer: Sequence[Any] = (), plan: str | None = None,
+                 **language_bo: Any):
         self.plan_name = plan or choose_plan(memory=bool(transfer))
         if self.plan_name not in PLANS:
             raise ValueError(f"unknown plan {self.plan_name!r}; allowed: {', '.join(PLANS)}")

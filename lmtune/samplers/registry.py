@@ -140,7 +140,8 @@ def make_sampler(name: str, *, space: SearchSpace | None = None, seed: int | Non
             raise InputError("sampler", "auto needs the search space it chooses a sampler for")
         from lmtune.samplers.auto import AutoSampler
 
-        return AutoSampler(space, seed=seed, n_startup_trials=n_startup_trials, **{**AUTO[name], **language_bo})
+        return AutoSampler(space, make_sampler, seed=seed, n_startup_trials=n_startup_trials,
+                           **{**AUTO[name], **language_bo})
     if name in LANGUAGE_BO_ABLATIONS:
         if space is None:
             raise InputError("sampler", "language-bo needs the search space whose pool it ranks")

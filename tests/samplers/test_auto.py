@@ -62,4 +62,4 @@ def test_with_memory_language_bo_plus_leads_then_the_gp_takes_over(encoders, tmp
 
 def test_an_unknown_plan_is_refused():
     with pytest.raises(ValueError, match="unknown plan 'oracle'; allowed: gp, "):
-        AutoSampler(SPACE, plan="oracle")
+        AutoSampler(SPACE, make_sampler, plan="oracle")
