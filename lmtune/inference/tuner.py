@@ -5,7 +5,8 @@ input leaves nothing in storage. Each trial is one config (``Evaluator``); a con
 budget is stored PRUNED with its reason and its estimated cost, a config that could not be evaluated (endpoint
 error, budget exhausted mid-way) FAIL with its reason; neither ever gets a score. The first trial is the
 low-cost corner of the space. The study stops when the next call would not fit in the optimization budget, or
-when the backend keeps failing (``stopped == "endpoint"``, with the last reason in ``error``; the CLI exits 1).
+when the backend keeps failing or reports usage a request cannot bill (``stopped == "endpoint"``, with the reason
+in ``error``; the CLI exits 1, and the test split is not run).
 Running the same command again resumes: the spend so far is the study's account in its spend journal (every
 call that may have been billed, whatever killed an earlier run; ``lmtune.inference.spend``), trials an earlier
 process left running are failed and queued again, pruning knowledge is rebuilt from the trials, and the
@@ -74,7 +75,7 @@ class InferResult(Result):
     best: dict[str, Any] | None = None
     pareto_front: list[dict[str, Any]] = field(default_factory=list)
     #: Why the search stopped: "max_trials", "budget" (the next call did not fit), "endpoint" (the backend kept
-    #: failing; ``error`` says how), or "done" (no trial left to run).
+    #: failing, or reported usage a request cannot bill; ``error`` says how), or "done" (no trial left to run).
     stopped: str = "done"
     #: The backend's last failure when it stopped the search or the test evaluation, else None.
     error: str | None = None
@@ -236,10 +237,13 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
         return result.quality
 
     def stop(_: optuna.Study) -> bool:
-        return state["exhausted"] or state["failures"] >= MAX_CONSECUTIVE_FAILURES or ledger.left <= 0
+        return (state["exhausted"] or state["failures"] >= MAX_CONSECUTIVE_FAILURES or ledger.left <= 0
+                or evaluator.generator.misbehaved is not None)
 
     run_trials(study, objective, max_trials, listener=listener, catch=(BudgetExhausted, GenerationError),
                stop_when=stop)
+    if evaluator.generator.misbehaved is not None:  # its bills cannot be trusted: neither the budget's end
+        return "endpoint", evaluator.generator.misbehaved
     # The backend is to blame when it failed trials in a row, or failed every trial of this run that ended
     # before the budget did (calls that time out keep their worst case, so they can use the budget up first).
     if state["failures"] >= MAX_CONSECUTIVE_FAILURES or (state["error"] and not state["results"]):
@@ -276,6 +280,8 @@ def _results(study, s: InferConfig, evaluator: Evaluator, test: list[dict], ledg
     complete = [t for t in trials if t.state == TrialState.COMPLETE
                 and t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= s.inference_budget]
     results = _counts(trials, complete, s, ledger, study_name, (len(evaluator.instances), len(test)), stopped, error)
+    if evaluator.generator.misbehaved is not None:
+        results.warnings.append(evaluator.generator.misbehaved)
     if not complete:
         return results
     best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))
