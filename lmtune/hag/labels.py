@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lmtune._compat import queued_params
-from lmtune.config import build_config
+from lmtune.config import build_config, read_user_text
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.hag.config import HagLabelConfig
@@ -242,7 +242,7 @@ def read_labels(path: Path, field: str = "labels") -> tuple[dict, list[dict]]:
     """The header and rows of a label file; ``InputError(field, ...)`` when it is missing, not one, or empty."""
     if not Path(path).is_file():
         raise InputError(field, f"label file {path} does not exist")
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line for line in read_user_text(path, field).splitlines() if line.strip()]
     try:
         header = json.loads(lines[0])[HEADER] if lines else None
         rows = [json.loads(line) for line in lines[1:]]
