@@ -5,8 +5,11 @@ Errors become one-line ``InputError``s that name the field.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
+import tempfile
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +98,29 @@ def _message(err: dict[str, Any]) -> str:
     if err["type"] == "string_too_short":
         return f"must not be empty, got {got!r}"
     return f"{err['msg']} (got {got!r})"
+
+
+def check_writable_folder(folder: Path | str | None, field: str) -> None:
+    """``InputError`` on ``field`` unless ``folder`` can be created and written, checked before a command opens
+    storage or spends anything, so that a folder it cannot write fails first, not after the trials. The check
+    creates what is missing, writes and removes a file there, then removes the folders it created, so input found
+    bad later still leaves nothing behind. (Write permission alone would not do: root may write anywhere the
+    permission bits forbid, and a read-only file system or a file in the path fails only on writing.)"""
+    if folder is None:
+        return
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".lmtune-write-check-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(field, f"cannot write in {folder}: {exc.strerror or exc}") from None
+    finally:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
 
 
 def read_user_text(path: Path | str, field: str) -> str:

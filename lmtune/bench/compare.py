@@ -26,7 +26,7 @@ from lmtune.bench.replay import (
     trials_to_reach,
 )
 from lmtune.bench.table import Table
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.files import write_atomic
 from lmtune.runtime.quiet import quiet_libraries
 from lmtune.samplers.registry import TRANSFER_SAMPLERS
@@ -180,6 +180,7 @@ def bench_samplers(config: BenchSamplersConfig | None = None, **fields: Any) -> 
     cfg = config or build_config(BenchSamplersConfig, **fields)
     tables = [Table.load(path) for path in cfg.table]
     check_methods(list(cfg.samplers))
+    check_writable_folder(cfg.output, "output")
     agent = None
     if "agent" in cfg.samplers:  # an unreachable endpoint or unknown model fails now, before any replay
         from lmtune.samplers.agent import AgentSampler

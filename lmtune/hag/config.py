@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmtune.runtime.storage import STORAGE_HELP, StudyName
 
@@ -24,12 +24,19 @@ class TaskFields(BaseModel):
                                "mix (default for hag-mix: mix)", json_schema_extra={"metavar": "METRIC"})
     template: str | None = Field(None, description="prompt template, str.format fields of an instance "
                                  "(default {prompt})", json_schema_extra={"metavar": "TEMPLATE"})
-    task_size: int = Field(600, ge=3, description="hag-mix: instances generated")
+    task_size: int = Field(600, ge=3, le=100_000, description="hag-mix: instances generated (at most 100,000)")
     n: int = Field(8, ge=1, description="responses per request; the metric scores them together")
     max_tokens: int = Field(16, ge=1, description="tokens per response at most")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of instances in the validation split")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="share of instances in the held-out test split")
-    seed: int = Field(0, description="seed of the task, the split and the sampling")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the task, the split and the sampling")
+
+    @field_validator("template")
+    @classmethod
+    def _template_says_something(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(f"a template must not be empty or only spaces, got {value!r}")
+        return value
 
 
 class HagLabelConfig(TaskFields):
@@ -91,7 +98,7 @@ class HagTrainConfig(BaseModel):
     min_steps: int = Field(400, ge=1, description="adapter: optimizer steps at least, passing over the labels "
                            "again if epochs would give fewer")
     head_hidden: int = Field(64, ge=0, description="head: hidden units (0: linear)")
-    seed: int = Field(0, description="seed of the learner")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the learner")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
 
 
@@ -113,5 +120,5 @@ class HagEvaluateConfig(BaseModel):
     output_dir: Path = Field(Path("lmtune-out/hag"), description="where evaluation.json and evaluation.md go")
     cache: str | None = Field(None, description="response cache file (default OUTPUT_DIR/responses.sqlite); "
                               "'none' disables it", json_schema_extra={"metavar": "FILE"})
-    seed: int = Field(0, description="seed of the fresh requests and the random configs")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the fresh requests and the random configs")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})

@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lmtune._compat import queued_params
-from lmtune.config import build_config, read_user_text
+from lmtune.config import build_config, check_writable_folder, read_user_text
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.hag.config import HagLabelConfig
@@ -104,6 +104,7 @@ def label_task(config: HagLabelConfig | None = None, *, generator: Generator | N
                listener: TrialListener | None = None, **fields: Any) -> HagLabelResult:
     """Label (or resume labelling) one split; ``generator`` replaces the local model ``config.model`` names."""
     cfg = config or build_config(HagLabelConfig, **fields)
+    check_writable_folder(cfg.output_dir, "output_dir")
     task = task_of(cfg)
     space = DecodingSpace({name: tuple(getattr(cfg, f"{name}_grid")) for name in PARAMS})
     settings = SearchSettings(coarse_repeats=cfg.coarse_repeats, repeats=max(cfg.repeats, cfg.coarse_repeats),

@@ -27,12 +27,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.inference.config import InferConfig, stop_text
 from lmtune.inference.evaluate import Evaluator
-from lmtune.inference.metrics import make_instance_metric
+from lmtune.inference.metrics import check_responses, make_instance_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
 from lmtune.inference.resume import open_journal, spend_account
@@ -100,9 +100,11 @@ def tune_inference(config: InferConfig | None = None, *, generator: Generator | 
 
 
 def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener | None) -> InferResult:
+    check_writable_folder(s.output_dir, "output_dir")
     stops = [tuple(x) if x else None for x in s.stops] or None
     task = load_infer_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
     metric, needs_check = make_instance_metric(s.metric)
+    check_responses(s.metric, s.n)
     prices = PriceTable.load(s.prices)
     # On an interrupt, calls in flight get until their timeout (10 s at most) to finish and be recorded.
     loop = BackgroundLoop(drain=min(s.timeout, 10.0))
@@ -242,10 +244,16 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
 
     run_trials(study, objective, max_trials, listener=listener, catch=(BudgetExhausted, GenerationError),
                stop_when=stop)
-    if evaluator.generator.misbehaved is not None:  # its bills cannot be trusted: neither the budget's end
-        return "endpoint", evaluator.generator.misbehaved
-    # The backend is to blame when it failed trials in a row, or failed every trial of this run that ended
-    # before the budget did (calls that time out keep their worst case, so they can use the budget up first).
+    return _stopped(study, state, evaluator.generator.misbehaved, ledger, max_trials)
+
+
+def _stopped(study, state: dict, misbehaved: str | None, ledger: SpendLedger, max_trials: int
+             ) -> tuple[str, str | None]:
+    """Why the search stopped. The backend is to blame when its bills cannot be trusted (``misbehaved``), when it
+    failed trials in a row, or failed every trial of this run that ended before the budget did (calls that time
+    out keep their worst case, so they can use the budget up first)."""
+    if misbehaved is not None:
+        return "endpoint", misbehaved
     if state["failures"] >= MAX_CONSECUTIVE_FAILURES or (state["error"] and not state["results"]):
         return "endpoint", f"{state['failures'] or 'every'} trial(s) in a row failed; the last: {state['error']}"
     if state["exhausted"] or ledger.left <= 0:

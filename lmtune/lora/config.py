@@ -86,7 +86,7 @@ class LoraRunConfig(BaseModel):
     transfer_from: list[str] = Field([], description="language-bo+: table files or names of studies in `storage` "
                                      "whose results inform this study from its first trial (they take no trial of "
                                      "its budget)", json_schema_extra={"split": ",", "metavar": "STUDY_OR_TABLE,..."})
-    seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: StudyName = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
                             json_schema_extra={"metavar": "NAME"})

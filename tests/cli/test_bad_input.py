@@ -133,6 +133,37 @@ CASES = [
     ("an unknown command", {}, ["tune"], "usage", "no such command 'tune'"),
     ("no sampler to compare", {}, ["bench", "samplers", "--table", str(ROOT / "benchmarks/data/arith-sft.json.gz"),
                                    "--samplers", "", "--output", "o"], "samplers", "name at least one method"),
+    # issue 28, group 6: checked before storage is opened or anything is spent
+    *[(f"an output folder under a file ({' '.join(w for w in command[:2] if not w.startswith('-'))})", {"f": "x"},
+       command, field, "cannot write in f/out: Not a directory") for field, command in (
+        ("output_dir", ["lora", "--dataset", "d.csv", "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output_dir", [*INFER_LOCAL, "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output_dir", ["hag", "label", "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output", ["hag", "train", "--labels", "l.jsonl", "--output", "f/out"]),
+        ("output_dir", ["hag", "evaluate", "--labels", "l.jsonl", "--output-dir", "f/out"]),
+        ("output_dir", ["report", "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output", ["bench", "build-table", "--output", "f/out/t.json.gz", "--storage", "sqlite:///s.db"]),
+        ("output", ["bench", "samplers", "--table", str(ROOT / "benchmarks/data/arith-sft.json.gz"), "--output",
+                    "f/out"]),
+        ("plot", ["select", "--curves", "c.csv", "--plot", "f/out/p.png"]))],
+    ("input found bad after the output folder was checked", {}, [*INFER_LOCAL, "--output-dir", "new/deep",
+                                                                  "--prices", "missing.yaml"], "prices",
+     "missing.yaml does not exist"),  # the check removed the folders it made
+    ("pass@K above the fewest responses", {}, [*INFER_LOCAL, "--metric", "pass@100", "--storage", "sqlite:///s.db"],
+     "metric", "pass@100 needs 100 or more responses per instance, but --n goes from 1 to 16"),
+    *[(f"a negative seed ({command[0]})", {}, [*command, "--seed", "-1", "--storage", "sqlite:///s.db"], "seed",
+       "must be at least 0, got -1") for command in (["lora"], INFER_LOCAL, ["hag", "label"])],
+    ("a seed of 2**32", {}, ["lora", "--seed", str(2**32), "--storage", "sqlite:///s.db"], "seed",
+     "must be less than 4294967296"),
+    ("an empty template (infer)", {}, [*INFER_LOCAL, "--template", "", "--storage", "sqlite:///s.db"], "templates",
+     "must not be empty or only spaces"),
+    ("a blank template (hag label)", {}, ["hag", "label", "--template", " ", "--storage", "sqlite:///s.db"],
+     "template", "must not be empty or only spaces"),
+    ("a task of a billion problems", {}, [*INFER_LOCAL, "--task-size", "1000000000", "--storage", "sqlite:///s.db"],
+     "task_size", "must be at most 100000"),
+    ("a replay budget of 1e8 trials", {}, ["bench", "samplers", "--table", str(ROOT / "benchmarks/data/arith-sft"
+                                                                              ".json.gz"),
+                                           "--budget", "100000000", "--output", "o"], "budget", "at most 10000"),
 ]
 
 
