@@ -228,3 +228,34 @@ def uncompile(module: Any) -> None:
 def attention_implementation(model: Any) -> str:
     """The attention implementation a built model runs (``sdpa``, ``eager``, ``flash_attention_2``, ...)."""
     return str(getattr(model.config, "_attn_implementation", None) or "eager")
+
+
+# -- Typer / click -----------------------------------------------------------------------------------------
+# Typer 0.2x runs on a copy of click of its own (``typer._click``), earlier Typer on click itself; it exports
+# BadParameter, Abort and Exit but not the classes above them. Their bases are read off BadParameter's MRO, so the
+# CLI catches the usage errors of whichever click parsed the command line.
+
+
+def click_errors() -> tuple[type[Exception], type[Exception]]:
+    """(ClickException, UsageError) of the click that Typer parses with."""
+    import typer
+
+    by_name = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    return by_name["ClickException"], by_name["UsageError"]
+
+
+def is_help_instead(error: Exception) -> bool:
+    """Whether a usage error is click's way of showing the help of a group called with no arguments."""
+    return type(error).__name__ == "NoArgsIsHelpError"
+
+
+def rejected_input(error: Exception) -> tuple[Any, str] | None:
+    """(the value typed, pydantic's error type such as ``int_parsing``) behind a BadParameter of Typer's own
+    conversion, which Typer 0.2x does with pydantic; None where the conversion was click's."""
+    from pydantic import ValidationError
+
+    cause = error.__cause__
+    if isinstance(cause, ValidationError) and cause.errors():
+        first = cause.errors()[0]
+        return first.get("input"), first.get("type", "")
+    return None

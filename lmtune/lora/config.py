@@ -108,7 +108,7 @@ class LoraRunConfig(BaseModel):
                              "wandb:PROJECT; each trial a run with its parameters, metrics at every evaluation and "
                              "state, the best adapter and results.json as artifacts of a final run (extra: track)",
                              json_schema_extra={"split": ",", "metavar": "TRACKER,..."})
-    seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: StudyName = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
                             json_schema_extra={"metavar": "NAME"})
