@@ -1,15 +1,14 @@
 """``tune_inference``: the budget-constrained search as a resumable Optuna study, then a held-out test.
 
-Input is checked first (task, templates, prices of every model, metric, budgets, endpoint reachable), so bad
-input leaves nothing in storage. Each trial is one config (``Evaluator``); a config over the per-instance
-budget is stored PRUNED with its reason and estimated cost, one that could not be evaluated (endpoint error,
-budget exhausted mid-way) FAIL with its reason; neither gets a score. The first trial is the space's low-cost
-corner. The study stops when the next call would not fit in the optimization budget, or when the backend keeps
-failing or reports usage a request cannot bill (``stopped == "endpoint"``, the reason in ``error``; the CLI exits 1
-and the test split is not run). Running the same command again resumes: the spend so far is the study's account
-in its spend journal (every call that may have been billed, whatever killed an earlier run), trials an earlier
-process left running are failed and queued again, pruning knowledge is rebuilt from the trials, and the response
-cache answers what was already asked (counted as cached spend). SIGTERM is an interrupt, like Ctrl-C.
+Input is checked first (task, templates, prices, metric, budgets, endpoint), so bad input leaves nothing in storage.
+Each trial is one config (``Evaluator``); a config over the per-instance budget is stored PRUNED with its reason and
+estimated cost, one that could not be evaluated (endpoint error, budget spent mid-way) FAIL with its reason; neither
+gets a score. The first trial is the space's low-cost corner. The study stops when the next call would not fit in the
+optimization budget, or when the backend keeps failing or reports usage a request cannot bill (``stopped ==
+"endpoint"``, the reason in ``error``; the CLI exits 1 and the test split is not run). Running the same command again
+resumes: the spend so far is the study's account in its spend journal (every call that may have been billed), trials
+an earlier process left running are failed and queued again, pruning knowledge is rebuilt from the trials, and the
+response cache answers what was already asked (counted as cached spend). SIGTERM is an interrupt, like Ctrl-C.
 """
 
 from __future__ import annotations
