@@ -1,4 +1,4 @@
-"""Issue 28's probe, before and after: every case of groups 1, 2, 4 and 5 run with the lmtune of two source trees.
+"""Issue 28's probe, before and after: every case of its seven groups run with the lmtune of two source trees.
 
     python benchmarks/probe_28.py --before /work/baseline --after . --output benchmarks/results/probe-28.md
 
@@ -6,6 +6,8 @@ Each case runs in a subprocess with ``PYTHONPATH`` set to one tree, in a fresh f
 side (a file that appeared, bytes a socket received, a process still alive, seconds until exit, the status a
 request got), not only from what the code under test reports. Needs bubblewrap for the "after" sandbox, and
 nothing listening on 127.0.0.1:18432. Takes a few minutes per tree (a killed ``lmtune lora`` run among them).
+Groups 3, 6 and 7 (``probe_28_inputs.py``) also count the bad inputs handled well: exit 2, one ``error: <field>:``
+line, nothing written (for the over-billing endpoint: exit 1, a warning, the spend no less than billed).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from probe_28_cases import SANDBOX_ATTACKS, e2e_humaneval, serve_process_cases, serve_requests  # noqa: E402
+from probe_28_inputs import input_cases, make_labels  # noqa: E402
 
 RUNNER = """import json, sys, time
 from lmtune.inference.sandbox import run_code
@@ -136,8 +139,7 @@ def storage_cases(tree: Path, folder: Path) -> dict[str, str]:
     nested.mkdir(parents=True)
     (nested / "d.csv").write_text(DATA)
     line = cli(tree, "lora", "--dataset", "d.csv", "--study-name", "../../../sb/evil", "--trials", "1",
-               "--proxy-steps", "2", "--max-length", "16", "--no-final-train", "--storage", "sqlite:///s.db",
-               cwd=nested)
+               "--max-length", "16", "--no-final-train", "--storage", "sqlite:///s.db", cwd=nested)
     escaped = sorted(str(p.relative_to(folder)) for p in (folder / "sb").rglob("*")) if (folder / "sb").exists() else []
     out["`lora --study-name ../../../sb/evil`"] = line + (f"; written outside: {', '.join(escaped[:3])}"
                                                           if escaped else "; nothing outside")
@@ -151,7 +153,7 @@ def journal_kill_case(tree: Path, folder: Path) -> str:
     """``lmtune lora`` on journal storage, SIGKILLed while trial 1 runs, then run again: does it finish 3 trials?"""
     (folder / "d.csv").write_text(DATA)
     args = ["lora", "--dataset", "d.csv", "--space", "lora-small", "--sampler", "random", "--trials", "3",
-            "--proxy-steps", "60", "--max-length", "16", "--no-final-train", "--storage", "journal:///j.log",
+            "--max-length", "16", "--no-final-train", "--storage", "journal:///j.log",
             "--study-name", "main"]
     process = subprocess.Popen([sys.executable, "-m", "lmtune.cli", *args], cwd=folder, env=env_for(tree),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -180,10 +182,17 @@ def _journal_trials(path: Path) -> list:
         return []
 
 
-def run_tree(tree: Path, skip_slow: bool) -> dict[str, str]:
+def run_tree(tree: Path, skip_slow: bool, labels: Path, handled: dict[str, bool],
+             groups: str = "1234567") -> dict[str, str]:
+    """Every case of ``groups`` with that tree; ``handled`` gets whether each bad input of groups 3, 6, 7 was."""
     results: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="probe28-") as scratch:
         root = Path(scratch)
+        if set("367") & set(groups):
+            for name, (text, good) in input_cases(tree, root, labels).items():
+                results[name], handled[name] = text, good
+        if not set("1245") & set(groups):
+            return results
         for name, attack in SANDBOX_ATTACKS.items():
             folder = root / f"sandbox-{len(results)}"
             folder.mkdir()
@@ -208,13 +217,24 @@ def main() -> None:
     parser.add_argument("--after", type=Path, required=True)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/probe-28.md"))
     parser.add_argument("--skip-slow", action="store_true", help="leave out the killed lora run")
+    parser.add_argument("--groups", default="1234567", help="which of the issue's groups to probe, e.g. 367")
     args = parser.parse_args()
-    before, after = run_tree(args.before.resolve(), args.skip_slow), run_tree(args.after.resolve(), args.skip_slow)
+    with tempfile.TemporaryDirectory(prefix="probe28-labels-") as scratch:
+        labels = make_labels(args.after.resolve(), Path(scratch)) if set("6") & set(args.groups) else Path()
+        handled_before: dict[str, bool] = {}
+        handled_after: dict[str, bool] = {}
+        before = run_tree(args.before.resolve(), args.skip_slow, labels, handled_before, args.groups)
+        after = run_tree(args.after.resolve(), args.skip_slow, labels, handled_after, args.groups)
     rows = ["| case | before | after |", "| --- | --- | --- |"]
     rows += [f"| {case} | {before.get(case, '')} | {after.get(case, '')} |".replace("\n", " ")
-             for case in dict.fromkeys([*before, *after])]
+             for case in sorted(dict.fromkeys([*before, *after]), key=lambda c: c.split(".")[0].split("/")[0])]
+    counts = "".join(f"- group {group}: {sum(v for k, v in handled_before.items() if k.startswith(group))} of "
+                     f"{sum(1 for k in handled_before if k.startswith(group))} handled well before, "
+                     f"{sum(v for k, v in handled_after.items() if k.startswith(group))} of "
+                     f"{sum(1 for k in handled_after if k.startswith(group))} after\n" for group in ("3.", "6.", "7."))
     text = (f"# Issue 28 probe, before ({args.before}) and after ({args.after})\n\n"
-            f"`python benchmarks/probe_28.py --before {args.before} --after {args.after}`\n\n" + "\n".join(rows) + "\n")
+            f"`python benchmarks/probe_28.py --before {args.before} --after {args.after}`\n\n" + counts + "\n"
+            + "\n".join(rows) + "\n")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)

@@ -208,3 +208,54 @@ def log_ei(u: Any) -> Any:
     from botorch.acquisition.analytic import _log_ei_helper
 
     return _log_ei_helper(u)
+
+
+# -- torch -------------------------------------------------------------------------------------------------
+# ``nn.Module.compile`` compiles a module in place; torch has no public way to undo it, so a kept base whose layers
+# a trial compiled is given back plain by clearing the compiled call that ``compile`` stored.
+
+
+def uncompile(module: Any) -> None:
+    """Undo ``module.compile()``: calls run the module's plain forward again."""
+    module._compiled_call_impl = None
+
+
+# -- transformers' attention implementation ----------------------------------------------------------------
+# A model's config records which attention kernels it runs (``eager``, ``sdpa``, ``flash_attention_2``, ...) in an
+# attribute transformers keeps private; ``set_attn_implementation`` is public, reading it back is not.
+
+
+def attention_implementation(model: Any) -> str:
+    """The attention implementation a built model runs (``sdpa``, ``eager``, ``flash_attention_2``, ...)."""
+    return str(getattr(model.config, "_attn_implementation", None) or "eager")
+
+
+# -- Typer / click -----------------------------------------------------------------------------------------
+# Typer 0.2x runs on a copy of click of its own (``typer._click``), earlier Typer on click itself; it exports
+# BadParameter, Abort and Exit but not the classes above them. Their bases are read off BadParameter's MRO, so the
+# CLI catches the usage errors of whichever click parsed the command line.
+
+
+def click_errors() -> tuple[type[Exception], type[Exception]]:
+    """(ClickException, UsageError) of the click that Typer parses with."""
+    import typer
+
+    by_name = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    return by_name["ClickException"], by_name["UsageError"]
+
+
+def is_help_instead(error: Exception) -> bool:
+    """Whether a usage error is click's way of showing the help of a group called with no arguments."""
+    return type(error).__name__ == "NoArgsIsHelpError"
+
+
+def rejected_input(error: Exception) -> tuple[Any, str] | None:
+    """(the value typed, pydantic's error type such as ``int_parsing``) behind a BadParameter of Typer's own
+    conversion, which Typer 0.2x does with pydantic; None where the conversion was click's."""
+    from pydantic import ValidationError
+
+    cause = error.__cause__
+    if isinstance(cause, ValidationError) and cause.errors():
+        first = cause.errors()[0]
+        return first.get("input"), first.get("type", "")
+    return None

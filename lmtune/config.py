@@ -5,8 +5,11 @@ Errors become one-line ``InputError``s that name the field.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
+import tempfile
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +37,7 @@ def load_yaml_mapping(path: Path, *, field: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise InputError(field, f"file {path} does not exist")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(read_user_text(path, field))
     except yaml.YAMLError as exc:
         raise InputError(field, f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -97,6 +100,41 @@ def _message(err: dict[str, Any]) -> str:
     return f"{err['msg']} (got {got!r})"
 
 
+def check_writable_folder(folder: Path | str | None, field: str) -> None:
+    """``InputError`` on ``field`` unless ``folder`` can be created and written, checked before a command opens
+    storage or spends anything, so that a folder it cannot write fails first, not after the trials. The check
+    creates what is missing, writes and removes a file there, then removes the folders it created, so input found
+    bad later still leaves nothing behind. (Write permission alone would not do: root may write anywhere the
+    permission bits forbid, and a read-only file system or a file in the path fails only on writing.)"""
+    if folder is None:
+        return
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".lmtune-write-check-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(field, f"cannot write in {folder}: {exc.strerror or exc}") from None
+    finally:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+
+
+def read_user_text(path: Path | str, field: str) -> str:
+    """A file the user gave (YAML, JSONL) as text. UTF-8 (a byte-order mark is skipped), as YAML and JSON
+    require: a file in another encoding is an ``InputError`` on ``field`` naming its first byte that is not
+    UTF-8, where Python's decoder would end in a traceback."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(field, f"{path} is not UTF-8 (byte 0x{data[exc.start]:02x} at position {exc.start}); "
+                                "save it as UTF-8") from None
+
+
 def read_jsonl(path: Path, field: str, *, valid: Callable[[dict], bool] = lambda row: True,
                row_error: str = "each line must be a JSON object") -> list[dict]:
     """The JSON objects of a user's JSONL file, one per non-blank line; a missing file, a line that is not JSON
@@ -104,7 +142,7 @@ def read_jsonl(path: Path, field: str, *, valid: Callable[[dict], bool] = lambda
     if not path.is_file():
         raise InputError(field, f"task file {path} does not exist")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_user_text(path, field).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -129,6 +129,8 @@ class BillingServer:
                 usage = {"prompt_tokens": -1000, "completion_tokens": -5000}
             elif self.mode == "huge_usage":
                 usage = {"prompt_tokens": 10**6, "completion_tokens": 10**7}
+            elif self.mode == "overbill":
+                usage = {"prompt_tokens": len(prompt), "completion_tokens": 50 * n * max_tokens}
             with self._lock:
                 self.billed.append({"prompt": prompt, "n": n, "max_tokens": max_tokens, **usage})
             await self._held("after_bill", number)

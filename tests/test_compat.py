@@ -129,3 +129,51 @@ def test_log_ei_is_log_expected_improvement_where_ei_itself_underflows():
         exact = [float(mpmath.log(mpmath.npdf(x) + x * mpmath.ncdf(x))) for x in u]
     ours = _compat.log_ei(torch.tensor(u, dtype=torch.float64))
     assert torch.allclose(ours, torch.tensor(exact, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_uncompile_gives_a_compiled_module_its_plain_forward_back():
+    module = torch.nn.Linear(2, 2)
+    module.compile()
+    assert module._compiled_call_impl is not None
+    _compat.uncompile(module)
+    assert module._compiled_call_impl is None
+    assert module(torch.ones(1, 2)).shape == (1, 2)
+
+
+def test_attention_implementation_is_read_from_this_transformers(tiny_llama):
+    import copy
+
+    model = copy.deepcopy(tiny_llama)
+    model.set_attn_implementation("eager")
+    assert _compat.attention_implementation(model) == "eager"
+    model.set_attn_implementation("sdpa")
+    assert _compat.attention_implementation(model) == "sdpa"
+
+
+def test_typer_usage_errors_the_cli_catches_and_reads():
+    """The CLI catches click's usage errors of whichever click Typer parses with, tells the no-argument help of a
+    group from an error, and reads the value Typer's own conversion refused."""
+    import typer
+    from typer.main import get_command
+
+    click_exception, usage_error = _compat.click_errors()
+    assert issubclass(typer.BadParameter, usage_error) and issubclass(usage_error, click_exception)
+    app = typer.Typer(no_args_is_help=True)
+
+    @app.command()
+    def count(trials: int = 1) -> None:
+        """Count."""
+
+    @app.command()
+    def other() -> None:
+        """Another command, so that the app is a group."""
+
+    command = get_command(app)
+    with pytest.raises(usage_error) as bad:
+        command.main(["count", "--trials", "abc"], standalone_mode=False)
+    assert bad.value.param.name == "trials" and not _compat.is_help_instead(bad.value)
+    rejected = _compat.rejected_input(bad.value)
+    assert rejected is None or rejected == ("abc", "int_parsing")  # None where click converted the value itself
+    with pytest.raises(usage_error) as empty:
+        command.main([], standalone_mode=False)
+    assert _compat.is_help_instead(empty.value)

@@ -21,7 +21,7 @@ from lmtune import attrs
 from lmtune.bench.config import BuildTableConfig
 from lmtune.bench.specs import TableSpec, load_table_spec
 from lmtune.bench.table import Table
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.errors import InputError
 from lmtune.finetune.data import DatasetSplits, load_dataset
 from lmtune.finetune.objective import LoraObjective
@@ -65,6 +65,7 @@ def build(config: BuildTableConfig | None = None, *, listener: TrialListener | N
     cfg = config or build_config(BuildTableConfig, **fields)
     spec = load_table_spec(cfg.table)
     output = cfg.output or Path("benchmarks/data") / f"{spec.name}.json.gz"
+    check_writable_folder(output.parent, "output")
     seed_from = Table.load(output) if output.exists() else None
     result = build_table(spec, storage=cfg.storage, study_name=cfg.study_name, threads=cfg.threads,
                          max_trials=cfg.max_trials, seed_from=seed_from, output=output, listener=listener)

@@ -27,7 +27,7 @@ from lmtune.bench.replay import (
     trials_to_reach,
 )
 from lmtune.bench.table import Table
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.extras import require
 from lmtune.files import write_atomic
 from lmtune.runtime.quiet import quiet_libraries
@@ -215,6 +215,7 @@ def bench_samplers(config: BenchSamplersConfig | None = None, **fields: Any) -> 
     require("bench", "samplers", ("matplotlib", *(("PyNomad",) if "nomad" in cfg.samplers else ())))
     tables = [Table.load(path) for path in cfg.table]
     check_methods(list(cfg.samplers))
+    check_writable_folder(cfg.output, "output")
     agent = None
     for method in set(cfg.samplers) & set(AGENT_METHODS):  # a bad endpoint, model or option fails before any replay
         from lmtune.samplers.registry import make_sampler

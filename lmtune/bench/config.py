@@ -46,8 +46,8 @@ class BenchSamplersConfig(BaseModel):
     samplers: list[str] = Field(["auto", "random", "tpe", "gp", "botorch", "nomad", "language-bo"],
                                 description="methods, comma-separated: " + ", ".join(METHODS),
                                 json_schema_extra={"split": ",", "metavar": "NAME,NAME..."})
-    budget: int = Field(30, ge=1, description="trials per search")
-    seeds: int = Field(20, ge=1, description="searches per method (seeds 0..N-1)")
+    budget: int = Field(30, ge=1, le=10_000, description="trials per search (at most 10,000)")
+    seeds: int = Field(20, ge=1, le=1_000, description="searches per method (seeds 0..N-1; at most 1,000)")
     output: Path = Field(Path("benchmarks/results/samplers"), description="folder for runs.jsonl and "
                          "samplers.md/.json/.png")
     threads: int = Field(1, ge=1, description="torch CPU threads for the model-based samplers")

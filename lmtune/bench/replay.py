@@ -51,6 +51,8 @@ class Run:
 
 
 def check_methods(names: list[str]) -> list[str]:
+    if not names:
+        raise InputError("samplers", f"name at least one method, comma-separated; allowed: {', '.join(METHODS)}")
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise InputError("samplers", f"unknown method {unknown[0]!r}; allowed: {', '.join(METHODS)}")

@@ -5,10 +5,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from lmtune.cli.usage import LmtuneGroup
 from lmtune.version import __version__
 
 # Plain click help (no rich panels): it wraps well in narrow terminals and shows no type placeholders.
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
+app = typer.Typer(cls=LmtuneGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode=None,
                   help="Choose LoRA configs, base models and decoding settings with few expensive runs.")
 lora_app = typer.Typer(rich_markup_mode=None,
                        help="Search LoRA fine-tuning hyperparameters (rank, alpha, learning rate, batch, dropout).")

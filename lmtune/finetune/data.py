@@ -8,6 +8,7 @@ the same train/validation/test rows on every machine.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -18,6 +19,7 @@ from typing import Literal
 
 from lmtune.errors import InputError
 from lmtune.extras import require
+from lmtune.finetune.chat import chat_turns, is_chat
 
 TASKS: tuple[str, ...] = ("classification", "causal")
 BBC_NEWS = "bbc-news"
@@ -38,7 +40,8 @@ class DatasetSplits:
     """Rows of one dataset, split three ways.
 
     Classification rows are ``{"text": str, "label": int}`` with ``label`` indexing ``label_names``;
-    causal rows are ``{"prompt": str, "response": str}``.
+    causal rows are ``{"prompt": str, "response": str}`` or, for chat data, ``{"messages": [turn, ...]}``, each
+    turn ``{"role", "content"}`` and the last the assistant's.
     """
 
     task: Literal["classification", "causal"]
@@ -61,6 +64,18 @@ class DatasetSplits:
         digest.update(json.dumps(self.label_names).encode())
         return {"sha256": digest.hexdigest(), "rows": [len(self.train), len(self.validation), len(self.test)]}
 
+    @property
+    def format(self) -> str:
+        """``text/label``, ``prompt/response`` (also TRL's prompt/completion) or ``chat`` (``messages`` rows)."""
+        if self.task == "classification":
+            return "text/label"
+        return "chat" if "messages" in self.train[0] else "prompt/response"
+
+
+def reply_of(row: dict) -> str:
+    """The reference a causal row's generation is scored against: its response, or a chat's last assistant turn."""
+    return row["response"] if "response" in row else row["messages"][-1]["content"]
+
 
 @dataclass(frozen=True)
 class _Fields:
@@ -70,6 +85,7 @@ class _Fields:
     label: str = "label"
     prompt: str = "prompt"
     response: str = "response"
+    messages: str = "messages"
 
 
 def load_dataset(
@@ -90,7 +106,9 @@ def load_dataset(
     ``"arith-sub3"``, ``"arith-mul2"``, ``"arith-add4"`` (``ARITH_SETS``: 2,500 seeded problems each for the small
     arithmetic model), a ``.csv``,
     ``.jsonl`` or ``.json`` file, a directory of ``train``/``validation``/``test`` files, or else a Hugging
-    Face dataset id. A file's ``split`` column (train/validation/test) is used when present. Splits the
+    Face dataset id. Its columns say the task: ``text`` and ``label`` (classification), ``prompt`` and ``response``
+    or ``completion`` (TRL's name), or ``messages`` (chat turns; TRL's conversational ``prompt``/``completion``
+    lists become one conversation). A file's ``split`` column (train/validation/test) is used when present. Splits the
     source lacks are carved out of its training rows, seeded and stratified by label for classification:
     ``test_fraction`` (default 20%) and ``validation_fraction`` (default 10%); the rest stays train.
     """
@@ -127,6 +145,7 @@ def load_dataset(
     columns = set().union(*(row.keys() for rows in parts.values() for row in rows))
     if not columns:
         raise InputError("dataset", f"{source} has no rows")
+    fields = _with_columns(fields, columns)
     task = task or _infer_task(columns, fields, source)
     return _finish(parts, task, fields, str(source), seed, fractions)
 
@@ -226,6 +245,7 @@ def _load_hub(source: str, task: str | None, fields: _Fields, seed: int, fractio
     if "train" not in parts:
         raise InputError("dataset", f"{source!r} has no train split (has {', '.join(loaded)})")
     columns = set(loaded["train"].column_names)
+    fields = _with_columns(fields, columns)
     task = task or _infer_task(columns, fields, source)
     label_feature = loaded["train"].features.get(fields.label)
     names = None
@@ -234,8 +254,17 @@ def _load_hub(source: str, task: str | None, fields: _Fields, seed: int, fractio
     return _finish(parts, task, fields, source, seed, fractions, class_label_names=names)
 
 
+def _with_columns(fields: _Fields, columns: set[str]) -> _Fields:
+    """TRL's ``completion`` column stands for ``response`` where the data has no column of that name."""
+    if fields.response == "response" and "response" not in columns and "completion" in columns:
+        return dataclasses.replace(fields, response="completion")
+    return fields
+
+
 def _infer_task(columns: set[str], fields: _Fields, source: str) -> str:
-    """text+label columns mean classification, prompt+response mean causal."""
+    """text+label columns mean classification; prompt+response (or completion) or messages mean causal."""
+    if fields.messages in columns:
+        return "causal"
     for task, required in (("classification", (fields.text, fields.label)),
                            ("causal", (fields.prompt, fields.response))):
         if any(name in columns for name in required):
@@ -244,8 +273,9 @@ def _infer_task(columns: set[str], fields: _Fields, source: str) -> str:
                 found = ", ".join(sorted(columns))
                 raise InputError(missing[0], f"column missing in {source}; columns: {found}")
             return task
-    raise InputError(fields.text, f"{source} needs {fields.text}+{fields.label} (classification) or "
-                                  f"{fields.prompt}+{fields.response} (causal) columns; "
+    raise InputError(fields.text, f"{source} needs {fields.text}+{fields.label} (classification), "
+                                  f"{fields.prompt}+{fields.response} or completion, or {fields.messages} (causal) "
+                                  "columns; "
                                   f"found {', '.join(sorted(columns)) or 'none'}")
 
 
@@ -262,9 +292,12 @@ def _finish(
 
     The fractions are of the training rows: for an unsplit source, of all rows.
     """
-    keys = (fields.text, fields.label) if task == "classification" else (fields.prompt, fields.response)
-    canonical = ("text", "label") if task == "classification" else ("prompt", "response")
-    renamed = {split: [_pick(row, keys, canonical, name) for row in rows] for split, rows in parts.items()}
+    if task == "classification":
+        keys, canonical = (fields.text, fields.label), ("text", "label")
+        renamed = {split: [_pick(row, keys, canonical, name) for row in rows] for split, rows in parts.items()}
+    else:
+        chat = any(is_chat(row, fields.messages, fields.prompt) for rows in parts.values() for row in rows[:1])
+        renamed = {split: _causal_rows(rows, fields, f"{name} ({split})", chat) for split, rows in parts.items()}
     if not renamed.get("train"):
         raise InputError("dataset", f"{name} has no training rows")
     label_names = class_label_names
@@ -281,6 +314,14 @@ def _finish(
         raise InputError("dataset", f"{name} has no validation rows")
     return DatasetSplits(task=task, train=renamed["train"], validation=renamed["validation"],
                          test=renamed["test"], label_names=label_names, name=name)
+
+
+def _causal_rows(rows: list[dict], fields: _Fields, source: str, chat: bool) -> list[dict]:
+    """Causal rows as ``{"prompt", "response"}``, or as ``{"messages"}`` (checked turns) when the data is chat."""
+    if not chat:
+        return [_pick(row, (fields.prompt, fields.response), ("prompt", "response"), source) for row in rows]
+    return [{"messages": chat_turns(row, fields.messages, fields.prompt, fields.response, f"row {i} of {source}")}
+            for i, row in enumerate(rows, start=1)]
 
 
 def _pick(row: dict, keys: tuple[str, str], canonical: tuple[str, str], source: str) -> dict:

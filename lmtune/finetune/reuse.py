@@ -74,8 +74,8 @@ class ReusableBase:
         self.__init__()
 
     def encoded(self, rows: list[dict], run) -> list:
-        """``run.encode(rows)``, computed once per list of rows, tokenizer and length."""
-        key = (id(rows), len(rows), id(run.tokenizer), run.task, run.settings.max_length)
+        """``run.encode(rows)``, computed once per list of rows, tokenizer, length and loss tokens."""
+        key = (id(rows), len(rows), id(run.tokenizer), run.task, run.settings.max_length, run.settings.loss_on)
         if key not in self._encoded or self._encoded[key][0] is not rows:
             self._encoded[key] = (rows, run.encode(rows))
         return self._encoded[key][1]

@@ -15,19 +15,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
-from lmtune.finetune.data import DatasetSplits
+from lmtune.finetune.data import DatasetSplits, reply_of
 
 
 def constant_score(splits: DatasetSplits, metric: str) -> dict[str, Any] | None:
     """What one constant answer scores on the validation split, where trials are scored: the majority-class rate
-    (accuracy) or the share of the most common response (exact match). None for loss metrics. A trial whose
-    ``metric`` is at or below it learned nothing (``learned_nothing``), also when trials are ranked by their
-    validation loss."""
+    (accuracy) or the share of the most common response or last assistant turn (exact match). None for loss
+    metrics. A trial whose ``metric`` is at or below it learned nothing (``learned_nothing``), also when trials are
+    ranked by their validation loss."""
     rows = splits.validation
     if not rows or metric not in ("accuracy", "exact_match"):
         return None
-    key = "label" if metric == "accuracy" else "response"
-    answer, count = Counter(str(row[key]) for row in rows).most_common(1)[0]
+    answers = (str(row["label"]) if metric == "accuracy" else reply_of(row) for row in rows)
+    answer, count = Counter(answers).most_common(1)[0]
     if metric == "accuracy" and splits.label_names:
         answer = splits.label_names[int(answer)]
     rate = count / len(rows)

@@ -7,40 +7,43 @@ see every evaluation as it happens (for pruning), and makes failure explicit: a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from peft import PeftModel
 from transformers import (
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     get_cosine_schedule_with_warmup,
 )
 
-from lmtune._compat import accepts_logits_to_keep
+from lmtune._compat import accepts_logits_to_keep, attention_implementation
 from lmtune.errors import InputError, TrialFailed
-from lmtune.finetune.batches import (
-    IGNORE_INDEX,
-    chunks,
-    example_length,
-    grouped_batches,
-    pad_sequences,
-    response_targets,
-    shuffled_batches,
-    to_device,
-)
+from lmtune.finetune.batches import chunks, example_length, grouped_batches, micro_batches, shuffled_batches, to_device
+from lmtune.finetune.chat import chat_template
 from lmtune.finetune.device import PRECISIONS, QUANTIZE, Precision, prepare_hardware
 from lmtune.finetune.divergence import DivergenceGuard
+from lmtune.finetune.encode import LOSS_ON, encode_rows
+from lmtune.finetune.exact_match import exact_match
 from lmtune.finetune.hparams import LoraHyperparams
+from lmtune.finetune.loss import (
+    CROSS_ENTROPY,
+    LossOptions,
+    block_mask_kind,
+    causal_loss,
+    check_cross_entropy,
+    classification_loss,
+)
 from lmtune.finetune.peft_model import attach_adapter, prepare_base, save_adapter, save_initial_adapter
 from lmtune.finetune.proxy import full_run_steps
 from lmtune.finetune.reuse import ReusableBase
+from lmtune.finetune.speed import adamw, compile_layers, free_memory, release_compiled
 
 #: Optimizer steps a run takes at least (passing over a tiny subset again): one step trains almost nothing,
 #: and with warmup it trained nothing at all, so every config of a tiny proxy scored the same.
@@ -62,7 +65,14 @@ class TrainSettings:
     say how a run uses the hardware (``lmtune.finetune.device``); ``group_by_length`` batches examples of
     similar length (less padding, still seeded). On an accelerator losses are read every ``check_every`` steps
     and at evaluations (the divergence guard checks each step's loss then), unpadded batches go without an
-    attention mask, and a causal LM's output head runs only at scored positions.
+    attention mask. A causal LM's output head runs only at the positions that carry the loss (``scored_logits``).
+
+    ``loss_on`` (causal data): the assistant's tokens, the response or completion (``assistant``) or every token
+    (``all``); ``packing`` puts several causal examples in one row, attention kept within each
+    (``lmtune.finetune.batches.causal_batch``). ``max_micro_batch`` cuts a larger batch into micro-batches whose
+    gradients add up to the batch's (the batch size, and so the run, stay the config's). ``fused_optimizer``,
+    ``cross_entropy`` and ``compile`` are the step's implementation (``lmtune.finetune.speed``,
+    ``lmtune.finetune.loss``); docs/benchmarks.md says which are on by default and why.
     """
 
     max_length: int = 128
@@ -83,6 +93,13 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     group_by_length: bool = False
     check_every: int = 32
+    loss_on: str = "assistant"
+    packing: bool = False
+    max_micro_batch: int | None = None
+    fused_optimizer: bool = True
+    scored_logits: bool = True
+    cross_entropy: str = "plain"
+    compile: bool = False
 
     def __post_init__(self):
         checks = {
@@ -99,6 +116,9 @@ class TrainSettings:
             "precision": self.precision in PRECISIONS,
             "quantize": self.quantize in QUANTIZE,
             "check_every": self.check_every >= 1,
+            "loss_on": self.loss_on in LOSS_ON,
+            "max_micro_batch": self.max_micro_batch is None or self.max_micro_batch >= 1,
+            "cross_entropy": self.cross_entropy in CROSS_ENTROPY,
         }
         for field, ok in checks.items():
             if not ok:
@@ -174,38 +194,55 @@ def train_and_evaluate(
     metric = metric_name(task, settings)
     num_labels = None if task != "classification" else (
         len(label_names) if label_names else 1 + max(r["label"] for r in train_rows + eval_rows))
-    peft_model, options = None, dict(task=task, tokenizer=tokenizer, num_labels=num_labels, seed=settings.seed,
-                                     device=device, precision=precision, quantize=settings.quantize,
-                                     gradient_checkpointing=settings.gradient_checkpointing)
-    try:
-        if reuse is not None:
-            peft_model, tokenizer = reuse.acquire(model, hp, target_modules=target_modules, **options)
-        else:
-            base, tokenizer = prepare_base(model, **options)
-            peft_model = attach_adapter(base, hp, task=task, target_modules=target_modules)
-        run = TrainingRun(peft_model, tokenizer, task, metric, settings, precision=precision)
-        encode = run.encode if reuse is None else lambda rows: reuse.encoded(rows, run)
-        trajectory, step_losses = _fit_and_save(run, encode(train_rows), encode(eval_rows), hp, on_eval, on_step,
+    options = dict(task=task, tokenizer=tokenizer, num_labels=num_labels, seed=settings.seed, device=device,
+                   precision=precision, quantize=settings.quantize,
+                   gradient_checkpointing=settings.gradient_checkpointing)
+    with _lent_model(model, hp, reuse, target_modules, settings.compile, options) as (peft_model, tokenizer):
+        run = TrainingRun(peft_model, tokenizer, task, metric, settings, precision=precision,
+                          model_name=model if isinstance(model, str) else "the model")
+        trajectory, step_losses = _fit_and_save(run, train_rows, eval_rows, reuse, hp, on_eval, on_step,
                                                 save_adapter_to, label_names)
-    except TrialFailed:
-        raise
-    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError too
-        if "out of memory" in str(error).lower():
-            raise TrialFailed(f"out of memory: {str(error).splitlines()[0]}") from error
-        raise
-    finally:
-        if reuse is not None and peft_model is not None:
-            reuse.release(peft_model)
+        del run
+    free_memory(device)
     final = trajectory[-1]
     return TrainResult(metric_name=metric, metric=final[metric], eval_loss=final["eval_loss"],
                        trajectory=trajectory, train_seconds=time.perf_counter() - started,
                        steps=final["step"], train_examples=len(train_rows), step_losses=step_losses)
 
 
-def _fit_and_save(run: TrainingRun, train, evaluation, hp: LoraHyperparams, on_eval, on_step,
-                  save_adapter_to: Path | None, label_names: list[str] | None) -> tuple[list[dict], list[float]]:
-    """Train, then save the adapter if asked; a PiSSA adapter's initial state is kept aside first, so that the
-    saved adapter applies to the unmodified base (``save_adapter``)."""
+@contextlib.contextmanager
+def _lent_model(model, hp: LoraHyperparams, reuse: ReusableBase | None, target_modules: list[str] | None,
+                compiled: bool, options: dict) -> Iterator[tuple[PeftModel, PreTrainedTokenizerBase]]:
+    """A fresh adapter on the base (kept by ``reuse``, or built), given back when the run ends however it ends,
+    with whatever the run allocated freed; running out of memory is ``TrialFailed``."""
+    peft_model = None
+    try:
+        if reuse is not None:
+            peft_model, tokenizer = reuse.acquire(model, hp, target_modules=target_modules, **options)
+        else:
+            base, tokenizer = prepare_base(model, **options)
+            peft_model = attach_adapter(base, hp, task=options["task"], target_modules=target_modules)
+        yield peft_model, tokenizer
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError too
+        if "out of memory" in str(error).lower():
+            raise TrialFailed(f"out of memory: {str(error).splitlines()[0]}") from error
+        raise
+    finally:
+        if peft_model is not None and compiled:
+            release_compiled(peft_model)
+        if reuse is not None and peft_model is not None:
+            reuse.release(peft_model)
+        peft_model = None
+        free_memory(options["device"])
+
+
+def _fit_and_save(run: TrainingRun, train_rows: list[dict], eval_rows: list[dict], reuse: ReusableBase | None,
+                  hp: LoraHyperparams, on_eval, on_step, save_adapter_to: Path | None,
+                  label_names: list[str] | None) -> tuple[list[dict], list[float]]:
+    """Encode (once per worker with ``reuse``), train, then save the adapter if asked; a PiSSA adapter's initial
+    state is kept aside first, so that the saved adapter applies to the unmodified base (``save_adapter``)."""
+    encode = run.encode if reuse is None else lambda rows: reuse.encoded(rows, run)
+    train, evaluation = encode(train_rows), encode(eval_rows)
     with tempfile.TemporaryDirectory(prefix="lmtune-") as scratch:
         initial = None
         if save_adapter_to is not None and hp.variant == "pissa":
@@ -222,33 +259,39 @@ class TrainingRun:
     """Encoding, batching, the training loop and evaluation for one model and task.
 
     ``precision`` (default float32) sets autocast and loss scaling. Off the CPU the host avoids waiting for the
-    device (see ``TrainSettings``); the CPU path computes exactly what it did before (tables stay reproducible).
+    device (see ``TrainSettings``); on the CPU every step's loss is read as it is made.
     """
 
     def __init__(self, model, tokenizer, task: str, metric: str, settings: TrainSettings,
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, model_name: str = "the model"):
         self.model, self.tokenizer, self.task, self.metric = model, tokenizer, task, metric
-        self.settings = settings
+        self.settings, self.model_name = settings, model_name
         self.device = next(model.parameters()).device
         self.precision = precision or Precision("fp32")
         on_cpu = self.device.type == "cpu"
         self.read_every = 1 if on_cpu else settings.check_every
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.keep_logits = not on_cpu and task == "causal" and accepts_logits_to_keep(base)
+        if settings.packing and task != "causal":
+            raise InputError("packing", "packs causal examples; a classifier's batch has one example per row")
+        if task == "causal":
+            check_cross_entropy(settings.cross_entropy, model, self.device)
+        self.options = LossOptions(
+            pad_id=tokenizer.pad_token_id, device=self.device, precision=self.precision,
+            keep_logits=settings.scored_logits and task == "causal" and accepts_logits_to_keep(base),
+            packing=("flat" if "flash" in attention_implementation(base) else "rows") if settings.packing else None,
+            capacity=settings.max_length, cross_entropy=settings.cross_entropy, mask_unpadded=on_cpu,
+            bucket=settings.max_length if settings.compile else 0,
+            block_mask=block_mask_kind(model, self.device) if task == "causal" else None)
 
-    def encode(self, rows: list[dict]) -> list[tuple[list[int], int | list[int]]]:
-        """Tokenize once per run: (text ids, label) or (prompt ids, response ids + eos), within max_length."""
-        max_length = self.settings.max_length
-        if self.task == "classification":
-            ids = self.tokenizer([row["text"] for row in rows], truncation=True, max_length=max_length,
-                                 return_token_type_ids=False)["input_ids"]
-            return [(text, row["label"]) for text, row in zip(ids, rows, strict=True)]
-        prompts = self.tokenizer([row["prompt"] for row in rows], return_token_type_ids=False)["input_ids"]
-        responses = self.tokenizer([row["response"] for row in rows], add_special_tokens=False,
-                                   return_token_type_ids=False)["input_ids"]
-        eos = self.tokenizer.eos_token_id
-        return [_fit(prompt, response + [eos], max_length)
-                for prompt, response in zip(prompts, responses, strict=True)]
+    @property
+    def keep_logits(self) -> bool:
+        return self.options.keep_logits
+
+    def encode(self, rows: list[dict]) -> list:
+        """Tokenize once per run: (text ids, label) or ``CausalExample`` (``lmtune.finetune.encode``)."""
+        template = chat_template(self.tokenizer, self.model_name) if rows and "messages" in rows[0] else None
+        return encode_rows(rows, self.tokenizer, self.task, self.settings.max_length, self.settings.loss_on,
+                           template)
 
     def fit(self, train, evaluation, hp: LoraHyperparams, on_eval, on_step) -> tuple[list[dict], list[float]]:
         """AdamW with cosine decay after linear warmup over ``epochs`` passes of seeded shuffles.
@@ -259,25 +302,23 @@ class TrainingRun:
         steps_per_epoch = math.ceil(len(train) / hp.batch_size)
         total = planned_steps(len(train), hp.batch_size, settings)
         eval_at = {math.ceil(total * k / settings.eval_points) for k in range(1, settings.eval_points + 1)}
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        # weight_decay=0 as in transformers.Trainer's default: decay would pull LoRA updates back to zero
-        fused = {"fused": True} if self.device.type == "cuda" else {}  # Trainer's default optimizer on CUDA
-        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0, **fused)
+        optimizer = adamw([p for p in self.model.parameters() if p.requires_grad], hp.learning_rate, self.device,
+                          settings.fused_optimizer)
         warmup = min(math.ceil(settings.warmup_ratio * total), total - 1)  # the last step never has lr 0
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)  # float16 only
         guard = DivergenceGuard(settings.divergence_factor)
         batches = (grouped_batches([example_length(x) for x in train], hp.batch_size, settings.seed)
                    if settings.group_by_length else shuffled_batches(len(train), hp.batch_size, settings.seed))
+        if settings.compile:
+            compile_layers(self.model)
         trajectory: list[dict] = []
         losses: list[float] = []
         step_losses: list[float] = []
         unread: list[torch.Tensor] = []  # losses still on the device
         self.model.train()
         for step in range(1, total + 1):
-            loss_sum, count, _ = self.loss_of([train[i] for i in next(batches)])
-            loss = loss_sum / count
-            unread.append(loss.detach())
+            unread.append(self._backward([train[i] for i in next(batches)], scaler))
             if len(unread) >= self.read_every or step in eval_at or step == total:
                 first = step - len(unread) + 1
                 for offset, value in enumerate(torch.stack(unread).tolist()):  # one wait for the device
@@ -285,7 +326,6 @@ class TrainingRun:
                     step_losses.append(value)
                     guard.check(value, first + offset)
                 unread = []
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -303,6 +343,17 @@ class TrainingRun:
                     on_eval(step, record)
                 self.model.train()
         return trajectory, step_losses
+
+    def _backward(self, batch: list, scaler) -> torch.Tensor:
+        """The batch's mean loss (left on the device) and its gradients, one micro-batch at a time: each part's
+        summed loss over the whole batch's target count, so the gradients add up to the batch's."""
+        count = len(batch) if self.task == "classification" else sum(x.targets for x in batch)
+        total = None
+        for part in micro_batches(batch, self.settings.max_micro_batch):
+            loss = self.loss_of(part)[0] / count
+            scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
 
     @torch.no_grad()
     def evaluate(self, examples) -> dict:
@@ -322,75 +373,12 @@ class TrainingRun:
         if self.metric == "accuracy":
             result["accuracy"] = int(correct) / len(examples)
         elif self.metric == "exact_match":
-            result["exact_match"] = self._exact_match(examples)
+            result["exact_match"] = exact_match(self.model, self.tokenizer, examples, self.precision,
+                                                self.settings.max_new_tokens, self.settings.eval_batch_size)
         return result
 
-    def loss_of(self, examples) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """Summed loss over a right-padded batch, the number of scored targets, and the logits."""
-        pad = self.tokenizer.pad_token_id
+    def loss_of(self, examples) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """Summed loss over a batch, the number of scored targets, and the logits (``lmtune.finetune.loss``)."""
         if self.task == "classification":
-            input_ids, mask = pad_sequences([ids for ids, _ in examples], pad, self.device)
-            mask = self._mask(mask, examples)
-            labels = to_device(torch.tensor([label for _, label in examples]), self.device)
-            with self.precision.context(self.device):
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
-            return F.cross_entropy(logits, labels, reduction="sum"), len(examples), logits
-        input_ids, mask = pad_sequences([p + r for p, r in examples], pad, self.device)
-        mask = self._mask(mask, examples)
-        count = sum(len(r) - (not p) for p, r in examples)  # scored targets, counted here: no wait for the device
-        if self.keep_logits:
-            loss, logits = self._response_loss(examples, input_ids, mask)
-            return loss, count, logits
-        labels, _ = pad_sequences([[IGNORE_INDEX] * len(p) + r for p, r in examples], IGNORE_INDEX, self.device)
-        with self.precision.context(self.device):
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
-        targets = labels[:, 1:]
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss, count, logits
-
-    def _mask(self, mask, examples):
-        """None for a batch without padding off the CPU: transformers would test the mask on the device (a wait)."""
-        return mask if self.device.type == "cpu" or len({example_length(x) for x in examples}) > 1 else None
-
-    def _response_loss(self, examples, input_ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss, logits) with the output head only where some row has a target (a 150k vocabulary's head
-        is much of a small model's work, its float32 logits most of a step's memory)."""
-        positions, targets = response_targets(examples)
-        keep = to_device(torch.tensor(positions, dtype=torch.long), self.device)
-        with self.precision.context(self.device):
-            logits = self.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), to_device(targets, self.device).reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss, logits
-
-    def _exact_match(self, examples) -> float:
-        """Share of greedy generations equal to the reference after whitespace normalisation.
-
-        Both sides are decoded by the tokenizer, so its normalisation (e.g. lower-casing) is not a miss.
-        """
-        tokenizer = self.tokenizer
-        config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        hits = 0
-        for chunk in chunks(examples, self.settings.eval_batch_size):
-            input_ids, mask = pad_sequences([p for p, _ in chunk], tokenizer.pad_token_id, self.device, left=True)
-            with self.precision.context(self.device):
-                output = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-            for generated, (_, reference) in zip(output[:, input_ids.size(1):], chunk, strict=True):
-                hits += _normalise(tokenizer.decode(generated, skip_special_tokens=True)) == _normalise(
-                    tokenizer.decode(reference, skip_special_tokens=True))
-        return hits / len(examples)
-
-
-def _fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
-    """Trim a prompt/response pair to ``max_length`` tokens, keeping the end of the prompt (up to half the
-    budget when the response is long) and the start of the response, so some response is always scored."""
-    if len(prompt) + len(response) <= max_length:
-        return prompt, response
-    keep = min(len(prompt), max(max_length - len(response), max_length // 2))
-    return prompt[len(prompt) - keep:], response[: max_length - keep]
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
+            return classification_loss(self.model, examples, self.options)
+        return causal_loss(self.model, examples, self.options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmtune.runtime.storage import STORAGE_HELP, StudyName
 
@@ -27,12 +27,20 @@ class TaskFields(BaseModel):
                                "all, mix, spread (default: the task's own)", json_schema_extra={"metavar": "METRIC"})
     template: str | None = Field(None, description="prompt template, str.format fields of an instance "
                                  "(default {prompt})", json_schema_extra={"metavar": "TEMPLATE"})
-    task_size: int = Field(600, ge=3, description="hag-mix, hag-spread: instances generated")
+    task_size: int = Field(600, ge=3, le=100_000, description="hag-mix, hag-spread: instances generated (at most "
+                           "100,000)")
     n: int = Field(8, ge=1, description="responses per request; the metric scores them together")
     max_tokens: int = Field(16, ge=1, description="tokens per response at most")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of instances in the validation split")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="share of instances in the held-out test split")
-    seed: int = Field(0, description="seed of the task, the split and the sampling")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the task, the split and the sampling")
+
+    @field_validator("template")
+    @classmethod
+    def _template_says_something(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(f"a template must not be empty or only spaces, got {value!r}")
+        return value
 
 
 class HagLabelConfig(TaskFields):
@@ -82,7 +90,7 @@ class HagGlobalConfig(BaseModel):
     output_dir: Path = Field(Path("lmtune-out/hag/global"), description="where results.json, the inputs and the "
                              "price table go")
     cache: str | None = Field(None, description=CACHE_HELP, json_schema_extra={"metavar": "FILE"})
-    seed: int = Field(0, description="seed of the search")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the search")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
 
 
@@ -122,7 +130,7 @@ class HagTrainConfig(BaseModel):
     cache: str | None = Field(None, description="response cache of the measurements the guard needs (default: "
                               "responses.sqlite beside the labels, the label search's); 'none' disables it",
                               json_schema_extra={"metavar": "FILE"})
-    seed: int = Field(0, description="seed of the learner")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the learner")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})
 
 
@@ -142,5 +150,5 @@ class HagEvaluateConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="evaluate only the first N labelled inputs")
     output_dir: Path = Field(Path("lmtune-out/hag"), description="where evaluation.json and evaluation.md go")
     cache: str | None = Field(None, description=CACHE_HELP, json_schema_extra={"metavar": "FILE"})
-    seed: int = Field(0, description="seed of the fresh requests and the random configs")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the fresh requests and the random configs")
     device: str = Field("cpu", description="torch device", json_schema_extra={"metavar": "DEVICE"})

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.hag.config import HagEvaluateConfig
@@ -72,6 +72,7 @@ def evaluate_hag(config: HagEvaluateConfig | None = None, *, generator: Generato
                  **fields: Any) -> HagEvaluateResult:
     """Score every method on the labelled held-out inputs; writes evaluation.json and evaluation.md."""
     cfg = config or build_config(HagEvaluateConfig, **fields)
+    check_writable_folder(cfg.output_dir, "output_dir")
     header, rows = read_labels(cfg.labels)
     rows = rows[:cfg.limit]
     global_config = read_global_config(cfg.global_config, header, "global_config") if cfg.global_config else None

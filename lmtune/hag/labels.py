@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lmtune._compat import queued_params
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder, read_user_text
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.hag.config import HagLabelConfig
@@ -121,6 +121,7 @@ def label_task(config: HagLabelConfig | None = None, *, generator: Generator | N
                listener: TrialListener | None = None, **fields: Any) -> HagLabelResult:
     """Label (or resume labelling) one split; ``generator`` replaces the local model ``config.model`` names."""
     cfg = config or build_config(HagLabelConfig, **fields)
+    check_writable_folder(cfg.output_dir, "output_dir")
     task = task_of(cfg)
     space = DecodingSpace({name: tuple(getattr(cfg, f"{name}_grid")) for name in PARAMS})
     settings = SearchSettings(coarse_repeats=cfg.coarse_repeats, repeats=max(cfg.repeats, cfg.coarse_repeats),
@@ -259,7 +260,7 @@ def read_labels(path: Path, field: str = "labels") -> tuple[dict, list[dict]]:
     """The header and rows of a label file; ``InputError(field, ...)`` when it is missing, not one, or empty."""
     if not Path(path).is_file():
         raise InputError(field, f"label file {path} does not exist")
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line for line in read_user_text(path, field).splitlines() if line.strip()]
     try:
         header = json.loads(lines[0])[HEADER] if lines else None
         rows = [json.loads(line) for line in lines[1:]]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.errors import InputError
 from lmtune.files import write_atomic
 from lmtune.hag.config import HagTrainConfig
@@ -68,6 +68,7 @@ class HagTrainResult(Result):
 def train_hag(config: HagTrainConfig | None = None, **fields: Any) -> HagTrainResult:
     """Train one learner on a label file and write its HAG model folder."""
     cfg = config or build_config(HagTrainConfig, **fields)
+    check_writable_folder(cfg.output, "output")
     header, rows = read_labels(cfg.labels)
     validation = read_labels(cfg.validation_labels, "validation_labels")[1] if cfg.validation_labels else None
     if "{input}" not in cfg.instruction:

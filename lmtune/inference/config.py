@@ -77,7 +77,7 @@ class InferConfig(BaseModel):
                                json_schema_extra={"metavar": "LOW,HIGH"})
     prices: str | None = Field(None, description="YAML of extra prices: model: {input: $/1K, output: $/1K}",
                                json_schema_extra={"metavar": "FILE"})
-    task_size: int = Field(300, ge=1, description="arith-add3: problems generated")
+    task_size: int = Field(300, ge=1, le=100_000, description="arith-add3: problems generated (at most 100,000)")
     test_fraction: float = Field(0.4, gt=0, lt=1, allow_inf_nan=False,
                                  description="held-out test share of the task's instances")
     max_trials: int = Field(200, ge=1, description="stop after this many configs even if budget is left")
@@ -86,7 +86,7 @@ class InferConfig(BaseModel):
                              "wandb:PROJECT; each trial a run with its parameters, metrics at every evaluation and "
                              "state, results.json as an artifact of a final run (extra: track)",
                              json_schema_extra={"split": ",", "metavar": "TRACKER,..."})
-    seed: int = Field(0, description="seed of the split, subsamples, sampler and sampling")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the split, subsamples, sampler and sampling")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: StudyName | None = Field(None, description="study name (default infer-<task>); an existing study "
                                          "resumes", json_schema_extra={"metavar": "NAME"})
@@ -116,6 +116,13 @@ class InferConfig(BaseModel):
         if low < 0:
             raise ValueError("expected values >= 0")
         return low, high
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_say_something(cls, value: list[str]) -> list[str]:
+        if any(not template.strip() for template in value):
+            raise ValueError(f"a template must not be empty or only spaces, got {value!r}")
+        return value
 
     @field_validator("max_tokens", "n", mode="before")
     @classmethod

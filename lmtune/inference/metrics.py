@@ -85,6 +85,16 @@ def make_instance_metric(name: str) -> tuple[InstanceMetric, bool]:
     raise InputError("metric", f"unknown metric {name!r}; allowed: {', '.join(BUILTIN)}")
 
 
+def check_responses(name: str, n: tuple[int, int]) -> None:
+    """``InputError`` on ``metric`` when ``pass@K`` could meet a config of fewer than K responses (``n`` is the
+    searched range): such a config could not be scored after its responses were paid for."""
+    match = re.fullmatch(r"pass@(\d+)", name)
+    if match and n[0] < int(match.group(1)):
+        k = int(match.group(1))
+        raise InputError("metric", f"{name} needs {k} or more responses per instance, but `n` goes from {n[0]} "
+                         f"to {n[1]}; set `n` to {k},{max(k, n[1])} or use a K of at most {n[0]}")
+
+
 def _user_metric(spec: str) -> InstanceMetric:
     function = import_function(spec, "metric")
     return lambda inst, resp, ok, ans: float(function(inst, resp))

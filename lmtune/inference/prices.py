@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from lmtune.config import read_user_text
 from lmtune.errors import InputError
 
 BUILTIN = Path(__file__).with_name("prices.yaml")
@@ -54,7 +55,7 @@ def _read(path: Path) -> dict[str, Price]:
     if not path.is_file():
         raise InputError("prices", f"price file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_user_text(path, "prices")) or {}
     except yaml.YAMLError as exc:
         raise InputError("prices", f"{path} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(data, dict):

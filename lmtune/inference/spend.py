@@ -10,11 +10,14 @@ reservation is committed before the call, and the bill and the reply are committ
 process killed at any moment leaves every call that may have been billed counted, at its billed cost or at its
 worst case; the next run starts from that total (docs/benchmarks.md measures what FLAML and earlier lmtune overshot).
 
-What a server reports as usage is clamped to what the request could bill (completion tokens within
-[0, n * max_tokens], prompt tokens within [0, the prompt bound]), so a server that reports nonsense cannot push
-the spend below zero or past the reservation. A call that fails may still have been billed when the server
-answered something unusable or too late (``GenerationError.maybe_billed``), or when the process gave up on it
-(an interrupt): it keeps its worst case. A call the server refused with an error status is released.
+A server that reports usage a request cannot bill (completion tokens above ``n * max_tokens``, prompt tokens
+above the prompt bound, or a negative count) is misbehaving: whatever it billed, it may bill again, so no
+further call is made (``EndpointMisbehaved``) and the call counts what the server claimed, or its worst case
+when the claim is negative, never less: a budget kept by lowering a server's bill would not be kept.
+
+A call that fails may still have been billed when the server answered something unusable or too late
+(``GenerationError.maybe_billed``), or when the process gave up on it (an interrupt): it keeps its worst case.
+A call the server refused with an error status is released.
 
 Answers from the response cache cost nothing now: they were paid when first asked (that bill is in the
 account that asked), and are counted here as cached spend, apart.
@@ -41,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class BudgetExhausted(RuntimeError):
     """The next call's worst-case cost does not fit in what is left of the optimization budget."""
+
+
+class EndpointMisbehaved(GenerationError):
+    """The endpoint reported usage that a request cannot bill: the search stops rather than trust its bills."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +122,13 @@ class SpendLedger:
                 f"{self.reserved:.6g} reserved of {self.budget:.6g}")
 
     def settle(self, reservation: Reservation | list[Reservation], cost: float,
-               reply: tuple[str, Generation] | None = None) -> None:
-        """Replace reservations by the billed cost (never more than reserved: the bound is a worst case) and
-        store ``reply`` (key, generation) in the journal's response store in the same transaction."""
+               reply: tuple[str, Generation] | None = None, *, claimed: bool = False) -> None:
+        """Replace reservations by the billed cost and store ``reply`` (key, generation) in the journal's response
+        store in the same transaction. The cost is at most what was reserved (the bound is a worst case) unless
+        ``claimed``: what a misbehaving server says it billed, counted as it says."""
         reservations = reservation if isinstance(reservation, list) else [reservation]
         amount = sum(r.amount for r in reservations)
-        cost = min(max(cost, 0.0), amount)
+        cost = max(cost, 0.0) if claimed else min(max(cost, 0.0), amount)
         self.journal.settle([r.call for r in reservations], cost, reply)
         with self._lock:
             self._unreserve(amount)
@@ -161,7 +169,9 @@ class MeteredGenerator:
 
     ``concurrency`` limits the calls this generator has in flight; a call waiting for its turn holds no
     reservation, so an interrupt leaves only calls that were really made counted at their worst case. Once
-    ``stop`` is set (``BackgroundLoop.stopping``: an interrupt), no new call is made (``Stopped``).
+    ``stop`` is set (``BackgroundLoop.stopping``: an interrupt), no new call is made (``Stopped``); once the
+    endpoint has reported usage its request cannot bill (``misbehaved`` says how), none either
+    (``EndpointMisbehaved``).
     """
 
     def __init__(self, generator: CachedGenerator, prices: PriceTable, ledger: SpendLedger, *,
@@ -174,7 +184,7 @@ class MeteredGenerator:
         self._slots: asyncio.Semaphore | None = None
         self._prompt_tokens: dict[tuple[str, str, bool], int] = {}  # per model and prompt, as billed
         self._lock = threading.Lock()
-        self.clamped = 0  # calls whose reported usage was outside what the request could bill
+        self.misbehaved: str | None = None  # the first usage report outside what its request could bill
 
     def cost(self, model: str, generation: Generation) -> float:
         return self.prices[model].cost(generation.prompt_tokens, generation.completion_tokens)
@@ -229,33 +239,49 @@ class MeteredGenerator:
         except BaseException:  # interrupted, or no budget for an extra call: what was sent may be billed
             self.ledger.give_up(reservations)
             raise
-        billed = self._clamp(request, generation, caps)
-        if 0 < generation.prompt_tokens <= caps[0]:  # learn the server's own count, unless it was nonsense
+        misreport = self._misreport(request, generation, caps)
+        if misreport is not None:
+            self._distrust(request, generation, reservations, misreport)
+        if generation.prompt_tokens > 0:  # learn the server's own count
             with self._lock:
-                self._prompt_tokens[self._prompt_key(request)] = max(1, billed.prompt_tokens // len(reservations))
+                self._prompt_tokens[self._prompt_key(request)] = -(-generation.prompt_tokens // len(reservations))
         store = self.generator.store
-        reply = (self.generator.key(request), billed) if store is not None else None
+        reply = (self.generator.key(request), generation) if store is not None else None
         same_file = store is not None and store is self.ledger.journal.store
-        self.ledger.settle(reservations, self.cost(request.model, billed), reply if same_file else None)
+        self.ledger.settle(reservations, self.cost(request.model, generation), reply if same_file else None)
         if reply is not None and not same_file:
             store.put(*reply)  # after the bill: a kill between them asks again and pays again, counted
-        return billed
+        return generation
 
-    def _clamp(self, request: GenerationRequest, generation: Generation, caps: list[int]) -> Generation:
-        """The generation with its usage clamped to what the calls could bill (a server may report anything)."""
-        prompt = min(max(generation.prompt_tokens, 0), caps[0])
-        completion = min(max(generation.completion_tokens, 0), caps[1])
-        if (prompt, completion) == (generation.prompt_tokens, generation.completion_tokens):
-            return generation
+    @staticmethod
+    def _misreport(request: GenerationRequest, generation: Generation, caps: list[int]) -> str | None:
+        """How the reported usage lies outside what the calls could bill (``caps``: prompt and completion
+        tokens), or None when it does not."""
+        prompt, completion = generation.prompt_tokens, generation.completion_tokens
+        if prompt < 0 or completion < 0:
+            return f"reported negative usage ({prompt} prompt tokens, {completion} completion tokens)"
+        if prompt > caps[0] or completion > caps[1]:
+            return (f"reported usage above what the request allows ({prompt} prompt tokens of at most {caps[0]}, "
+                    f"{completion} completion tokens of at most {caps[1]}, n {request.n} x max_tokens "
+                    f"{request.max_tokens})")
+        return None
+
+    def _distrust(self, request: GenerationRequest, generation: Generation, reservations: list[Reservation],
+                  misreport: str) -> None:
+        """Count a misreported call at what the server claimed (its worst case if the claim is negative or
+        lower), make no further call, and raise ``EndpointMisbehaved``."""
+        claimed = self.prices[request.model].cost(max(generation.prompt_tokens, 0),
+                                                  max(generation.completion_tokens, 0))
+        counted = max(claimed, sum(r.amount for r in reservations))
+        self.ledger.settle(reservations, counted, claimed=True)
+        message = (f"{request.model} {misreport}; lmtune counted {counted:.6g} for that call (what the server claimed, "
+                   "or the call's worst case if more) and made no further call: an endpoint that misreports usage "
+                   "cannot be trusted with the budget")
         with self._lock:
-            self.clamped += 1
-            first = self.clamped == 1
-        if first:
-            log.warning("%s reported usage outside what the request could bill (%d prompt tokens of at most %d, %d "
-                        "completion tokens of at most %d); lmtune counts it within those bounds",
-                        request.model, generation.prompt_tokens, caps[0], generation.completion_tokens, caps[1])
-        return Generation(texts=generation.texts, prompt_tokens=prompt, completion_tokens=completion,
-                          finish_reasons=generation.finish_reasons, cached=generation.cached)
+            if self.misbehaved is None:
+                self.misbehaved = message
+                log.warning(message)
+        raise EndpointMisbehaved(message, maybe_billed=True)
 
     async def _reserve_when_possible(self, amount: float) -> Reservation:
         """Reserve, waiting while this process's other calls hold reservations (they usually cost less than
@@ -272,6 +298,8 @@ class MeteredGenerator:
     def _check_stop(self) -> None:
         if self.stop is not None and self.stop.is_set():
             raise Stopped("interrupted: no new calls")
+        if self.misbehaved is not None:
+            raise EndpointMisbehaved(self.misbehaved)
 
     @staticmethod
     def _prompt_key(request: GenerationRequest) -> tuple[str, str, bool]:

@@ -1,14 +1,13 @@
 """``tune_inference``: the budget-constrained search as a resumable Optuna study, then a held-out test.
 
-Input is checked first (task, templates, prices of every model, metric, budgets, endpoint reachable), so bad
-input leaves nothing in storage. Each trial is one config (``Evaluator``); a config over the per-instance
-budget is stored PRUNED with its reason and its estimated cost, a config that could not be evaluated (endpoint
-error, budget exhausted mid-way) FAIL with its reason; neither ever gets a score. The first trial is the
-low-cost corner of the space. The study stops when the next call would not fit in the optimization budget, or
-when the backend keeps failing (``stopped == "endpoint"``, with the last reason in ``error``; the CLI exits 1).
-Running the same command again resumes: the spend so far is the study's account in its spend journal (every
-call that may have been billed, whatever killed an earlier run; ``lmtune.inference.spend``), trials an earlier
-process left running are failed and queued again, pruning knowledge is rebuilt from the trials, and the
+Input is checked first (task, templates, prices, metric, budgets, endpoint), so bad input leaves nothing in storage.
+Each trial is one config (``Evaluator``); a config over the per-instance budget is stored PRUNED with its reason and
+estimated cost, one that could not be evaluated (endpoint error, budget spent mid-way) FAIL with its reason; neither
+gets a score. The first trial is the space's low-cost corner. The study stops when the next call would not fit in the
+optimization budget, or when the backend keeps failing or reports usage a request cannot bill (``stopped ==
+"endpoint"``, the reason in ``error``; the CLI exits 1 and the test split is not run). Running the same command again
+resumes: the spend so far is the study's account in its spend journal (every call that may have been billed), trials
+an earlier process left running are failed and queued again, pruning knowledge is rebuilt from the trials, and the
 response cache answers what was already asked (counted as cached spend). SIGTERM is an interrupt, like Ctrl-C.
 """
 
@@ -27,14 +26,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lmtune import attrs
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.errors import InputError
 from lmtune.extras import require
 from lmtune.files import write_atomic
 from lmtune.inference.config import InferConfig
 from lmtune.inference.evaluate import Evaluator
 from lmtune.inference.final import record_final, track_run
-from lmtune.inference.metrics import make_instance_metric
+from lmtune.inference.metrics import check_responses, make_instance_metric
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.pruning import PruningKnowledge
 from lmtune.inference.resume import open_journal, spend_account
@@ -79,7 +78,7 @@ class InferResult(Result):
     best: dict[str, Any] | None = None
     pareto_front: list[dict[str, Any]] = field(default_factory=list)
     #: Why the search stopped: "max_trials", "budget" (the next call did not fit), "endpoint" (the backend kept
-    #: failing; ``error`` says how), or "done" (no trial left to run).
+    #: failing, or reported usage a request cannot bill; ``error`` says how), or "done" (no trial left to run).
     stopped: str = "done"
     #: The backend's last failure when it stopped the search or the test evaluation, else None.
     error: str | None = None
@@ -109,9 +108,11 @@ def tune_inference(config: InferConfig | None = None, *, generator: Generator | 
 
 
 def _tune(s: InferConfig, generator: Generator | None, listener: TrialListener | None) -> InferResult:
+    check_writable_folder(s.output_dir, "output_dir")
     stops = [tuple(x) if x else None for x in s.stops] or None
     task = load_infer_task(s.task, templates=s.templates or None, stops=stops, size=s.task_size, seed=s.seed)
     metric, needs_check = make_instance_metric(s.metric)
+    check_responses(s.metric, s.n)
     prices = PriceTable.load(s.prices)
     # On an interrupt, calls in flight get until their timeout (10 s at most) to finish and be recorded.
     loop = BackgroundLoop(drain=min(s.timeout, 10.0))
@@ -248,12 +249,21 @@ def _search(study, space: InferenceSpace, evaluator: Evaluator, ledger: SpendLed
         return result.quality
 
     def stop(_: optuna.Study) -> bool:
-        return state["exhausted"] or state["failures"] >= MAX_CONSECUTIVE_FAILURES or ledger.left <= 0
+        return (state["exhausted"] or state["failures"] >= MAX_CONSECUTIVE_FAILURES or ledger.left <= 0
+                or evaluator.generator.misbehaved is not None)
 
     run_trials(study, objective, max_trials, listener=listener, catch=(BudgetExhausted, GenerationError),
                stop_when=stop)
-    # The backend is to blame when it failed trials in a row, or failed every trial of this run that ended
-    # before the budget did (calls that time out keep their worst case, so they can use the budget up first).
+    return _stopped(study, state, evaluator.generator.misbehaved, ledger, max_trials)
+
+
+def _stopped(study, state: dict, misbehaved: str | None, ledger: SpendLedger, max_trials: int
+             ) -> tuple[str, str | None]:
+    """Why the search stopped. The backend is to blame when its bills cannot be trusted (``misbehaved``), when it
+    failed trials in a row, or failed every trial of this run that ended before the budget did (calls that time
+    out keep their worst case, so they can use the budget up first)."""
+    if misbehaved is not None:
+        return "endpoint", misbehaved
     if state["failures"] >= MAX_CONSECUTIVE_FAILURES or (state["error"] and not state["results"]):
         return "endpoint", f"{state['failures'] or 'every'} trial(s) in a row failed; the last: {state['error']}"
     if state["exhausted"] or ledger.left <= 0:
@@ -279,6 +289,8 @@ def _results(study, s: InferConfig, evaluator: Evaluator, test: list[dict], ledg
     complete = [t for t in trials if t.state == TrialState.COMPLETE
                 and t.user_attrs.get(attrs.COST_PER_INSTANCE, float("inf")) <= s.inference_budget]
     results = _counts(trials, complete, s, ledger, study_name, (len(evaluator.instances), len(test)), stopped, error)
+    if evaluator.generator.misbehaved is not None:
+        results.warnings.append(evaluator.generator.misbehaved)
     if not complete:
         return results
     best = max(complete, key=lambda t: (t.value, -t.user_attrs[attrs.COST_PER_INSTANCE], -t.number))

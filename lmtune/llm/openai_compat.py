@@ -55,18 +55,27 @@ class OpenAIGenerator(Generator):
         self.retries = 0
 
     async def check(self) -> None:
-        """Fail fast with ``error: endpoint: ...`` when nothing answers at the URL."""
+        """Fail fast with ``error: endpoint: ...`` when nothing answers at the URL, or something that is no
+        OpenAI-compatible API does (a web page, a proxy's error text: ``/v1/models`` is not JSON)."""
         import openai
 
         try:
-            await self.client.with_options(timeout=min(10.0, self.timeout), max_retries=1).models.list()
+            raw = await self.client.with_options(timeout=min(10.0, self.timeout),
+                                                 max_retries=1).models.with_raw_response.list()
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise InputError("endpoint", f"cannot reach {self.base_url}: {_reason(exc)}") from None
         except openai.AuthenticationError:
             raise InputError("endpoint", f"{self.base_url} refused the API key (set it in the environment "
                              "variable named by `api_key_env`)") from None
         except openai.APIStatusError:
-            pass  # it answered; some servers do not implement /models
+            return  # it answered; some servers do not implement /models
+        try:
+            json.loads(raw.http_response.content)
+        except ValueError:
+            text = " ".join(raw.http_response.text.split())[:80]
+            raise InputError("endpoint", f"{self.base_url} did not answer /v1/models with JSON (it answered "
+                             f"{text!r}); give the base URL of an OpenAI-compatible API, e.g. "
+                             "http://127.0.0.1:8000/v1") from None
 
     async def generate(self, request: GenerationRequest, *, before_extra_call: ExtraCallHook | None = None
                        ) -> Generation:

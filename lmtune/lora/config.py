@@ -108,7 +108,7 @@ class LoraRunConfig(BaseModel):
                              "wandb:PROJECT; each trial a run with its parameters, metrics at every evaluation and "
                              "state, the best adapter and results.json as artifacts of a final run (extra: track)",
                              json_schema_extra={"split": ",", "metavar": "TRACKER,..."})
-    seed: int = Field(0, description="seed of data splits, proxy subset, sampler and training")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of data splits, proxy subset, sampler and training")
     storage: str | None = Field(None, description=STORAGE_HELP, json_schema_extra={"metavar": "URL"})
     study_name: StudyName = Field("lmtune-lora", min_length=1, description="study name; an existing study resumes",
                             json_schema_extra={"metavar": "NAME"})
@@ -135,6 +135,16 @@ class LoraRunConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, one more forward pass of time")
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding; seeded)")
+    loss_on: Literal["assistant", "all"] = Field("assistant", description="causal data: the tokens that carry the "
+                                                 "loss: the assistant's turns, the response or the completion "
+                                                 "(assistant), or every token (all)")
+    packing: bool = Field(False, description="causal data: several short examples per sequence, attention kept "
+                          "within each (position ids restart per example)")
+    max_micro_batch: int | None = Field(None, ge=1, description="most examples per forward pass: a larger batch is "
+                                        "cut into micro-batches whose gradients add up to the batch's (the batch "
+                                        "size stays the config's)", json_schema_extra={"metavar": "N"})
+    compile: bool = Field(False, description="torch.compile each decoder layer, batch widths bucketed (pays off only "
+                          "when trials outlast the compilation; docs/benchmarks.md)")
 
     @field_validator("proxy", mode="before")
     @classmethod

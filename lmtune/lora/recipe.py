@@ -16,7 +16,9 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from lmtune.files import write_atomic
+from lmtune.finetune.chat import chat_template, describe_template
 from lmtune.finetune.data import DatasetSplits
+from lmtune.finetune.encode import loss_tokens
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.train import TrainSettings
 from lmtune.version import __version__
@@ -51,9 +53,11 @@ def peft_lora_config(hp: LoraHyperparams, task: str, target_modules: list[str] |
 def build_recipe(*, rerun: dict[str, Any], model: str | None, model_path: str, base_id: str | None,
                  splits: DatasetSplits, settings: TrainSettings, hp: LoraHyperparams, proxy_fraction: float,
                  proxy_examples: int, target_modules: list[str] | None) -> dict[str, Any]:
-    """Everything to train the best config again: the lmtune config, the base model, the data, PEFT's LoRA config
-    and the training schedule (AdamW without weight decay, linear warmup then cosine decay)."""
+    """Everything to train the best config again: the lmtune config, the base model, the data, PEFT's LoRA config,
+    the training schedule (AdamW without weight decay, linear warmup then cosine decay) and which tokens carried the
+    loss (for chat data, under which chat template)."""
     fingerprint = splits.fingerprint()
+    template = _template_of(model_path) if splits.format == "chat" else None
     training = {"optimizer": "AdamW", "weight_decay": 0.0, "learning_rate": hp.learning_rate,
                 "batch_size": hp.batch_size, "lr_scheduler": "cosine", **dataclasses.asdict(settings)}
     return {
@@ -66,7 +70,17 @@ def build_recipe(*, rerun: dict[str, Any], model: str | None, model_path: str, b
                  "proxy_fraction": proxy_fraction, "proxy_examples": proxy_examples},
         "lora": {**peft_lora_config(hp, splits.task, target_modules), "variant": hp.variant},
         "training": training,
+        "loss": {"format": splits.format, "on": settings.loss_on if splits.task == "causal" else "label",
+                 "tokens": loss_tokens(splits.task, splits.format, settings.loss_on, template),
+                 "chat_template": template},
     }
+
+
+def _template_of(model_path: str) -> dict[str, Any]:
+    """The chat template the run rendered its rows with, described (``lmtune.finetune.chat.describe_template``)."""
+    from transformers import AutoTokenizer
+
+    return describe_template(chat_template(AutoTokenizer.from_pretrained(model_path), model_path))
 
 
 def finish_adapter(adapter_dir: Path, *, base_id: str | None, model_path: str, task: str,

@@ -21,6 +21,7 @@ from lmtune import attrs
 from lmtune.errors import InputError
 from lmtune.finetune.data import DatasetSplits, load_dataset
 from lmtune.finetune.device import prepare_hardware
+from lmtune.finetune.encode import check_encoding
 from lmtune.finetune.hparams import PARAM_NAMES, VARIANTS, LoraHyperparams
 from lmtune.finetune.objective import LoraObjective
 from lmtune.finetune.peft_model import check_model
@@ -79,9 +80,12 @@ def prepare_run(cfg: LoraRunConfig) -> tuple[SearchSpace, DatasetSplits, str, Tr
     splits = load_dataset(cfg.dataset, task=cfg.task, seed=cfg.seed)
     model = resolve_model(cfg.model)
     check_model(model, splits.task, cfg.target_modules)
+    check_encoding(splits.train, splits.task, cfg.model or "minilm", model, max_length=cfg.max_length,
+                   loss_on=cfg.loss_on, packing=cfg.packing)
     return space, splits, model, TrainSettings(
         max_length=cfg.max_length, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
-        quantize=cfg.quantize, gradient_checkpointing=cfg.gradient_checkpointing, group_by_length=cfg.group_by_length)
+        quantize=cfg.quantize, gradient_checkpointing=cfg.gradient_checkpointing, group_by_length=cfg.group_by_length,
+        loss_on=cfg.loss_on, packing=cfg.packing, max_micro_batch=cfg.max_micro_batch, compile=cfg.compile)
 
 
 def proxy_plan(cfg: LoraRunConfig, space: SearchSpace, splits: DatasetSplits, settings: TrainSettings) -> ProxyPlan:

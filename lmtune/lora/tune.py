@@ -17,7 +17,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
 from lmtune import attrs
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.errors import NoResult
 from lmtune.finetune.scores import constant_of, last_metrics, learned_nothing
 from lmtune.finetune.train import metric_direction, train_and_evaluate
@@ -182,6 +182,8 @@ def tune_lora(config: LoraRunConfig | None = None, *, sampler: BaseSampler | str
     started = time.perf_counter()
     listener = listener or LogProgress()
     check_trackers(cfg.track)
+    if cfg.run:  # results go there after the trials: a folder that cannot be written fails now
+        check_writable_folder(cfg.out_dir, "output_dir")
     search = build_search(cfg, sampler=sampler, listener=listener)
     study = open_search_study(search)
     finished = len(counted_trials(study))

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.results import Result
 from lmtune.runtime.storage import STORAGE_HELP, make_storage
 from lmtune.runtime.study import find_study
@@ -45,6 +45,7 @@ def write_reports(config: ReportConfig | None = None, **fields: Any) -> ReportRe
     from lmtune.report.page import write_report
 
     cfg = config or build_config(ReportConfig, **fields)
+    check_writable_folder(cfg.output_dir, "output_dir")
     storage = make_storage(cfg.storage, existing=True)
     names = cfg.study or sorted(s.study_name for s in storage.get_all_studies())
     for name in names:  # every name is checked before any page is written

@@ -195,7 +195,7 @@ def run_trials(
                     listener.waiting(state)
                     time.sleep(min(5.0, interval / 2))
     except KeyboardInterrupt:
-        requeue_interrupted(study)
+        requeue_interrupted(study, worker_id())
         raise Interrupted(f"{len(counted_trials(study))} of {n_trials} trials finished") from None
     return ran
 
@@ -207,10 +207,10 @@ def _run_one(study: optuna.Study, objective, total: int, listener: TrialListener
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")  # we record them
         trial = study.ask()
     try:
+        set_attr(trial, attrs.WORKER, worker_id())  # first: an interrupted trial is queued again by its own worker
+        set_attr(trial, attrs.WORKER_STARTED, process_start())
         if held:  # Ctrl-C or SIGTERM arrived while the trial was being created: record it as interrupted
             raise KeyboardInterrupt
-        set_attr(trial, attrs.WORKER, worker_id())
-        set_attr(trial, attrs.WORKER_STARTED, process_start())
         if not is_retry(stored_trial(trial)):
             earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
             if slots_taken(earlier) >= total:  # another worker took the last slot between our check and ask

@@ -87,12 +87,15 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
                         skip_if_exists=False)
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Queue again every interrupted trial that has not been queued yet; returns how many."""
+def requeue_interrupted(study: optuna.Study, worker: str | None = None) -> int:
+    """Queue again every interrupted trial that has not been queued yet (only ``worker``'s, when given: workers
+    interrupted together each queue their own, so no trial is queued twice); returns how many."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     queued = 0
     for t in trials:
+        if worker is not None and t.user_attrs.get(attrs.WORKER) != worker:
+            continue
         if t.state == TrialState.FAIL and t.user_attrs.get(attrs.INTERRUPTED) and t.number not in retried:
             requeue(study, t)
             queued += 1

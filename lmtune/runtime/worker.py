@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from lmtune import attrs
 from lmtune.config import build_config
 from lmtune.errors import InputError
+from lmtune.llm import check_device
 from lmtune.results import Result
 from lmtune.runtime.loop import StopWhen, TrialListener, run_trials
 from lmtune.runtime.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, STORAGE_HELP, make_storage
@@ -69,6 +70,18 @@ class WorkerConfig(BaseModel):
                                     "running trial (SQLite/PostgreSQL)")
     grace_period: int = Field(GRACE_PERIOD, ge=2, description="seconds without a heartbeat before a trial is "
                               "failed and retried once")
+    device: str | None = Field(None, description="where this worker trains: cpu, cuda or cuda:N (default: the "
+                               "study's, else cuda when present)", json_schema_extra={"metavar": "DEVICE"})
+    devices: list[str] | None = Field(None, description="one worker per device, each a process of its own: all "
+                                      "(every GPU) or a list such as cuda:0,cuda:1 (cpu,cpu: two on the CPU); Ctrl-C "
+                                      "stops them all", json_schema_extra={"split": ",", "metavar": "all|DEVICE,..."})
+
+    @field_validator("devices")
+    @classmethod
+    def _one_of_device_or_devices(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and info.data.get("device") is not None:
+            raise ValueError("give `device` (this worker) or `devices` (one worker each), not both")
+        return value
 
 
 @dataclass
@@ -107,6 +120,11 @@ def run_worker(config: WorkerConfig | None = None, *, objective_factory: Objecti
     names a factory of another one for the study's space.
     """
     cfg = config or build_config(WorkerConfig, **fields)
+    if cfg.devices is not None:
+        raise InputError("devices", "starts one process per device: run `lmtune worker --devices ...`, or call "
+                                    "run_worker with one `device` in each process")
+    if cfg.device is not None:
+        check_device(cfg.device)
     store = make_storage(cfg.storage, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
                          existing=True)
     summary = find_study(store, cfg.study, cfg.storage)
@@ -123,7 +141,8 @@ def run_worker(config: WorkerConfig | None = None, *, objective_factory: Objecti
     space = None if stored_space is None else SearchSpace.from_stored(stored_space, source=f"study {cfg.study}")
     parts: WorkerParts = load_callable(spec, "study", "lmtune.lora.tune:worker_parts")(
         {**job["config"], "storage": cfg.storage, "study_name": cfg.study, "trials": total,
-         "heartbeat_interval": cfg.heartbeat_interval, "grace_period": cfg.grace_period},
+         "heartbeat_interval": cfg.heartbeat_interval, "grace_period": cfg.grace_period,
+         **({"device": cfg.device} if cfg.device is not None else {})},
         space=space, objective=objective_factory is None, listener=listener)
     objective = parts.objective if objective_factory is None else objective_factory(parts.space)
     study = open_study(cfg.study, storage=store, sampler=parts.sampler, pruner=parts.pruner,

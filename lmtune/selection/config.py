@@ -52,7 +52,7 @@ class SelectConfig(BaseModel):
     max_length: int = Field(128, ge=8, description="with `models`: tokens per example")
     epochs: float = Field(1.0, gt=0, allow_inf_nan=False, description="with `models`: epochs over each subset")
     ntk_examples: int = Field(8, ge=0, description="with `models`: examples for LENSLLM's NTK term (0: skip)")
-    seed: int = Field(0, description="seed of the nested subsets and of training")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the nested subsets and of training")
 
     @field_validator("sizes", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lmtune.config import build_config
+from lmtune.config import build_config, check_writable_folder
 from lmtune.errors import InputError
 from lmtune.extras import require
 from lmtune.results import Result
@@ -44,6 +44,8 @@ def choose_model(config: SelectConfig | None = None, **fields: Any) -> SelectRes
     cfg = config or build_config(SelectConfig, **fields)
     require("select", "select")  # the PNG is part of every answer
     plot_target(cfg.plot, cfg.curves or cfg.out, cfg.out.parent)  # an unwritable `plot` fails now, not later
+    if cfg.models:  # the measured curves go to `out`
+        check_writable_folder(cfg.out.parent, "out")
     if (cfg.curves is None) == (not cfg.models):
         raise InputError("curves", "give either `curves` FILE or `models` A B C (with `dataset` and `sizes`)")
     if cfg.curves is not None:
@@ -74,10 +76,9 @@ def plot_target(plot: Path | None, source: Path, output: Path) -> Path:
     name = Path(source).stem + "-select.png"
     path = Path(output) / name if plot is None else (
         Path(plot) / name if Path(plot).is_dir() or str(plot).endswith(("/", os.sep)) else Path(plot))
-    folder = path.parent if path.parent != Path("") else Path(".")
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError("plot", f"cannot write {path}: {existing} is not a writable folder")
+    check_writable_folder(path.parent if path.parent != Path("") else Path("."), "plot")
+    if path.is_dir():
+        raise InputError("plot", f"cannot write {path}: it is a folder")
     return path
 
 

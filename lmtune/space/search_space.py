@@ -19,6 +19,7 @@ import optuna
 import yaml
 from optuna.distributions import BaseDistribution
 
+from lmtune.config import read_user_text
 from lmtune.errors import InputError
 from lmtune.space.params import (
     Float,
@@ -216,7 +217,7 @@ class SearchSpace:
         if not path.is_file():
             raise InputError("space", f"file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(read_user_text(path, "space"))
         except yaml.YAMLError as exc:
             raise InputError("space", f"{path} is not valid YAML: {first_line(exc)}") from None
         return cls.from_dict(data, source=str(path))

@@ -16,6 +16,8 @@ from lmtune.cli import main
 
 ONE_CLASS = "text,label\n" + "".join(f"review number {i},good\n" for i in range(30))
 TWO_CLASSES = "text,label\n" + "".join(f"{'great' if i % 2 else 'awful'} film {i},{i % 2}\n" for i in range(40))
+CHAT = "".join(f'{{"messages": [{{"role": "user", "content": "{i} plus 1?"}}, {{"role": "assistant", "content": '
+               f'"{i + 1}"}}]}}\n' for i in range(30))
 CURVES = "config name,0,100,200,400,size\nA,3.0,2.5,2.2,2.0,1000\nB,3.2,2.4,2.1,1.9,2000\n"
 #: A committed benchmark table.
 TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "arith-sft.json.gz"
@@ -28,6 +30,11 @@ OTHER_TABLE = ('{"format": 1, "name": "old", "metric_name": "accuracy", "directi
                '"metric": 0.5}]}')
 
 BAD_JOURNAL = '{"op_code": 0, "worker_id": "a"\nnot json\n'
+ROOT = Path(__file__).resolve().parents[2]
+#: Latin-1 text: 'é' is the byte 0xe9, which UTF-8 never has alone.
+LATIN1_YAML = "name: caf\u00e9\n".encode("latin-1")
+LATIN1_JSONL = '{"prompt": "caf\u00e9", "answer": "1"}\n'.encode("latin-1")
+INFER_LOCAL = ["infer", "--local-model", "arith-lm", "--inference-budget", "1", "--optimization-budget", "1"]
 
 
 def space(body: str) -> str:
@@ -62,6 +69,18 @@ CASES = [
     ("a metric the task does not have", {"d.csv": TWO_CLASSES},
      ["lora", "--dataset", "d.csv", "--proxy-metric", "exact_match", "--storage", "sqlite:///s.db"], "proxy_metric",
      "eval_loss, accuracy"),
+    ("chat rows for a model without a chat template", {"c.jsonl": CHAT},
+     ["lora", "--model", "arith-lm", "--dataset", "c.jsonl", "--storage", "sqlite:///s.db"], "dataset",
+     "arith-lm has no chat template, so `messages` rows cannot be rendered; pass a --model whose tokenizer has one"),
+    ("a chat row that ends with the user", {"c.jsonl": CHAT + '{"messages": [{"role": "user", "content": "hi"}]}\n'},
+     ["lora", "--model", "agent-lm", "--dataset", "c.jsonl", "--storage", "sqlite:///s.db"], "dataset",
+     "row 31 of c.jsonl (train): the last turn must be the assistant's"),
+    ("loss tokens of a classifier", {"d.csv": TWO_CLASSES},
+     ["lora", "--dataset", "d.csv", "--loss-on", "all", "--storage", "sqlite:///s.db"], "loss_on", "causal data"),
+    ("packing a classifier", {"d.csv": TWO_CLASSES},
+     ["lora", "--dataset", "d.csv", "--packing", "--storage", "sqlite:///s.db"], "packing", "causal examples"),
+    ("a micro-batch of none", {}, ["lora", "--max-micro-batch", "0", "--storage", "sqlite:///s.db"],
+     "max_micro_batch", ""),
     ("an unknown proxy metric", {}, ["lora", "--proxy-metric", "f1", "--storage", "sqlite:///s.db"], "proxy_metric",
      "allowed"),
     ("a budget of no steps", {}, ["lora", "--budget-steps", "0", "--storage", "sqlite:///s.db"], "budget_steps", ""),
@@ -69,6 +88,14 @@ CASES = [
      "does not exist"),
     ("worker on a missing journal", {}, ["worker", "--study", "s", "--storage", "journal:///missing.log"], "storage",
      "does not exist"),
+    ("a worker on a GPU this machine lacks", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db",
+                                                  "--device", "cuda:64"], "device", "'cuda:64'"),
+    ("workers on a device that is not one", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db",
+                                                 "--devices", "cpu,gpu0"], "devices", "is not cpu or cuda:N"),
+    ("workers on a GPU this machine lacks", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db",
+                                                 "--devices", "cuda:64"], "devices", "'cuda:64'"),
+    ("one device and a list of them", {}, ["worker", "--study", "s", "--storage", "sqlite:///s.db", "--device",
+                                           "cpu", "--devices", "cpu"], "devices", "--device (this worker) or"),
     ("a read-only database", {}, ["lora", "--storage", "sqlite:///file:ro.db?mode=ro&uri=true", "--no-run"],
      "storage", "readonly"),
     ("memory with a sampler that remembers nothing", {}, ["lora", "--memory", "old.json", "--storage",
@@ -128,6 +155,54 @@ CASES = [
     ("the agent sampler without its model", {},
      ["lora", "--sampler", "agent", "--endpoint", "http://127.0.0.1:9/v1", "--storage", "sqlite:///s.db"],
      "agent_model", "the model the endpoint serves in --agent-model"),
+    # issue 28, group 7: text files that are not UTF-8, click's usage errors, no sampler to compare
+    *[(f"a Latin-1 file as {field}", {name: text}, args, field, f"{name} is not UTF-8 (byte 0xe9 at position "
+       f"{text.index(0xe9)}); save it as UTF-8") for field, name, text, args in (
+        ("config", "c.yaml", LATIN1_YAML, ["lora", "--config", "c.yaml", "--storage", "sqlite:///s.db"]),
+        ("space", "s.yaml", LATIN1_YAML, ["lora", "--space", "s.yaml", "--storage", "sqlite:///s.db"]),
+        ("prices", "p.yaml", b"arith-lm: {input: 1, output: 1}\n" + LATIN1_YAML, [*INFER_LOCAL, "--prices", "p.yaml"]),
+        ("task", "t.jsonl", LATIN1_JSONL, [*INFER_LOCAL, "--task", "t.jsonl"]),
+        ("task", "h.jsonl", LATIN1_JSONL, ["hag", "label", "--task", "h.jsonl", "--metric", "exact"]),
+        ("labels", "l.jsonl", LATIN1_JSONL, ["hag", "train", "--labels", "l.jsonl", "--output", "o"]))],
+    ("a word for a number of trials", {}, ["lora", "--trials", "abc"], "trials", "'abc' is not an integer"),
+    ("a word for a port", {}, ["serve", "--port", "abc"], "port", "'abc' is not an integer"),
+    ("a word for a fraction", {}, [*INFER_LOCAL, "--test-fraction", "half"], "test_fraction", "'half' is not a number"),
+    ("an unknown flag", {}, ["lora", "--x"], "usage", "no such option --x"),
+    ("a flag without its value", {}, ["infer", "--n"], "n", "option '--n' requires an argument"),
+    ("an unknown command", {}, ["tune"], "usage", "no such command 'tune'"),
+    ("no sampler to compare", {}, ["bench", "samplers", "--table", str(ROOT / "benchmarks/data/arith-sft.json.gz"),
+                                   "--samplers", "", "--output", "o"], "samplers", "name at least one method"),
+    # issue 28, group 6: checked before storage is opened or anything is spent
+    *[(f"an output folder under a file ({' '.join(w for w in command[:2] if not w.startswith('-'))})", {"f": "x"},
+       command, field, "cannot write in f/out: Not a directory") for field, command in (
+        ("output_dir", ["lora", "--dataset", "d.csv", "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output_dir", [*INFER_LOCAL, "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output_dir", ["hag", "label", "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output", ["hag", "train", "--labels", "l.jsonl", "--output", "f/out"]),
+        ("output_dir", ["hag", "evaluate", "--labels", "l.jsonl", "--output-dir", "f/out"]),
+        ("output_dir", ["report", "--output-dir", "f/out", "--storage", "sqlite:///s.db"]),
+        ("output", ["bench", "build-table", "--output", "f/out/t.json.gz", "--storage", "sqlite:///s.db"]),
+        ("output", ["bench", "samplers", "--table", str(ROOT / "benchmarks/data/arith-sft.json.gz"), "--output",
+                    "f/out"]),
+        ("plot", ["select", "--curves", "c.csv", "--plot", "f/out/p.png"]))],
+    ("input found bad after the output folder was checked", {}, [*INFER_LOCAL, "--output-dir", "new/deep",
+                                                                  "--prices", "missing.yaml"], "prices",
+     "missing.yaml does not exist"),  # the check removed the folders it made
+    ("pass@K above the fewest responses", {}, [*INFER_LOCAL, "--metric", "pass@100", "--storage", "sqlite:///s.db"],
+     "metric", "pass@100 needs 100 or more responses per instance, but --n goes from 1 to 16"),
+    *[(f"a negative seed ({command[0]})", {}, [*command, "--seed", "-1", "--storage", "sqlite:///s.db"], "seed",
+       "must be at least 0, got -1") for command in (["lora"], INFER_LOCAL, ["hag", "label"])],
+    ("a seed of 2**32", {}, ["lora", "--seed", str(2**32), "--storage", "sqlite:///s.db"], "seed",
+     "must be less than 4294967296"),
+    ("an empty template (infer)", {}, [*INFER_LOCAL, "--template", "", "--storage", "sqlite:///s.db"], "templates",
+     "must not be empty or only spaces"),
+    ("a blank template (hag label)", {}, ["hag", "label", "--template", " ", "--storage", "sqlite:///s.db"],
+     "template", "must not be empty or only spaces"),
+    ("a task of a billion problems", {}, [*INFER_LOCAL, "--task-size", "1000000000", "--storage", "sqlite:///s.db"],
+     "task_size", "must be at most 100000"),
+    ("a replay budget of 1e8 trials", {}, ["bench", "samplers", "--table", str(ROOT / "benchmarks/data/arith-sft"
+                                                                              ".json.gz"),
+                                           "--budget", "100000000", "--output", "o"], "budget", "at most 10000"),
 ]
 
 
@@ -154,7 +229,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, files, args, fiel
     if case == "an absent device" and os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
         pytest.skip("this machine may have that device")
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        if isinstance(text, bytes):
+            (tmp_path / name).write_bytes(text)
+        else:
+            (tmp_path / name).write_text(text)
     before = snapshot(tmp_path)
     code, err = run(tmp_path, args, capsys, monkeypatch)
     lines = err.strip().splitlines()
@@ -200,3 +278,34 @@ def test_the_library_names_fields_and_only_the_command_spells_them_as_flags():
     assert as_flags(text, flags_of(InferConfig)) == ("try --inference-budget 0.03; widen --max-tokens, --template "
                                                      "or `no_such_field`; models stays")
     assert as_flags("`as_json` and `curves`", flags_of(BenchSelectConfig)) == "--json and --curves"
+
+
+@pytest.mark.parametrize("command", [INFER_LOCAL[:1] + ["--inference-budget", "1", "--optimization-budget", "1",
+                                                          "--models", "m"],
+                                     ["lora", "--sampler", "agent", "--agent-model", "m"]], ids=["infer", "agent"])
+def test_an_endpoint_whose_models_list_is_not_json_is_one_line(command, tmp_path, capsys, monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    from tests.servers import Server
+
+    async def page(request):
+        return HTMLResponse("<html><body>Welcome to nginx!</body></html>")
+
+    with Server(Starlette(routes=[Route("/v1/models", page)])) as url:
+        before = snapshot(tmp_path)
+        code, err = run(tmp_path, [*command, "--endpoint", url, "--storage", "sqlite:///s.db"], capsys, monkeypatch)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: endpoint: {url} did not answer /v1/models with JSON (it answered '<html><body>Welcome to nginx!"
+        "</body></html>'); give the base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1"], err
+    assert snapshot(tmp_path) == before
+
+
+def test_help_is_still_clicks_and_a_group_without_a_command_shows_its_help(tmp_path, capsys, monkeypatch):
+    code, _ = run(tmp_path, ["serve", "--help"], capsys, monkeypatch)
+    assert code == 0
+    monkeypatch.setattr(sys, "argv", ["lmtune", "bench"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2 and "Commands:" in capsys.readouterr().err

@@ -14,8 +14,9 @@ import torch
 
 from lmtune._compat import is_activation_checkpointing
 from lmtune.errors import InputError, TrialFailed
-from lmtune.finetune.batches import IGNORE_INDEX, grouped_batches, response_targets
+from lmtune.finetune.batches import grouped_batches, scored_positions
 from lmtune.finetune.device import Precision, check_quantize, choose_precision, has_bitsandbytes, resolve_device
+from lmtune.finetune.encode import IGNORE_INDEX, causal_example
 from lmtune.finetune.hparams import LoraHyperparams
 from lmtune.finetune.peft_model import attach_adapter, prepare_base
 from lmtune.finetune.train import TrainingRun, TrainSettings, train_and_evaluate
@@ -152,17 +153,22 @@ def test_the_output_head_on_scored_positions_only_gives_the_same_loss(tiny_llama
     run, data = _run(tiny_llama, tokenizer, "causal", rows, FAST, LoraHyperparams(rank=4), ["q_proj"])
     run.model.eval()
     with torch.no_grad():
+        run.options = dataclasses.replace(run.options, keep_logits=False)  # on by default: the head everywhere
         full, count, logits = run.loss_of(data)
-        run.keep_logits = True
+        run.options = dataclasses.replace(run.options, keep_logits=True)
         kept, kept_count, kept_logits = run.loss_of(data)
-    assert kept_count == count == sum(len(r) for _, r in data)
+    assert kept_count == count == sum(len(x.reply) for x in data)
     assert kept.item() == pytest.approx(full.item(), rel=1e-6)
     assert kept_logits.shape[1] < logits.shape[1]
 
 
-def test_response_targets_mark_the_positions_before_each_response_token():
-    positions, targets = response_targets([([1, 2, 3], [7, 8]), ([4], [9]), ([], [5, 6])])
-    assert positions == [0, 2, 3]
+def test_scored_positions_mark_the_positions_before_each_response_token():
+    examples = [causal_example(p + r, [False] * len(p) + [True] * len(r), len(p), 16)
+                for p, r in (([1, 2, 3], [7, 8]), ([4], [9]), ([], [5, 6]))]
+    width = max(len(x.labels) for x in examples)
+    positions, targets = scored_positions(torch.tensor([x.labels + [IGNORE_INDEX] * (width - len(x.labels))
+                                                        for x in examples]))
+    assert positions.tolist() == [0, 2, 3]
     assert targets.tolist() == [[IGNORE_INDEX, 7, 8], [9, IGNORE_INDEX, IGNORE_INDEX], [6, IGNORE_INDEX, IGNORE_INDEX]]
 
 
@@ -218,10 +224,10 @@ def test_a_batch_without_padding_gives_the_same_loss_without_a_mask(tiny_bert, t
             "causal": [{"prompt": f"question {i}", "response": "yes"} for i in range(4)]}
     for task, model, modules in (("classification", tiny_bert, None), ("causal", tiny_llama, ["q_proj"])):
         run, data = _run(model, tokenizer, task, rows[task], FAST, LoraHyperparams(rank=4), modules)
-        assert len({len(first) for first, _ in data}) == 1  # equal lengths: no padding
+        assert len({len(first) for first, *_ in data}) == 1  # equal lengths: no padding
         run.model.eval()
         with torch.no_grad():
             masked = run.loss_of(data)[0].item()
-            run._mask = lambda mask, examples: None
+            run.options = dataclasses.replace(run.options, mask_unpadded=False)
             bare = run.loss_of(data)[0].item()
         assert bare == pytest.approx(masked, rel=1e-6)

@@ -50,15 +50,45 @@ def test_a_broken_endpoint_fails_trials_with_their_reason_and_stops(tmp_path, mo
     assert written["stopped"] == "endpoint" and reason in written["error"]
 
 
-def test_lying_usage_is_clamped_to_what_the_request_could_bill(tmp_path):
-    with BillingServer("negative_usage") as server:
-        negative = tune_inference(config(tmp_path, server.url, max_trials=3, study_name="negative"))
-    assert negative.spend["real"] == 0.0 and negative.trials == {"COMPLETE": 3}  # never below zero
-    with BillingServer("huge_usage") as server:
-        huge = tune_inference(config(tmp_path, server.url, study_name="huge"))
-        told = sum(b["prompt_tokens"] * 0.5 + b["completion_tokens"] for b in server.billed) / 1000
-    assert told > 1000  # what the server claims
-    assert 0.25 < huge.spend["real"] <= 0.3 and huge.stopped == "budget"  # what lmtune counts: each call's bound
+def claimed(server: BillingServer) -> float:
+    """What the server says it billed, at arith-lm's price ($0.5 / $1 per 1K prompt / completion tokens)."""
+    return sum(b["prompt_tokens"] * 0.5 + b["completion_tokens"] for b in server.billed) / 1000
+
+
+@pytest.mark.parametrize(("mode", "why"), [("negative_usage", "reported negative usage"),
+                                           ("huge_usage", "reported usage above what the request allows")])
+def test_lying_usage_stops_the_search_after_the_first_reply_counted_as_claimed(tmp_path, mode, why):
+    with BillingServer(mode) as server:
+        results = tune_inference(config(tmp_path, server.url, concurrency=1))
+    assert len(server.billed) == 1  # no call after the first misreported one, and no test split
+    assert results.stopped == "endpoint" and why in results.error and results.warnings == [results.error]
+    assert results.trials == {"FAIL": 1} and results.best is None and "test_real" not in results.spend
+    if mode == "huge_usage":
+        assert results.spend["real"] == pytest.approx(claimed(server)) and results.spend["real"] > 1000
+    else:  # a negative claim counts the call's worst case, above zero
+        assert 0 < results.spend["real"] <= 0.3
+
+
+def test_an_endpoint_that_bills_50x_stops_the_search_exits_1_and_results_say_why(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with BillingServer("overbill") as server:
+        args = ["lmtune", "infer", "--endpoint", server.url, "--models", "arith-lm", "--inference-budget", "0.02",
+                "--optimization-budget", "1.0", "--task-size", "40", "--concurrency", "1",
+                "--storage", f"sqlite:///{tmp_path / 'e.db'}", "--output-dir", str(out)]
+        monkeypatch.setattr(sys, "argv", args)
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    assert exit_.value.code == 1
+    (billed,) = server.billed  # the first reply stopped the search; the test split was never asked
+    assert billed["completion_tokens"] == 50 * billed["n"] * billed["max_tokens"]
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("error: endpoint: arith-lm reported usage above what the request allows (")
+    assert f"{billed['completion_tokens']} completion tokens of at most {billed['n'] * billed['max_tokens']}" in err
+    written = json.loads((out / "results.json").read_text())
+    assert written["stopped"] == "endpoint" and written["warnings"] == [written["error"]]
+    assert written["spend"]["real"] == pytest.approx(claimed(server))  # what the server claimed, never less
+    assert f"spent {written['spend']['real']:.6g} of 1" in captured.out
 
 
 def test_http_500_on_every_call_exits_1_with_one_line_and_results_say_why(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,7 @@ import pytest
 from lmtune import attrs
 from lmtune.inference.prices import PriceTable
 from lmtune.inference.resume import open_journal, spend_account
-from lmtune.inference.spend import BudgetExhausted, MeteredGenerator, SpendLedger
+from lmtune.inference.spend import BudgetExhausted, EndpointMisbehaved, MeteredGenerator, SpendLedger
 from lmtune.llm.cache import CachedGenerator, ResponseStore
 from lmtune.llm.generation import BackgroundLoop, Generation, GenerationError, GenerationRequest, Generator
 from lmtune.runtime.loop import sigterm_as_interrupt
@@ -68,18 +68,37 @@ def test_a_later_process_counts_what_an_earlier_one_reserved_billed_or_gave_up(t
     assert open_call.amount == 0.3
 
 
-def test_reported_usage_is_clamped_and_the_reply_stored_with_its_bill(tmp_path):
+def test_usage_within_the_request_is_billed_and_the_reply_stored_with_its_bill(tmp_path):
     cache = ResponseStore(tmp_path / "c.sqlite")
     ledger = SpendLedger(10.0, journal=cache.journal, account="a")
-    bound = len("100+200=") + 16  # one token per byte plus chat overhead, before the server has told its count
-    for i, (usage, counted) in enumerate([((-50, -3), (0, 0)), ((10**6, 10**6), (bound, 2 * 4)), ((7, 5), (7, 5))]):
-        metered = MeteredGenerator(CachedGenerator(Scripted(*usage), cache), PRICES, ledger)
-        asked = request(prompt=f"10{i}+200=")
-        got = asyncio.run(metered.generate(asked))
-        assert (got.prompt_tokens, got.completion_tokens) == counted
-        stored = cache.get(metered.generator.key(asked))
-        assert (stored.prompt_tokens, stored.completion_tokens) == counted
-    assert ledger.spent == pytest.approx(PRICES["m"].cost(bound + 7, 8 + 5)) and ledger.reserved == 0.0
+    metered = MeteredGenerator(CachedGenerator(Scripted(7, 5), cache), PRICES, ledger)
+    asked = request(prompt="100+200=")
+    got = asyncio.run(metered.generate(asked))
+    stored = cache.get(metered.generator.key(asked))
+    assert (got.prompt_tokens, got.completion_tokens) == (stored.prompt_tokens, stored.completion_tokens) == (7, 5)
+    assert ledger.spent == pytest.approx(PRICES["m"].cost(7, 5)) and ledger.reserved == 0.0
+    assert metered.misbehaved is None
+
+
+@pytest.mark.parametrize(("usage", "why"), [((-50, -3), "reported negative usage"),
+                                            ((8, 2 * 4 * 50), "reported usage above what the request allows"),
+                                            ((10**6, 1), "reported usage above what the request allows")])
+def test_usage_a_request_cannot_bill_is_counted_as_claimed_and_no_further_call_is_made(tmp_path, usage, why):
+    cache = ResponseStore(tmp_path / "c.sqlite")
+    ledger = SpendLedger(10.0, journal=cache.journal, account="a")
+    backend = Scripted(*usage)
+    metered = MeteredGenerator(CachedGenerator(backend, cache), PRICES, ledger)
+    asked = request(prompt="100+200=")  # n 2 x max_tokens 4; prompt bound: one token per byte plus overhead
+    worst = PRICES["m"].cost(len("100+200=") + 16, 2 * 4)
+    with pytest.raises(EndpointMisbehaved, match=why):
+        asyncio.run(metered.generate(asked))
+    claimed = PRICES["m"].cost(max(usage[0], 0), max(usage[1], 0))
+    assert ledger.spent == pytest.approx(max(claimed, worst)) and ledger.reserved == 0.0  # never less than claimed
+    assert cache.get(metered.generator.key(asked)) is None  # a reply with a bill that cannot be trusted is not kept
+    backend.started.clear()
+    with pytest.raises(EndpointMisbehaved, match=why):
+        asyncio.run(metered.generate(request(prompt="1+2=")))
+    assert not backend.started.is_set() and ledger.spent == pytest.approx(max(claimed, worst))
 
 
 @pytest.mark.parametrize(("error", "counted"), [(GenerationError("HTTP 400"), False),

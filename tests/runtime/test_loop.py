@@ -10,7 +10,7 @@ from lmtune.errors import InputError, TrialFailed
 from lmtune.runtime.loop import Interrupted, fail_stale_trials, run_trials
 from lmtune.runtime.storage import make_storage, mask_url
 from lmtune.runtime.study import open_study
-from lmtune.runtime.trials import counted_trials, describe_failure, is_budget_stub, is_retry
+from lmtune.runtime.trials import counted_trials, describe_failure, is_budget_stub, is_retry, requeue_interrupted
 from lmtune.samplers.registry import SAMPLERS, make_sampler
 from lmtune.space import load_space
 
@@ -246,3 +246,20 @@ def test_a_worker_that_wakes_to_find_its_trial_failed_as_stale_goes_on(storage):
     states = {t.number: t.state for t in study.trials}
     assert states[taken_over[0]] == TrialState.FAIL
     assert [t.state for t in counted_trials(study)].count(TrialState.COMPLETE) == 2
+
+
+def test_workers_interrupted_together_each_queue_their_own_trial_once():
+    """Ctrl-C reaches every worker of ``lmtune worker --devices`` at once: each queues again only the trial it was
+    running, so no interrupted trial is queued twice."""
+    study = optuna.create_study()
+    for worker in ("host:1", "host:2"):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL)
+    assert requeue_interrupted(study, "host:1") == 1
+    assert requeue_interrupted(study, "host:1") == 0
+    assert requeue_interrupted(study, "host:2") == 1
+    assert requeue_interrupted(study) == 0  # a later run's start finds both queued already
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["retry_of"] for t in waiting) == [0, 1]
