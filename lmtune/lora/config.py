@@ -99,7 +99,7 @@ class LoraRunConfig(BaseModel):
     agent_override_share: float = Field(AGENT_OVERRIDE_SHARE, ge=0.0, le=1.0, allow_inf_nan=False,
                                         description="agent (centaur): the most trials, as a share of "
                                         "the study's trials so far, whose config the model may set")
-    memory: list[str] = Field([AUTO_MEMORY], description="language-bo+: earlier results it knows from its first "
+    memory: list[str] = Field([AUTO_MEMORY], description="auto, language-bo+: earlier results known from the first "
                               "trial (they take no trial of its budget): auto, every earlier LoRA study in `storage` "
                               "with a compatible space and a few finished trials (never this one); none; or table "
                               "files and names of studies in `storage`. Other samplers remember nothing",

@@ -129,6 +129,15 @@ def model_card(result: dict[str, Any]) -> str:
     return str(card) + "\n"
 
 
+def _loss_fields(loss: dict[str, Any]) -> dict[str, Any]:
+    """Which tokens TRL puts the loss on, as lmtune did: the completion of prompt/completion rows; for chat rows the
+    assistant's turns (TRL's ``assistant_only_loss``, which needs a template with generation markers) or every
+    token."""
+    if loss.get("format") != "chat":
+        return {"completion_only_loss": True}
+    return {"assistant_only_loss": loss.get("on") != "all", "completion_only_loss": False}
+
+
 def trl_config(results: dict[str, Any], data_dir: Path, output_dir: Path, *, cuda: bool,
                bf16: bool) -> tuple[str, dict[str, Any]]:
     """The best config as a TRL SFT run (``trl sft --config best.trl.yaml``): a header saying what it reproduces
@@ -153,7 +162,7 @@ def trl_config(results: dict[str, Any], data_dir: Path, output_dir: Path, *, cud
         "learning_rate": training["learning_rate"], "per_device_train_batch_size": training["batch_size"],
         "num_train_epochs": training["epochs"], "lr_scheduler_type": training["lr_scheduler"],
         "warmup_steps": training["warmup_ratio"], "weight_decay": training["weight_decay"],
-        "max_length": training["max_length"], "completion_only_loss": True, "seed": training["seed"],
+        "max_length": training["max_length"], **_loss_fields(recipe.get("loss") or {}), "seed": training["seed"],
         "output_dir": str(output_dir), "report_to": "none", "bf16": cuda and bf16, "use_cpu": not cuda,
     }
     notes = [f"trl sft --config best.trl.yaml: trial {results['best']['trial']} of study {results['study_name']} "

@@ -142,7 +142,8 @@ def learned_markdown(sentences: list[str]) -> list[str]:
 
 def write_trl(out_dir: Path, results: dict[str, Any], train_rows: list[dict]) -> list[Path]:
     """For a causal task, ``best.trl.yaml`` (the best config for ``trl sft --config``) and the training split it
-    reads (``trl-data/train.jsonl``: prompt and completion); nothing for a classifier, which TRL does not train."""
+    reads (``trl-data/train.jsonl``: prompt and completion, or chat ``messages``, TRL's conversational rows);
+    nothing for a classifier, which TRL does not train."""
     if results["task"] != "causal":
         return []
     import torch
@@ -150,7 +151,8 @@ def write_trl(out_dir: Path, results: dict[str, Any], train_rows: list[dict]) ->
     data, cuda = out_dir / "trl-data", torch.cuda.is_available()
     header, fields = trl_config(results, data.resolve(), (out_dir / "trl-adapter").resolve(), cuda=cuda,
                                 bf16=cuda and torch.cuda.is_bf16_supported())
-    lines = "".join(json.dumps({"prompt": r["prompt"], "completion": r["response"]}) + "\n" for r in train_rows)
+    lines = "".join(json.dumps({"messages": r["messages"]} if "messages" in r else
+                               {"prompt": r["prompt"], "completion": r["response"]}) + "\n" for r in train_rows)
     return [write_atomic(data / "train.jsonl", lines),
             write_atomic(out_dir / "best.trl.yaml", header + yaml.safe_dump(fields, sort_keys=False))]
 

@@ -98,8 +98,8 @@ CASES = [
                                            "cpu", "--devices", "cpu"], "devices", "--device (this worker) or"),
     ("a read-only database", {}, ["lora", "--storage", "sqlite:///file:ro.db?mode=ro&uri=true", "--no-run"],
      "storage", "readonly"),
-    ("memory with a sampler that remembers nothing", {}, ["lora", "--memory", "old.json", "--storage",
-                                                          "sqlite:///s.db"], "memory",
+    ("memory with a sampler that remembers nothing", {}, ["lora", "--sampler", "tpe", "--memory", "old.json",
+                                                          "--storage", "sqlite:///s.db"], "memory",
      "use --sampler auto"),  # the library names the field; the CLI writes it as its flag
     ("a memory table with another space", {"old.json": OTHER_TABLE},
      ["lora", "--sampler", "language-bo+", "--memory", "old.json", "--storage", "sqlite:///s.db"],

@@ -88,7 +88,7 @@ def test_an_endpoint_that_bills_50x_stops_the_search_exits_1_and_results_say_why
     written = json.loads((out / "results.json").read_text())
     assert written["stopped"] == "endpoint" and written["warnings"] == [written["error"]]
     assert written["spend"]["real"] == pytest.approx(claimed(server))  # what the server claimed, never less
-    assert f"spent {written['spend']['real']:.6g} of 1" in captured.out
+    assert f"spent ${written['spend']['real']:.6g} of $1" in captured.out
 
 
 def test_http_500_on_every_call_exits_1_with_one_line_and_results_say_why(tmp_path, monkeypatch, capsys):

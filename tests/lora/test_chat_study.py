@@ -60,6 +60,10 @@ def test_a_chat_study_runs_offline_and_its_adapter_loads_in_transformers_and_pef
     assert (adapter / "chat_template.jinja").read_text() == template  # the template trained with travels along
     assert loss["chat_template"]["method"] == "prefixes" and len(loss["chat_template"]["sha256"]) == 64
     assert yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())["loss_on"] == "assistant"
+    trl = yaml.safe_load((tmp_path / "out" / "best.trl.yaml").read_text())  # TRL's conversational rows, its mask
+    assert trl["assistant_only_loss"] is True and trl["completion_only_loss"] is False
+    first = json.loads((tmp_path / "out" / "trl-data" / "train.jsonl").read_text().splitlines()[0])
+    assert [turn["role"] for turn in first["messages"]][-1] == "assistant"
     card = (adapter / "README.md").read_text()
     assert "- loss: each assistant turn's tokens" in card and loss["chat_template"]["sha256"][:12] in card
 

@@ -27,8 +27,9 @@ def storage(tmp_path):
     return f"sqlite:///{tmp_path / 'studies.db'}"
 
 
-# Pool samplers run in test_cli.py; the agent (space and endpoint) in tests/samplers/test_agent.py.
-@pytest.mark.parametrize("name", [s for s in SAMPLERS if not s.startswith("language-bo") and s != "agent"])
+# Pool samplers run in test_cli.py; the agent (space and endpoint) in tests/samplers/test_agent.py; auto (a space
+# and maybe memory) in tests/samplers/test_auto.py.
+@pytest.mark.parametrize("name", [s for s in SAMPLERS if s in ("random", "tpe", "gp", "botorch")])
 def test_every_named_optuna_sampler_runs_on_the_space(storage, name):
     study = open_study(f"s-{name}", storage=storage, sampler=make_sampler(name, seed=1, n_startup_trials=3))
     run_trials(study, quadratic, 6)
