@@ -32,8 +32,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 def missing(modules: tuple[str, ...] | list[str]) -> list[str]:
     """The modules of ``modules`` that cannot be imported here. One already imported is there, whatever its
     ``__spec__`` (optuna-integration replaces its module with a lazy one whose ``__spec__`` is None, and
-    ``find_spec`` then raises)."""
-    return [name for name in modules if name not in sys.modules and importlib.util.find_spec(name) is None]
+    ``find_spec`` then raises); one recorded as a failed import (``None`` in ``sys.modules``) is missing."""
+    return [name for name in modules if (sys.modules[name] is None if name in sys.modules
+                                         else importlib.util.find_spec(name) is None)]
 
 
 def require(extra: str, feature: str, modules: tuple[str, ...] | None = None) -> None:

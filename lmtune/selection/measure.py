@@ -181,6 +181,10 @@ def _cell(name, splits, train_rows, eval_rows, mode, hp, settings) -> tuple[floa
 
 
 def _flat(example) -> list[int]:
+    """An encoded example's tokens: a causal one's ``ids`` (prompt and reply), a classifier's (ids, label) pair's
+    ids."""
+    if hasattr(example, "ids"):
+        return list(example.ids)
     first, second = example
     return list(first) + (list(second) if isinstance(second, list) else [])
 
