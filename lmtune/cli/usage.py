@@ -5,6 +5,7 @@ with no arguments show click's help as before."""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -18,6 +19,9 @@ ClickException, UsageError = click_errors()
 #: pydantic's conversion errors of a typed value, as what the value is not.
 NOT_A = {"int_parsing": "an integer", "int_from_float": "an integer", "float_parsing": "a number",
          "bool_parsing": "true or false", "int_type": "an integer", "float_type": "a number"}
+#: click's own conversion errors (Typer before 0.2x converts with click), as what the value is not.
+CLICK_NOT_A = {"integer": "an integer", "float": "a number", "boolean": "true or false"}
+CLICK_CONVERSION = re.compile(r"^'(?P<value>.*)' is not a valid (?P<kind>integer|float|boolean)\.?$", re.S)
 
 
 class LmtuneGroup(TyperGroup):
@@ -47,6 +51,9 @@ def usage_line(exc: Exception, group: Any) -> str:
         rejected = rejected_input(exc)
         if rejected is not None and rejected[1] in NOT_A:
             return f"{param.name}: {rejected[0]!r} is not {NOT_A[rejected[1]]}"
+        converted = CLICK_CONVERSION.match(str(getattr(exc, "message", "")))
+        if converted is not None:
+            return f"{param.name}: {converted['value']!r} is not {CLICK_NOT_A[converted['kind']]}"
         return f"{param.name}: {_sentence(getattr(exc, 'message', '') or exc.format_message())}"
     option = getattr(exc, "option_name", None)
     if type(exc).__name__ == "NoSuchOption":
